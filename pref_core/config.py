@@ -1,0 +1,262 @@
+"""One validated run configuration, loaded from YAML and overridable from the CLI.
+
+`RunConfig` is the single flow parameter of every pipeline. Each field carries
+a description; invalid values fail with the dotted field name, the value given
+and what is allowed (all problems at once, like torchtune's ConfigError).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message lists every bad field with its fix."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(_Section):
+    train_csv: Optional[Path] = Field(None, description="Kaggle-format train.csv (id, prompt, response_a, response_b, winner_*).")
+    test_csv: Optional[Path] = Field(None, description="Kaggle-format test.csv; when set, the flow writes a submission.")
+    max_bad_fraction: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Share of invalid rows tolerated; above it ingest fails, below it bad rows go to a rejected-rows file.",
+    )
+
+
+class PromptConfig(_Section):
+    template: Literal["seed", "multi_turn"] = Field(
+        "seed", description="seed: the notebook's <prompt>/<response_a>/<response_b> layout; multi_turn: turns interleaved."
+    )
+    max_length: int = Field(1024, ge=32, description="Token budget of one example, closing question included.")
+    truncation: Literal["seed", "proportional"] = Field(
+        "seed",
+        description="seed: whole text if it fits, else the last turn capped at 256/512/512 tokens; "
+        "proportional: per-turn budget keeping the most recent turns.",
+    )
+
+
+class TinyModelConfig(_Section):
+    """A random 2-layer Llama with a tokenizer trained on the run's own texts (offline demo and tests)."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+    vocab_size: int = Field(2000, ge=300)
+    seed: int = 0
+
+
+class ModelConfig(_Section):
+    name_or_path: Optional[str] = Field(
+        None, description="Hugging Face hub id or local folder of a causal LM (not needed when model.tiny is set)."
+    )
+    tiny: Optional[TinyModelConfig] = Field(
+        None, description="Build a tiny offline model from the training texts instead of loading name_or_path."
+    )
+    revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch) of the base model.")
+    head: Literal["label_token", "classifier"] = Field(
+        "label_token", description="label_token: next-token logits of the label words; classifier: 3-way linear head."
+    )
+    label_tokens: tuple[str, str, str] = Field(
+        ("a", "b", "tie"), description="Words read by the label_token head, for winner_model_a/b/tie; each one token."
+    )
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on a capable GPU, fp32 on CPU.")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization of the base.")
+    gradient_checkpointing: bool = Field(False, description="Non-reentrant activation checkpointing.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa")
+
+    @model_validator(mode="after")
+    def _source(self) -> "ModelConfig":
+        if self.name_or_path is None and self.tiny is None:
+            raise ValueError("model.name_or_path: set a hub id or local folder (or set model.tiny for the offline tiny model)")
+        return self
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"], description="Module names, or 'all-linear'."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("give at least one module name, or 'all-linear'")
+        return value
+
+
+class TrainConfig(_Section):
+    learning_rate: float = Field(2e-4, gt=0.0)
+    per_device_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(2, ge=1)
+    num_epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run num_epochs).")
+    warmup_steps: int = Field(20, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    optim: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
+        "auto", description="auto: 8-bit AdamW on CUDA, plain AdamW on CPU."
+    )
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="auto: bf16 where supported, else none.")
+    group_by_length: bool = Field(True, description="Batches of similar lengths (less padding).")
+    eval_batch_size: int = Field(8, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch only).")
+    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps; a fold resumes from the latest.")
+    save_total_limit: int = Field(2, ge=1)
+    seed: int = 42
+    tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
+    dataloader_num_workers: int = Field(0, ge=0)
+
+
+class CVConfig(_Section):
+    n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
+    seed: int = 42
+    folds: Optional[list[int]] = Field(None, description="Train only these fold indices (default: all).")
+    execution: Literal["subprocess", "in_process"] = Field(
+        "subprocess", description="subprocess: each fold in its own process (CUDA memory freed when it exits)."
+    )
+
+
+class TrackingConfig(_Section):
+    uri: Optional[str] = Field(
+        None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db."
+    )
+    experiment: str = "arena-pref"
+    registered_model: str = "arena-pref"
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    model: ModelConfig
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output_dir: Path = Field(Path("outputs"), description="Root of caches, folds and fold checkpoints.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "RunConfig":
+        problems = []
+        if self.cv.folds is not None:
+            bad = [k for k in self.cv.folds if not 0 <= k < self.cv.n_folds]
+            if bad:
+                problems.append(f"cv.folds: got {bad}; fold indices must lie in 0..{self.cv.n_folds - 1} (cv.n_folds={self.cv.n_folds})")
+        if self.model.quantization != "none" and self.train.mixed_precision == "fp16" and self.model.dtype == "bf16":
+            problems.append("train.mixed_precision: fp16 with model.dtype=bf16 mixes half formats; use bf16 for both")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- helpers -------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view for logging as MLflow params (`train.learning_rate` -> 2e-4)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown field; check the spelling (see pref_core/config.py for the fields)")
+        elif item["type"] == "missing":
+            problems.append(f"{loc}: required field is missing; set it in the YAML or with --set {loc}=...")
+        else:
+            if loc:
+                problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
+            else:  # cross-field checks name their own fields
+                problems.append(msg.removeprefix("Value error, "))
+    return problems
+
+
+def parse_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict into a RunConfig, raising ConfigError listing every problem."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `a.b=c` strings to a config dict; values are parsed as YAML (numbers, bools, lists, null)."""
+    out = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"override {item!r}: expected key=value, for example train.learning_rate=1e-4"])
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError([f"override {item!r}: the key before '=' is empty"])
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError([f"override {item!r}: value is not valid YAML ({err.__class__.__name__})"]) from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"override {item!r}: {part} is a value, not a section"])
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
+
+
+def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config, apply `--set key=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} not found; pass an existing YAML such as configs/tiny.yaml"])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections (data, model, ...)"])
+    return parse_config(apply_overrides(raw, overrides))
+
+
+def dump_config(config: RunConfig, path: Union[str, Path]) -> Path:
+    """Write the resolved config as YAML (logged with every run, bundled with models)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    return path
