@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make demo` and `make test`. Each creates .venv when missing
+# (torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build), then reuses it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.arena-pref-installed
+TORCH_VERSION ?= 2.13.0
+
+export DO_NOT_TRACK := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export DISABLE_MLFLOW_INTEGRATION := TRUE
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/arena-pref demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,1 @@
+"""arena-pref application layer: the `arena-pref` command line."""

@@ -1,0 +1,14 @@
+"""The `predict` flow: a registered model (e.g. models:/arena-pref@champion) over a test CSV -> submission.csv."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect import flow
+
+from tasks.prediction import predict_submission
+
+
+@flow(name="predict", log_prints=True)
+def predict(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None) -> str:
+    return predict_submission(model_uri, test_csv, out, tracking_uri)

@@ -1,0 +1,35 @@
+"""Wiring shared by `cv-training` and `train-fold`: the preparation tasks in order.
+
+A fold flow runs the same steps as its parent: on the parent's machine they
+are cache hits; on a separate GPU worker they rebuild the same inputs from the
+shared data location.
+"""
+
+from __future__ import annotations
+
+from pref_core.config import RunConfig
+from pref_core.tokenization import hash_tokenizer
+from tasks import preparation, workspace
+from tasks.preparation import PreparedInputs
+
+
+def prepare_inputs(config: RunConfig) -> PreparedInputs:
+    if config.data.train_csv is None:
+        raise ValueError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    train = preparation.ingest(config, "train")
+    test = preparation.ingest(config, "test") if config.data.test_csv else None
+    base_model = preparation.prepare_base_model(config, train)
+    run_key = workspace.compute_run_key(config, train.data_hash, test.data_hash if test else None)
+    train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=config.train.tta_swap)
+    test_tokens = preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
+    folds_path = preparation.make_folds(config, train, run_key)
+    return PreparedInputs(
+        run_key=run_key,
+        base_model=base_model,
+        tokenizer_hash=hash_tokenizer(preparation.load_tokenizer(base_model, config.model.revision)),
+        train=train,
+        train_tokens=train_tokens,
+        folds_path=folds_path,
+        test=test,
+        test_tokens=test_tokens,
+    )

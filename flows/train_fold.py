@@ -1,0 +1,22 @@
+"""The `train-fold` flow: one fold of one CV run, deployable on its own to a GPU worker."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.preparation import prepare_inputs
+from pref_core.config import RunConfig
+from tasks.training import fit_fold
+
+
+@flow(name="train-fold", log_prints=True)
+def train_fold(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> dict:
+    """Prepare inputs (cache hits where they exist), then train fold `fold`, logging into `mlflow_run_id`."""
+    prepared = prepare_inputs(config)
+    if prepared.train_hash != train_hash:
+        raise ValueError(
+            f"data.train_csv on this worker ({config.data.train_csv}) has hash {prepared.train_hash[:12]}, "
+            f"but the CV run was started on {train_hash[:12]}: fold workers must see the same file"
+        )
+    output = fit_fold(config, fold, mlflow_run_id, prepared, force=force)
+    return {"fold": output.fold, "mlflow_run_id": output.mlflow_run_id, "metrics": output.metrics, "reused": output.reused}

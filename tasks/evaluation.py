@@ -1,0 +1,152 @@
+"""Out-of-fold evaluation and the submission, assembled from the fold runs' MLflow artifacts.
+
+Fold outputs are read back from MLflow, not from the fold's disk: a fold may
+have run on another machine that shares only the tracking server.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from pref_core import metrics as core_metrics
+from pref_core import plots
+from pref_core.config import RunConfig
+from pref_core.ensemble import average_probabilities
+from pref_core.labels import LABEL_COLUMNS
+from tasks import tracking, workspace
+from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+
+LOGGER = logging.getLogger(__name__)
+
+
+class IncompleteOOFError(RuntimeError):
+    """The out-of-fold predictions do not cover the kept rows exactly once."""
+
+
+@dataclass
+class OOFOutput:
+    oof_path: str
+    metrics: dict
+    fold_log_loss: dict
+
+
+def _download(client, run_id: str, name: str, dest: Path) -> Path:
+    return Path(client.download_artifacts(run_id, name, str(dest)))
+
+
+@task(name="evaluate-oof", **TASK_DEFAULTS)
+def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs) -> OOFOutput:
+    """Join the folds' validation predictions, check coverage, compute OOF metrics, log table and plots."""
+    client = tracking.get_client(config)
+    pieces, fold_log_loss = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fold, run_id in sorted(fold_run_ids.items()):
+            path = _download(client, run_id, "val_predictions.parquet", Path(tmp) / f"fold_{fold}")
+            piece = pd.read_parquet(path)
+            piece.insert(1, "fold", fold)
+            pieces.append(piece)
+            fold_log_loss[fold] = float(client.get_run(run_id).data.metrics["val_log_loss"])
+    oof = pd.concat(pieces, ignore_index=True)
+    oof["id"] = oof["id"].astype(str)
+
+    kept = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label"])
+    folds = pd.read_parquet(prepared.folds_path)
+    expected = set(folds.loc[folds["fold"].isin(list(fold_run_ids)), "id"].astype(str))
+    duplicated = oof["id"][oof["id"].duplicated()].tolist()
+    missing = expected - set(oof["id"])
+    extra = set(oof["id"]) - expected
+    if duplicated or missing or extra:
+        raise IncompleteOOFError(
+            f"OOF predictions must cover each validation row exactly once: {len(duplicated)} duplicated "
+            f"(e.g. {duplicated[:3]}), {len(missing)} missing (e.g. {sorted(missing)[:3]}), {len(extra)} unexpected."
+        )
+    # The label comes from the ingested data, not from what the folds echoed back.
+    oof = oof.drop(columns=["label"], errors="ignore").merge(kept, on="id", how="left")
+    labels = oof["label"].to_numpy()
+    probs = oof[list(LABEL_COLUMNS)].to_numpy()
+    summary = core_metrics.summarize_predictions(labels, probs)
+    metrics = {
+        "oof_log_loss": float(summary["log_loss"]),
+        "oof_accuracy": float(summary["accuracy"]),
+        "prior_log_loss": float(summary["prior_log_loss"]),
+        "n_oof": int(len(oof)),
+    }
+
+    out_dir = workspace.run_dir(config, prepared.run_key)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    oof_path = out_dir / "oof_predictions.parquet"
+    oof[["id", "fold", *LABEL_COLUMNS, "label"]].to_parquet(oof_path, index=False)
+
+    tracking.log_metrics(client, parent_run_id, metrics)
+    client.log_artifact(parent_run_id, str(oof_path))
+    figures = {
+        "plots/fold_log_loss.png": plots.plot_fold_log_loss(fold_log_loss, metrics["oof_log_loss"], metrics["prior_log_loss"]),
+        "plots/reliability.png": plots.plot_reliability(labels, probs),
+        "plots/confusion_matrix.png": plots.plot_confusion(labels, probs),
+    }
+    for name, figure in figures.items():
+        client.log_figure(parent_run_id, figure, name)
+    LOGGER.info(
+        "OOF log loss %.4f (prior %.4f), accuracy %.3f over %d rows",
+        metrics["oof_log_loss"], metrics["prior_log_loss"], metrics["oof_accuracy"], len(oof),
+    )
+    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss)
+
+
+def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:
+    """One row per test id in input order, probabilities in [0, 1] summing to 1, no NaN."""
+    problems = []
+    if list(submission.columns) != ["id", *LABEL_COLUMNS]:
+        problems.append(f"columns are {list(submission.columns)}, expected {['id', *LABEL_COLUMNS]}")
+    elif submission["id"].astype(str).tolist() != [str(i) for i in test_ids]:
+        problems.append("ids differ from the test file's ids in input order")
+    else:
+        values = submission[list(LABEL_COLUMNS)].to_numpy(dtype=float)
+        if np.isnan(values).any():
+            problems.append(f"{int(np.isnan(values).any(axis=1).sum())} rows hold NaN")
+        elif (values < 0).any() or (values > 1).any():
+            problems.append("probabilities outside [0, 1]")
+        elif not np.allclose(values.sum(axis=1), 1.0, atol=1e-6):
+            problems.append("rows do not sum to 1 within 1e-6")
+    if problems:
+        raise ValueError("invalid submission: " + "; ".join(problems))
+
+
+def average_fold_predictions(frames: list[pd.DataFrame], test_ids: list[str]) -> pd.DataFrame:
+    """Mean of the folds' (n, 3) probabilities, aligned on id and returned in the test file's order."""
+    ids = [str(i) for i in test_ids]
+    probs = average_probabilities(
+        [f.set_index(f["id"].astype(str)).loc[ids, list(LABEL_COLUMNS)].to_numpy() for f in frames]
+    )
+    out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
+    out.insert(0, "id", [str(i) for i in test_ids])
+    return out
+
+
+@task(name="make-submission", **TASK_DEFAULTS)
+def make_submission(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs) -> Optional[str]:
+    """Average the folds' test predictions into submission.csv (validated before it is written)."""
+    if prepared.test is None:
+        return None
+    client = tracking.get_client(config)
+    test_ids = pd.read_parquet(prepared.test.parsed_path, columns=["id"])["id"].astype(str).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = [
+            pd.read_parquet(_download(client, run_id, "test_predictions.parquet", Path(tmp) / f"fold_{fold}"))
+            for fold, run_id in sorted(fold_run_ids.items())
+        ]
+    submission = average_fold_predictions(frames, test_ids)
+    validate_submission(submission, test_ids)
+    dest = workspace.run_dir(config, prepared.run_key) / "submission.csv"
+    submission.to_csv(dest, index=False)
+    client.log_artifact(parent_run_id, str(dest))
+    LOGGER.info("submission with %d rows written to %s", len(submission), dest)
+    return str(dest)

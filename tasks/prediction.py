@@ -1,0 +1,53 @@
+"""Prediction from the registry: load a registered fold ensemble and write a validated submission."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from prefect import task
+
+from tasks.evaluation import validate_submission
+from tasks.preparation import TASK_DEFAULTS
+
+LOGGER = logging.getLogger(__name__)
+
+
+def default_tracking_uri() -> str:
+    from tasks.tracking import local_store_uri, running_local_server_url
+
+    return os.environ.get("MLFLOW_TRACKING_URI") or running_local_server_url() or local_store_uri()
+
+
+def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
+    """Fetch a registered model's bundle folder without unpickling anything."""
+    import mlflow
+
+    from tasks.pyfunc_model import BUNDLE_ARTIFACT
+
+    mlflow.set_tracking_uri(tracking_uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    return local / "artifacts" / BUNDLE_ARTIFACT
+
+
+@task(name="predict-submission", **TASK_DEFAULTS)
+def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None) -> str:
+    from pref_core.data import read_arena_csv
+    from tasks.pyfunc_model import predict_frame
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models
+    raw = pd.read_csv(test_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = download_bundle(model_uri, tracking_uri, Path(tmp))
+        submission = predict_frame(bundle, raw, progress=True)
+    validate_submission(submission, test.frame["id"].astype(str).tolist())
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(out_path, index=False)
+    LOGGER.info("wrote %d predictions from %s to %s", len(submission), model_uri, out_path)
+    return str(out_path)

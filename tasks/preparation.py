@@ -1,0 +1,211 @@
+"""Tasks that turn the configured files into cached, model-ready inputs.
+
+Every task is idempotent and keyed by content hashes, so a fold worker that
+re-runs them on its own machine gets the same result (or a cache hit) without
+any shared disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from pref_core import data as core_data
+from pref_core import folds as core_folds
+from pref_core import tokenization
+from pref_core.config import RunConfig
+from pref_core.tiny import build_tiny_checkpoint
+from tasks import workspace
+from tasks.retry import retry_on_io
+
+LOGGER = logging.getLogger(__name__)
+
+# Tasks take the config and return small records of paths: no caching of their
+# inputs by Prefect (the content-hash caches below are the source of truth).
+TASK_DEFAULTS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+@dataclass
+class IngestOutput:
+    kind: str
+    source: str
+    data_hash: str
+    parsed_path: str
+    rejected_path: Optional[str]
+    n_read: int
+    n_kept: int
+    n_rejected: int
+    reused: bool = False
+
+
+@dataclass
+class TokenCacheOutput:
+    path: str
+    key: str
+    hit: bool
+    n_rows: int
+
+
+@dataclass
+class PreparedInputs:
+    """Everything a fold needs, as paths (the same on any machine once the preparation tasks ran there)."""
+
+    run_key: str
+    base_model: str
+    tokenizer_hash: str
+    train: IngestOutput
+    train_tokens: TokenCacheOutput
+    folds_path: str
+    test: Optional[IngestOutput] = None
+    test_tokens: Optional[TokenCacheOutput] = None
+
+    @property
+    def train_hash(self) -> str:
+        return self.train.data_hash
+
+    @property
+    def test_hash(self) -> Optional[str]:
+        return self.test.data_hash if self.test else None
+
+    def counts(self) -> dict[str, int]:
+        out = {"n_train_read": self.train.n_read, "n_train_kept": self.train.n_kept, "n_train_rejected": self.train.n_rejected}
+        if self.test:
+            out.update(n_test_read=self.test.n_read, n_test_kept=self.test.n_kept, n_test_rejected=self.test.n_rejected)
+        return out
+
+    def rejected_files(self) -> list[str]:
+        return [i.rejected_path for i in (self.train, self.test) if i is not None and i.rejected_path]
+
+
+def _atomic_write_parquet(frame: pd.DataFrame, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)
+def ingest(config: RunConfig, kind: str) -> IngestOutput:
+    """Validate one Kaggle CSV (train or test) and store its parsed rows as parquet, keyed by the file's hash."""
+    source = Path(config.data.train_csv if kind == "train" else config.data.test_csv)
+    data_hash = core_data.hash_file(source)
+    folder = workspace.ingest_dir(config, data_hash)
+    parsed_path, meta_path = folder / f"{kind}.parquet", folder / f"{kind}.json"
+    rejected_path = folder / f"{kind}_rejected.csv"
+
+    if meta_path.exists() and parsed_path.exists():
+        meta = json.loads(meta_path.read_text())
+        # The same file under a stricter policy must fail again, not reuse a lenient earlier result.
+        if meta["n_rejected"] <= config.data.max_bad_fraction * meta["n_read"]:
+            LOGGER.info("ingest %s: %s already validated (hash %s), reusing", kind, source, data_hash[:12])
+            return IngestOutput(**{**meta, "source": str(source), "reused": True})
+
+    result = core_data.read_arena_csv(source, kind=kind, max_bad_fraction=config.data.max_bad_fraction)
+    _atomic_write_parquet(result.frame, parsed_path)
+    has_rejected = result.n_rejected > 0
+    if has_rejected:
+        core_data.write_rejected(result.rejected, rejected_path)
+        LOGGER.warning(
+            "ingest %s: %d of %d rows rejected (data.max_bad_fraction=%s); reasons in %s",
+            kind, result.n_rejected, result.n_read, config.data.max_bad_fraction, rejected_path,
+        )
+    out = IngestOutput(
+        kind=kind,
+        source=str(source),
+        data_hash=data_hash,
+        parsed_path=str(parsed_path),
+        rejected_path=str(rejected_path) if has_rejected else None,
+        n_read=result.n_read,
+        n_kept=result.n_kept,
+        n_rejected=result.n_rejected,
+    )
+    meta_path.write_text(json.dumps({k: v for k, v in asdict(out).items() if k not in ("source", "reused")}))
+    LOGGER.info("ingest %s: kept %d of %d rows from %s", kind, out.n_kept, out.n_read, source)
+    return out
+
+
+def _tiny_training_texts(frame: pd.DataFrame, limit: int = 5000) -> list[str]:
+    from pref_core.prompts import CLOSING_QUESTION
+
+    texts = [CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:"]
+    for column in ("prompt", "response_a", "response_b"):
+        for turns in frame[column].head(limit):
+            texts.extend(t for t in turns if t)
+    return texts
+
+
+@task(name="prepare-base-model", **TASK_DEFAULTS)
+def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
+    """The base model's location: the configured hub id/folder, or the tiny model built (once) from the train texts."""
+    if config.model.tiny is None:
+        return str(config.model.name_or_path)
+    target = workspace.tiny_model_dir(config, train.data_hash)
+    if (target / "config.json").exists():
+        LOGGER.info("tiny base model already built at %s", target)
+        return str(target)
+    frame = pd.read_parquet(train.parsed_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename, so concurrent fold processes never see half a model.
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
+    tiny = config.model.tiny
+    build_tiny_checkpoint(
+        _tiny_training_texts(frame), staging,
+        hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
+        intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
+    )
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process won the race with an identical build
+        shutil.rmtree(staging, ignore_errors=True)
+    LOGGER.info("built tiny base model at %s", target)
+    return str(target)
+
+
+def load_tokenizer(name_or_path: str, revision: Optional[str] = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    if tokenizer.pad_token is None:  # Llama-3 ships none; padding positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@task(name="tokenize-and-cache", **TASK_DEFAULTS)
+def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: str, with_swap: bool) -> TokenCacheOutput:
+    tokenizer = load_tokenizer(base_model, config.model.revision)
+    frame = pd.read_parquet(ingested.parsed_path)
+    result = tokenization.build_token_cache(
+        frame, tokenizer, config.prompt, workspace.token_cache_root(config),
+        data_hash=ingested.data_hash, with_swap=with_swap,
+    )
+    LOGGER.info(
+        "tokenize %s: %s (%d rows, key %s)", ingested.kind, "cache hit" if result.hit else "built", result.n_rows, result.key
+    )
+    return TokenCacheOutput(path=str(result.path), key=result.key, hit=result.hit, n_rows=result.n_rows)
+
+
+@task(name="make-folds", **TASK_DEFAULTS)
+def make_folds(config: RunConfig, train: IngestOutput, run_key: str) -> str:
+    """Grouped, stratified K-fold table (id -> fold), deterministic for cv.seed."""
+    dest = workspace.run_dir(config, run_key) / "folds.parquet"
+    if dest.exists():
+        return str(dest)
+    frame = pd.read_parquet(train.parsed_path)
+    table = core_folds.make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
+    _atomic_write_parquet(table, dest)
+    return str(dest)

@@ -1,0 +1,72 @@
+"""The registered arena-pref model: an MLflow `pyfunc` over a bundle of fold adapters.
+
+Bundle layout (logged as the artifact ``bundle``):
+  config.yaml            the resolved RunConfig of the CV run
+  base_model.json        where the base weights come from (hub id + revision, or local path + fingerprint);
+                         the base weights themselves are not copied
+  adapters/fold_<k>/     one LoRA adapter per fold (safetensors, adapter config, tokenizer files, head)
+
+`predict(df)` takes a Kaggle-format test frame and returns
+``id, winner_model_a, winner_model_b, winner_tie``, averaging the folds (and the
+a/b swap when `train.tta_swap` was set). We log adapters, never a merged
+`transformers` model: `mlflow.transformers.log_model` of a PEFT model over a
+local base silently saves random base weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from pref_core.labels import LABEL_COLUMNS
+
+BUNDLE_ARTIFACT = "bundle"
+# Kaggle test.csv in, sample_submission.csv out.
+MODEL_SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", name) for name in ("id", "prompt", "response_a", "response_b")]),
+    outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
+)
+
+
+def read_bundle(bundle: str | Path):
+    """(config, base model location, adapter folders in fold order) of a bundle folder."""
+    from pref_core.config import load_config
+
+    bundle = Path(bundle)
+    config = load_config(bundle / "config.yaml")
+    base = json.loads((bundle / "base_model.json").read_text())
+    adapters = sorted((bundle / "adapters").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
+    return config, base, adapters
+
+
+def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Validate a raw test frame (JSON cells as strings), tokenize it and average the fold adapters."""
+    from pref_core.data import validate_arena_frame
+    from pref_core.ensemble import predict_with_adapters
+    from pref_core.tokenization import tokenize_frame
+
+    config, base, adapters = read_bundle(bundle)
+    frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapters[0])
+    dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
+    probs = predict_with_adapters(config, adapters, dataset, base_model=base["name_or_path"], progress=progress)
+    out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
+    out.insert(0, "id", frame["id"].astype(str).to_numpy())
+    return out
+
+
+class ArenaPrefModel(mlflow.pyfunc.PythonModel):
+    """Fold-ensemble preference model; see the module docstring for the bundle layout."""
+
+    def load_context(self, context):
+        self.bundle = Path(context.artifacts[BUNDLE_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return predict_frame(self.bundle, model_input)

@@ -1,0 +1,165 @@
+"""Model registry: register each CV run as a pyfunc version, and promote it by alias when it is better.
+
+Aliases only (`challenger`, `champion`): registry stages are deprecated in MLflow.
+Versions trained on different data, or evaluated on different rows, are never
+compared silently: the version's `arena_pref.promotion` tag says why it was or
+was not promoted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect import task
+
+from pref_core.config import RunConfig, dump_config
+from tasks import tracking
+from tasks.evaluation import OOFOutput
+from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+
+LOGGER = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class RegistrationOutput:
+    name: str
+    version: str
+    model_uri: str
+    promoted: bool
+    reason: str
+
+
+def fingerprint_base_model(name_or_path: str, revision: Optional[str]) -> dict:
+    """Where the base weights come from. A local folder gets a cheap fingerprint (file names and sizes,
+    plus the config's hash), enough to notice that a path now holds another model."""
+    import hashlib
+
+    info = {"name_or_path": name_or_path, "revision": revision}
+    folder = Path(name_or_path)
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        config = folder / "config.json"
+        if config.exists():
+            digest.update(config.read_bytes())
+        info["fingerprint"] = digest.hexdigest()
+    return info
+
+
+def _pip_requirements() -> list[str]:
+    import importlib.metadata as md
+
+    names = ["torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "pandas", "pydantic", "pyyaml"]
+    return [f"{n}=={md.version(n)}" for n in names] + ["arena-pref"]
+
+
+def build_bundle(config: RunConfig, client: MlflowClient, fold_run_ids: dict[int, str], base_model: str, dest: Path) -> Path:
+    """Assemble config, base reference and fold adapters (fetched from the fold runs) into `dest`."""
+    (dest / "adapters").mkdir(parents=True)
+    for fold, run_id in sorted(fold_run_ids.items()):
+        downloaded = Path(client.download_artifacts(run_id, "adapter", str(dest / "adapters" / f".fold_{fold}")))
+        downloaded.rename(dest / "adapters" / f"fold_{fold}")
+        (dest / "adapters" / f".fold_{fold}").rmdir()
+    # The bundle loads its base from the resolved location: no tiny-model rebuild, no data needed.
+    resolved = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": base_model, "tiny": None})})
+    dump_config(resolved, dest / "config.yaml")
+    (dest / "base_model.json").write_text(json.dumps(fingerprint_base_model(base_model, config.model.revision), indent=2))
+    return dest
+
+
+def _champion(client: MlflowClient, name: str):
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def decide_promotion(client: MlflowClient, name: str, version) -> tuple[bool, str]:
+    """Compare `version` with the current champion on the same data and rows; return (promote?, reason)."""
+    champion = _champion(client, name)
+    if champion is None:
+        return True, "no champion yet"
+    if str(champion.version) == str(version.version):
+        return False, "already champion"
+    theirs, ours = champion.tags, version.tags
+    if theirs.get("data_hash") != ours.get("data_hash"):
+        return False, (
+            f"not compared: champion v{champion.version} was trained on data {theirs.get('data_hash', '?')[:12]}, "
+            f"this version on {ours.get('data_hash', '?')[:12]}; promote by hand with `arena-pref promote {version.version}`"
+        )
+    if theirs.get("n_oof") != ours.get("n_oof"):
+        return False, (
+            f"not compared: champion v{champion.version} was evaluated on {theirs.get('n_oof')} OOF rows, "
+            f"this version on {ours.get('n_oof')} (different folds); promote by hand if intended"
+        )
+    best, new = float(theirs["oof_log_loss"]), float(ours["oof_log_loss"])
+    if new < best:
+        return True, f"oof_log_loss {new:.5f} beats champion v{champion.version} ({best:.5f})"
+    return False, f"oof_log_loss {new:.5f} does not beat champion v{champion.version} ({best:.5f})"
+
+
+def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "arena_pref.promotion", f"champion: {reason}")
+
+
+@task(name="register-model", **TASK_DEFAULTS)
+def register_model(
+    config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs, oof: OOFOutput
+) -> RegistrationOutput:
+    """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`."""
+    import mlflow
+
+    from tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
+
+    client = tracking.get_client(config)
+    name = config.tracking.registered_model
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle")
+        mlflow.set_tracking_uri(client.tracking_uri)
+        with mlflow.start_run(run_id=parent_run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
+                artifacts={BUNDLE_ARTIFACT: str(bundle)},
+                signature=MODEL_SIGNATURE,
+                pip_requirements=_pip_requirements(),
+            )
+    tags = {
+        "oof_log_loss": f"{oof.metrics['oof_log_loss']:.6f}",
+        "n_folds": str(len(fold_run_ids)),
+        "n_oof": str(oof.metrics["n_oof"]),
+        "base_model": prepared.base_model,
+        "data_hash": prepared.train_hash,
+        "run_key": prepared.run_key,
+    }
+    try:
+        client.create_registered_model(name, description="arena-pref fold ensembles (LoRA adapters over a base LM)")
+    except MlflowException:
+        pass  # exists already
+    version = client.create_model_version(name, source=info.model_uri, run_id=parent_run_id, tags=tags,
+                                          model_id=getattr(info, "model_id", None))
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    version = client.get_model_version(name, version.version)
+    promoted, reason = decide_promotion(client, name, version)
+    if promoted:
+        promote(client, name, version.version, reason)
+    else:
+        client.set_model_version_tag(name, version.version, "arena_pref.promotion", reason)
+    tracking.set_tags(client, parent_run_id, {"arena_pref.registered_version": version.version,
+                                              "arena_pref.promotion": reason})
+    LOGGER.info("registered %s version %s (%s)", name, version.version, "champion: " + reason if promoted else reason)
+    return RegistrationOutput(name=name, version=str(version.version), model_uri=f"models:/{name}/{version.version}",
+                              promoted=promoted, reason=reason)

@@ -1,0 +1,19 @@
+"""Retry policy: retries belong on I/O (flaky disks, network stores), never on bad data or training math."""
+
+from __future__ import annotations
+
+# Errors that the same call cannot fix by trying again: the user must act.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def retry_on_io(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry transient OS/network errors only."""
+    try:
+        state.result()
+    except _PERMANENT:
+        return False
+    except (OSError, TimeoutError, ConnectionError):
+        return True
+    except Exception:
+        return False
+    return False

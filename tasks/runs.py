@@ -1,0 +1,56 @@
+"""Tasks that open, annotate and close the parent `cv-training` MLflow run."""
+
+from __future__ import annotations
+
+import logging
+
+from prefect import task
+
+from pref_core.config import RunConfig
+from tasks import tracking
+from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from tasks.retry import retry_on_io
+
+LOGGER = logging.getLogger(__name__)
+
+
+@task(name="open-parent-run", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)
+def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
+    """Check the store is reachable (before any training), then create the parent run with the flat config."""
+    uri = tracking.resolve_tracking_uri(config)
+    tracking.check_tracking_reachable(uri)
+    client = tracking.get_client(config)
+    experiment_id = tracking.ensure_experiment(client, config.tracking.experiment)
+    tags = {tracking.TAG_KIND: "cv", "arena_pref.prefect_flow_run": flow_run_name}
+    commit = tracking.git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    run = client.create_run(experiment_id, run_name="cv-training", tags=tags)
+    tracking.log_params(client, run.info.run_id, config.flat())
+    LOGGER.info("MLflow parent run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
+    return run.info.run_id
+
+
+@task(name="log-inputs", **TASK_DEFAULTS)
+def log_inputs(config: RunConfig, parent_run_id: str, prepared: PreparedInputs) -> None:
+    """Data and tokenizer identity and row counts, plus the rejected-rows files, on the parent run."""
+    client = tracking.get_client(config)
+    tracking.set_tags(client, parent_run_id, {
+        "arena_pref.run_key": prepared.run_key,
+        "arena_pref.train_hash": prepared.train_hash,
+        "arena_pref.test_hash": prepared.test_hash or "",
+        "arena_pref.base_model": prepared.base_model,
+        "arena_pref.train_tokens_key": prepared.train_tokens.key,
+        "arena_pref.tokenizer_hash": prepared.tokenizer_hash,
+    })
+    tracking.log_metrics(client, parent_run_id, prepared.counts())
+    for path in prepared.rejected_files():
+        client.log_artifact(parent_run_id, path, artifact_path="rejected")
+
+
+@task(name="close-run", **TASK_DEFAULTS)
+def close_run(config: RunConfig, run_id: str, status: str) -> None:
+    try:
+        tracking.get_client(config).set_terminated(run_id, status)
+    except Exception as err:  # closing must not hide the error that brought us here
+        LOGGER.warning("could not mark MLflow run %s as %s: %s", run_id, status, err)

@@ -1,0 +1,184 @@
+"""MLflow plumbing shared by the tasks: where the store is, runs, and a Trainer callback.
+
+Everything goes through an explicit `MlflowClient(tracking_uri)` and explicit
+run ids (never the fluent "active run"): Prefect runs tasks in worker threads
+and fold flows in other processes, where a thread-local active run would be
+the wrong one or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from transformers import TrainerCallback
+
+from pref_core.config import RunConfig
+
+LOGGER = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The local store `mlflow/launch.sh` serves; also the embedded default when no server runs.
+LOCAL_STORE_DIR = PROJECT_ROOT / "mlflow"
+SERVER_STATE_FILE = LOCAL_STORE_DIR / "server.json"
+
+TAG_FOLD = "arena_pref.fold"
+TAG_KIND = "arena_pref.kind"
+TAG_PARENT = "mlflow.parentRunId"
+# MLflow params are capped in length; longer values (lists of modules) are cut with a marker.
+_PARAM_MAX = 500
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking store cannot be reached; raised before any training starts."""
+
+
+def local_store_uri() -> str:
+    return f"sqlite:///{(LOCAL_STORE_DIR / 'mlflow.db').as_posix()}"
+
+
+def local_artifact_root() -> Path:
+    return LOCAL_STORE_DIR / "artifacts"
+
+
+def running_local_server_url() -> Optional[str]:
+    """URL of the server started by `arena-pref ui`/`mlflow/launch.sh` when it is alive, else None."""
+    try:
+        state = json.loads(SERVER_STATE_FILE.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(state["url"])
+
+
+def resolve_tracking_uri(config: RunConfig) -> str:
+    """`tracking.uri` > $MLFLOW_TRACKING_URI > the running local server > the local SQLite file."""
+    if config.tracking.uri:
+        return config.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return running_local_server_url() or local_store_uri()
+
+
+def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the store cannot be used (before any GPU hour is spent)."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (our own server)
+                if response.status == 200:
+                    return
+                problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as err:
+            problem = str(getattr(err, "reason", err))
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} is not reachable ({problem}). Start it with `arena-pref ui` "
+            "(or mlflow/launch.sh), or point tracking.uri / MLFLOW_TRACKING_URI at a running server."
+        )
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingUnavailableError(f"MLflow store {uri}: cannot create {folder} ({err})") from None
+        if not os.access(folder, os.W_OK):
+            raise TrackingUnavailableError(f"MLflow store {uri}: folder {folder} is not writable")
+
+
+def get_client(config: RunConfig) -> MlflowClient:
+    return MlflowClient(tracking_uri=resolve_tracking_uri(config))
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """Experiment id, creating it with an explicit artifact root for local stores (never an implicit ./mlruns)."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if client.tracking_uri.startswith("sqlite:///"):
+        store = Path(client.tracking_uri.removeprefix("sqlite:///")).parent
+        artifact_location = (store / "artifacts").resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # a concurrent run created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = []
+    for key, value in params.items():
+        text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        if len(text) > _PARAM_MAX:
+            text = text[: _PARAM_MAX - 3] + "..."
+        items.append(Param(key, text))
+    for start in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    now = int(time.time() * 1000)
+    items = [Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None]
+    if items:
+        client.log_batch(run_id, metrics=items)
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+# Trainer log keys -> the metric names users see in MLflow.
+_METRIC_NAMES = {"loss": "train_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+
+
+class MlflowFoldCallback(TrainerCallback):
+    """Streams the Trainer's logs of one fold into its MLflow child run.
+
+    A tracking hiccup mid-training is logged and skipped, never allowed to kill
+    hours of GPU work: the adapter is on disk regardless.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.failures = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        metrics = {}
+        for key, value in logs.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if key in _METRIC_NAMES:
+                metrics[_METRIC_NAMES[key]] = value
+            elif key.startswith("val_"):
+                metrics[key] = value
+        if not metrics:
+            return
+        try:
+            log_metrics(self.client, self.run_id, metrics, step=int(state.global_step))
+        except Exception as err:  # keep training; the final metrics are logged again at the end
+            self.failures += 1
+            LOGGER.warning("MLflow logging failed at step %s (%s); training goes on", state.global_step, err)

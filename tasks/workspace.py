@@ -1,0 +1,65 @@
+"""Where each step writes under `output_dir`, derived from the config and the data, never from globals.
+
+output_dir/
+  ingest/<data_hash>/            parsed rows (parquet) and rejected rows, per input file
+  models/tiny-<key>/             the offline tiny base model, when model.tiny is set
+  cache/tokens/<key>/            tokenized datasets (pref_core.tokenization)
+  runs/<run_key>/                one CV configuration: folds table, fold_<k>/ checkpoints and adapters,
+                                 oof_predictions.parquet, submission.csv
+
+`run_key` hashes the resolved config (less tracking and execution details) and
+the data hashes, so reruns of the same setup find their finished folds and
+concurrent runs of different setups never share a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from pref_core.config import RunConfig
+
+# Config fields that change where or how a run is tracked or executed, not what it computes.
+_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.folds", "data.train_csv", "data.test_csv", "output_dir")
+
+
+def _hash_json(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compute_run_key(config: RunConfig, train_hash: str, test_hash: Optional[str]) -> str:
+    tree = config.model_dump(mode="json")
+    for dotted in _NON_SEMANTIC_FIELDS:
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    return _hash_json({"config": tree, "train": train_hash, "test": test_hash})
+
+
+def output_root(config: RunConfig) -> Path:
+    return Path(config.output_dir).expanduser().resolve()
+
+
+def ingest_dir(config: RunConfig, data_hash: str) -> Path:
+    return output_root(config) / "ingest" / data_hash
+
+
+def token_cache_root(config: RunConfig) -> Path:
+    return output_root(config) / "cache" / "tokens"
+
+
+def tiny_model_dir(config: RunConfig, train_hash: str) -> Path:
+    assert config.model.tiny is not None
+    return output_root(config) / "models" / f"tiny-{_hash_json([config.model.tiny.model_dump(), train_hash])}"
+
+
+def run_dir(config: RunConfig, run_key: str) -> Path:
+    return output_root(config) / "runs" / run_key
+
+
+def fold_dir(config: RunConfig, run_key: str, fold: int) -> Path:
+    return run_dir(config, run_key) / f"fold_{fold}"

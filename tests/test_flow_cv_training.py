@@ -1,0 +1,117 @@
+"""End-to-end `cv-training` on the tiny model under a Prefect test harness, MLflow on a temporary SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pref_core.config import load_config
+from pref_core.labels import LABEL_COLUMNS
+from pref_core.synthetic import write_synthetic_csvs
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _tiny_config(tmp_path: Path, train_csv: Path, test_csv: Path | None, *extra: str):
+    overrides = [
+        f"data.train_csv={train_csv}",
+        f"output_dir={tmp_path / 'out'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.experiment=flow-test",
+        "train.num_epochs=1",
+        "train.save_steps=1000",
+        *extra,
+    ]
+    if test_csv is not None:
+        overrides.append(f"data.test_csv={test_csv}")
+    return load_config(ROOT / "configs" / "tiny.yaml", overrides)
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="module")
+def synthetic_csvs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_synthetic_csvs(folder, n_train=150, n_test=40, signal=0.9, seed=3)
+
+
+def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synthetic_csvs):
+    from flows.cv_training import cv_training
+
+    train_csv, test_csv = synthetic_csvs
+    config = _tiny_config(tmp_path, train_csv, test_csv)
+    result = cv_training(config)
+
+    client = MlflowClient(config.tracking.uri)
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.run_name == "cv-training"
+    assert parent.info.status == "FINISHED"
+    for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "n_train_kept", "n_train_rejected"):
+        assert key in parent.data.metrics, key
+    assert parent.data.params["model.head"] == "label_token"
+    assert parent.data.params["cv.n_folds"] == "5"
+    assert parent.data.tags["arena_pref.train_hash"]
+
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(int(r.data.tags["arena_pref.fold"]) for r in children) == [0, 1, 2, 3, 4]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"val_log_loss", "val_accuracy", "train_loss", "learning_rate"} <= set(child.data.metrics)
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) >= 1
+        adapter = {a.path for a in client.list_artifacts(child.info.run_id, "adapter")}
+        assert "adapter/adapter_model.safetensors" in adapter
+        assert "adapter/adapter_config.json" in adapter
+        assert "adapter/tokenizer.json" in adapter
+        top = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"val_predictions.parquet", "test_predictions.parquet"} <= top
+
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"oof_predictions.parquet", "submission.csv", "plots"} <= parent_artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/fold_log_loss.png", "plots/reliability.png", "plots/confusion_matrix.png"}
+
+    # OOF covers every kept training row exactly once, each in the fold that held it out.
+    oof = pd.read_parquet(result["oof_path"])
+    train = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+    assert sorted(oof["id"]) == sorted(train["id"])
+    assert oof["id"].is_unique
+    np.testing.assert_allclose(oof[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
+    assert parent.data.metrics["n_oof"] == len(train)
+
+    submission = pd.read_csv(result["submission_path"], dtype={"id": str})
+    test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
+    assert list(submission.columns) == ["id", *LABEL_COLUMNS]
+    assert submission["id"].tolist() == test["id"].tolist()
+    values = submission[list(LABEL_COLUMNS)].to_numpy()
+    assert ((values >= 0) & (values <= 1)).all()
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synthetic_csvs):
+    """A second identical run reuses the token cache and the finished fold instead of retraining."""
+    from flows.cv_training import cv_training
+
+    train_csv, _ = synthetic_csvs
+    config = _tiny_config(tmp_path, train_csv, None, "cv.execution=in_process", "cv.folds=[0, 1]")
+    first = cv_training(config)
+    second = cv_training(config)
+    client = MlflowClient(config.tracking.uri)
+    for fold, run_id in second["fold_run_ids"].items():
+        run = client.get_run(run_id)
+        assert run.data.tags.get("arena_pref.reused") == "true"
+        assert run.data.metrics["val_log_loss"] == pytest.approx(first["fold_log_loss"][fold])
+    assert second["metrics"]["oof_log_loss"] == pytest.approx(first["metrics"]["oof_log_loss"])
+    assert second["submission_path"] is None
