@@ -1,4 +1,4 @@
-"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, ui).
+"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, stack, ui).
 
 User errors (bad config, bad data, unreachable tracking store, a failed fold)
 end with one line per problem and a non-zero exit, never a traceback.
@@ -41,8 +41,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.evaluation import IncompleteOOFError
     from tasks.tracking import TrackingUnavailableError
     from tasks.training import FoldFailedError
+    from arena_pref.stack import StackError
 
-    return (UserError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
+    return (UserError, StackError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
             IncompleteOOFError, FileNotFoundError, PermissionError)
 
 
@@ -172,6 +173,25 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_stack(args) -> int:
+    from arena_pref import stack
+
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        state = stack.up(state_dir, gpus=args.gpus, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
+        print("\n".join(stack.status(state_dir)))
+        print("\nIn your shell:")
+        print(f"  export PREFECT_API_URL={state.prefect_api_url} MLFLOW_TRACKING_URI={state.mlflow_url}")
+        print("  prefect deployment run 'cv-training/gpu' --param config_path=configs/tiny.yaml "
+              "--param overrides='[\"data.train_csv=PATH\"]' --watch")
+    elif args.action == "down":
+        stopped = stack.down(state_dir)
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+    else:
+        print("\n".join(stack.status(state_dir)))
+    return 0
+
+
 def cmd_ui(args) -> int:
     launcher = PROJECT_ROOT / "mlflow" / "launch.sh"
     os.execv("/bin/bash", ["bash", str(launcher), "--host", args.host, "--port", str(args.port)])
@@ -231,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="submission.csv")
     predict.add_argument("--tracking-uri", default=None)
     predict.set_defaults(func=cmd_predict)
+
+    stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--gpus", type=int, default=None, help="fold workers (default: visible GPUs)")
+    stack.add_argument("--state-dir", default=str(PROJECT_ROOT / ".stack"))
+    stack.add_argument("--prefect-port", type=int, default=4200)
+    stack.add_argument("--mlflow-port", type=int, default=5000)
+    stack.set_defaults(func=cmd_stack)
 
     ui = sub.add_parser("ui", help="MLflow UI on the local store (127.0.0.1)")
     ui.add_argument("--host", default="127.0.0.1")

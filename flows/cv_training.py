@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from prefect import flow
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.preparation import prepare_inputs
@@ -12,22 +15,38 @@ from tasks import evaluation, registry, runs, training
 
 
 @flow(name="cv-training", log_prints=True)
-def cv_training(config: RunConfig, force: bool = False) -> dict:
+def cv_training(
+    config: Optional[RunConfig] = None,
+    config_path: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    fold_execution: Optional[str] = None,
+    force: bool = False,
+) -> dict:
     """K-fold LoRA fine-tuning with out-of-fold evaluation, tracked in one parent MLflow run.
 
-    `force` retrains folds that an earlier run with the same config and data finished.
+    Give either `config` or `config_path` (+ `overrides`, `key=value` strings). `fold_execution`
+    overrides cv.execution (the GPU deployment sets `deployment`). `force` retrains folds that an
+    earlier run with the same config and data finished.
     """
+    config = runs.resolve_config(config, config_path, overrides or [], fold_execution)
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
         runs.log_inputs(config, parent_run_id, prepared)
         folds = config.cv.folds if config.cv.folds is not None else list(range(config.cv.n_folds))
         fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k) for k in folds}
-        for k, run_id in fold_run_ids.items():
-            if config.cv.execution == "subprocess":
-                training.run_fold_in_subprocess(config, k, run_id, prepared.train_hash, force)
-            else:
-                train_fold.with_options(flow_run_name=f"fold-{k}")(config, k, run_id, prepared.train_hash, force)
+        if config.cv.execution == "deployment":
+            # All folds at once; each GPU worker takes one at a time (--limit 1).
+            futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
+                       for k, run_id in fold_run_ids.items()]
+            wait(futures)
+            training.raise_failed_folds(futures)
+        else:
+            for k, run_id in fold_run_ids.items():
+                if config.cv.execution == "subprocess":
+                    training.run_fold_in_subprocess(config, k, run_id, prepared.train_hash, force)
+                else:
+                    train_fold.with_options(flow_run_name=f"fold-{k}")(config, k, run_id, prepared.train_hash, force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)

@@ -129,9 +129,12 @@ class CVConfig(_Section):
     n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
     seed: int = 42
     folds: Optional[list[int]] = Field(None, description="Train only these fold indices (default: all).")
-    execution: Literal["subprocess", "in_process"] = Field(
-        "subprocess", description="subprocess: each fold in its own process (CUDA memory freed when it exits)."
+    execution: Literal["subprocess", "in_process", "deployment"] = Field(
+        "subprocess",
+        description="subprocess: each fold in its own local process (CUDA memory freed when it exits); "
+        "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
     )
+    fold_deployment: str = Field("train-fold/gpu", description="Deployment that trains one fold (execution=deployment).")
 
 
 class TrackingConfig(_Section):

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
+from typing import Optional
 
 from prefect import task
 
-from pref_core.config import RunConfig
+from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
 from tasks import tracking
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from tasks.retry import retry_on_io
 
 LOGGER = logging.getLogger(__name__)
+
+
+@task(name="resolve-config", **TASK_DEFAULTS)
+def resolve_config(
+    config: Optional[RunConfig], config_path: Optional[str], overrides: list[str], fold_execution: Optional[str]
+) -> RunConfig:
+    """The run's config: a RunConfig given as is, or a YAML path (relative to the project) plus `key=value` overrides."""
+    if (config is None) == (config_path is None):
+        raise ConfigError(["pass exactly one of `config` (a RunConfig) and `config_path` (a YAML file)"])
+    extra = list(overrides) + ([f"cv.execution={fold_execution}"] if fold_execution else [])
+    if config_path is not None:
+        path = Path(config_path)
+        if not path.is_absolute() and not path.exists():
+            path = tracking.PROJECT_ROOT / path
+        return load_config(path, extra)
+    return parse_config(apply_overrides(config.model_dump(mode="json"), extra)) if extra else config
 
 
 @task(name="open-parent-run", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)

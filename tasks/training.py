@@ -237,3 +237,39 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
                 f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."
             )
     return str(flow_run.id)
+
+
+@task(name="train-fold-deployment", **TASK_DEFAULTS)
+def run_fold_deployment(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> str:
+    """Run one fold through the `train-fold` deployment (a GPU worker) and wait for it."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    logger.info("fold %d: submitting to deployment %s", fold, config.cv.fold_deployment)
+    flow_run = run_deployment(
+        config.cv.fold_deployment,
+        parameters=_fold_flow_parameters(config, fold, mlflow_run_id, train_hash, force),
+        flow_run_name=f"fold-{fold}",
+        timeout=None,
+        poll_interval=2,
+    )
+    if flow_run.state is None or not flow_run.state.is_completed():
+        state = flow_run.state.name if flow_run.state else "unknown"
+        message = (flow_run.state.message if flow_run.state else "") or ""
+        raise FoldFailedError(
+            f"fold {fold} failed in flow run '{flow_run.name}' ({flow_run.id}) of deployment "
+            f"{config.cv.fold_deployment}: {state}. {message} MLflow run {mlflow_run_id}."
+        )
+    return str(flow_run.id)
+
+
+def raise_failed_folds(futures) -> None:
+    """After all fold runs ended: one error naming every failed fold (not just the first)."""
+    errors = []
+    for future in futures:
+        try:
+            future.result()
+        except Exception as err:
+            errors.append(str(err))
+    if errors:
+        raise FoldFailedError(f"{len(errors)} fold(s) failed:\n" + "\n".join(errors))

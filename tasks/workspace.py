@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
 from pref_core.config import RunConfig
 
 # Config fields that change where or how a run is tracked or executed, not what it computes.
-_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.folds", "data.train_csv", "data.test_csv", "output_dir")
+_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "data.train_csv", "data.test_csv", "output_dir")
 
 
 def _hash_json(obj) -> str:
@@ -40,8 +41,13 @@ def compute_run_key(config: RunConfig, train_hash: str, test_hash: Optional[str]
     return _hash_json({"config": tree, "train": train_hash, "test": test_hash})
 
 
+# A GPU worker may keep its caches and checkpoints in a scratch folder of its own (set by
+# `arena-pref stack` or the work pool's job variables); results travel through MLflow anyway.
+OUTPUT_DIR_ENV = "ARENA_PREF_OUTPUT_DIR"
+
+
 def output_root(config: RunConfig) -> Path:
-    return Path(config.output_dir).expanduser().resolve()
+    return Path(os.environ.get(OUTPUT_DIR_ENV) or config.output_dir).expanduser().resolve()
 
 
 def ingest_dir(config: RunConfig, data_hash: str) -> Path:
