@@ -186,19 +186,31 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _format_validation_error(err: ValidationError) -> list[str]:
-    problems = []
+    problems: list[str] = []
+    unions: dict[str, tuple[int, Any, list[str]]] = {}  # loc -> (line index, value, messages of each branch)
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"])
-        msg = item["msg"]
+        parts = [str(p) for p in item["loc"]]
+        # Union branches add tags such as "literal['all-linear']" or "list[str]" to the location: not fields.
+        fields = [p for p in parts if p.isidentifier() or p.isdigit()]
+        loc = ".".join(fields)
+        msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             problems.append(f"{loc}: unknown field; check the spelling (see pref_core/config.py for the fields)")
         elif item["type"] == "missing":
             problems.append(f"{loc}: required field is missing; set it in the YAML or with --set {loc}=...")
-        else:
-            if loc:
-                problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
-            else:  # cross-field checks name their own fields
-                problems.append(msg.removeprefix("Value error, "))
+        elif len(fields) != len(parts):  # one line per union field, listing what each branch accepts
+            if loc not in unions:
+                unions[loc] = (len(problems), item.get("input"), [])
+                problems.append("")
+            unions[loc][2].append(msg)
+        elif item["type"] == "value_error" and msg.startswith(f"{loc}."):
+            problems.append(msg)  # a section's validator naming its own field ("model.name_or_path: ...")
+        elif loc:
+            problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
+        else:  # cross-field checks name their own fields
+            problems.append(msg)
+    for loc, (index, value, messages) in unions.items():
+        problems[index] = f"{loc}: got {value!r}; " + " or ".join(messages)
     return problems
 
 
@@ -227,7 +239,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an empty/null section in the YAML (`tiny: null`)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError([f"override {item!r}: {part} is a value, not a section"])
             node = child

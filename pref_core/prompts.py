@@ -1,0 +1,300 @@
+"""Prompt templates and token-budget truncation: one arena row -> the model's input ids.
+
+An example is a sequence of *segments*: fixed text of the template (headers,
+separators, the closing question) and *content pieces* (one turn of the prompt
+or of a response). Every piece is tokenized on its own, so truncation cuts
+token lists, never characters, and the closing question is never cut: the
+model reads its prediction at the last position, right after ``Answer: ``.
+
+A content piece carries its own leading separator (``" "`` after a header,
+``"\\n"`` between turns of one cell): the space then belongs to the first
+word, as it does when the whole text is tokenized at once by Llama-3/GPT-2
+style byte-level BPE, and a tokenizer that adds a prefix space adds none.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from pref_core.config import PromptConfig
+
+# One explicit placeholder wherever a turn is JSON null (an answer that was never given).
+NULL_TURN = "[null]"
+
+CLOSING_QUESTION = "\n\n---------\nWhich is the better response for the prompt ? a or b or tie ?\n\nAnswer: "
+
+# Seed-policy caps (prompt, response_a, response_b) for the last turn, in tokens, designed for
+# max_length 1024+; scaled down together when the budget left by the template is smaller.
+SEED_CAPS: tuple[int, int, int] = (256, 512, 512)
+
+PARTS: tuple[str, str, str] = ("prompt", "response_a", "response_b")
+_HEADERS = ("<prompt>:", "\n\n<response_a>:", "\n\n<response_b>:")
+
+Turns = Sequence[Optional[str]]
+
+
+def _turn_text(turn: Optional[str]) -> str:
+    return NULL_TURN if turn is None else turn
+
+
+def _piece_text(turn: Optional[str], turn_index: int, template: str) -> str:
+    """Text of one content piece, with its leading separator."""
+    # seed template: turns of one cell are joined by "\n" after "<prompt>: ".
+    lead = "\n" if template == "seed" and turn_index > 0 else " "
+    return lead + _turn_text(turn)
+
+
+def _turn_header(turn_index: int, first: bool) -> str:
+    """multi_turn template: the fixed text before the prompt of turn `turn_index` (0-based)."""
+    return ("" if first else "\n\n") + f"<turn {turn_index + 1}>\n<prompt>:"
+
+
+def _check_template(template: str) -> None:
+    if template not in ("seed", "multi_turn"):
+        raise ValueError(f"prompt.template: got {template!r}; choose 'seed' or 'multi_turn'")
+
+
+def _check_turns(prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns) -> int:
+    counts = [len(prompt_turns), len(response_a_turns), len(response_b_turns)]
+    if counts[0] == 0:
+        raise ValueError("prompt has no turns; every cell needs at least one turn")
+    if len(set(counts)) != 1:
+        raise ValueError(
+            f"turn counts differ (prompt {counts[0]}, response_a {counts[1]}, response_b {counts[2]}); "
+            "each cell must hold one entry per turn (read the data with pref_core.data.read_arena_csv)"
+        )
+    return counts[0]
+
+
+def build_prompt(
+    prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns, template: str = "seed"
+) -> str:
+    """The full, untruncated text of one example (what `encode_example` tokenizes when it fits).
+
+    seed:       ``<prompt>: p1\\np2\\n\\n<response_a>: a1\\na2\\n\\n<response_b>: b1\\nb2`` + CLOSING_QUESTION
+    multi_turn: ``<turn 1>\\n<prompt>: p1\\n\\n<response_a>: a1\\n\\n<response_b>: b1\\n\\n<turn 2>...``
+                + CLOSING_QUESTION
+    JSON-null turns read NULL_TURN.
+    """
+    _check_template(template)
+    n_turns = _check_turns(prompt_turns, response_a_turns, response_b_turns)
+    cells = (prompt_turns, response_a_turns, response_b_turns)
+    out: list[str] = []
+    if template == "seed":
+        for header, turns in zip(_HEADERS, cells):
+            out.append(header)
+            out.extend(_piece_text(t, i, template) for i, t in enumerate(turns))
+    else:
+        for i in range(n_turns):
+            out.append(_turn_header(i, first=i == 0))
+            for k, turns in enumerate(cells):
+                if k:
+                    out.append(_HEADERS[k])
+                out.append(_piece_text(turns[i], i, template))
+    out.append(CLOSING_QUESTION)
+    return "".join(out)
+
+
+def scale_seed_caps(budget: int) -> tuple[int, int, int]:
+    """SEED_CAPS shrunk proportionally so that they add up to at most `budget` tokens."""
+    total = sum(SEED_CAPS)
+    if budget >= total:
+        return SEED_CAPS
+    return tuple(cap * budget // total for cap in SEED_CAPS)  # type: ignore[return-value]
+
+
+def split_proportionally(lengths: Sequence[int], budget: int) -> list[int]:
+    """Token budget per piece, summing to min(budget, sum(lengths)); no piece gets more than its length.
+
+    Half the budget first guarantees every piece up to budget / (2 * pieces)
+    tokens, so a short prompt next to a 5,000-token answer is not cut to
+    nothing; the rest is split in proportion to what each piece still lacks.
+    Largest-remainder rounding hands out the tokens the floors leave over.
+    Example: lengths [10, 1000, 3000], budget 600 -> floor 100 -> base
+    [10, 100, 100], the other 390 split 900:2900 -> [10, 192, 398].
+    """
+    total = sum(lengths)
+    if total <= budget:
+        return list(lengths)
+    floor = budget // (2 * len(lengths))
+    base = [min(n, floor) for n in lengths]
+    rest = budget - sum(base)
+    lacking = [n - b for n, b in zip(lengths, base)]
+    lacking_total = sum(lacking)  # > rest because sum(lengths) > budget
+    shares = [n * rest // lacking_total for n in lacking]
+    by_remainder = sorted(range(len(lengths)), key=lambda j: (-(lacking[j] * rest % lacking_total), j))
+    for j in by_remainder[: rest - sum(shares)]:
+        shares[j] += 1
+    return [b + extra for b, extra in zip(base, shares)]
+
+
+class PromptEncoder:
+    """Turns rows of (prompt, response_a, response_b) turns into token ids under one PromptConfig.
+
+    Holds the tokenizer and the token ids of the template's fixed text, which
+    are computed once; `encode_batch` tokenizes all content pieces of a batch
+    in one call to the fast tokenizer (much faster than per-row calls).
+    """
+
+    def __init__(self, tokenizer, prompt_config: PromptConfig):
+        _check_template(prompt_config.template)
+        self.tokenizer = tokenizer
+        self.prompt_config = prompt_config
+        self._encode_texts = TextEncoder(tokenizer)
+        self._fixed: dict[str, list[int]] = {}
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        self._bos: list[int] = [] if bos is None else [int(bos)]
+        self._closing = self._fixed_ids(CLOSING_QUESTION)
+        self._headers = [self._fixed_ids(h) for h in _HEADERS]
+
+    def _fixed_ids(self, text: str) -> list[int]:
+        ids = self._fixed.get(text)
+        if ids is None:
+            ids = self._fixed[text] = self._encode_texts([text])[0]
+        return ids
+
+    def encode(self, prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns) -> list[int]:
+        return self.encode_batch([(prompt_turns, response_a_turns, response_b_turns)])[0]
+
+    def encode_batch(self, rows: Sequence[tuple[Turns, Turns, Turns]]) -> list[list[int]]:
+        return self.encode_batch_with_swap(rows, with_swap=False)[0]
+
+    def encode_batch_with_swap(
+        self, rows: Sequence[tuple[Turns, Turns, Turns]], with_swap: bool = True
+    ) -> tuple[list[list[int]], Optional[list[list[int]]]]:
+        """(ids, ids with responses a and b exchanged, or None); the swapped view costs no extra tokenizing.
+
+        A piece's text does not depend on the side it stands on, so the swapped
+        example is the same token pieces assembled in the order prompt, b, a:
+        equal to encoding the row after labels.swap (the tests check it).
+        """
+        template = self.prompt_config.template
+        texts: list[str] = []
+        starts: list[int] = []
+        for prompt_turns, a_turns, b_turns in rows:
+            _check_turns(prompt_turns, a_turns, b_turns)
+            starts.append(len(texts))
+            for turns in (prompt_turns, a_turns, b_turns):
+                texts.extend(_piece_text(t, i, template) for i, t in enumerate(turns))
+        ids = self._encode_texts(texts) if texts else []
+        out: list[list[int]] = []
+        out_swap: Optional[list[list[int]]] = [] if with_swap else None
+        for (prompt_turns, _, _), start in zip(rows, starts):
+            n = len(prompt_turns)
+            # pieces[k][i]: ids of turn i of part k (0 prompt, 1 response_a, 2 response_b)
+            pieces = [ids[start + k * n : start + (k + 1) * n] for k in range(3)]
+            out.append(self._fit(pieces))
+            if out_swap is not None:
+                out_swap.append(self._fit([pieces[0], pieces[2], pieces[1]]))
+        return out, out_swap
+
+    # -- truncation ------------------------------------------------------------------------
+    def _overhead(self, first: int, n_turns: int) -> int:
+        """Tokens of fixed text (BOS, headers, closing question) when turns first..n_turns-1 are kept."""
+        fixed = len(self._bos) + len(self._closing)
+        if self.prompt_config.template == "seed":
+            return fixed + sum(len(h) for h in self._headers)
+        per_turn = len(self._headers[1]) + len(self._headers[2])
+        return fixed + sum(
+            len(self._fixed_ids(_turn_header(i, first=i == first))) + per_turn for i in range(first, n_turns)
+        )
+
+    def _fit(self, pieces: list[list[list[int]]]) -> list[int]:
+        max_length = self.prompt_config.max_length
+        n_turns = len(pieces[0])
+        content = [sum(len(p) for p in part) for part in zip(*pieces)]  # tokens per turn
+        first = 0
+        if self._overhead(0, n_turns) + sum(content) <= max_length:
+            return self._assemble(pieces, 0)
+        policy = self.prompt_config.truncation
+        if policy == "seed":
+            first = n_turns - 1  # only the last turn of each cell
+        else:  # proportional: drop the oldest turns while the rest does not fit
+            while first < n_turns - 1 and self._overhead(first, n_turns) + sum(content[first:]) > max_length:
+                first += 1
+        budget = max_length - self._overhead(first, n_turns)
+        if budget < 0:
+            raise ValueError(
+                f"prompt.max_length={max_length} is too small: the template's fixed text alone "
+                f"(BOS, headers, closing question) takes {max_length - budget} tokens with this tokenizer; "
+                f"raise prompt.max_length to at least {max_length - budget + 16}"
+            )
+        kept = [part[first:] for part in pieces]  # kept[k][j]: part k, j-th kept turn
+        if policy == "seed":
+            caps = scale_seed_caps(budget)
+            limits = [[caps[k]] for k in range(3)]  # one kept turn per part
+        else:
+            flat_lengths = [len(p) for part in kept for p in part]
+            shares = split_proportionally(flat_lengths, budget)
+            m = n_turns - first
+            limits = [shares[k * m : (k + 1) * m] for k in range(3)]
+        cut = [[p[:limit] for p, limit in zip(part, part_limits)] for part, part_limits in zip(kept, limits)]
+        return self._assemble(cut, first)
+
+    def _assemble(self, pieces: list[list[list[int]]], first: int) -> list[int]:
+        """Concatenate BOS, template text and the kept pieces; `first`: original index of the first kept turn."""
+        out = list(self._bos)
+        if self.prompt_config.template == "seed":
+            for header, part in zip(self._headers, pieces):
+                out += header
+                for piece in part:
+                    out += piece
+        else:
+            for j in range(len(pieces[0])):
+                out += self._fixed_ids(_turn_header(first + j, first=j == 0))
+                for k in range(3):
+                    if k:
+                        out += self._headers[k]
+                    out += pieces[k][j]
+        out += self._closing
+        return out
+
+
+def encode_example(
+    tokenizer,
+    prompt_turns: Turns,
+    response_a_turns: Turns,
+    response_b_turns: Turns,
+    prompt_config: PromptConfig,
+) -> list[int]:
+    """Token ids of one example: at most prompt_config.max_length, ending with the whole CLOSING_QUESTION.
+
+    BOS is prepended when the tokenizer has one; no label token is appended
+    (the model predicts the label at the last position). Truncation, when the
+    full text does not fit:
+    - ``seed``: keep only the last turn of each cell, its head capped at
+      256/512/512 tokens (prompt/response_a/response_b), scaled down when the
+      budget is smaller;
+    - ``proportional``: drop the oldest turns while the rest does not fit,
+      then cut each remaining piece (head kept) in proportion to its length,
+      short pieces kept whole (see `split_proportionally`).
+    For many rows use `PromptEncoder.encode_batch` (one batched tokenizer call).
+    """
+    return PromptEncoder(tokenizer, prompt_config).encode(prompt_turns, response_a_turns, response_b_turns)
+
+
+class TextEncoder:
+    """Callable list[str] -> list[list[int]]: token ids without special tokens, truncation or padding.
+
+    Uses the Rust backend's ``encode_batch_fast`` (no offsets computed) when the
+    tokenizer has one; a truncation/padding setting stored in the backend would
+    cut pieces silently, so such a backend is copied with both switched off.
+    A plain class (not a closure) so that `datasets` can pickle it to workers.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None and (backend.truncation is not None or backend.padding is not None):
+            from tokenizers import Tokenizer
+
+            backend = Tokenizer.from_str(backend.to_str())
+            backend.no_truncation()
+            backend.no_padding()
+        self.backend = backend
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.backend is None:  # a slow (Python) tokenizer
+            return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        batch = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in batch(texts, add_special_tokens=False)]

@@ -1,0 +1,115 @@
+"""RunConfig: errors name the dotted field and the value; overrides; YAML round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pref_core.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model": {"tiny": {}}}
+
+
+def problems_of(raw) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    return info.value.problems
+
+
+def test_defaults_are_valid():
+    config = parse_config(TINY)
+    assert config.prompt.template == "seed" and config.prompt.max_length == 1024
+    assert config.data.max_bad_fraction == 0.0
+
+
+def test_error_names_the_dotted_field_and_the_value():
+    assert problems_of({**TINY, "train": {"learning_rate": -1}}) == [
+        "train.learning_rate: got -1; Input should be greater than 0"
+    ]
+
+
+def test_all_problems_are_reported_at_once():
+    problems = problems_of({**TINY, "train": {"learning_rate": 0, "lr": 1}, "prompt": {"template": "chatml"}})
+    assert len(problems) == 3
+    assert problems[0].startswith("prompt.template: got 'chatml'; Input should be 'seed' or 'multi_turn'")
+    assert problems[1].startswith("train.learning_rate: got 0")
+    assert problems[2].startswith("train.lr: unknown field")
+
+
+def test_section_validator_names_its_field():
+    assert problems_of({"model": {}}) == [
+        "model.name_or_path: set a hub id or local folder (or set model.tiny for the offline tiny model)"
+    ]
+    assert problems_of({})[0].startswith("model: required field is missing; set it in the YAML or with --set model=")
+
+
+def test_union_field_gives_one_line():
+    problems = problems_of({**TINY, "lora": {"target_modules": "some"}})
+    assert problems == ["lora.target_modules: got 'some'; Input should be 'all-linear' or Input should be a valid list"]
+    assert problems_of({**TINY, "lora": {"target_modules": []}}) == [
+        "lora.target_modules: got []; give at least one module name, or 'all-linear'"
+    ]
+
+
+def test_cross_field_problem():
+    problems = problems_of({**TINY, "cv": {"n_folds": 3, "folds": [0, 5]}})
+    assert problems == ["cv.folds: got [5]; fold indices must lie in 0..2 (cv.n_folds=3)"]
+
+
+def test_max_bad_fraction_range():
+    assert problems_of({**TINY, "data": {"max_bad_fraction": 1.5}})[0].startswith("data.max_bad_fraction: got 1.5")
+
+
+def test_overrides_are_parsed_as_yaml():
+    raw = apply_overrides(TINY, ["train.learning_rate=1e-4", "prompt.template=multi_turn", "cv.folds=[0, 2]"])
+    config = parse_config(raw)
+    assert config.train.learning_rate == 1e-4
+    assert config.prompt.template == "multi_turn"
+    assert config.cv.folds == [0, 2]
+    assert TINY == {"model": {"tiny": {}}}  # the input dict is not changed
+
+
+def test_override_fills_a_null_section():
+    config = parse_config(apply_overrides({"model": {"tiny": None}}, ["model.tiny.hidden_size=32"]))
+    assert config.model.tiny.hidden_size == 32
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.learning_rate", "expected key=value"),
+        ("=3", "the key before '=' is empty"),
+        ("train.learning_rate.x=1", "learning_rate is a value, not a section"),
+        ("train.learning_rate=[1", "not valid YAML"),
+    ],
+)
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides({**TINY, "train": {"learning_rate": 1.0}}, [override])
+
+
+def test_load_config_with_overrides_and_round_trip(tmp_path):
+    config = load_config(ROOT / "configs" / "tiny.yaml", ["prompt.max_length=128", "data.max_bad_fraction=0.5"])
+    assert config.prompt.max_length == 128 and config.data.max_bad_fraction == 0.5
+    path = dump_config(config, tmp_path / "resolved.yaml")
+    assert load_config(path) == config
+    assert config.flat()["prompt.max_length"] == 128
+
+
+def test_load_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("model:\n  tiny: {}\ntrain:\n  learning_rate: -2\n")
+    with pytest.raises(ConfigError, match=r"train.learning_rate: got -2"):
+        load_config(wrong)
+
+
+def test_run_config_is_the_single_schema():
+    assert set(RunConfig.model_fields) >= {"data", "prompt", "model", "lora", "train", "cv", "tracking", "output_dir"}
