@@ -70,10 +70,34 @@ def _print_summary(result: dict, tracking_uri: str) -> None:
     print("Open the MLflow UI with `arena-pref ui` (http://127.0.0.1:5000).")
 
 
+def preflight(config) -> None:
+    """Everything that can fail fast, checked before Prefect starts: writable output, reachable
+    tracking store, valid data. A bad file is reported here in one line per problem, with no
+    orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
+    from tasks import preparation, tracking, workspace
+
+    if config.data.train_csv is None:
+        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    root = workspace.output_root(config)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"output_dir: cannot write to {root} ({err.strerror or err}); "
+                        "choose a writable folder with --set output_dir=PATH") from None
+    tracking.check_tracking_reachable(tracking.resolve_tracking_uri(config))
+    preparation.ingest.fn(config, "train")
+    if config.data.test_csv is not None:
+        preparation.ingest.fn(config, "test")
+
+
 def run_training(config, force: bool = False) -> dict:
     from flows.cv_training import cv_training
     from tasks.tracking import resolve_tracking_uri
 
+    preflight(config)
     result = cv_training(config, force=force)
     _print_summary(result, resolve_tracking_uri(config))
     return result

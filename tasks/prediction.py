@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
 from prefect import task
 
 from tasks.evaluation import validate_submission
@@ -37,14 +36,13 @@ def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
 @task(name="predict-submission", **TASK_DEFAULTS)
 def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None) -> str:
     from pref_core.data import read_arena_csv
-    from tasks.pyfunc_model import predict_frame
+    from tasks.pyfunc_model import predict_parsed
 
     tracking_uri = tracking_uri or default_tracking_uri()
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models
-    raw = pd.read_csv(test_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     with tempfile.TemporaryDirectory() as tmp:
         bundle = download_bundle(model_uri, tracking_uri, Path(tmp))
-        submission = predict_frame(bundle, raw, progress=True)
+        submission = predict_parsed(bundle, test.frame, progress=True)
     validate_submission(submission, test.frame["id"].astype(str).tolist())
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

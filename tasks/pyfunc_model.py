@@ -44,22 +44,28 @@ def read_bundle(bundle: str | Path):
     return config, base, adapters
 
 
-def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
-    """Validate a raw test frame (JSON cells as strings), tokenize it and average the fold adapters."""
-    from pref_core.data import validate_arena_frame
+def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters."""
+    from transformers import AutoTokenizer
+
     from pref_core.ensemble import predict_with_adapters
     from pref_core.tokenization import tokenize_frame
 
     config, base, adapters = read_bundle(bundle)
-    frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
     probs = predict_with_adapters(config, adapters, dataset, base_model=base["name_or_path"], progress=progress)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out
+
+
+def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+    """Validate a raw Kaggle test frame (JSON cells as strings), then predict it."""
+    from pref_core.data import validate_arena_frame
+
+    frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
+    return predict_parsed(bundle, frame, progress=progress)
 
 
 class ArenaPrefModel(mlflow.pyfunc.PythonModel):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -39,7 +41,8 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     tracking.check_tracking_reachable(uri)
     client = tracking.get_client(config)
     experiment_id = tracking.ensure_experiment(client, config.tracking.experiment)
-    tags = {tracking.TAG_KIND: "cv", "arena_pref.prefect_flow_run": flow_run_name}
+    tags = {tracking.TAG_KIND: "cv", "arena_pref.prefect_flow_run": flow_run_name,
+            "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid()}
     commit = tracking.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

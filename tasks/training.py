@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -95,7 +96,10 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
     if force and folder.exists():
         shutil.rmtree(folder)
     attempt = int(client.get_run(mlflow_run_id).data.tags.get("arena_pref.attempt", "0")) + 1
-    tracking.set_tags(client, mlflow_run_id, {"arena_pref.attempt": attempt, "arena_pref.fold_dir": folder})
+    tracking.set_tags(client, mlflow_run_id, {
+        "arena_pref.attempt": attempt, "arena_pref.fold_dir": folder,
+        "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid(),
+    })
 
     if marker.exists():
         logger.info("fold %d: finished earlier in %s, reusing it (pass force=True to retrain)", fold, folder)

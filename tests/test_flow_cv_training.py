@@ -98,6 +98,30 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     values = submission[list(LABEL_COLUMNS)].to_numpy()
     assert ((values >= 0) & (values <= 1)).all()
     np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-6)
+    assert all(not a.path.endswith(".bin") for c in children for a in client.list_artifacts(c.info.run_id, "adapter"))
+
+    # The registered pyfunc reproduces the in-flow predictions from the fold adapters alone
+    # (this is what catches a model that silently reloads random base weights).
+    import mlflow
+
+    mlflow.set_tracking_uri(config.tracking.uri)
+    version = client.get_model_version_by_alias("arena-pref", "champion")
+    assert result["model_uri"] == f"models:/arena-pref/{version.version}"
+    assert version.run_id == parent.info.run_id
+    assert float(version.tags["oof_log_loss"]) == pytest.approx(parent.data.metrics["oof_log_loss"], abs=1e-6)
+    assert version.tags["n_folds"] == "5" and version.tags["data_hash"] == parent.data.tags["arena_pref.train_hash"]
+    loaded = mlflow.pyfunc.load_model("models:/arena-pref@champion")
+    reloaded = loaded.predict(test)
+    assert reloaded["id"].tolist() == test["id"].tolist()
+    np.testing.assert_allclose(reloaded[list(LABEL_COLUMNS)].to_numpy(), values, atol=1e-5)
+
+    # The predict flow (behind `arena-pref predict`) writes the same submission.
+    from flows.predict import predict
+
+    out = predict("models:/arena-pref@champion", str(test_csv), str(tmp_path / "pred.csv"), config.tracking.uri)
+    predicted = pd.read_csv(out, dtype={"id": str})
+    assert predicted["id"].tolist() == test["id"].tolist()
+    np.testing.assert_allclose(predicted[list(LABEL_COLUMNS)].to_numpy(), values, atol=1e-5)
 
 
 def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synthetic_csvs):
