@@ -7,10 +7,27 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download anything
+# Offline, quiet, and no stray MLflow runs opened by the Trainer.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
 
-# Real sample data, read-only and optional (tests skip without it); override the folder with ARENA_PREF_REAL_DATA.
-REAL_TRAIN_CSV = Path(os.environ.get("ARENA_PREF_REAL_DATA", "/work/shared/data")) / "lmsys_train_210_truncated.csv"
+# Prefect's console log handler keeps the sys.stderr it finds when its logging is first set up;
+# setting it up here binds it to the session's stream, not to a test's capsys buffer that closes.
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+ensure_logging_setup()
+
+# Real sample data, read-only and optional (tests skip without it): ../shared/data beside the
+# project root; override the folder with ARENA_PREF_REAL_DATA.
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_TRAIN_CSV = Path(os.environ.get("ARENA_PREF_REAL_DATA", _SHARED_DATA)) / "lmsys_train_210_truncated.csv"
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +70,12 @@ def real_train_csv() -> Path:
     if not REAL_TRAIN_CSV.is_file():
         pytest.skip(f"{REAL_TRAIN_CSV} not present")
     return REAL_TRAIN_CSV
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API (own SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -33,14 +33,6 @@ def _tiny_config(tmp_path: Path, train_csv: Path, test_csv: Path | None, *extra:
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="module")
 def synthetic_csvs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     return write_synthetic_csvs(folder, n_train=150, n_test=40, signal=0.9, seed=3)
