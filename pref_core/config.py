@@ -123,6 +123,11 @@ class TrainConfig(_Section):
     seed: int = 42
     tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
     dataloader_num_workers: int = Field(0, ge=0)
+    cpu_threads: Optional[int] = Field(
+        None, ge=1,
+        description="torch CPU threads while a fold trains (None: torch's default, one per core). "
+        "1 suits tiny models: extra threads stall when other processes share the CPU.",
+    )
 
 
 class CVConfig(_Section):

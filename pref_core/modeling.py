@@ -1,0 +1,392 @@
+"""Backbone loading, the three-way preference head and LoRA wrapping.
+
+`PreferenceModel` wraps a causal LM and reads one hidden state per example, at
+the last real token (the space after "Answer:"). Two heads turn it into three
+class logits (winner_model_a, winner_model_b, winner_tie):
+
+* ``label_token``: the next-token logits of the three label words, computed as
+  ``hidden_last @ lm_head.weight[label_ids].T``. This is what the seed notebook
+  computed from the full ``(batch, seq, vocab)`` logits, at a ``3 / vocab``
+  fraction of the head cost and without materialising those logits.
+* ``classifier``: a fresh ``nn.Linear(hidden, 3)`` named ``score``, trained
+  together with LoRA and saved with the adapter (peft ``modules_to_save``).
+
+LoRA is applied by peft to the whole wrapper (a custom ``nn.Module`` is a
+supported peft target), so one ``PeftModel`` holds the adapter and the
+classifier head: the Trainer checkpoints and resumes it like any peft model,
+and ``save_pretrained`` writes only the trainable weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pref_core.labels import NUM_CLASSES, get_label_token_ids
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from pref_core.config import ModelConfig, RunConfig
+
+logger = logging.getLogger(__name__)
+
+# Written next to the adapter weights: what a reload must rebuild around them.
+PREFERENCE_HEAD_FILE = "preference_head.json"
+# Name of the classifier head inside PreferenceModel; peft saves it via modules_to_save.
+CLASSIFIER_NAME = "score"
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# -- backbone -------------------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(model_config: "ModelConfig") -> torch.dtype:
+    """Weight dtype of the backbone: model.dtype, where ``auto`` means bf16 on a bf16-capable CUDA GPU,
+    fp16 on an older CUDA GPU (fp32 weights of a multi-billion model would not fit) and fp32 on CPU."""
+    if model_config.dtype != "auto":
+        return _DTYPES[model_config.dtype]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def resolve_attn_implementation(model_config: "ModelConfig") -> str:
+    """model.attn_implementation, falling back to sdpa when flash-attn is not installed or there is no GPU."""
+    wanted = model_config.attn_implementation
+    if wanted == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        if not (torch.cuda.is_available() and is_flash_attn_2_available()):
+            logger.warning(
+                "model.attn_implementation=flash_attention_2 but flash-attn is not usable here "
+                "(package missing or no CUDA GPU); using sdpa instead"
+            )
+            return "sdpa"
+    return wanted
+
+
+def build_quantization_config(model_config: "ModelConfig"):
+    """BitsAndBytesConfig for model.quantization (None when it is ``none``)."""
+    if model_config.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if model_config.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=resolve_dtype(model_config),
+    )
+
+
+def resolve_model_source(model_config: "ModelConfig", name_or_path: Optional[Union[str, Path]] = None) -> str:
+    """Where to load the base model from: the explicit argument, else model.name_or_path."""
+    source = name_or_path if name_or_path is not None else model_config.name_or_path
+    if source is None:
+        raise ValueError(
+            "model.name_or_path is not set and no name_or_path was passed: for model.tiny, build the tiny "
+            "checkpoint first (pref_core.tiny.build_tiny_checkpoint) and pass its folder as name_or_path"
+        )
+    return str(source)
+
+
+def load_backbone(model_config: "ModelConfig", name_or_path: Optional[Union[str, Path]] = None):
+    """Load the causal LM named by model.name_or_path (or `name_or_path`, e.g. a built tiny model folder).
+
+    Applies model.dtype, model.quantization (bitsandbytes 8-bit, or 4-bit nf4 with double quantisation),
+    model.attn_implementation and model.gradient_checkpointing (non-reentrant). The weights stay frozen
+    here; `build_model` adds the trainable parts.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_model_source(model_config, name_or_path)
+    kwargs = {
+        "dtype": resolve_dtype(model_config),
+        "attn_implementation": resolve_attn_implementation(model_config),
+        "revision": model_config.revision,
+    }
+    quantization_config = build_quantization_config(model_config)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # bitsandbytes layers cannot be moved after loading: place them on their final device now.
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    logger.info(
+        "loading backbone %s (dtype=%s, quantization=%s, attn=%s)",
+        source, kwargs["dtype"], model_config.quantization, kwargs["attn_implementation"],
+    )
+    backbone = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    backbone.config.use_cache = False  # no generation here; the KV cache would only cost memory
+    if model_config.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (no input-grad hack) and with peft.
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return backbone
+
+
+# -- preference model -----------------------------------------------------------------------------------------------
+
+
+def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, from the attention mask alone.
+
+    Works for right and left padding. Searching for the pad id instead breaks when the pad id
+    (often eos) also occurs inside the text.
+
+    attention_mask: (batch, seq) of 0/1. Returns a LongTensor (batch,).
+    """
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (batch, seq), got shape {tuple(attention_mask.shape)}")
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (seq,)
+    # -1 where padded, so the max over a row is the last real position.
+    last = torch.where(attention_mask.bool(), positions, -1).amax(dim=1)  # (batch,)
+    if bool((last < 0).any()):
+        rows = torch.nonzero(last < 0).flatten().tolist()
+        raise ValueError(f"rows {rows} of the batch have no real token (attention_mask is all zeros)")
+    return last.long()
+
+
+def preference_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the three classes.
+
+    logits: (batch, 3). labels: (batch,) integer class ids, or (batch, 3) target probabilities
+    (soft labels, e.g. from distillation or label smoothing).
+    """
+    if labels.dim() == 1:
+        return F.cross_entropy(logits.float(), labels.long())
+    if labels.dim() == 2 and labels.shape[1] == NUM_CLASSES:
+        return F.cross_entropy(logits.float(), labels.float())
+    raise ValueError(
+        f"labels must be (batch,) class ids or (batch, {NUM_CLASSES}) probabilities, got shape {tuple(labels.shape)}"
+    )
+
+
+class PreferenceModel(nn.Module):
+    """A causal LM read at the last real token by a three-way head (see the module docstring).
+
+    forward(input_ids (batch, seq), attention_mask (batch, seq), labels=None)
+    -> {"loss": scalar or None, "logits": (batch, 3) float32}.
+    """
+
+    # The Trainer passes `num_items_in_batch` to models whose forward takes **kwargs; ours computes a
+    # per-batch mean, so the Trainer must scale the loss for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: str,
+        label_token_ids: Optional[Sequence[int]] = None,
+        pad_token_id: Optional[int] = None,
+    ):
+        super().__init__()
+        if head not in ("label_token", "classifier"):
+            raise ValueError(f"model.head: got {head!r}; use 'label_token' or 'classifier'")
+        self.backbone = backbone
+        self.head = head
+        self.pad_token_id = pad_token_id
+        text_config = backbone.config.get_text_config()
+        # bitsandbytes backbones are placed at load time and never moved: put the head beside them.
+        device = backbone.get_input_embeddings().weight.device
+        if head == "label_token":
+            if label_token_ids is None or len(label_token_ids) != NUM_CLASSES:
+                raise ValueError(f"the label_token head needs {NUM_CLASSES} label token ids, got {label_token_ids!r}")
+            # Not persistent: derived from the tokenizer, never saved with the adapter.
+            ids = torch.tensor(list(label_token_ids), dtype=torch.long, device=device)
+            self.register_buffer("label_token_ids", ids, persistent=False)
+            # Gemma-2/3 squash the LM logits with tanh softcapping; apply it so the head equals the LM's own logits.
+            self.logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
+        else:
+            # With a bias, so the head can learn the class prior (the tie rate) directly.
+            score = nn.Linear(text_config.hidden_size, NUM_CLASSES, bias=True)
+            nn.init.normal_(score.weight, std=getattr(text_config, "initializer_range", 0.02))
+            nn.init.zeros_(score.bias)
+            self.add_module(CLASSIFIER_NAME, score.to(device=device, dtype=torch.float32))
+
+    @property
+    def config(self):
+        """The backbone's config (the Trainer and peft read attributes such as use_cache from it)."""
+        return self.backbone.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> dict[str, Optional[torch.Tensor]]:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        # Positions count real tokens only, so a left-padded row is computed like the unpadded row. (RoPE only
+        # sees relative offsets and would not mind the shift; absolute position embeddings would.)
+        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (batch, seq)
+        decoder = self.backbone.get_decoder()
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (batch, seq, hidden)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        hidden_last = hidden[rows, last_token_indices(attention_mask).to(hidden.device)]  # (batch, hidden)
+        logits = self._head(hidden_last)  # (batch, 3)
+        loss = preference_loss(logits, labels.to(logits.device)) if labels is not None else None
+        return {"loss": loss, "logits": logits}
+
+    def _head(self, hidden_last: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden) -> (batch, 3) float32 logits."""
+        if self.head == "classifier":
+            score = getattr(self, CLASSIFIER_NAME)
+            return score(hidden_last.to(score.weight.dtype)).float()
+        lm_head = self.backbone.get_output_embeddings()
+        label_ids = self.label_token_ids.to(lm_head.weight.device)
+        weight = lm_head.weight[label_ids]  # (3, hidden): only the label rows of the LM head
+        logits = hidden_last.to(device=weight.device, dtype=weight.dtype) @ weight.T  # (batch, 3)
+        if getattr(lm_head, "bias", None) is not None:
+            logits = logits + lm_head.bias[label_ids]
+        logits = logits.float()
+        if self.logit_softcapping:
+            logits = torch.tanh(logits / self.logit_softcapping) * self.logit_softcapping
+        return logits
+
+
+def unwrap_preference_model(model: nn.Module) -> PreferenceModel:
+    """The PreferenceModel inside a peft model (or the model itself)."""
+    if isinstance(model, PreferenceModel):
+        return model
+    if hasattr(model, "get_base_model"):
+        base = model.get_base_model()
+        if isinstance(base, PreferenceModel):
+            return base
+    raise TypeError(f"expected a PreferenceModel or a peft model wrapping one, got {type(model).__name__}")
+
+
+def build_preference_model(model_config: "ModelConfig", backbone: nn.Module, tokenizer) -> PreferenceModel:
+    """Put the configured head (model.head, model.label_tokens) on a loaded backbone."""
+    label_token_ids = None
+    if model_config.head == "label_token":
+        label_token_ids = get_label_token_ids(tokenizer, model_config.label_tokens)
+    return PreferenceModel(backbone, model_config.head, label_token_ids, pad_token_id=tokenizer.pad_token_id)
+
+
+# -- LoRA -----------------------------------------------------------------------------------------------------------
+
+
+def resolve_target_modules(target_modules: Union[str, list[str]], backbone: nn.Module) -> list[str]:
+    """LoRA target names. ``all-linear`` means every linear layer of the decoder, never the LM head
+    (the label_token head reads its frozen rows) nor the classifier head (trained in full instead).
+
+    peft's own ``all-linear`` only excludes the output layer for a PreTrainedModel, not inside our wrapper.
+    """
+    if target_modules != "all-linear":
+        return list(target_modules)
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in backbone.get_decoder().named_modules()
+        if isinstance(module, nn.Linear)  # bitsandbytes Linear8bitLt / Linear4bit subclass nn.Linear
+    }
+    if not names:
+        raise ValueError(
+            "lora.target_modules=all-linear found no linear layer in the decoder; list module names instead"
+        )
+    return sorted(names)
+
+
+def build_model(config: "RunConfig", tokenizer, name_or_path: Optional[Union[str, Path]] = None) -> "PeftModel":
+    """Backbone + head + LoRA, ready to train: only LoRA weights (and the classifier head) are trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    # LoRA's A matrices and the classifier head start random: seed first so a fold is reproducible.
+    set_seed(config.train.seed)
+    backbone = load_backbone(config.model, name_or_path)
+    if config.model.quantization != "none":
+        # Casts the remaining (norm, head) weights to fp32 for stable training. Checkpointing was already set
+        # up (non-reentrant) by load_backbone; peft would enable it again through a deprecated transformers API.
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    model = build_preference_model(config.model, backbone, tokenizer)
+    lora_config = LoraConfig(
+        r=config.lora.r,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=resolve_target_modules(config.lora.target_modules, backbone),
+        modules_to_save=[CLASSIFIER_NAME] if config.model.head == "classifier" else None,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora_config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft_model.parameters())
+    logger.info(
+        "LoRA r=%d on %s, head=%s: %d trainable of %d parameters (%.3f%%)",
+        config.lora.r, sorted(lora_config.target_modules), config.model.head,
+        trainable, total, 100.0 * trainable / max(total, 1),
+    )
+    return peft_model
+
+
+# -- save / load ----------------------------------------------------------------------------------------------------
+
+
+def save_adapter(model: "PeftModel", out_dir: Union[str, Path], tokenizer) -> Path:
+    """Write the adapter (safetensors + adapter_config.json), the head description and the tokenizer to `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    inner = unwrap_preference_model(model)
+    head = {
+        "head": inner.head,
+        "label_token_ids": inner.label_token_ids.tolist() if inner.head == "label_token" else None,
+        "base_model": getattr(inner.backbone.config, "_name_or_path", None),
+    }
+    (out_dir / PREFERENCE_HEAD_FILE).write_text(json.dumps(head, indent=2) + "\n", encoding="utf-8")
+    logger.info("saved adapter to %s", out_dir)
+    return out_dir
+
+
+def load_preference_model(
+    config: "RunConfig",
+    adapter_dir: Union[str, Path],
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
+    """Rebuild a trained model from `save_adapter`'s folder for inference. Returns (model, tokenizer).
+
+    The base model comes from `name_or_path` (else model.name_or_path); tokenizer, adapter and head
+    from `adapter_dir`. `device` defaults to the GPU when there is one.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dir = Path(adapter_dir)
+    head_file = adapter_dir / PREFERENCE_HEAD_FILE
+    if not head_file.is_file():
+        raise FileNotFoundError(f"{head_file} not found: {adapter_dir} is not a folder written by save_adapter")
+    saved = json.loads(head_file.read_text(encoding="utf-8"))
+    if saved["head"] != config.model.head:
+        raise ValueError(
+            f"model.head: the adapter in {adapter_dir} was trained with head={saved['head']!r} but the config "
+            f"says {config.model.head!r}; set model.head={saved['head']} to load it"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    backbone = load_backbone(config.model, name_or_path)
+    model = build_preference_model(config.model, backbone, tokenizer)
+    if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
+        raise ValueError(
+            f"model.label_tokens {list(config.model.label_tokens)!r} map to ids {model.label_token_ids.tolist()}, "
+            f"but the adapter was trained on ids {saved['label_token_ids']}; use the label_tokens of the training run"
+        )
+    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+    if config.model.quantization == "none":  # bitsandbytes models were placed at load time
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        peft_model.to(device)
+    peft_model.eval()
+    return peft_model, tokenizer

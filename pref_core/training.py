@@ -1,0 +1,413 @@
+"""Train one cross-validation fold with the transformers Trainer.
+
+`train_fold` builds the LoRA model, trains it on one fold's rows, evaluates on
+the held-out rows (metrics ``val_log_loss`` / ``val_accuracy``, seen by the
+caller's callbacks in ``on_evaluate`` and ``on_log``), writes the held-out
+predictions and the final adapter, and resumes from its own latest checkpoint
+when it finds one (so a killed fold continues where it stopped, bit for bit).
+
+Layout of `output_dir`::
+
+    checkpoints/checkpoint-<step>/   Trainer checkpoints (adapter, optimizer, scheduler, RNG, state)
+    adapter/                         final adapter + tokenizer (modeling.save_adapter)
+    val_predictions.parquet          id, winner_model_a, winner_model_b, winner_tie, label
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Sampler, SequentialSampler
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from pref_core.config import RunConfig, TrainConfig
+from pref_core.inference import PreferenceCollator, predict
+from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.metrics import compute_accuracy, compute_log_loss
+from pref_core.modeling import build_model, resolve_model_source, save_adapter
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+VAL_PREDICTIONS_FILE = "val_predictions.parquet"
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class FoldResult:
+    """What a trained fold leaves behind (paths, never models: they are handed between processes).
+
+    `metrics`: val_log_loss / val_accuracy of the saved validation predictions (with train.tta_swap,
+    of the averaged views; the plain view's loss is val_log_loss_no_tta), train_loss (mean over the
+    fold's steps; after a resume, over the steps whose loss was logged: the Trainer does not
+    checkpoint the running loss), train_runtime_s (this call only) and global_step.
+    """
+
+    adapter_dir: Path
+    val_predictions_path: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: Optional[str] = None
+
+
+# -- validation ---------------------------------------------------------------------------------------------------------
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, 3) logits, in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class ValidationRecorder(TrainerCallback):
+    """The Trainer's `compute_metrics` that also keeps the latest validation probabilities.
+
+    The final validation pass then doubles as the held-out prediction pass (no second forward over
+    the validation rows). `step` is the global step of the kept probabilities.
+    """
+
+    def __init__(self) -> None:
+        self.probabilities: Optional[np.ndarray] = None  # (n, 3), in the evaluated dataset's order
+        self.step: Optional[int] = None
+        self._pending: Optional[np.ndarray] = None
+
+    def __call__(self, eval_prediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        if isinstance(logits, tuple):  # a model returning extra outputs; logits come first
+            logits = logits[0]
+        labels = np.asarray(eval_prediction.label_ids)
+        probabilities = softmax(np.asarray(logits))
+        self._pending = probabilities
+        # The Trainer prefixes these with the metric_key_prefix: val_log_loss, val_accuracy.
+        return {
+            "log_loss": compute_log_loss(labels, probabilities),
+            "accuracy": compute_accuracy(labels, probabilities),
+        }
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self._pending is not None:
+            self.probabilities, self.step, self._pending = self._pending, state.global_step, None
+
+
+class LoggingCallback(TrainerCallback):
+    """Trainer logs (loss, learning rate, val metrics) to Python logging instead of stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+            logger.info("step %d/%d: %s", state.global_step, state.max_steps, shown)
+
+
+# -- sampling -------------------------------------------------------------------------------------------------------
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Shuffled order that depends only on (seed, epoch), optionally grouped by length.
+
+    Trainer's own samplers draw from the global RNG, so a resumed run reproduces the order only if
+    every earlier draw is replayed. Seeding per epoch makes the skipped-ahead order of a resumed run
+    identical to the uninterrupted one by construction.
+    `group_by_length`: mega-batches of similar lengths (transformers' grouping) to cut padding.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True):
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.group_by_length:
+            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        return iter(torch.randperm(len(self.lengths), generator=generator).tolist())
+
+
+class PreferenceTrainer(Trainer):
+    """Trainer with a resumable train order, sequential evaluation and ``val_`` metric names."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        return EpochSeededSampler(
+            dataset_lengths(dataset),
+            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            seed=self.args.seed,
+            group_by_length=self.args.train_sampling_strategy == "group_by_length",
+        )
+
+    def _get_eval_sampler(self, eval_dataset):
+        # Dataset order, so that recorded predictions line up with rows (train_fold sorts rows by length first).
+        return SequentialSampler(eval_dataset)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "val"):
+        return super().evaluate(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+
+# -- arguments ------------------------------------------------------------------------------------------------------
+
+
+def resolve_optim(train_config: TrainConfig, quantized: bool = False) -> str:
+    """transformers optimizer name for train.optim (auto: 8-bit AdamW on CUDA, plain AdamW on CPU)."""
+    optim = train_config.optim
+    if optim == "auto":
+        optim = "adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
+    if optim == "adamw_8bit":
+        # Paged: optimizer state can spill to CPU memory on spikes, the usual QLoRA setting.
+        return "paged_adamw_8bit" if quantized else "adamw_bnb_8bit"
+    return optim
+
+
+def resolve_mixed_precision(train_config: TrainConfig) -> str:
+    """train.mixed_precision with auto resolved: bf16 on a bf16-capable CUDA GPU, else no."""
+    precision = train_config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use auto or no on CPU")
+    return precision
+
+
+def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path]) -> TrainingArguments:
+    """TrainingArguments for one fold from the train section of the run config."""
+    train = config.train
+    precision = resolve_mixed_precision(train)
+    return TrainingArguments(
+        output_dir=str(checkpoints_dir),
+        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_eval_batch_size=train.eval_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        num_train_epochs=train.num_epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=resolve_optim(train, quantized=config.model.quantization != "none"),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        logging_strategy="steps",
+        logging_steps=train.logging_steps,
+        eval_strategy="steps" if train.eval_steps > 0 else "epoch",
+        eval_steps=train.eval_steps if train.eval_steps > 0 else None,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        seed=train.seed,
+        dataloader_num_workers=train.dataloader_num_workers,
+        # Rows keep id/length/label columns; the collator picks what the model needs.
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",  # tracking is the caller's business, through callbacks
+        disable_tqdm=True,
+    )
+
+
+# -- data checks ----------------------------------------------------------------------------------------------------
+
+
+def dataset_lengths(dataset) -> list[int]:
+    """Token counts of the rows (the ``length`` column when the tokenizer wrote one)."""
+    if "length" in dataset.column_names:
+        return list(dataset["length"])
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+def check_fold_dataset(dataset, name: str) -> None:
+    """Fail early, naming every problem, when a tokenized split cannot be trained or scored."""
+    problems = []
+    missing = [c for c in ("id", "input_ids", "label") if c not in dataset.column_names]
+    if missing:
+        problems.append(
+            f"missing columns {missing} (have {dataset.column_names}); tokenize with pref_core.tokenization"
+        )
+    if len(dataset) == 0:
+        problems.append("no rows")
+    if "label" in dataset.column_names and len(dataset):
+        labels = np.asarray(dataset["label"])
+        bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+        if bad.size:
+            problems.append(
+                f"{bad.size} rows without a class label 0..{NUM_CLASSES - 1} (first rows {bad[:5].tolist()})"
+            )
+    if problems:
+        raise ValueError(f"{name} dataset: " + "; ".join(problems))
+
+
+def find_resumable_checkpoint(checkpoints_dir: Union[str, Path]) -> Optional[Path]:
+    """Latest complete Trainer checkpoint in `checkpoints_dir` (a folder killed mid-save is skipped)."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return None
+    found = []
+    for path in checkpoints_dir.iterdir():
+        match = _CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        # trainer_state.json is written after the weights and the optimizer state.
+        if (path / "trainer_state.json").is_file() and (path / "adapter_model.safetensors").is_file():
+            return path
+        logger.warning("skipping incomplete checkpoint %s", path)
+    return None
+
+
+def logged_train_loss(log_history: Sequence[dict[str, Any]]) -> float:
+    """Mean training loss over the logged steps of the whole run (the Trainer logs per-interval means)."""
+    total, steps, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            span = int(entry["step"]) - previous
+            total, steps, previous = total + span * float(entry["loss"]), steps + span, int(entry["step"])
+    return total / steps if steps else math.nan
+
+
+def load_training_tokenizer(config: RunConfig, name_or_path: Optional[Union[str, Path]] = None):
+    """The base model's tokenizer, with a pad token (Llama 3 ships none; padded positions are masked anyway)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_source(config.model, name_or_path), revision=config.model.revision
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# -- training -------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def torch_cpu_threads(count: Optional[int]):
+    """Run the block with `count` torch CPU threads (train.cpu_threads), then restore the previous count."""
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_fold(
+    config: RunConfig,
+    train_ds,
+    val_ds,
+    output_dir: Union[str, Path],
+    callbacks: Sequence[TrainerCallback] = (),
+    name_or_path: Optional[Union[str, Path]] = None,
+) -> FoldResult:
+    """Train LoRA on `train_ds`, score `val_ds`, save adapter and held-out predictions under `output_dir`.
+
+    `train_ds` / `val_ds`: tokenized datasets (id, input_ids, length, label). `name_or_path` overrides
+    model.name_or_path (the built folder of a tiny model). Resumes from the latest checkpoint in
+    ``output_dir/checkpoints`` when there is one.
+    """
+    with torch_cpu_threads(config.train.cpu_threads):
+        return _train_fold(config, train_ds, val_ds, Path(output_dir), callbacks, name_or_path)
+
+
+def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path) -> FoldResult:
+    check_fold_dataset(train_ds, "train")
+    check_fold_dataset(val_ds, "validation")
+    checkpoints_dir = output_dir / CHECKPOINTS_DIR
+    resume_from = find_resumable_checkpoint(checkpoints_dir)
+    if resume_from is not None:
+        logger.info("resuming from %s", resume_from)
+
+    tokenizer = load_training_tokenizer(config, name_or_path)
+    model = build_model(config, tokenizer, name_or_path)
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Multiples of 8 suit GPU tensor cores; on CPU they would only add padding.
+    pad_to_multiple_of = 8 if torch.cuda.is_available() else None
+
+    # Longest first: little padding per eval batch, and an out-of-memory error shows up at once.
+    val_order = np.argsort(-np.asarray(dataset_lengths(val_ds)), kind="stable")
+    val_sorted = val_ds.select(val_order)
+    recorder = ValidationRecorder()
+    trainer = PreferenceTrainer(
+        model=model,
+        args=build_training_arguments(config, checkpoints_dir),
+        data_collator=PreferenceCollator(pad_token_id, pad_to_multiple_of),
+        train_dataset=train_ds,
+        eval_dataset=val_sorted,
+        compute_metrics=recorder,
+        callbacks=[recorder, LoggingCallback(), *callbacks],
+    )
+    trainer.remove_callback(PrinterCallback)  # LoggingCallback reports through logging instead of print
+    logger.info(
+        "training on %d rows, validating on %d rows, %s", len(train_ds), len(val_ds),
+        f"{config.train.max_steps} steps" if config.train.max_steps > 0 else f"{config.train.num_epochs} epochs",
+    )
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    if recorder.step != trainer.state.global_step:  # no evaluation after the last optimizer step yet
+        trainer.evaluate()
+    probabilities = np.empty_like(recorder.probabilities)
+    probabilities[val_order] = recorder.probabilities  # back to val_ds order
+    labels = np.asarray(val_ds["label"])
+    # Exact for a straight run; a resumed call only saw its own steps, so it reads the logged history.
+    train_loss = train_output.training_loss if resume_from is None else logged_train_loss(trainer.state.log_history)
+    metrics: dict[str, Any] = {
+        "val_log_loss": compute_log_loss(labels, probabilities),
+        "val_accuracy": compute_accuracy(labels, probabilities),
+        "train_loss": float(train_loss),
+        "train_runtime_s": float(train_output.metrics.get("train_runtime", math.nan)),
+        "global_step": int(trainer.state.global_step),
+    }
+    if config.train.tta_swap:
+        probabilities = predict(
+            trainer.model, val_ds, batch_size=config.train.eval_batch_size, tta_swap=True,
+            pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of,
+        )
+        tta = {
+            "val_log_loss_tta": compute_log_loss(labels, probabilities),
+            "val_accuracy_tta": compute_accuracy(labels, probabilities),
+        }
+        trainer.log(tta)  # callbacks see the TTA numbers too
+        metrics.update(
+            val_log_loss_no_tta=metrics["val_log_loss"],
+            val_log_loss=tta["val_log_loss_tta"],
+            val_accuracy=tta["val_accuracy_tta"],
+        )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    predictions_path = output_dir / VAL_PREDICTIONS_FILE
+    frame = pd.DataFrame(probabilities, columns=list(LABEL_COLUMNS))
+    frame.insert(0, "id", list(val_ds["id"]))
+    frame["label"] = labels
+    frame.to_parquet(predictions_path, index=False)
+    adapter_dir = save_adapter(trainer.model, output_dir / ADAPTER_DIR, tokenizer)
+    logger.info(
+        "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
+        metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
+    )
+    return FoldResult(
+        adapter_dir=adapter_dir,
+        val_predictions_path=predictions_path,
+        metrics=metrics,
+        resumed_from=str(resume_from) if resume_from else None,
+    )
