@@ -48,7 +48,7 @@ def cv_training(
                 else:
                     train_fold.with_options(flow_run_name=f"fold-{k}")(config, k, run_id, prepared.train_hash, force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
-        submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared)
+        submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
     except BaseException:
         runs.close_run(config, parent_run_id, "FAILED")

@@ -8,6 +8,7 @@ shared data location.
 from __future__ import annotations
 
 from pref_core.config import RunConfig
+from pref_core.data import hash_file
 from pref_core.tokenization import hash_tokenizer
 from tasks import preparation, workspace
 from tasks.preparation import PreparedInputs
@@ -18,9 +19,18 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
         raise ValueError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
     train = preparation.ingest(config, "train")
     test = preparation.ingest(config, "test") if config.data.test_csv else None
+    extra = preparation.ingest_extra(config, train)
     base_model = preparation.prepare_base_model(config, train)
-    run_key = workspace.compute_run_key(config, train.data_hash, test.data_hash if test else None)
-    train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=config.train.tta_swap)
+    run_key = workspace.compute_run_key(config, {
+        "train": train.data_hash,
+        "test": test.data_hash if test else None,
+        "extra": extra.data_hash if extra else None,
+        "teacher": hash_file(config.distill.teacher_csv) if config.distill.teacher_csv else None,
+    })
+    # Training reads the swapped view for swap augmentation, inference for swap TTA.
+    train_swap = config.train.tta_swap or config.train.swap != "none"
+    train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=train_swap)
+    extra_tokens = preparation.tokenize_and_cache(config, extra, base_model, with_swap=train_swap) if extra else None
     test_tokens = preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
     folds_path = preparation.make_folds(config, train, run_key)
     return PreparedInputs(
@@ -32,4 +42,6 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
         folds_path=folds_path,
         test=test,
         test_tokens=test_tokens,
+        extra=extra,
+        extra_tokens=extra_tokens,
     )

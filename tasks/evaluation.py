@@ -18,6 +18,7 @@ from prefect import task
 
 from pref_core import metrics as core_metrics
 from pref_core import plots
+from pref_core.calibration import apply_temperature, fit_temperature
 from pref_core.config import RunConfig
 from pref_core.ensemble import average_probabilities
 from pref_core.labels import LABEL_COLUMNS
@@ -36,6 +37,7 @@ class OOFOutput:
     oof_path: str
     metrics: dict
     fold_log_loss: dict
+    temperature: float = 1.0  # calibration applied to the submission and by the registered model
 
 
 def _download(client, run_id: str, name: str, dest: Path) -> Path:
@@ -79,6 +81,13 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
         "prior_log_loss": float(summary["prior_log_loss"]),
         "n_oof": int(len(oof)),
     }
+    temperature = 1.0
+    if config.calibration.method == "temperature":
+        temperature = fit_temperature(labels, probs)
+        metrics["temperature"] = temperature
+        metrics["oof_log_loss_calibrated"] = float(
+            core_metrics.compute_log_loss(labels, apply_temperature(probs, temperature))
+        )
 
     out_dir = workspace.run_dir(config, prepared.run_key)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -95,10 +104,11 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
     for name, figure in figures.items():
         client.log_figure(parent_run_id, figure, name)
     LOGGER.info(
-        "OOF log loss %.4f (prior %.4f), accuracy %.3f over %d rows",
+        "OOF log loss %.4f (prior %.4f), accuracy %.3f over %d rows; temperature %.3f -> calibrated %.4f",
         metrics["oof_log_loss"], metrics["prior_log_loss"], metrics["oof_accuracy"], len(oof),
+        temperature, metrics.get("oof_log_loss_calibrated", metrics["oof_log_loss"]),
     )
-    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss)
+    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss, temperature=temperature)
 
 
 def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:
@@ -120,20 +130,23 @@ def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:
         raise ValueError("invalid submission: " + "; ".join(problems))
 
 
-def average_fold_predictions(frames: list[pd.DataFrame], test_ids: list[str]) -> pd.DataFrame:
-    """Mean of the folds' (n, 3) probabilities, aligned on id and returned in the test file's order."""
+def average_fold_predictions(frames: list[pd.DataFrame], test_ids: list[str], temperature: float = 1.0) -> pd.DataFrame:
+    """Mean of the folds' (n, 3) probabilities, calibrated, aligned on id, in the test file's order."""
     ids = [str(i) for i in test_ids]
     probs = average_probabilities(
         [f.set_index(f["id"].astype(str)).loc[ids, list(LABEL_COLUMNS)].to_numpy() for f in frames]
     )
+    probs = apply_temperature(probs, temperature)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", [str(i) for i in test_ids])
     return out
 
 
 @task(name="make-submission", **TASK_DEFAULTS)
-def make_submission(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs) -> Optional[str]:
-    """Average the folds' test predictions into submission.csv (validated before it is written)."""
+def make_submission(
+    config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs, oof: OOFOutput
+) -> Optional[str]:
+    """Average the folds' test predictions, apply the OOF temperature, write submission.csv (validated first)."""
     if prepared.test is None:
         return None
     client = tracking.get_client(config)
@@ -143,7 +156,7 @@ def make_submission(config: RunConfig, parent_run_id: str, fold_run_ids: dict[in
             pd.read_parquet(_download(client, run_id, "test_predictions.parquet", Path(tmp) / f"fold_{fold}"))
             for fold, run_id in sorted(fold_run_ids.items())
         ]
-    submission = average_fold_predictions(frames, test_ids)
+    submission = average_fold_predictions(frames, test_ids, oof.temperature)
     validate_submission(submission, test_ids)
     dest = workspace.run_dir(config, prepared.run_key) / "submission.csv"
     submission.to_csv(dest, index=False)

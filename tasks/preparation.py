@@ -68,6 +68,8 @@ class PreparedInputs:
     folds_path: str
     test: Optional[IngestOutput] = None
     test_tokens: Optional[TokenCacheOutput] = None
+    extra: Optional[IngestOutput] = None  # extra training rows (data.extra_csvs / data.extra_pairs)
+    extra_tokens: Optional[TokenCacheOutput] = None
 
     @property
     def train_hash(self) -> str:
@@ -81,10 +83,13 @@ class PreparedInputs:
         out = {"n_train_read": self.train.n_read, "n_train_kept": self.train.n_kept, "n_train_rejected": self.train.n_rejected}
         if self.test:
             out.update(n_test_read=self.test.n_read, n_test_kept=self.test.n_kept, n_test_rejected=self.test.n_rejected)
+        if self.extra:
+            out.update(n_extra_read=self.extra.n_read, n_extra_kept=self.extra.n_kept,
+                       n_extra_rejected_or_duplicate=self.extra.n_rejected)
         return out
 
     def rejected_files(self) -> list[str]:
-        return [i.rejected_path for i in (self.train, self.test) if i is not None and i.rejected_path]
+        return [i.rejected_path for i in (self.train, self.test, self.extra) if i is not None and i.rejected_path]
 
 
 def _atomic_write_parquet(frame: pd.DataFrame, dest: Path) -> None:
@@ -139,6 +144,52 @@ def ingest(config: RunConfig, kind: str) -> IngestOutput:
     return out
 
 
+@task(name="ingest-extra", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)
+def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutput]:
+    """Extra training rows from data.extra_csvs and data.extra_pairs, deduplicated against the main data by prompt.
+
+    The result counts as one more input file: keyed by the hashes of every source, the main data
+    and the side-assignment seed.
+    """
+    from pref_core import extra_data
+
+    sources = [*config.data.extra_csvs, *config.data.extra_pairs]
+    if not sources:
+        return None
+    hashes = [core_data.hash_file(p) for p in sources]
+    key = workspace.hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
+    folder = workspace.ingest_dir(config, f"extra-{key}")
+    parsed_path, meta_path, rejected_path = folder / "extra.parquet", folder / "extra.json", folder / "extra_rejected.csv"
+    if meta_path.exists() and parsed_path.exists():
+        LOGGER.info("ingest extra: %d sources already prepared (key %s), reusing", len(sources), key)
+        return IngestOutput(**{**json.loads(meta_path.read_text()), "reused": True})
+
+    frames, rejected, n_read = [], [], 0
+    for index, path in enumerate(sources):
+        if index < len(config.data.extra_csvs):
+            result = core_data.read_arena_csv(path, kind="train", max_bad_fraction=config.data.max_bad_fraction)
+        else:
+            result = extra_data.read_pairs(path, seed=config.data.extra_seed, max_bad_fraction=config.data.max_bad_fraction)
+        name = extra_data.source_name(path, index)
+        frames.append((name, result.frame))
+        rejected.append(result.rejected.assign(source=str(path)))
+        n_read += result.n_read
+    main = pd.read_parquet(train.parsed_path, columns=["prompt"])
+    combined, counts = extra_data.combine_extra(frames, main)
+    _atomic_write_parquet(combined, parsed_path)
+    rejected_frame = pd.concat(rejected, ignore_index=True)
+    if len(rejected_frame):
+        core_data.write_rejected(rejected_frame, rejected_path)
+    LOGGER.info("ingest extra: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    out = IngestOutput(
+        kind="extra", source=";".join(str(p) for p in sources), data_hash=f"extra-{key}",
+        parsed_path=str(parsed_path), rejected_path=str(rejected_path) if len(rejected_frame) else None,
+        n_read=n_read, n_kept=len(combined), n_rejected=n_read - len(combined),
+    )
+    meta_path.write_text(json.dumps({k: v for k, v in asdict(out).items() if k != "reused"}))
+    return out
+
+
 def _tiny_training_texts(frame: pd.DataFrame, limit: int = 5000) -> list[str]:
     from pref_core.prompts import CLOSING_QUESTION
 
@@ -151,7 +202,16 @@ def _tiny_training_texts(frame: pd.DataFrame, limit: int = 5000) -> list[str]:
 
 @task(name="prepare-base-model", **TASK_DEFAULTS)
 def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
-    """The base model's location: the configured hub id/folder, or the tiny model built (once) from the train texts."""
+    """The base model's location: the configured hub id/folder, a GGUF package converted once, or the
+    tiny model built (once) from the train texts."""
+    if config.model.gguf is not None:
+        from pref_core.gguf import convert_gguf, find_package_file
+
+        source = find_package_file(config.model.gguf.package, config.model.gguf.file)
+        target = workspace.output_root(config) / "models" / f"gguf-{workspace.hash_json([str(source.name), source.stat().st_size])}"
+        if not (target / "config.json").exists():
+            LOGGER.info("converting %s to a Hugging Face folder at %s (once)", source, target)
+        return str(convert_gguf(source, target))
     if config.model.tiny is None:
         return str(config.model.name_or_path)
     target = workspace.tiny_model_dir(config, train.data_hash)

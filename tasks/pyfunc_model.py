@@ -4,6 +4,7 @@ Bundle layout (logged as the artifact ``bundle``):
   config.yaml            the resolved RunConfig of the CV run
   base_model.json        where the base weights come from (hub id + revision, or local path + fingerprint);
                          the base weights themselves are not copied
+  calibration.json       the temperature fit on the OOF predictions (1.0 when calibration.method=none)
   adapters/fold_<k>/     one LoRA adapter per fold (safetensors, adapter config, tokenizer files, head)
 
 `predict(df)` takes a Kaggle-format test frame and returns
@@ -34,27 +35,30 @@ MODEL_SIGNATURE = ModelSignature(
 
 
 def read_bundle(bundle: str | Path):
-    """(config, base model location, adapter folders in fold order) of a bundle folder."""
+    """(config, base model location, adapter folders in fold order, temperature) of a bundle folder."""
     from pref_core.config import load_config
 
     bundle = Path(bundle)
     config = load_config(bundle / "config.yaml")
     base = json.loads((bundle / "base_model.json").read_text())
     adapters = sorted((bundle / "adapters").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
-    return config, base, adapters
+    temperature = float(json.loads((bundle / "calibration.json").read_text())["temperature"])
+    return config, base, adapters, temperature
 
 
 def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
     """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters."""
     from transformers import AutoTokenizer
 
+    from pref_core.calibration import apply_temperature
     from pref_core.ensemble import predict_with_adapters
     from pref_core.tokenization import tokenize_frame
 
-    config, base, adapters = read_bundle(bundle)
+    config, base, adapters, temperature = read_bundle(bundle)
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
     probs = predict_with_adapters(config, adapters, dataset, base_model=base["name_or_path"], progress=progress)
+    probs = apply_temperature(probs, temperature)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out

@@ -65,8 +65,11 @@ def _pip_requirements() -> list[str]:
     return [f"{n}=={md.version(n)}" for n in names] + ["arena-pref"]
 
 
-def build_bundle(config: RunConfig, client: MlflowClient, fold_run_ids: dict[int, str], base_model: str, dest: Path) -> Path:
-    """Assemble config, base reference and fold adapters (fetched from the fold runs) into `dest`."""
+def build_bundle(
+    config: RunConfig, client: MlflowClient, fold_run_ids: dict[int, str], base_model: str, dest: Path,
+    temperature: float = 1.0,
+) -> Path:
+    """Assemble config, base reference, calibration and fold adapters (fetched from the fold runs) into `dest`."""
     (dest / "adapters").mkdir(parents=True)
     for fold, run_id in sorted(fold_run_ids.items()):
         downloaded = Path(client.download_artifacts(run_id, "adapter", str(dest / "adapters" / f".fold_{fold}")))
@@ -76,6 +79,7 @@ def build_bundle(config: RunConfig, client: MlflowClient, fold_run_ids: dict[int
     resolved = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": base_model, "tiny": None})})
     dump_config(resolved, dest / "config.yaml")
     (dest / "base_model.json").write_text(json.dumps(fingerprint_base_model(base_model, config.model.revision), indent=2))
+    (dest / "calibration.json").write_text(json.dumps({"method": config.calibration.method, "temperature": temperature}))
     return dest
 
 
@@ -127,7 +131,7 @@ def register_model(
     client = tracking.get_client(config)
     name = config.tracking.registered_model
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle")
+        bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle", oof.temperature)
         mlflow.set_tracking_uri(client.tracking_uri)
         with mlflow.start_run(run_id=parent_run_id):
             info = mlflow.pyfunc.log_model(
@@ -141,6 +145,7 @@ def register_model(
         "oof_log_loss": f"{oof.metrics['oof_log_loss']:.6f}",
         "n_folds": str(len(fold_run_ids)),
         "n_oof": str(oof.metrics["n_oof"]),
+        "temperature": f"{oof.temperature:.6f}",
         "base_model": prepared.base_model,
         "data_hash": prepared.train_hash,
         "run_key": prepared.run_key,

@@ -72,12 +72,15 @@ def _predict_test(config: RunConfig, adapter_dir: Path, base_model: str, tokens_
     from pref_core.modeling import load_preference_model
     from pref_core.tokenization import load_token_cache
 
+    from pref_core.training import torch_cpu_threads
+
     dataset = load_token_cache(tokens_path)
-    model, tokenizer = load_preference_model(config, adapter_dir, name_or_path=base_model)
-    probs = predict(
-        model, dataset, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
-        pad_token_id=tokenizer.pad_token_id, progress=True,
-    )
+    with torch_cpu_threads(config.train.cpu_threads):
+        model, tokenizer = load_preference_model(config, adapter_dir, name_or_path=base_model)
+        probs = predict(
+            model, dataset, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+            pad_token_id=tokenizer.pad_token_id, progress=True,
+        )
     frame = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     frame.insert(0, "id", list(dataset["id"]))
     frame.to_parquet(dest, index=False)
@@ -109,7 +112,12 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
     else:
         folder.mkdir(parents=True, exist_ok=True)
         train_ds, val_ds = _select_fold(load_token_cache(prepared.train_tokens.path), prepared.folds_path, fold)
-        logger.info("fold %d: %d train rows, %d validation rows", fold, len(train_ds), len(val_ds))
+        if prepared.extra_tokens:  # extra rows train every fold and are never validated on
+            from datasets import concatenate_datasets
+
+            train_ds = concatenate_datasets([train_ds, load_token_cache(prepared.extra_tokens.path)])
+        logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
+                    prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
         result = core_training.train_fold(
             config, train_ds, val_ds, folder,
             callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,

@@ -23,14 +23,16 @@ from typing import Optional
 from pref_core.config import RunConfig
 
 # Config fields that change where or how a run is tracked or executed, not what it computes.
-_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "data.train_csv", "data.test_csv", "output_dir")
+_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "data.train_csv", "data.test_csv",
+                        "data.extra_csvs", "data.extra_pairs", "distill.teacher_csv", "output_dir")
 
 
-def _hash_json(obj) -> str:
+def hash_json(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def compute_run_key(config: RunConfig, train_hash: str, test_hash: Optional[str]) -> str:
+def compute_run_key(config: RunConfig, input_hashes: dict[str, Optional[str]]) -> str:
+    """Hash of what a CV run computes: the config (less paths and tracking) and the content of every input file."""
     tree = config.model_dump(mode="json")
     for dotted in _NON_SEMANTIC_FIELDS:
         node = tree
@@ -38,7 +40,7 @@ def compute_run_key(config: RunConfig, train_hash: str, test_hash: Optional[str]
         for part in parents:
             node = node[part]
         node.pop(leaf, None)
-    return _hash_json({"config": tree, "train": train_hash, "test": test_hash})
+    return hash_json({"config": tree, "inputs": input_hashes})
 
 
 # A GPU worker may keep its caches and checkpoints in a scratch folder of its own (set by
@@ -60,7 +62,7 @@ def token_cache_root(config: RunConfig) -> Path:
 
 def tiny_model_dir(config: RunConfig, train_hash: str) -> Path:
     assert config.model.tiny is not None
-    return output_root(config) / "models" / f"tiny-{_hash_json([config.model.tiny.model_dump(), train_hash])}"
+    return output_root(config) / "models" / f"tiny-{hash_json([config.model.tiny.model_dump(), train_hash])}"
 
 
 def run_dir(config: RunConfig, run_key: str) -> Path:

@@ -40,7 +40,8 @@ def test_all_problems_are_reported_at_once():
 
 def test_section_validator_names_its_field():
     assert problems_of({"model": {}}) == [
-        "model.name_or_path: set a hub id or local folder (or set model.tiny for the offline tiny model)"
+        "model.name_or_path: set a hub id or local folder (or model.tiny for the offline tiny "
+        "model, or model.gguf for a GGUF file shipped in a package)"
     ]
     assert problems_of({})[0].startswith("model: required field is missing; set it in the YAML or with --set model=")
 

@@ -1,0 +1,155 @@
+"""Extra training data: generic chosen/rejected pairs and extra arena CSVs, converted to arena rows.
+
+Extra rows only ever join the training folds (the orchestration appends them to
+each fold's training split, never to validation), and rows whose prompt also
+appears in the main data are dropped first, so a validation prompt can never be
+seen in training through the back door.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import pandas as pd
+
+from pref_core.data import DataValidationError, IngestResult, Problem, validate_arena_frame
+from pref_core.folds import prompt_group_key
+from pref_core.labels import LABEL_COLUMNS
+
+# HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." repeated; the speaker tags start a line.
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def split_transcript(text: str) -> list[tuple[str, str]]:
+    """[(speaker, text), ...] of an HH-RLHF style transcript; raises ValueError when it has no turns."""
+    parts = _TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not a transcript: it must start with '\\n\\nHuman: ' and alternate Human/Assistant turns")
+    return [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
+
+
+def pair_to_arena(chosen: str, rejected: str, chosen_on_a: bool) -> dict:
+    """One arena row (JSON cells as strings) from two transcripts that differ only in the last assistant turn.
+
+    The prompt is the human turns; each response list holds the assistant turns, shared earlier ones
+    included (an arena row has one response entry per prompt turn).
+    """
+    good, bad = split_transcript(chosen), split_transcript(rejected)
+    if len(good) != len(bad) or good[:-1] != bad[:-1]:
+        raise ValueError("chosen and rejected must share every turn but the last assistant turn")
+    if good[-1][0] != "Assistant" or bad[-1][0] != "Assistant":
+        raise ValueError("both transcripts must end with an Assistant turn")
+    humans = [t for s, t in good if s == "Human"]
+    shared = [t for s, t in good[:-1] if s == "Assistant"]
+    if len(humans) != len(shared) + 1:
+        raise ValueError("turns must alternate Human/Assistant, one assistant answer per human turn")
+    a_last, b_last = (good[-1][1], bad[-1][1]) if chosen_on_a else (bad[-1][1], good[-1][1])
+    return {
+        "prompt": json.dumps(humans, ensure_ascii=False),
+        "response_a": json.dumps(shared + [a_last], ensure_ascii=False),
+        "response_b": json.dumps(shared + [b_last], ensure_ascii=False),
+        "winner_model_a": 1 if chosen_on_a else 0,
+        "winner_model_b": 0 if chosen_on_a else 1,
+        "winner_tie": 0,
+    }
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def read_pairs(path: Union[str, Path], seed: int = 0, max_bad_fraction: float = 0.0) -> IngestResult:
+    """Chosen/rejected JSON lines -> validated arena rows; chosen goes to side a or b at random (seeded).
+
+    Ids are ``<file stem>:<line number>``. Bad lines are reported with their line number and
+    handled by the same `max_bad_fraction` policy as the main data.
+    """
+    path = Path(path)
+    rng = random.Random(seed)
+    rows, problems = [], []
+    stem = path.name.split(".")[0]
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            chosen_on_a = rng.random() < 0.5  # drawn for every line, so a bad line does not shift the others
+            if not line.strip():
+                continue
+            row_id = f"{stem}:{number}"
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("chosen"), str) \
+                        or not isinstance(record.get("rejected"), str):
+                    raise ValueError('each line must be a JSON object with string fields "chosen" and "rejected"')
+                rows.append({"id": row_id, **pair_to_arena(record["chosen"], record["rejected"], chosen_on_a)})
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                problems.append(Problem(row_id, "chosen/rejected", f"{err}; fix: see the HH-RLHF transcript format"))
+    n_read = len(rows) + len(problems)
+    if n_read == 0:
+        raise DataValidationError(path, f"{path}: no pairs found", [Problem(None, None, "the file holds no JSON lines")])
+    if problems and len(problems) / n_read > max_bad_fraction:
+        raise DataValidationError(
+            path, f"{path}: {len(problems)} of {n_read} pairs are invalid, more than data.max_bad_fraction="
+            f"{max_bad_fraction}", problems,
+        )
+    result = validate_arena_frame(pd.DataFrame(rows), kind="train", max_bad_fraction=max_bad_fraction, source=str(path))
+    rejected = pd.concat([
+        pd.DataFrame([(p.row_id, p.column, p.reason) for p in problems], columns=["id", "column", "reason"]),
+        result.rejected,
+    ], ignore_index=True)
+    return IngestResult(frame=result.frame, rejected=rejected, n_read=n_read, n_kept=len(result.frame),
+                        n_rejected=n_read - len(result.frame))
+
+
+def deduplicate_extra(extra: pd.DataFrame, main: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Drop extra rows whose prompt appears in the main data (or earlier in the extra data); returns (kept, dropped)."""
+    seen = set(main["prompt"].map(prompt_group_key))
+    keys = extra["prompt"].map(prompt_group_key)
+    keep = []
+    for key in keys:
+        keep.append(key not in seen)
+        seen.add(key)
+    kept = extra[keep].reset_index(drop=True)
+    return kept, int(len(extra) - len(kept))
+
+
+def combine_extra(frames: Sequence[tuple[str, pd.DataFrame]], main: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Concatenate named extra frames with ids prefixed ``extra:<name>:``, deduplicated against `main`.
+
+    Returns (frame, counts) where counts holds rows per source and the number dropped as duplicates.
+    """
+    pieces, counts = [], {}
+    for name, frame in frames:
+        piece = frame.copy()
+        piece["id"] = f"extra:{name}:" + piece["id"].astype(str)
+        pieces.append(piece)
+        counts[f"n_extra_{name}"] = len(piece)
+    columns = ["id", "prompt", "response_a", "response_b", *LABEL_COLUMNS, "label"]
+    combined = pd.concat([p[columns] for p in pieces], ignore_index=True) if pieces else pd.DataFrame(columns=columns)
+    kept, dropped = deduplicate_extra(combined, main)
+    counts["n_extra_duplicates_dropped"] = dropped
+    counts["n_extra_kept"] = len(kept)
+    return kept, counts
+
+
+def source_name(path: Union[str, Path], index: Optional[int] = None) -> str:
+    """A short, id-safe name for an extra source: the file stem (plus its position when given)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).name.split(".")[0]).strip("-") or "extra"
+    return f"{stem}-{index}" if index is not None else stem
+
+
+def write_arena_csv(frame: pd.DataFrame, path: Union[str, Path]) -> Path:
+    """Write parsed arena rows (turn lists) back as a Kaggle-format CSV with JSON list cells."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = pd.DataFrame({"id": frame["id"].astype(str)})
+    for column in ("prompt", "response_a", "response_b"):
+        out[column] = [json.dumps(list(turns), ensure_ascii=False) for turns in frame[column]]
+    for column in LABEL_COLUMNS:
+        if column in frame.columns:
+            out[column] = frame[column].astype(int)
+    out.to_csv(path, index=False)
+    return path
