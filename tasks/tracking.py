@@ -107,8 +107,10 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     if client.tracking_uri.startswith("sqlite:///"):
         store = Path(client.tracking_uri.removeprefix("sqlite:///")).parent
         artifact_location = (store / "artifacts").resolve().as_uri()
+    # The MLflow 3 UI opens GenAI pages for experiments of unknown kind; ours is model training.
+    tags = {"mlflow.experimentKind": "custom_model_development"}
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except Exception:  # a concurrent run created it first
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
