@@ -91,6 +91,10 @@ def preflight(config) -> None:
     preparation.ingest.fn(config, "train")
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
+    if config.distill.teacher_csv is not None:
+        from pref_core.data import read_teacher_probs
+
+        read_teacher_probs(config.distill.teacher_csv)
 
 
 def run_training(config, force: bool = False) -> dict:

@@ -152,7 +152,8 @@ class TrainConfig(_Section):
     swap: Literal["none", "random", "both"] = Field(
         "none",
         description="a/b swap augmentation: random = each pair in a random order each epoch; both = each pair in "
-        "both orders within the same step (labels exchanged accordingly).",
+        "both orders within the same step (labels exchanged accordingly; per_device_batch_size then counts pairs, "
+        "so a device batch holds twice as many rows).",
     )
     dataloader_num_workers: int = Field(0, ge=0)
     cpu_threads: Optional[int] = Field(

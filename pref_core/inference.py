@@ -23,6 +23,8 @@ class PreferenceCollator:
 
     Right padding; the model finds each row's last real token from the attention mask. Rows with a
     ``label`` column (>= 0) also produce ``labels``. `input_column` picks ``input_ids`` or ``input_ids_swap``.
+    Training rows with a teacher (data.attach_teacher_probs) also produce ``teacher_probs`` (batch, 3) float32
+    and ``has_teacher`` (batch,) bool, for the distillation loss of training.PreferenceTrainer.
     """
 
     pad_token_id: int
@@ -44,6 +46,13 @@ class PreferenceCollator:
             labels = torch.as_tensor([row["label"] for row in rows], dtype=torch.long)  # (batch,)
             if bool((labels >= 0).all()):  # test rows carry -1: no labels, no loss
                 batch["labels"] = labels
+        if "teacher_probs" in rows[0]:
+            batch["teacher_probs"] = torch.as_tensor(
+                [row["teacher_probs"] for row in rows], dtype=torch.float32
+            )  # (batch, 3)
+            batch["has_teacher"] = torch.as_tensor(
+                [bool(row.get("has_teacher", True)) for row in rows], dtype=torch.bool
+            )  # (batch,)
         return batch
 
 

@@ -6,6 +6,14 @@ caller's callbacks in ``on_evaluate`` and ``on_log``), writes the held-out
 predictions and the final adapter, and resumes from its own latest checkpoint
 when it finds one (so a killed fold continues where it stopped, bit for bit).
 
+Two training-only options change what a step sees (validation and inference never do):
+
+* ``train.swap``: a/b swap augmentation. The Trainer samples a `SwapViewDataset` (both orders of every
+  pair) through `EpochSeededSampler`, which picks one order per pair and epoch (``random``) or both side
+  by side in the same batch (``both``); labels and teacher probabilities are exchanged with the inputs.
+* ``distill``: soft labels from a teacher (data.attach_teacher_probs); `PreferenceTrainer.compute_loss`
+  trains on modeling.distillation_loss instead of the model's plain cross-entropy.
+
 Layout of `output_dir`::
 
     checkpoints/checkpoint-<step>/   Trainer checkpoints (adapter, optimizer, scheduler, RNG, state)
@@ -26,16 +34,17 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler, SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from pref_core.config import RunConfig, TrainConfig
+from pref_core.config import DistillConfig, RunConfig, TrainConfig
 from pref_core.inference import PreferenceCollator, predict
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES, swap_label_index, swap_probabilities
 from pref_core.metrics import compute_accuracy, compute_log_loss
-from pref_core.modeling import build_model, resolve_model_source, save_adapter
+from pref_core.modeling import build_model, distillation_loss, resolve_model_source, save_adapter
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,8 @@ class FoldResult:
     `metrics`: val_log_loss / val_accuracy of the saved validation predictions (with train.tta_swap,
     of the averaged views; the plain view's loss is val_log_loss_no_tta), train_loss (mean over the
     fold's steps; after a resume, over the steps whose loss was logged: the Trainer does not
-    checkpoint the running loss), train_runtime_s (this call only) and global_step.
+    checkpoint the running loss; with distill.teacher_csv, of the distillation objective),
+    train_runtime_s (this call only) and global_step.
     """
 
     adapter_dir: Path
@@ -113,46 +123,163 @@ class LoggingCallback(TrainerCallback):
 # -- sampling -------------------------------------------------------------------------------------------------------
 
 
+SWAP_MODES = ("none", "random", "both")
+
+
+class SwapViewDataset(TorchDataset):
+    """Both a/b orders of every training pair, addressed by key: ``k`` is row k as tokenized, ``n + k`` is
+    row k with responses a and b exchanged (``input_ids_swap``, the label mapped by swap_label_index and
+    the teacher probabilities by swap_probabilities, so a swapped row says the same thing as the original).
+
+    `EpochSeededSampler` with a swap mode decides which keys an epoch shows. Items hold only what the
+    collator reads: input_ids, label, and teacher_probs / has_teacher when the dataset has them.
+    """
+
+    def __init__(self, dataset):
+        if "input_ids_swap" not in dataset.column_names:
+            raise ValueError(
+                "train.swap needs an 'input_ids_swap' column in the train dataset (have "
+                f"{dataset.column_names}); tokenize the train rows with with_swap=True, or set train.swap=none"
+            )
+        wanted = ("input_ids", "input_ids_swap", "label", "teacher_probs", "has_teacher")
+        # Only the needed columns are decoded per row (the arrow table stays on disk / memory-mapped).
+        self.rows = dataset.select_columns([c for c in wanted if c in dataset.column_names])
+        self.lengths = dataset_lengths(dataset)  # of the original order; the swapped one differs by truncation only
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.rows)
+
+    def __len__(self) -> int:
+        return 2 * self.n_pairs
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        swapped, index = divmod(int(key), self.n_pairs)
+        if not 0 <= swapped <= 1:
+            raise IndexError(f"key {key} outside 0..{len(self) - 1}")
+        row = self.rows[index]
+        item: dict[str, Any] = {
+            "input_ids": row["input_ids_swap"] if swapped else row["input_ids"],
+            "label": swap_label_index(int(row["label"])) if swapped else int(row["label"]),
+        }
+        if "teacher_probs" in row:
+            probs = row["teacher_probs"]
+            item["teacher_probs"] = swap_probabilities(np.asarray(probs)).tolist() if swapped else probs
+            item["has_teacher"] = bool(row.get("has_teacher", True))
+        return item
+
+
 class EpochSeededSampler(Sampler[int]):
-    """Shuffled order that depends only on (seed, epoch), optionally grouped by length.
+    """Shuffled order that depends only on (seed, epoch), optionally grouped by length and a/b swapped.
 
     Trainer's own samplers draw from the global RNG, so a resumed run reproduces the order only if
     every earlier draw is replayed. Seeding per epoch makes the skipped-ahead order of a resumed run
     identical to the uninterrupted one by construction.
-    `group_by_length`: mega-batches of similar lengths (transformers' grouping) to cut padding.
+    `group_by_length`: mega-batches of similar lengths (transformers' grouping) to cut padding;
+    `batch_size`: pairs per length group (one optimizer step's pairs; with swap=both, half its rows).
+    `swap` (train.swap), over the n pairs of `lengths`, yielding keys of a `SwapViewDataset`:
+
+    * ``none``: row indices 0..n-1 (a plain dataset).
+    * ``random``: the same order as ``none``, each pair shown as key i or n + i by a coin drawn per pair from
+      the same (seed, epoch) generator after the order: a fresh choice each epoch, reproducible on resume.
+    * ``both``: i, n + i for each pair in that order (2n keys), so a batch of an even number of rows
+      holds whole pairs and both orders of a pair fall into the same optimizer step.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True):
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, seed: int, group_by_length: bool = True, swap: str = "none"
+    ):
+        if swap not in SWAP_MODES:
+            raise ValueError(f"train.swap: got {swap!r}; use one of {list(SWAP_MODES)}")
         self.lengths = [int(n) for n in lengths]
         self.batch_size = batch_size
         self.seed = seed
         self.group_by_length = group_by_length
+        self.swap = swap
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.lengths) * (2 if self.swap == "both" else 1)
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        n = len(self.lengths)
         if self.group_by_length:
-            return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-        return iter(torch.randperm(len(self.lengths), generator=generator).tolist())
+            order = get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+        else:
+            order = torch.randperm(n, generator=generator).tolist()
+        if self.swap == "random":
+            swapped = torch.randint(0, 2, (n,), generator=generator).tolist()  # per pair, not per position
+            return iter([i + n * swapped[i] for i in order])
+        if self.swap == "both":
+            return iter([key for i in order for key in (i, i + n)])
+        return iter(order)
 
 
 class PreferenceTrainer(Trainer):
-    """Trainer with a resumable train order, sequential evaluation and ``val_`` metric names."""
+    """Trainer with a resumable train order, a/b swap augmentation, distillation, sequential evaluation and
+    ``val_`` metric names.
+
+    `swap`: train.swap; with ``random`` or ``both`` the train dataset must be a `SwapViewDataset` (and with
+    ``both`` the per-device batch size counts rows: two per pair, see build_training_arguments).
+    `distill`: the distill section when distill.teacher_csv is set, else None (teacher columns are ignored).
+    """
+
+    def __init__(self, *args, swap: str = "none", distill: Optional[DistillConfig] = None, **kwargs):
+        if swap not in SWAP_MODES:
+            raise ValueError(f"train.swap: got {swap!r}; use one of {list(SWAP_MODES)}")
+        self.swap = swap
+        self.distill = distill
+        super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.swap != "none" and not isinstance(dataset, SwapViewDataset):
+            raise ValueError(f"train.swap={self.swap} needs the train rows wrapped in SwapViewDataset "
+                             "(train_fold does this); pass SwapViewDataset(train_ds)")
+        step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return EpochSeededSampler(
-            dataset_lengths(dataset),
-            batch_size=self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            dataset.lengths if isinstance(dataset, SwapViewDataset) else dataset_lengths(dataset),
+            batch_size=step_rows // 2 if self.swap == "both" else step_rows,  # grouped by pairs
             seed=self.args.seed,
             group_by_length=self.args.train_sampling_strategy == "group_by_length",
+            swap=self.swap,
         )
+
+    def num_examples(self, dataloader) -> int:
+        # Rows an epoch shows (the sampler's length), not the 2n keys of a SwapViewDataset. The sampler sits
+        # under accelerate's BatchSampler, or one level deeper under its BatchSamplerShard (several processes).
+        batch_sampler = getattr(dataloader, "batch_sampler", None)
+        for holder in (batch_sampler, getattr(batch_sampler, "batch_sampler", None)):
+            sampler = getattr(holder, "sampler", None)
+            if isinstance(sampler, EpochSeededSampler):
+                return len(sampler)
+        return super().num_examples(dataloader)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's cross-entropy, or with a teacher in the batch while training, modeling.distillation_loss.
+
+        Validation always scores the plain cross-entropy (its rows carry no teacher, and a teacher there
+        would not change what is measured). Like the model's loss, this is a per-batch mean: the Trainer
+        divides it by the gradient accumulation steps.
+        """
+        inputs = dict(inputs)  # the caller's batch stays as it was
+        teacher_probs = inputs.pop("teacher_probs", None)  # (batch, 3)
+        has_teacher = inputs.pop("has_teacher", None)  # (batch,)
+        if self.distill is None or teacher_probs is None or not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        loss = distillation_loss(
+            outputs["logits"], labels, teacher_probs, has_teacher,
+            hard_weight=self.distill.hard_weight, kl_weight=self.distill.kl_weight,
+            temperature=self.distill.temperature,
+        )
+        return (loss, {**outputs, "loss": loss}) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset):
         # Dataset order, so that recorded predictions line up with rows (train_fold sorts rows by length first).
@@ -187,12 +314,19 @@ def resolve_mixed_precision(train_config: TrainConfig) -> str:
 
 
 def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path]) -> TrainingArguments:
-    """TrainingArguments for one fold from the train section of the run config."""
+    """TrainingArguments for one fold from the train section of the run config.
+
+    With train.swap=both, train.per_device_batch_size counts pairs: each device batch holds that many pairs
+    in both orders (twice as many rows, so twice the activation memory of swap=none) and an epoch has as many
+    optimizer steps as with swap=none. The Trainer itself counts rows (its per-device batch size and
+    "Num examples" are doubled), which keeps every batch made of whole pairs.
+    """
     train = config.train
     precision = resolve_mixed_precision(train)
+    rows_per_pair = 2 if train.swap == "both" else 1
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
-        per_device_train_batch_size=train.per_device_batch_size,
+        per_device_train_batch_size=train.per_device_batch_size * rows_per_pair,
         per_device_eval_batch_size=train.eval_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         num_train_epochs=train.num_epochs,
@@ -255,6 +389,55 @@ def check_fold_dataset(dataset, name: str) -> None:
         raise ValueError(f"{name} dataset: " + "; ".join(problems))
 
 
+def check_train_inputs(config: RunConfig, train_ds) -> None:
+    """Fail early when the train dataset lacks the columns train.swap or distill.teacher_csv need (all problems)."""
+    problems = []
+    if config.train.swap != "none" and "input_ids_swap" not in train_ds.column_names:
+        problems.append(
+            f"train.swap={config.train.swap} needs an 'input_ids_swap' column (have {train_ds.column_names}); "
+            "tokenize the train rows with the swapped view (tokenize_frame(..., with_swap=True)), "
+            "or set train.swap=none"
+        )
+    if config.distill.teacher_csv is not None and "teacher_probs" not in train_ds.column_names:
+        problems.append(
+            f"distill.teacher_csv={str(config.distill.teacher_csv)!r} is set but the train dataset has no "
+            "'teacher_probs' column; attach it with pref_core.data.attach_teacher_probs(train_ds, "
+            "read_teacher_probs(distill.teacher_csv)), or set distill.teacher_csv=null"
+        )
+    if problems:
+        raise ValueError("train dataset: " + "; ".join(problems))
+
+
+def count_teacher_rows(train_ds) -> int:
+    """Rows of a dataset with a teacher (all of them when there is teacher_probs but no has_teacher column)."""
+    if "has_teacher" in train_ds.column_names:
+        return int(np.count_nonzero(np.asarray(train_ds["has_teacher"], dtype=bool)))
+    return len(train_ds) if "teacher_probs" in train_ds.column_names else 0
+
+
+def check_teacher_coverage(config: RunConfig, train_ds) -> int:
+    """Log how many train rows have a teacher and return the count; fail when none has (the ids cannot match)."""
+    with_teacher = count_teacher_rows(train_ds)
+    distill = config.distill
+    logger.info(
+        "distillation: %d of %d train rows have a teacher (the others train on their hard label only); "
+        "hard_weight=%g kl_weight=%g temperature=%g",
+        with_teacher, len(train_ds), distill.hard_weight, distill.kl_weight, distill.temperature,
+    )
+    if with_teacher == 0:
+        raise ValueError(
+            f"distill.teacher_csv={str(distill.teacher_csv)!r}: none of the {len(train_ds)} train rows has a teacher "
+            "row, so its ids do not match the train ids; check the file (ids as in data.train_csv), or set "
+            "distill.teacher_csv=null"
+        )
+    if distill.hard_weight == 0 and with_teacher < len(train_ds):
+        logger.warning(
+            "distill.hard_weight=0: the %d train rows without a teacher add no loss; set distill.hard_weight "
+            "above 0 to train on their labels", len(train_ds) - with_teacher,
+        )
+    return with_teacher
+
+
 def find_resumable_checkpoint(checkpoints_dir: Union[str, Path]) -> Optional[Path]:
     """Latest complete Trainer checkpoint in `checkpoints_dir` (a folder killed mid-save is skipped)."""
     checkpoints_dir = Path(checkpoints_dir)
@@ -281,6 +464,13 @@ def logged_train_loss(log_history: Sequence[dict[str, Any]]) -> float:
             span = int(entry["step"]) - previous
             total, steps, previous = total + span * float(entry["loss"]), steps + span, int(entry["step"])
     return total / steps if steps else math.nan
+
+
+def resolve_padding(tokenizer) -> tuple[int, Optional[int]]:
+    """(pad_token_id, pad_to_multiple_of) of the collators: any pad id works, padded positions are masked."""
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # Multiples of 8 suit GPU tensor cores; on CPU they would only add padding.
+    return pad_token_id, 8 if torch.cuda.is_available() else None
 
 
 def load_training_tokenizer(config: RunConfig, name_or_path: Optional[Union[str, Path]] = None):
@@ -330,9 +520,44 @@ def train_fold(
         return _train_fold(config, train_ds, val_ds, Path(output_dir), callbacks, name_or_path)
 
 
+def build_trainer(
+    config: RunConfig,
+    model,
+    tokenizer,
+    train_ds,
+    eval_ds,
+    checkpoints_dir: Union[str, Path],
+    compute_metrics=None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> PreferenceTrainer:
+    """The fold's Trainer: train.swap views of `train_ds`, the distillation loss when distill.teacher_csv is
+    set, the resumable train order and sequential evaluation of `eval_ds` (in its given order)."""
+    check_train_inputs(config, train_ds)
+    pad_token_id, pad_to_multiple_of = resolve_padding(tokenizer)
+    distill = config.distill if config.distill.teacher_csv is not None else None
+    if distill is None and "teacher_probs" in train_ds.column_names:
+        logger.info("the train dataset has teacher_probs but distill.teacher_csv is not set: training on hard labels")
+    trainer = PreferenceTrainer(
+        model=model,
+        args=build_training_arguments(config, checkpoints_dir),
+        data_collator=PreferenceCollator(pad_token_id, pad_to_multiple_of),
+        train_dataset=SwapViewDataset(train_ds) if config.train.swap != "none" else train_ds,
+        eval_dataset=eval_ds,
+        compute_metrics=compute_metrics,
+        callbacks=list(callbacks),
+        swap=config.train.swap,
+        distill=distill,
+    )
+    trainer.remove_callback(PrinterCallback)  # LoggingCallback reports through logging instead of print
+    return trainer
+
+
 def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path) -> FoldResult:
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
+    check_train_inputs(config, train_ds)  # before the model loads: a missing column fails in seconds
+    if config.distill.teacher_csv is not None:
+        check_teacher_coverage(config, train_ds)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     resume_from = find_resumable_checkpoint(checkpoints_dir)
     if resume_from is not None:
@@ -340,26 +565,19 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
 
     tokenizer = load_training_tokenizer(config, name_or_path)
     model = build_model(config, tokenizer, name_or_path)
-    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Multiples of 8 suit GPU tensor cores; on CPU they would only add padding.
-    pad_to_multiple_of = 8 if torch.cuda.is_available() else None
+    pad_token_id, pad_to_multiple_of = resolve_padding(tokenizer)
 
     # Longest first: little padding per eval batch, and an out-of-memory error shows up at once.
     val_order = np.argsort(-np.asarray(dataset_lengths(val_ds)), kind="stable")
     val_sorted = val_ds.select(val_order)
     recorder = ValidationRecorder()
-    trainer = PreferenceTrainer(
-        model=model,
-        args=build_training_arguments(config, checkpoints_dir),
-        data_collator=PreferenceCollator(pad_token_id, pad_to_multiple_of),
-        train_dataset=train_ds,
-        eval_dataset=val_sorted,
-        compute_metrics=recorder,
-        callbacks=[recorder, LoggingCallback(), *callbacks],
+    trainer = build_trainer(
+        config, model, tokenizer, train_ds, val_sorted, checkpoints_dir,
+        compute_metrics=recorder, callbacks=[recorder, LoggingCallback(), *callbacks],
     )
-    trainer.remove_callback(PrinterCallback)  # LoggingCallback reports through logging instead of print
     logger.info(
-        "training on %d rows, validating on %d rows, %s", len(train_ds), len(val_ds),
+        "training on %d rows (train.swap=%s), validating on %d rows, %s", len(train_ds), config.train.swap,
+        len(val_ds),
         f"{config.train.max_steps} steps" if config.train.max_steps > 0 else f"{config.train.num_epochs} epochs",
     )
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -116,6 +116,10 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             from datasets import concatenate_datasets
 
             train_ds = concatenate_datasets([train_ds, load_token_cache(prepared.extra_tokens.path)])
+        if config.distill.teacher_csv is not None:
+            from pref_core.data import attach_teacher_probs, read_teacher_probs
+
+            train_ds = attach_teacher_probs(train_ds, read_teacher_probs(config.distill.teacher_csv))
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
         result = core_training.train_fold(
