@@ -42,7 +42,7 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     client = tracking.get_client(config)
     experiment_id = tracking.ensure_experiment(client, config.tracking.experiment)
     tags = {tracking.TAG_KIND: "cv", "arena_pref.prefect_flow_run": flow_run_name,
-            "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid()}
+            "arena_pref.host": socket.gethostname(), "arena_pref.pid": str(os.getpid())}
     commit = tracking.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
