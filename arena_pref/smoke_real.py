@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         os.environ.setdefault(key, value)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="chosen/rejected JSON lines (HH-RLHF) or an arena CSV")
-    parser.add_argument("--n-pairs", type=int, default=300)
+    parser.add_argument("--n-pairs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "smollm2-135m.yaml"))
     parser.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs" / "smoke-real"))
