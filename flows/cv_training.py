@@ -9,7 +9,6 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from flows.preparation import prepare_inputs
-from flows.train_fold import train_fold
 from pref_core.config import RunConfig
 from tasks import evaluation, registry, runs, training
 
@@ -45,8 +44,8 @@ def cv_training(
             for k, run_id in fold_run_ids.items():
                 if config.cv.execution == "subprocess":
                     training.run_fold_in_subprocess(config, k, run_id, prepared.train_hash, force)
-                else:
-                    train_fold.with_options(flow_run_name=f"fold-{k}")(config, k, run_id, prepared.train_hash, force)
+                else:  # in this process, on the inputs prepared above: no subflow or re-preparation
+                    training.fit_fold(config, k, run_id, prepared, force=force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
