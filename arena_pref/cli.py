@@ -63,6 +63,9 @@ def _print_summary(result: dict, tracking_uri: str) -> None:
         print(f"{fold:>4}  {loss:.4f}")
     print(f"OOF log loss {metrics['oof_log_loss']:.4f}   class prior {metrics['prior_log_loss']:.4f}   "
           f"accuracy {metrics['oof_accuracy']:.3f}   rows {metrics['n_oof']}")
+    if "temperature" in metrics:
+        print(f"after temperature scaling (T={metrics['temperature']:.3f}): {metrics['oof_log_loss_calibrated']:.4f}")
+    print(f"registered {result['model_uri']}: {result['promotion']}")
     print(f"OOF predictions: {result['oof_path']}")
     if result.get("submission_path"):
         print(f"submission:      {result['submission_path']}")
