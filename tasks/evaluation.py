@@ -142,6 +142,24 @@ def average_fold_predictions(frames: list[pd.DataFrame], test_ids: list[str], te
     return out
 
 
+def _fill_rejected_with_prior(submission: pd.DataFrame, prepared: PreparedInputs) -> tuple[pd.DataFrame, list[str]]:
+    """Kaggle scores a submission only with one row per test id: rows that ingest rejected (allowed by
+    data.max_bad_fraction) get the training class prior, loudly, instead of going missing."""
+    all_ids = pd.read_csv(prepared.test.source, dtype=str, keep_default_na=False, usecols=["id"],
+                          encoding="utf-8-sig")["id"].tolist()
+    labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
+    prior = np.bincount(labels, minlength=len(LABEL_COLUMNS)) / len(labels)
+    predicted = submission.set_index("id")
+    missing = [i for i in all_ids if i not in predicted.index]
+    filler = pd.DataFrame([prior] * len(missing), columns=list(LABEL_COLUMNS), index=pd.Index(missing, name="id"))
+    full = pd.concat([predicted, filler]).loc[all_ids].reset_index()
+    LOGGER.warning(
+        "submission: %d test rows were rejected at ingest (see %s); they get the class prior %s",
+        len(missing), prepared.test.rejected_path, np.round(prior, 4).tolist(),
+    )
+    return full, all_ids
+
+
 @task(name="make-submission", **TASK_DEFAULTS)
 def make_submission(
     config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs, oof: OOFOutput
@@ -157,6 +175,9 @@ def make_submission(
             for fold, run_id in sorted(fold_run_ids.items())
         ]
     submission = average_fold_predictions(frames, test_ids, oof.temperature)
+    if prepared.test.n_rejected:
+        submission, test_ids = _fill_rejected_with_prior(submission, prepared)
+        tracking.log_metrics(client, parent_run_id, {"n_test_prior_filled": prepared.test.n_rejected})
     validate_submission(submission, test_ids)
     dest = workspace.run_dir(config, prepared.run_key) / "submission.csv"
     submission.to_csv(dest, index=False)

@@ -116,3 +116,28 @@ def test_concurrent_runs_share_output_root_and_store_without_collisions(tmp_path
         assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     versions = client.search_model_versions("name = 'arena-pref'")
     assert len(versions) == 2
+
+
+@pytest.mark.slow
+def test_rejected_test_rows_still_get_a_submission_row(prefect_harness, tmp_path, small_csvs):
+    """Under a lenient policy a broken test row is quarantined, but the submission keeps its id (class prior)."""
+    from flows.cv_training import cv_training
+    from pref_core.labels import LABEL_COLUMNS
+
+    test = pd.read_csv(small_csvs[1], dtype=str, keep_default_na=False)
+    test.loc[3, "prompt"] = '["cut off'
+    broken_test = tmp_path / "test.csv"
+    test.to_csv(broken_test, index=False)
+    config = load_config(TINY, [f"data.train_csv={small_csvs[0]}", f"data.test_csv={broken_test}",
+                                "data.max_bad_fraction=0.2", f"output_dir={tmp_path / 'out'}",
+                                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "cv.execution=in_process",
+                                "cv.folds=[0]", "train.num_epochs=1"])
+    result = cv_training(config)
+    submission = pd.read_csv(result["submission_path"], dtype={"id": str})
+    assert submission["id"].tolist() == test["id"].tolist()
+    train = pd.read_csv(small_csvs[0])
+    prior = train[list(LABEL_COLUMNS)].mean().to_numpy()
+    assert submission.loc[3, list(LABEL_COLUMNS)].to_numpy() == pytest.approx(prior)
+    parent = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"])
+    assert parent.data.metrics["n_test_prior_filled"] == 1
+    assert "rejected" in {a.path for a in MlflowClient(config.tracking.uri).list_artifacts(result["parent_run_id"])}
