@@ -72,6 +72,18 @@ def real_train_csv() -> Path:
     return REAL_TRAIN_CSV
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine: with 2 OpenMP threads a fold of the tiny model ran 4 s
+    alone but 35-70 s while another process used the CPU; with 1 thread it stays at 6-8 s either way."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API (own SQLite) for every flow test of the session."""

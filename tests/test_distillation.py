@@ -29,15 +29,6 @@ LN3 = math.log(3.0)
 SUM_COLUMN = "+".join(LABEL_COLUMNS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # As in test_training: one thread keeps the tiny folds fast when other processes share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- the loss -------------------------------------------------------------------------------------------------------
 
 

@@ -22,15 +22,6 @@ pytestmark = pytest.mark.filterwarnings(
 TEXTS = ["the cat sat on the mat", "a dog ran to the river and back again", "tie or not", "b wins over a"] * 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: extra OpenMP threads only add contention when other tests share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A LoRA model with random (non-zero) adapters, so predictions differ from row to row."""

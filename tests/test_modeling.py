@@ -45,15 +45,6 @@ TEXTS = [
 ] * 20
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: extra OpenMP threads only add contention when other tests share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=400)

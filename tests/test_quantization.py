@@ -34,15 +34,6 @@ TEXTS = ["the cat sat on the mat Answer:", "a dog ran to the river Answer:", "ze
 QUANTIZED_LAYER = {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: extra OpenMP threads only add contention when other tests share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer

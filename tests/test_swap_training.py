@@ -35,15 +35,6 @@ N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # As in test_training: one thread keeps the tiny folds fast when other processes share the CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir): synthetic rows tokenized with the swapped view, a tiny model."""

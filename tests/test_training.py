@@ -38,16 +38,6 @@ LN3 = float(np.log(3.0))  # log loss of the uniform prediction
 N_ROWS, N_VAL = 400, 80
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Measured: with 2 OpenMP threads a fold of the tiny model ran 4 s alone but 35-70 s while another
-    # process used the CPU; with 1 thread it stays at 6-8 s either way.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir) from the synthetic CSV through the real ingest and tokenizer.
