@@ -156,7 +156,7 @@ def cmd_validate(args) -> int:
 def _registry_client(args):
     from mlflow import MlflowClient
 
-    from tasks.prediction import default_tracking_uri
+    from tasks.tracking import default_tracking_uri
 
     return MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
 

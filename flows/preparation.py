@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pref_core.config import RunConfig
 from pref_core.data import hash_file
-from pref_core.tokenization import hash_tokenizer
 from tasks import preparation, workspace
 from tasks.preparation import PreparedInputs
 
@@ -36,7 +35,7 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
     return PreparedInputs(
         run_key=run_key,
         base_model=base_model,
-        tokenizer_hash=hash_tokenizer(preparation.load_tokenizer(base_model, config.model.revision)),
+        tokenizer_hash=train_tokens.tokenizer_hash,
         train=train,
         train_tokens=train_tokens,
         folds_path=folds_path,

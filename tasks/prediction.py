@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -12,14 +11,9 @@ from prefect import task
 
 from tasks.evaluation import validate_submission
 from tasks.preparation import TASK_DEFAULTS
+from tasks.tracking import default_tracking_uri
 
 LOGGER = logging.getLogger(__name__)
-
-
-def default_tracking_uri() -> str:
-    from tasks.tracking import local_store_uri, running_local_server_url
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or running_local_server_url() or local_store_uri()
 
 
 def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:

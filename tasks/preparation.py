@@ -54,6 +54,7 @@ class TokenCacheOutput:
     key: str
     hit: bool
     n_rows: int
+    tokenizer_hash: str
 
 
 @dataclass
@@ -256,7 +257,8 @@ def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: st
     LOGGER.info(
         "tokenize %s: %s (%d rows, key %s)", ingested.kind, "cache hit" if result.hit else "built", result.n_rows, result.key
     )
-    return TokenCacheOutput(path=str(result.path), key=result.key, hit=result.hit, n_rows=result.n_rows)
+    return TokenCacheOutput(path=str(result.path), key=result.key, hit=result.hit, n_rows=result.n_rows,
+                            tokenizer_hash=tokenization.hash_tokenizer(tokenizer))
 
 
 @task(name="make-folds", **TASK_DEFAULTS)

@@ -60,13 +60,14 @@ def running_local_server_url() -> Optional[str]:
     return str(state["url"])
 
 
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI > the running local server > the local SQLite file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or running_local_server_url() or local_store_uri()
+
+
 def resolve_tracking_uri(config: RunConfig) -> str:
-    """`tracking.uri` > $MLFLOW_TRACKING_URI > the running local server > the local SQLite file."""
-    if config.tracking.uri:
-        return config.tracking.uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return running_local_server_url() or local_store_uri()
+    """`tracking.uri` when set, else the default store."""
+    return config.tracking.uri or default_tracking_uri()
 
 
 def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
