@@ -9,12 +9,15 @@ TORCH_VERSION ?= 2.13.0
 
 export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DISABLE_MLFLOW_INTEGRATION := TRUE
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 
 .PHONY: install demo test smoke-real clean
+
+# The demo, the tests, the smoke run and the benchmarks use offline models only: no Hub for them. Other
+# commands leave Hub access (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME) to the user's environment.
+demo test smoke-real bench bench-gpu: export HF_HUB_OFFLINE := 1
 
 install: $(STAMP)
 

@@ -15,11 +15,11 @@ from typing import Optional, Sequence
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
-# Quiet, offline defaults, set before prefect, mlflow or transformers are imported.
+# Quiet defaults, set before prefect, mlflow or transformers are imported. Hub access (HF_HUB_OFFLINE,
+# HF_TOKEN, HF_HOME, HF_ENDPOINT) is the user's choice and passes through unchanged.
 _ENV_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -42,8 +42,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.tracking import TrackingUnavailableError
     from tasks.training import FoldFailedError
     from arena_pref.stack import StackError
+    from pref_core.base_model import BaseModelError
 
-    return (UserError, StackError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
+    return (UserError, StackError, BaseModelError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
             IncompleteOOFError, FileNotFoundError, PermissionError)
 
 
@@ -73,14 +74,35 @@ def _print_summary(result: dict, tracking_uri: str) -> None:
     print("Open the MLflow UI with `arena-pref ui` (http://127.0.0.1:5000).")
 
 
-def preflight(config) -> None:
-    """Everything that can fail fast, checked before Prefect starts: writable output, reachable
-    tracking store, valid data. A bad file is reported here in one line per problem, with no
-    orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
-    from tasks import preparation, tracking, workspace
+def check_base_model(config) -> None:
+    """The base model and what it needs from this machine, before anything is created: a Hub id resolves to
+    its config and tokenizer at model.revision (the commit is logged), a folder must hold them; a gated,
+    missing or unreachable model, or a quantized config without bitsandbytes/CUDA, is one line (exit 2).
+    Fallbacks the run will take (flash-attn missing) are printed as warnings."""
+    import logging
 
+    from pref_core.base_model import BaseModelError, check_runtime, resolve_base_model
+
+    try:
+        if config.model.name_or_path is not None:
+            source = resolve_base_model(config.model.name_or_path, config.model.revision)
+            logging.getLogger(__name__).info("base model: %s", source)
+        warnings = check_runtime(config)
+    except BaseModelError as err:
+        raise UserError(str(err)) from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def preflight(config) -> None:
+    """Everything that can fail fast, checked before Prefect starts: the base model, writable output,
+    reachable tracking store, valid data. A bad file is reported here in one line per problem, with no
+    orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
     if config.data.train_csv is None:
         raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports
+    from tasks import preparation, tracking, workspace
+
     root = workspace.output_root(config)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -101,10 +123,10 @@ def preflight(config) -> None:
 
 
 def run_training(config, force: bool = False) -> dict:
+    preflight(config)
     from flows.cv_training import cv_training
     from tasks.tracking import resolve_tracking_uri
 
-    preflight(config)
     result = cv_training(config, force=force)
     _print_summary(result, resolve_tracking_uri(config))
     return result
@@ -307,7 +329,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if isinstance(err, _user_errors()):
+        # UserError first: a preflight failure need not import prefect and mlflow to be reported.
+        if isinstance(err, UserError) or isinstance(err, _user_errors()):
             print(f"error: {err}", file=sys.stderr)
             return 2
         raise

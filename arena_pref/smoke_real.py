@@ -36,7 +36,7 @@ def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Pa
 
 
 def main(argv=None) -> int:
-    for key, value in {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+    for key, value in {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                        "DISABLE_MLFLOW_INTEGRATION": "TRUE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
         os.environ.setdefault(key, value)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

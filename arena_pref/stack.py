@@ -90,6 +90,8 @@ def _wait_http(url: str, timeout_s: float, what: str, log: Path) -> None:
 
 
 def base_env(state: StackState) -> dict[str, str]:
+    """The servers' and workers' environment: ours, plus the stack's URLs and quiet settings. Hub settings
+    (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT) come from the user's environment unchanged."""
     env = dict(os.environ)
     env.update({
         "PREFECT_API_URL": state.prefect_api_url,
@@ -97,7 +99,6 @@ def base_env(state: StackState) -> dict[str, str]:
         "ARENA_PREF_ROOT": str(PROJECT_ROOT),
         "DO_NOT_TRACK": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

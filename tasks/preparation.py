@@ -214,7 +214,10 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
             LOGGER.info("converting %s to a Hugging Face folder at %s (once)", source, target)
         return str(convert_gguf(source, target))
     if config.model.tiny is None:
-        return str(config.model.name_or_path)
+        # A Hub id becomes its cache snapshot (downloaded here once): folds load from disk, never the network.
+        from pref_core.base_model import download_base_model
+
+        return download_base_model(str(config.model.name_or_path), config.model.revision)
     target = workspace.tiny_model_dir(config, train.data_hash)
     if (target / "config.json").exists():
         LOGGER.info("tiny base model already built at %s", target)
