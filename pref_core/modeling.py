@@ -48,13 +48,22 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # -- backbone -------------------------------------------------------------------------------------------------------
 
 
+def native_bf16() -> bool:
+    """True on a CUDA GPU with bf16 tensor cores (compute capability 8.0+: A100, A10, L4, H100, RTX 30xx+).
+
+    Not torch.cuda.is_bf16_supported(): it also counts emulated bf16, which T4 and V100 (7.x, Kaggle's GPUs)
+    run many times slower than fp16.
+    """
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+
+
 def resolve_dtype(model_config: "ModelConfig") -> torch.dtype:
-    """Weight dtype of the backbone: model.dtype, where ``auto`` means bf16 on a bf16-capable CUDA GPU,
+    """Weight dtype of the backbone: model.dtype, where ``auto`` means bf16 on a GPU with native bf16,
     fp16 on an older CUDA GPU (fp32 weights of a multi-billion model would not fit) and fp32 on CPU."""
     if model_config.dtype != "auto":
         return _DTYPES[model_config.dtype]
     if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16() else torch.float16
     return torch.float32
 
 
@@ -282,20 +291,26 @@ class PreferenceModel(nn.Module):
         return {"loss": loss, "logits": logits}
 
     def _head(self, hidden_last: torch.Tensor) -> torch.Tensor:
-        """(batch, hidden) -> (batch, 3) float32 logits."""
-        if self.head == "classifier":
-            score = getattr(self, CLASSIFIER_NAME)
-            return score(hidden_last.to(score.weight.dtype)).float()
-        lm_head = self.backbone.get_output_embeddings()
-        label_ids = self.label_token_ids.to(lm_head.weight.device)
-        weight = lm_head.weight[label_ids]  # (3, hidden): only the label rows of the LM head
-        logits = hidden_last.to(device=weight.device, dtype=weight.dtype) @ weight.T  # (batch, 3)
-        if getattr(lm_head, "bias", None) is not None:
-            logits = logits + lm_head.bias[label_ids]
-        logits = logits.float()
-        if self.logit_softcapping:
-            logits = torch.tanh(logits / self.logit_softcapping) * self.logit_softcapping
-        return logits
+        """(batch, hidden) -> (batch, 3) float32 logits, computed in fp32 whatever the weights' dtype.
+
+        Under bf16 a logit near 20 moves in steps of 0.125, a few points of probability; the projection is
+        3 x hidden multiply-adds per row, so fp32 costs nothing. Autocast is off for it: it would cast back.
+        """
+        with torch.autocast(device_type=hidden_last.device.type, enabled=False):
+            if self.head == "classifier":
+                score = getattr(self, CLASSIFIER_NAME)
+                # Created in fp32 (and kept so by peft's modules_to_save); called as a module so that peft's
+                # wrapper dispatches to the trained copy.
+                return score(hidden_last.to(score.weight.dtype)).float()  # (batch, 3)
+            lm_head = self.backbone.get_output_embeddings()
+            label_ids = self.label_token_ids.to(lm_head.weight.device)
+            weight = lm_head.weight[label_ids].float()  # (3, hidden): only the label rows of the LM head
+            logits = hidden_last.to(device=weight.device, dtype=torch.float32) @ weight.T  # (batch, 3)
+            if getattr(lm_head, "bias", None) is not None:
+                logits = logits + lm_head.bias[label_ids].float()
+            if self.logit_softcapping:
+                logits = torch.tanh(logits / self.logit_softcapping) * self.logit_softcapping
+            return logits
 
 
 def unwrap_preference_model(model: nn.Module) -> PreferenceModel:

@@ -293,10 +293,19 @@ class PreferenceTrainer(Trainer):
 
 
 def resolve_optim(train_config: TrainConfig, quantized: bool = False) -> str:
-    """transformers optimizer name for train.optim (auto: 8-bit AdamW on CUDA, plain AdamW on CPU)."""
+    """transformers optimizer name for train.optim (auto: 8-bit AdamW on CUDA with bitsandbytes installed,
+    else plain AdamW, with a warning when only bitsandbytes is missing)."""
+    import importlib.util
+
     optim = train_config.optim
     if optim == "auto":
-        optim = "adamw_8bit" if torch.cuda.is_available() else "adamw_torch"
+        optim = "adamw_torch"
+        if torch.cuda.is_available():
+            if importlib.util.find_spec("bitsandbytes") is not None:
+                optim = "adamw_8bit"
+            else:
+                logger.warning("train.optim=auto: bitsandbytes is not installed, so no 8-bit AdamW; using adamw_torch "
+                               "(optimizer state takes 4x the memory; `pip install 'arena-pref[gpu]'` to fix)")
     if optim == "adamw_8bit":
         # Paged: optimizer state can spill to CPU memory on spikes, the usual QLoRA setting.
         return "paged_adamw_8bit" if quantized else "adamw_bnb_8bit"
@@ -304,10 +313,13 @@ def resolve_optim(train_config: TrainConfig, quantized: bool = False) -> str:
 
 
 def resolve_mixed_precision(train_config: TrainConfig) -> str:
-    """train.mixed_precision with auto resolved: bf16 on a bf16-capable CUDA GPU, else no."""
+    """train.mixed_precision with auto resolved: bf16 on a GPU with native bf16 (compute capability 8.0+),
+    fp16 on an older CUDA GPU (the Trainer then scales the loss), no on CPU."""
+    from pref_core.modeling import native_bf16
+
     precision = train_config.mixed_precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        precision = ("bf16" if native_bf16() else "fp16") if torch.cuda.is_available() else "no"
     if precision == "fp16" and not torch.cuda.is_available():
         raise ValueError("train.mixed_precision=fp16 needs a CUDA GPU; use auto or no on CPU")
     return precision
