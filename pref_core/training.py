@@ -19,6 +19,8 @@ Layout of `output_dir`::
     checkpoints/checkpoint-<step>/   Trainer checkpoints (adapter, optimizer, scheduler, RNG, state)
     adapter/                         final adapter + tokenizer (modeling.save_adapter)
     val_predictions.parquet          id, winner_model_a, winner_model_b, winner_tie, label
+    test_predictions.parquet         id, winner_model_a, winner_model_b, winner_tie (when a test set is given:
+                                     predicted by the trained model in memory, no reload of the base)
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 VAL_PREDICTIONS_FILE = "val_predictions.parquet"
+TEST_PREDICTIONS_FILE = "test_predictions.parquet"
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -69,6 +72,7 @@ class FoldResult:
     val_predictions_path: Path
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: Optional[str] = None
+    test_predictions_path: Optional[Path] = None
 
 
 # -- validation ---------------------------------------------------------------------------------------------------------
@@ -521,15 +525,18 @@ def train_fold(
     output_dir: Union[str, Path],
     callbacks: Sequence[TrainerCallback] = (),
     name_or_path: Optional[Union[str, Path]] = None,
+    test_ds=None,
 ) -> FoldResult:
     """Train LoRA on `train_ds`, score `val_ds`, save adapter and held-out predictions under `output_dir`.
 
     `train_ds` / `val_ds`: tokenized datasets (id, input_ids, length, label). `name_or_path` overrides
-    model.name_or_path (the built folder of a tiny model). Resumes from the latest checkpoint in
-    ``output_dir/checkpoints`` when there is one.
+    model.name_or_path (the built folder of a tiny model). `test_ds` (tokenized, no labels needed): predicted
+    with the trained model still in memory (with train.tta_swap, both orders), written to
+    ``test_predictions.parquet``. Resumes from the latest checkpoint in ``output_dir/checkpoints`` when
+    there is one.
     """
     with torch_cpu_threads(config.train.cpu_threads):
-        return _train_fold(config, train_ds, val_ds, Path(output_dir), callbacks, name_or_path)
+        return _train_fold(config, train_ds, val_ds, Path(output_dir), callbacks, name_or_path, test_ds)
 
 
 def build_trainer(
@@ -564,7 +571,7 @@ def build_trainer(
     return trainer
 
 
-def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path) -> FoldResult:
+def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None) -> FoldResult:
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
     check_train_inputs(config, train_ds)  # before the model loads: a missing column fails in seconds
@@ -631,6 +638,16 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     frame["label"] = labels
     frame.to_parquet(predictions_path, index=False)
     adapter_dir = save_adapter(trainer.model, output_dir / ADAPTER_DIR, tokenizer)
+    test_path = None
+    if test_ds is not None:
+        test_probabilities = predict(
+            trainer.model, test_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+            pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,
+        )
+        test_frame = pd.DataFrame(test_probabilities, columns=list(LABEL_COLUMNS))
+        test_frame.insert(0, "id", list(test_ds["id"]))
+        test_path = output_dir / TEST_PREDICTIONS_FILE
+        test_frame.to_parquet(test_path, index=False)
     logger.info(
         "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
         metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
@@ -640,4 +657,5 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         val_predictions_path=predictions_path,
         metrics=metrics,
         resumed_from=str(resume_from) if resume_from else None,
+        test_predictions_path=test_path,
     )

@@ -23,7 +23,6 @@ from prefect.states import Completed, Failed, Pending
 
 from pref_core import training as core_training
 from pref_core.config import RunConfig
-from pref_core.labels import LABEL_COLUMNS
 from tasks import tracking, workspace
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
@@ -67,26 +66,6 @@ def _select_fold(dataset, folds_path: str, fold: int):
     return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
 
 
-def _predict_test(config: RunConfig, adapter_dir: Path, base_model: str, tokens_path: str, dest: Path) -> Path:
-    from pref_core.inference import predict
-    from pref_core.modeling import load_preference_model
-    from pref_core.tokenization import load_token_cache
-
-    from pref_core.training import torch_cpu_threads
-
-    dataset = load_token_cache(tokens_path)
-    with torch_cpu_threads(config.train.cpu_threads):
-        model, tokenizer = load_preference_model(config, adapter_dir, name_or_path=base_model)
-        probs = predict(
-            model, dataset, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
-            pad_token_id=tokenizer.pad_token_id, progress=True,
-        )
-    frame = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
-    frame.insert(0, "id", list(dataset["id"]))
-    frame.to_parquet(dest, index=False)
-    return dest
-
-
 @task(name="fit-fold", **TASK_DEFAULTS)
 def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldOutput:
     """Train (or resume, or reuse) one fold, predict the test set with it, and log everything to its run."""
@@ -122,19 +101,17 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             train_ds = attach_teacher_probs(train_ds, read_teacher_probs(config.distill.teacher_csv))
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
+        # The test set is predicted by the trained model in memory: no second load of the base.
+        test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
         result = core_training.train_fold(
             config, train_ds, val_ds, folder,
             callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
+            test_ds=test_ds,
         )
         if result.resumed_from:
             logger.info("fold %d: resumed from %s", fold, result.resumed_from)
             tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
-        test_predictions = None
-        if prepared.test_tokens:
-            test_predictions = str(
-                _predict_test(config, result.adapter_dir, prepared.base_model, prepared.test_tokens.path,
-                              folder / "test_predictions.parquet")
-            )
+        test_predictions = str(result.test_predictions_path) if result.test_predictions_path else None
         output = FoldOutput(
             fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
             val_predictions=str(result.val_predictions_path), test_predictions=test_predictions,
