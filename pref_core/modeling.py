@@ -109,12 +109,28 @@ def resolve_model_source(model_config: "ModelConfig", name_or_path: Optional[Uni
     return str(source)
 
 
-def load_backbone(model_config: "ModelConfig", name_or_path: Optional[Union[str, Path]] = None):
+def resolve_load_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
+    """The device a base model is loaded onto: `device`, else this process's current CUDA device (a fold worker
+    sees one GPU through CUDA_VISIBLE_DEVICES), else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_backbone(
+    model_config: "ModelConfig",
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
     """Load the causal LM named by model.name_or_path (or `name_or_path`, e.g. a built tiny model folder).
 
     Applies model.dtype, model.quantization (bitsandbytes 8-bit, or 4-bit nf4 with double quantisation),
     model.attn_implementation and model.gradient_checkpointing (non-reentrant). The weights stay frozen
     here; `build_model` adds the trainable parts.
+
+    Weights go straight from the (memory-mapped) safetensors files onto `device` (default: see
+    resolve_load_device) through device_map, quantized or not: no full copy of an 8B model in host RAM
+    per fold (bench/load_memory.py measures it).
     """
     from transformers import AutoModelForCausalLM
 
@@ -127,11 +143,11 @@ def load_backbone(model_config: "ModelConfig", name_or_path: Optional[Union[str,
     quantization_config = build_quantization_config(model_config)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        # bitsandbytes layers cannot be moved after loading: place them on their final device now.
-        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+    # Also required for bitsandbytes layers, which cannot be moved after loading.
+    kwargs["device_map"] = {"": resolve_load_device(device)}
     logger.info(
-        "loading backbone %s (dtype=%s, quantization=%s, attn=%s)",
-        source, kwargs["dtype"], model_config.quantization, kwargs["attn_implementation"],
+        "loading backbone %s onto %s (dtype=%s, quantization=%s, attn=%s)",
+        source, kwargs["device_map"][""], kwargs["dtype"], model_config.quantization, kwargs["attn_implementation"],
     )
     backbone = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     backbone.config.use_cache = False  # no generation here; the KV cache would only cost memory
@@ -432,7 +448,7 @@ def load_preference_model(
             f"says {config.model.head!r}; set model.head={saved['head']} to load it"
         )
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    backbone = load_backbone(config.model, name_or_path)
+    backbone = load_backbone(config.model, name_or_path, device=device)
     model = build_preference_model(config.model, backbone, tokenizer)
     if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
         raise ValueError(
@@ -440,9 +456,8 @@ def load_preference_model(
             f"but the adapter was trained on ids {saved['label_token_ids']}; use the label_tokens of the training run"
         )
     peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
-    if config.model.quantization == "none":  # bitsandbytes models were placed at load time
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        peft_model.to(device)
+    if config.model.quantization == "none":  # bitsandbytes layers must not be moved (they were placed at load)
+        # The base was placed at load time; this moves only the adapter (and head) weights, if at all.
+        peft_model.to(resolve_load_device(device))
     peft_model.eval()
     return peft_model, tokenizer
