@@ -221,7 +221,7 @@ def cmd_promote(args) -> int:
 def cmd_predict(args) -> int:
     from flows.predict import predict
 
-    out = predict(args.model, args.test_csv, args.out, args.tracking_uri)
+    out = predict(args.model, args.test_csv, args.out, args.tracking_uri, args.base_model)
     print(f"submission written to {out}")
     return 0
 
@@ -303,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--test-csv", required=True)
     predict.add_argument("--out", default="submission.csv")
     predict.add_argument("--tracking-uri", default=None)
+    predict.add_argument("--base-model", default=None, metavar="PATH",
+                         help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")

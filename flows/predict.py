@@ -10,5 +10,7 @@ from tasks.prediction import predict_submission
 
 
 @flow(name="predict", log_prints=True)
-def predict(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None) -> str:
-    return predict_submission(model_uri, test_csv, out, tracking_uri)
+def predict(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None,
+            base_model: Optional[str] = None) -> str:
+    """`base_model`: a local copy of the base model (checked against the registered fingerprint)."""
+    return predict_submission(model_uri, test_csv, out, tracking_uri, base_model)

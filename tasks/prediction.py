@@ -28,7 +28,13 @@ def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
 
 
 @task(name="predict-submission", **TASK_DEFAULTS)
-def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None) -> str:
+def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None,
+                       base_model: Optional[str] = None) -> str:
+    """`base_model`: a local copy of the registered model's base (``--base-model PATH``), checked against the
+    fingerprint in the bundle; default: the recorded folder or Hub id at its commit."""
+    import json
+
+    from pref_core.base_model import locate_base
     from pref_core.data import read_arena_csv
     from tasks.pyfunc_model import predict_parsed
 
@@ -36,7 +42,8 @@ def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Op
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models
     with tempfile.TemporaryDirectory() as tmp:
         bundle = download_bundle(model_uri, tracking_uri, Path(tmp))
-        submission = predict_parsed(bundle, test.frame, progress=True)
+        base = locate_base(json.loads((bundle / "base_model.json").read_text()), base_model)
+        submission = predict_parsed(bundle, test.frame, progress=True, base_model=base)
     validate_submission(submission, test.frame["id"].astype(str).tolist())
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

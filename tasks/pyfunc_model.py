@@ -46,8 +46,10 @@ def read_bundle(bundle: str | Path):
     return config, base, adapters, temperature
 
 
-def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
-    """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters."""
+def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False,
+                   base_model: str | None = None) -> pd.DataFrame:
+    """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters.
+    `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
     from transformers import AutoTokenizer
 
     from pref_core.calibration import apply_temperature
@@ -57,7 +59,8 @@ def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = Fal
     config, base, adapters, temperature = read_bundle(bundle)
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
-    probs = predict_with_adapters(config, adapters, dataset, base_model=base["name_or_path"], progress=progress)
+    probs = predict_with_adapters(config, adapters, dataset, base_model=base_model or base["name_or_path"],
+                                  progress=progress)
     probs = apply_temperature(probs, temperature)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())

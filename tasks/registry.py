@@ -40,22 +40,12 @@ class RegistrationOutput:
 
 
 def fingerprint_base_model(name_or_path: str, revision: Optional[str]) -> dict:
-    """Where the base weights come from. A local folder gets a cheap fingerprint (file names and sizes,
-    plus the config's hash), enough to notice that a path now holds another model."""
-    import hashlib
+    """Where the base weights come from: a Hub base as id + the commit it resolved to, a local folder as its
+    path + content hash (pref_core.base_model.fingerprint_base), so that another machine finds, or checks,
+    the same weights."""
+    from pref_core.base_model import fingerprint_base
 
-    info = {"name_or_path": name_or_path, "revision": revision}
-    folder = Path(name_or_path)
-    if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
-        config = folder / "config.json"
-        if config.exists():
-            digest.update(config.read_bytes())
-        info["fingerprint"] = digest.hexdigest()
-    return info
+    return fingerprint_base(name_or_path, revision)
 
 
 def _pip_requirements() -> list[str]:
@@ -75,10 +65,15 @@ def build_bundle(
         downloaded = Path(client.download_artifacts(run_id, "adapter", str(dest / "adapters" / f".fold_{fold}")))
         downloaded.rename(dest / "adapters" / f"fold_{fold}")
         (dest / "adapters" / f".fold_{fold}").rmdir()
-    # The bundle loads its base from the resolved location: no tiny-model rebuild, no data needed.
-    resolved = config.model_copy(update={"model": config.model.model_copy(update={"name_or_path": base_model, "tiny": None})})
+    # The bundle loads its base from the resolved location: no tiny-model rebuild, no data needed. A Hub base
+    # is named by id at its resolved commit (not this machine's cache folder).
+    fingerprint = fingerprint_base_model(base_model, config.model.revision)
+    model_update = {"name_or_path": fingerprint["name_or_path"], "tiny": None, "gguf": None}
+    if fingerprint["kind"] == "hub" and fingerprint.get("commit"):
+        model_update["revision"] = fingerprint["commit"]
+    resolved = config.model_copy(update={"model": config.model.model_copy(update=model_update)})
     dump_config(resolved, dest / "config.yaml")
-    (dest / "base_model.json").write_text(json.dumps(fingerprint_base_model(base_model, config.model.revision), indent=2))
+    (dest / "base_model.json").write_text(json.dumps(fingerprint, indent=2))
     (dest / "calibration.json").write_text(json.dumps({"method": config.calibration.method, "temperature": temperature}))
     return dest
 

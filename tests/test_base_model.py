@@ -228,3 +228,52 @@ def test_stack_workers_inherit_hub_settings_unchanged(monkeypatch, tmp_path, off
                               state_dir=str(tmp_path)))
     assert env.get("HF_HUB_OFFLINE") == offline
     assert (env["HF_TOKEN"], env["HF_HOME"]) == ("hf_user_token", str(tmp_path / "hf"))
+
+
+def _tiny_base(folder: Path, tokenizer) -> Path:
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return folder
+
+
+def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer):
+    import shutil
+
+    from pref_core.base_model import fingerprint_base, locate_base
+
+    base = _tiny_base(tmp_path / "train-machine" / "base", tiny_tokenizer)
+    fingerprint = fingerprint_base(str(base))
+    assert fingerprint["kind"] == "local" and fingerprint["content_sha256"] == hash_folder(base)
+    assert locate_base(fingerprint) == str(base.resolve())
+
+    copy = shutil.copytree(base, tmp_path / "copy")
+    shutil.rmtree(base)  # "another machine": the recorded path is gone
+    with pytest.raises(BaseModelError, match=r"not on this machine; pass --base-model PATH") as err:
+        locate_base(fingerprint)
+    assert str(base.resolve()) in str(err.value) and "\n" not in str(err.value)
+    assert locate_base(fingerprint, str(copy)) == str(copy)
+    (copy / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(BaseModelError, match="differs from the base the model was trained on"):
+        locate_base(fingerprint, str(copy))
+    with pytest.raises(BaseModelError, match="no config.json"):
+        locate_base(fingerprint, str(tmp_path))
+
+
+def test_hub_base_fingerprint_is_id_and_commit_and_missing_names_base_model_option(tmp_path):
+    from pref_core.base_model import fingerprint_base, locate_base
+
+    sha = "b" * 40
+    snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / sha
+    fingerprint = fingerprint_base(str(snapshot), revision=None)
+    assert fingerprint == {"kind": "hub", "name_or_path": "org/model", "revision": None, "commit": sha}
+    # This session is offline (HF_HUB_OFFLINE=1) with an empty cache for org/model.
+    with pytest.raises(BaseModelError, match=r"org/model.*--base-model PATH"):
+        locate_base(fingerprint)
+    other = tmp_path / "hub" / "models--org--model" / "snapshots" / ("c" * 40)
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    with pytest.raises(BaseModelError, match="a snapshot of commit cccccccccccc"):
+        locate_base(fingerprint, str(other))
