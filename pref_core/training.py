@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import re
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -73,6 +74,38 @@ class FoldResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: Optional[str] = None
     test_predictions_path: Optional[Path] = None
+
+
+# -- out of memory --------------------------------------------------------------------------------------------------
+
+
+class FoldOutOfMemoryError(RuntimeError):
+    """CUDA ran out of memory in a fold; the message is one line (what was running, the batch, the fix)."""
+
+
+MEMORY_KEYS = ("train.per_device_batch_size", "train.gradient_accumulation_steps", "model.gradient_checkpointing",
+               "model.quantization", "prompt.max_length")
+
+
+def describe_out_of_memory(config: RunConfig, phase: str, batch_shape: Optional[Sequence[int]] = None) -> str:
+    """One line for a CUDA out-of-memory error in `phase` (training / validation / test prediction): the
+    batch (rows x sequence length) it hit, when known, and the config keys that reduce memory, with their
+    current values."""
+    if batch_shape is not None:
+        rows, length = int(batch_shape[0]), int(batch_shape[-1])
+        hit = f"at batch size {rows} (rows), sequence length {length}"
+    else:
+        hit = (f"at up to batch size {config.train.eval_batch_size} (train.eval_batch_size), sequence length "
+               f"{config.prompt.max_length}")
+    train, model = config.train, config.model
+    return (
+        f"CUDA out of memory during {phase} {hit}; reduce memory with train.per_device_batch_size "
+        f"(now {train.per_device_batch_size}; raise train.gradient_accumulation_steps, now "
+        f"{train.gradient_accumulation_steps}, to keep the effective batch), model.gradient_checkpointing=true "
+        f"(now {str(model.gradient_checkpointing).lower()}), model.quantization=4bit (now {model.quantization}), "
+        f"a shorter prompt.max_length (now {config.prompt.max_length}) or train.eval_batch_size "
+        f"(now {train.eval_batch_size}); a rerun resumes from the last checkpoint"
+    )
 
 
 # -- validation ---------------------------------------------------------------------------------------------------------
@@ -238,6 +271,17 @@ class PreferenceTrainer(Trainer):
         self.swap = swap
         self.distill = distill
         super().__init__(*args, **kwargs)
+
+    # (rows, sequence length) of the batch in the step that runs now: what an out-of-memory error hit.
+    last_batch_shape: Optional[tuple[int, ...]] = None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.last_batch_shape = tuple(inputs["input_ids"].shape)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        self.last_batch_shape = tuple(inputs["input_ids"].shape)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
@@ -535,8 +579,23 @@ def train_fold(
     ``test_predictions.parquet``. Resumes from the latest checkpoint in ``output_dir/checkpoints`` when
     there is one.
     """
+    output_dir = Path(output_dir)
+    progress: dict[str, Any] = {"phase": "model loading", "trainer": None}
     with torch_cpu_threads(config.train.cpu_threads):
-        return _train_fold(config, train_ds, val_ds, Path(output_dir), callbacks, name_or_path, test_ds)
+        try:
+            return _train_fold(config, train_ds, val_ds, output_dir, callbacks, name_or_path, test_ds, progress)
+        except torch.cuda.OutOfMemoryError:
+            trainer = progress["trainer"]
+            shape = trainer.last_batch_shape if trainer is not None and progress["phase"] != "test prediction" else None
+            message = describe_out_of_memory(config, progress["phase"], shape)
+            # The traceback goes to a file, the console gets the one line.
+            output_dir.mkdir(parents=True, exist_ok=True)
+            log = output_dir / "error.log"
+            log.write_text(message + "\n\n" + traceback.format_exc(), encoding="utf-8")
+            logger.error("%s (traceback in %s)", message, log)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise FoldOutOfMemoryError(message) from None
 
 
 def build_trainer(
@@ -571,7 +630,9 @@ def build_trainer(
     return trainer
 
 
-def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None) -> FoldResult:
+def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None,
+                progress: Optional[dict] = None) -> FoldResult:
+    progress = {} if progress is None else progress  # phase and trainer, read by train_fold on out-of-memory
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
     check_train_inputs(config, train_ds)  # before the model loads: a missing column fails in seconds
@@ -594,6 +655,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         config, model, tokenizer, train_ds, val_sorted, checkpoints_dir,
         compute_metrics=recorder, callbacks=[recorder, LoggingCallback(), *callbacks],
     )
+    progress.update(trainer=trainer, phase="training")
     logger.info(
         "training on %d rows (train.swap=%s), validating on %d rows, %s", len(train_ds), config.train.swap,
         len(val_ds),
@@ -601,6 +663,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     )
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
+    progress["phase"] = "validation"
     if recorder.step != trainer.state.global_step:  # no evaluation after the last optimizer step yet
         trainer.evaluate()
     probabilities = np.empty_like(recorder.probabilities)
@@ -640,6 +703,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     adapter_dir = save_adapter(trainer.model, output_dir / ADAPTER_DIR, tokenizer)
     test_path = None
     if test_ds is not None:
+        progress["phase"] = "test prediction"
         test_probabilities = predict(
             trainer.model, test_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
             pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,

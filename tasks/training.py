@@ -103,11 +103,14 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
         # The test set is predicted by the trained model in memory: no second load of the base.
         test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
-        result = core_training.train_fold(
-            config, train_ds, val_ds, folder,
-            callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
-            test_ds=test_ds,
-        )
+        try:
+            result = core_training.train_fold(
+                config, train_ds, val_ds, folder,
+                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
+                test_ds=test_ds,
+            )
+        except core_training.FoldOutOfMemoryError as err:
+            raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
         if result.resumed_from:
             logger.info("fold %d: resumed from %s", fold, result.resumed_from)
             tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
@@ -134,6 +137,27 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         ) from err
     logger.info("fold %d: val_log_loss=%.4f", fold, output.metrics.get("val_log_loss", float("nan")))
     return output
+
+
+ERROR_TAG = "arena_pref.error"
+
+
+def _fold_failed(client, mlflow_run_id: str, message: str) -> FoldFailedError:
+    """Record a fold's one-line failure on its MLflow run (the parent reads it from there) and return the error."""
+    try:
+        tracking.set_tags(client, mlflow_run_id, {ERROR_TAG: message})
+        client.set_terminated(mlflow_run_id, "FAILED")
+    except Exception:  # noqa: BLE001 (the store may be what failed; the message still reaches the caller)
+        LOGGER.warning("could not record the failure of MLflow run %s", mlflow_run_id, exc_info=True)
+    return FoldFailedError(message)
+
+
+def recorded_fold_error(config: RunConfig, mlflow_run_id: str) -> Optional[str]:
+    """The one-line failure a fold process recorded on its MLflow run, if any."""
+    try:
+        return tracking.get_client(config).get_run(mlflow_run_id).data.tags.get(ERROR_TAG)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _fold_flow_parameters(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool) -> dict:
@@ -225,6 +249,9 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
             how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
             if final.state is not None and not final.state.is_final():
                 client.set_flow_run_state(flow_run.id, Failed(message=how), force=True)
+            recorded = recorded_fold_error(config, mlflow_run_id) if proc.returncode > 0 else None
+            if recorded:  # e.g. CUDA out of memory: the fold's own line says what to change
+                raise FoldFailedError(f"{recorded}; flow run '{flow_run.name}' ({flow_run.id}), MLflow run {mlflow_run_id}")
             raise FoldFailedError(
                 f"fold {fold} failed ({how}) in flow run '{flow_run.name}' ({flow_run.id}); "
                 f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."

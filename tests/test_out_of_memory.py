@@ -1,0 +1,80 @@
+"""CUDA out-of-memory in a fold ends it with one line (phase, batch, the config keys that cut memory), the
+traceback in the fold's error.log; mocked on CPU by raising torch.cuda.OutOfMemoryError inside a step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pref_core import training
+from pref_core.config import parse_config
+from pref_core.data import read_arena_csv
+from pref_core.prompts import CLOSING_QUESTION
+from pref_core.synthetic import write_synthetic_csvs
+from pref_core.tiny import build_tiny_checkpoint
+from pref_core.tokenization import tokenize_frame
+
+
+@pytest.fixture(scope="module")
+def tiny_fold(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("oom")
+    train_csv, _ = write_synthetic_csvs(folder / "data", n_train=40, n_test=0, signal=1.0, seed=0)
+    frame = read_arena_csv(train_csv, "train").frame
+    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c]
+                                  for t in turns if t]
+    base = build_tiny_checkpoint(texts, folder / "tiny", hidden_size=32, num_layers=1, num_heads=2,
+                                 intermediate_size=64, vocab_size=600)
+    config = parse_config({
+        "model": {"tiny": {}, "dtype": "fp32"}, "prompt": {"max_length": 96},
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"per_device_batch_size": 4, "gradient_accumulation_steps": 3, "max_steps": 2, "warmup_steps": 0,
+                  "optim": "adamw_torch", "mixed_precision": "no", "eval_batch_size": 8, "save_steps": 1000},
+    })
+    dataset = tokenize_frame(frame, AutoTokenizer.from_pretrained(base), config.prompt)
+    return config, dataset.select(range(8, 40)), dataset.select(range(8)), base
+
+
+def _raise_oom(*args, **kwargs):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total)")
+
+
+def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix(tiny_fold, tmp_path, monkeypatch):
+    config, train_ds, val_ds, base = tiny_fold
+    shapes = []
+    real_step = training.PreferenceTrainer.training_step
+
+    def step(self, model, inputs, num_items_in_batch=None):
+        shapes.append(tuple(inputs["input_ids"].shape))
+        return real_step(self, model, inputs, num_items_in_batch)
+
+    monkeypatch.setattr(training.PreferenceTrainer, "training_step", step)
+    monkeypatch.setattr(training.PreferenceTrainer, "compute_loss", _raise_oom)
+    with pytest.raises(training.FoldOutOfMemoryError) as err:
+        training.train_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
+    message = str(err.value)
+    rows, length = shapes[-1]
+    assert "\n" not in message
+    assert f"during training at batch size {rows} (rows), sequence length {length}" in message
+    for key in training.MEMORY_KEYS:
+        assert key in message
+    assert "now 4" in message and "now 3" in message  # current per-device batch and accumulation
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback to print
+    log = (tmp_path / "fold" / "error.log").read_text()
+    assert "Traceback" in log and "Tried to allocate 2.00 GiB" in log
+
+
+def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_path, monkeypatch):
+    config, train_ds, val_ds, base = tiny_fold
+    monkeypatch.setattr(training, "predict", _raise_oom)
+    with pytest.raises(training.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
+                                                            r"\(train.eval_batch_size\), sequence length 96"):
+        training.train_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
+
+
+def test_fold_out_of_memory_is_a_user_error_of_the_cli():
+    from arena_pref.cli import _user_errors
+    from tasks.training import FoldFailedError
+
+    assert issubclass(FoldFailedError, _user_errors())
