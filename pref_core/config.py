@@ -204,8 +204,9 @@ class DistillConfig(_Section):
 class CalibrationConfig(_Section):
     method: Literal["none", "temperature"] = Field(
         "temperature",
-        description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to the "
-        "submission and by the registered model; OOF log loss is reported before and after.",
+        description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to each fold "
+        "model's probabilities before they are averaged (where it was fit), in the submission and by the "
+        "registered model; OOF log loss is reported before and after.",
     )
 
 
