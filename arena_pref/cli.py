@@ -226,6 +226,52 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_show_prompt(args) -> int:
+    """The token ids the model sees for some rows, through the flow's own ingest and base-model steps."""
+    import json
+
+    import pandas as pd
+
+    from pref_core.prompts import explain_rows
+    from tasks import preparation
+
+    config = _load(args.config, args.set)
+    if config.data.train_csv is None and config.data.test_csv is None:
+        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (the CSV that holds the rows)")
+    frames, train = [], None
+    for kind in ("train", "test"):
+        if (config.data.train_csv if kind == "train" else config.data.test_csv) is not None:
+            ingested = preparation.ingest.fn(config, kind)
+            train = ingested if kind == "train" else train
+            frames.append(pd.read_parquet(ingested.parsed_path))
+    if train is None and config.model.tiny is not None:
+        raise UserError("data.train_csv: not set; the tiny model's tokenizer is built from the train texts")
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
+    wanted = [str(i) for i in args.id]
+    missing = [i for i in wanted if i not in set(frame["id"].astype(str))]
+    if missing:
+        raise UserError(f"--id: no row with id {', '.join(missing)} in "
+                        f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}")
+    frame = frame.set_index(frame["id"].astype(str)).loc[wanted].reset_index(drop=True)
+    tokenizer = preparation.load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
+    try:
+        explained = explain_rows(tokenizer, frame, config.prompt, config.model.head, config.model.label_tokens)
+    except ValueError as err:  # a template too long for max_length, a label word that is not one token
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps(explained, ensure_ascii=False, indent=1))
+        return 0
+    for row in explained:
+        print(f"row {row['id']}: {row['n_tokens']} tokens ({row['n_tokens_untruncated']} before truncation), "
+              f"head reads position {row['head_position']}" + (f", label {row['label']}" if row["label"] else ""))
+        if row["label_token_ids"]:
+            print("  label token ids: " + ", ".join(f"{k}={v}" for k, v in row["label_token_ids"].items()))
+        for seg in row["segments"]:
+            print(f"  [{seg['name']}] {len(seg['ids'])} ids: {seg['text']!r}")
+            print(f"    {seg['ids']}")
+    return 0
+
+
 def cmd_stack(args) -> int:
     from arena_pref import stack
 
@@ -306,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--base-model", default=None, metavar="PATH",
                          help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
+
+    show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
+    show.add_argument("--config", required=True)
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field, e.g. --set prompt.max_length=512 (repeatable)")
+    show.add_argument("--id", action="append", required=True, metavar="ROW_ID",
+                      help="a row id of data.train_csv or data.test_csv (repeatable)")
+    show.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    show.set_defaults(func=cmd_show_prompt)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
     stack.add_argument("action", choices=["up", "down", "status"])

@@ -8,7 +8,7 @@ and what is allowed (all problems at once, like torchtune's ConfigError).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -46,15 +46,30 @@ class DataConfig(_Section):
     extra_seed: int = Field(0, description="Seed of the random side given to the chosen response of extra pairs.")
 
 
+Template = Literal["seed", "multi_turn"]
+Truncation = Literal["seed", "seed_capped", "proportional"]
+# The allowed values, read from the Literals so that they are written once.
+TEMPLATES: tuple[str, ...] = get_args(Template)
+TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
+
+
 class PromptConfig(_Section):
-    template: Literal["seed", "multi_turn"] = Field(
-        "seed", description="seed: the notebook's <prompt>/<response_a>/<response_b> layout; multi_turn: turns interleaved."
-    )
-    max_length: int = Field(1024, ge=32, description="Token budget of one example, closing question included.")
-    truncation: Literal["seed", "proportional"] = Field(
+    template: Template = Field(
         "seed",
-        description="seed: whole text if it fits, else the last turn capped at 256/512/512 tokens; "
-        "proportional: per-turn budget keeping the most recent turns.",
+        description="seed: the notebook's <prompt>/<response_a>/<response_b> layout (turns joined by ' ', "
+        "JSON null as ''); multi_turn: turns interleaved.",
+    )
+    max_length: int = Field(
+        1024, ge=32,
+        description="Token budget of one example, closing question included (truncation=seed with template=seed "
+        "uses it only as the seed's trigger: its examples can exceed it by up to ~260 tokens).",
+    )
+    truncation: Truncation = Field(
+        "seed",
+        description="seed: the seed notebook's algorithm id for id (with template=seed; with multi_turn it acts as "
+        "seed_capped): whole text when prompt+responses fit max_length, else the last turn of each cut to "
+        "256/512/512 tokens, headers included, no second check; seed_capped: the same caps scaled down so that "
+        "the example fits max_length; proportional: per-turn budget keeping the most recent turns.",
     )
 
 
@@ -189,8 +204,9 @@ class DistillConfig(_Section):
 class CalibrationConfig(_Section):
     method: Literal["none", "temperature"] = Field(
         "temperature",
-        description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to the "
-        "submission and by the registered model; OOF log loss is reported before and after.",
+        description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to each fold "
+        "model's probabilities before they are averaged (where it was fit), in the submission and by the "
+        "registered model; OOF log loss is reported before and after.",
     )
 
 

@@ -105,14 +105,15 @@ def read_pairs(path: Union[str, Path], seed: int = 0, max_bad_fraction: float = 
 
 
 def deduplicate_extra(extra: pd.DataFrame, main: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Drop extra rows whose prompt appears in the main data (or earlier in the extra data); returns (kept, dropped)."""
-    seen = set(main["prompt"].map(prompt_group_key))
-    keys = extra["prompt"].map(prompt_group_key)
-    keep = []
-    for key in keys:
-        keep.append(key not in seen)
-        seen.add(key)
-    kept = extra[keep].reset_index(drop=True)
+    """Drop extra rows whose prompt appears in the main data; returns (kept, dropped).
+
+    Only the main data's prompts count: they may sit in a validation fold, which an extra row with the
+    same prompt would leak into training. Extra rows that share a prompt among themselves are distinct,
+    legitimate pairs (other responses to the same question) and all stay.
+    """
+    main_keys = set(main["prompt"].map(prompt_group_key))
+    keep = ~extra["prompt"].map(prompt_group_key).isin(main_keys)
+    kept = extra[keep.to_numpy()].reset_index(drop=True)
     return kept, int(len(extra) - len(kept))
 
 

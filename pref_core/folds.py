@@ -3,7 +3,7 @@
 The same prompt appears in many rows (users ask the same question of several
 model pairs); folds stratified by label only put those rows on both sides of
 a split and inflate the validation score. Grouping by the canonical JSON of
-the prompt turns keeps every prompt in one fold.
+the prompt turns (case-folded, whitespace collapsed) keeps every prompt in one fold.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ FOLD_COLUMNS = ("id", "fold")
 
 
 def prompt_group_key(turns) -> str:
-    """Canonical text of a prompt cell: equal prompts give equal keys however the JSON was spaced."""
+    """Canonical text of a prompt cell: equal prompts give equal keys however the JSON was spaced, and
+    prompts that differ only in letter case or whitespace (the commonest near-duplicates) too."""
     if isinstance(turns, str):
         turns = parse_turns(turns)
-    return json.dumps(list(turns), ensure_ascii=False, separators=(",", ":"))
+    normalised = [None if t is None else " ".join(t.split()).casefold() for t in turns]
+    return json.dumps(normalised, ensure_ascii=False, separators=(",", ":"))
 
 
 def make_folds(frame: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:

@@ -6,42 +6,49 @@ or of a response). Every piece is tokenized on its own, so truncation cuts
 token lists, never characters, and the closing question is never cut: the
 model reads its prediction at the last position, right after ``Answer: ``.
 
-A content piece carries its own leading separator (``" "`` after a header,
-``"\\n"`` between turns of one cell): the space then belongs to the first
-word, as it does when the whole text is tokenized at once by Llama-3/GPT-2
+A content piece carries its own leading separator (``" "`` after a header and
+between turns of one cell in the seed template): the space then belongs to the
+first word, as it does when the whole text is tokenized at once by Llama-3/GPT-2
 style byte-level BPE, and a tokenizer that adds a prefix space adds none.
+
+``template: seed`` + ``truncation: seed`` is the seed notebook's own algorithm
+(see `PromptEncoder._seed_segments`), id for id: each part is tokenized whole,
+header included, exactly as the notebook did.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from pref_core.config import PromptConfig
+from pref_core.config import TEMPLATES, PromptConfig
 
-# One explicit placeholder wherever a turn is JSON null (an answer that was never given).
+# One explicit placeholder wherever a turn is JSON null (an answer that was never given), in the
+# multi_turn template; the seed template reads null as "" as the notebook did.
 NULL_TURN = "[null]"
 
 CLOSING_QUESTION = "\n\n---------\nWhich is the better response for the prompt ? a or b or tie ?\n\nAnswer: "
 
-# Seed-policy caps (prompt, response_a, response_b) for the last turn, in tokens, designed for
-# max_length 1024+; scaled down together when the budget left by the template is smaller.
+# Seed caps (prompt, response_a, response_b) for the last turn, in tokens, headers included. The seed
+# policy applies them as they are; seed_capped scales them down to the budget left by the template.
 SEED_CAPS: tuple[int, int, int] = (256, 512, 512)
 
 PARTS: tuple[str, str, str] = ("prompt", "response_a", "response_b")
 _HEADERS = ("<prompt>:", "\n\n<response_a>:", "\n\n<response_b>:")
 
 Turns = Sequence[Optional[str]]
+Segment = tuple[str, list[int]]  # (what it is, its token ids)
 
 
-def _turn_text(turn: Optional[str]) -> str:
-    return NULL_TURN if turn is None else turn
+def _turn_text(turn: Optional[str], template: str = "seed") -> str:
+    if turn is None:
+        return "" if template == "seed" else NULL_TURN
+    return turn
 
 
 def _piece_text(turn: Optional[str], turn_index: int, template: str) -> str:
-    """Text of one content piece, with its leading separator."""
-    # seed template: turns of one cell are joined by "\n" after "<prompt>: ".
-    lead = "\n" if template == "seed" and turn_index > 0 else " "
-    return lead + _turn_text(turn)
+    """Text of one content piece, with its leading separator (" ": the seed joined turns by a space)."""
+    return " " + _turn_text(turn, template)
 
 
 def _turn_header(turn_index: int, first: bool) -> str:
@@ -50,8 +57,8 @@ def _turn_header(turn_index: int, first: bool) -> str:
 
 
 def _check_template(template: str) -> None:
-    if template not in ("seed", "multi_turn"):
-        raise ValueError(f"prompt.template: got {template!r}; choose 'seed' or 'multi_turn'")
+    if template not in TEMPLATES:
+        raise ValueError(f"prompt.template: got {template!r}; choose one of {', '.join(map(repr, TEMPLATES))}")
 
 
 def _check_turns(prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns) -> int:
@@ -71,10 +78,10 @@ def build_prompt(
 ) -> str:
     """The full, untruncated text of one example (what `encode_example` tokenizes when it fits).
 
-    seed:       ``<prompt>: p1\\np2\\n\\n<response_a>: a1\\na2\\n\\n<response_b>: b1\\nb2`` + CLOSING_QUESTION
+    seed:       ``<prompt>: p1 p2\\n\\n<response_a>: a1 a2\\n\\n<response_b>: b1 b2`` + CLOSING_QUESTION,
+                JSON-null turns read "" (the seed notebook's text);
     multi_turn: ``<turn 1>\\n<prompt>: p1\\n\\n<response_a>: a1\\n\\n<response_b>: b1\\n\\n<turn 2>...``
-                + CLOSING_QUESTION
-    JSON-null turns read NULL_TURN.
+                + CLOSING_QUESTION, JSON-null turns read NULL_TURN.
     """
     _check_template(template)
     n_turns = _check_turns(prompt_turns, response_a_turns, response_b_turns)
@@ -128,6 +135,18 @@ def split_proportionally(lengths: Sequence[int], budget: int) -> list[int]:
     return [b + extra for b, extra in zip(base, shares)]
 
 
+@dataclass
+class EncodedExample:
+    """One example as the model sees it: its segments after truncation and its length before."""
+
+    segments: list[Segment]
+    n_tokens_untruncated: int  # the same template and turns, nothing cut
+
+    @property
+    def input_ids(self) -> list[int]:
+        return [i for _, ids in self.segments for i in ids]
+
+
 class PromptEncoder:
     """Turns rows of (prompt, response_a, response_b) turns into token ids under one PromptConfig.
 
@@ -153,6 +172,11 @@ class PromptEncoder:
             ids = self._fixed[text] = self._encode_texts([text])[0]
         return ids
 
+    @property
+    def seed_exact(self) -> bool:
+        """True when the seed notebook's algorithm applies as it was (template seed, truncation seed)."""
+        return self.prompt_config.template == "seed" and self.prompt_config.truncation == "seed"
+
     def encode(self, prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns) -> list[int]:
         return self.encode_batch([(prompt_turns, response_a_turns, response_b_turns)])[0]
 
@@ -162,23 +186,69 @@ class PromptEncoder:
     def encode_batch_with_swap(
         self, rows: Sequence[tuple[Turns, Turns, Turns]], with_swap: bool = True
     ) -> tuple[list[list[int]], Optional[list[list[int]]]]:
-        """(ids, ids with responses a and b exchanged, or None); the swapped view costs no extra tokenizing.
+        """(ids, ids with responses a and b exchanged, or None); equal to encoding the row after labels.swap
+        (the tests check it)."""
+        out, out_swap = self.explain_batch(rows, with_swap)
+        return [e.input_ids for e in out], None if out_swap is None else [e.input_ids for e in out_swap]
 
-        A piece's text does not depend on the side it stands on, so the swapped
-        example is the same token pieces assembled in the order prompt, b, a:
-        equal to encoding the row after labels.swap (the tests check it).
+    def explain_batch(
+        self, rows: Sequence[tuple[Turns, Turns, Turns]], with_swap: bool = False
+    ) -> tuple[list[EncodedExample], Optional[list[EncodedExample]]]:
+        """Like `encode_batch_with_swap`, keeping each example's segments and its untruncated length."""
+        for row in rows:
+            _check_turns(*row)
+        if self.seed_exact:
+            swapped = [(p, b, a) for p, a, b in rows] if with_swap else []
+            encoded = self._seed_segments(list(rows) + swapped)
+            return encoded[: len(rows)], encoded[len(rows) :] if with_swap else None
+        return self._piece_examples(rows, with_swap)
+
+    # -- the seed notebook's algorithm -----------------------------------------------------
+    def _seed_segments(self, rows: Sequence[tuple[Turns, Turns, Turns]]) -> list[EncodedExample]:
+        """The seed's tokenize(): each part tokenized whole with its header, cut only when p+a+b is too long.
+
+        p = enc("<prompt>: " + " ".join(P)), a = enc("\\n\\n<response_a>: " + " ".join(A)), b likewise;
+        when len(p) + len(a) + len(b) > max_length (nothing else counted), each becomes its last turn with
+        its header, cut after tokenization to 256/512/512 ids; no second check. Then BOS + p + a + b + closing.
         """
+        known: dict[str, list[int]] = {}
+
+        def encode_all(texts: list[str]) -> list[list[int]]:
+            new = list(dict.fromkeys(t for t in texts if t not in known))
+            known.update(zip(new, self._encode_texts(new) if new else []))
+            return [known[t] for t in texts]
+
+        headers = [h + " " for h in _HEADERS]
+        whole = encode_all([
+            h + " ".join(_turn_text(t) for t in turns) for row in rows for h, turns in zip(headers, row)
+        ])
+        parts = [whole[3 * i : 3 * i + 3] for i in range(len(rows))]
+        before = [len(self._bos) + sum(len(x) for x in part) + len(self._closing) for part in parts]
+        over = [i for i, part in enumerate(parts) if sum(len(x) for x in part) > self.prompt_config.max_length]
+        last = encode_all([h + _turn_text(turns[-1]) for i in over for h, turns in zip(headers, rows[i])])
+        for j, i in enumerate(over):
+            parts[i] = [ids[:cap] for ids, cap in zip(last[3 * j : 3 * j + 3], SEED_CAPS)]
+        return [
+            EncodedExample([("bos", self._bos), *zip(PARTS, part), ("closing", self._closing)], n)
+            for part, n in zip(parts, before)
+        ]
+
+    # -- piece-based templates and truncation -------------------------------------------------
+    def _piece_examples(
+        self, rows: Sequence[tuple[Turns, Turns, Turns]], with_swap: bool
+    ) -> tuple[list[EncodedExample], Optional[list[EncodedExample]]]:
+        # A piece's text does not depend on the side it stands on, so the swapped example is the
+        # same token pieces assembled in the order prompt, b, a: no extra tokenizing.
         template = self.prompt_config.template
         texts: list[str] = []
         starts: list[int] = []
         for prompt_turns, a_turns, b_turns in rows:
-            _check_turns(prompt_turns, a_turns, b_turns)
             starts.append(len(texts))
             for turns in (prompt_turns, a_turns, b_turns):
                 texts.extend(_piece_text(t, i, template) for i, t in enumerate(turns))
         ids = self._encode_texts(texts) if texts else []
-        out: list[list[int]] = []
-        out_swap: Optional[list[list[int]]] = [] if with_swap else None
+        out: list[EncodedExample] = []
+        out_swap: Optional[list[EncodedExample]] = [] if with_swap else None
         for (prompt_turns, _, _), start in zip(rows, starts):
             n = len(prompt_turns)
             # pieces[k][i]: ids of turn i of part k (0 prompt, 1 response_a, 2 response_b)
@@ -188,7 +258,6 @@ class PromptEncoder:
                 out_swap.append(self._fit([pieces[0], pieces[2], pieces[1]]))
         return out, out_swap
 
-    # -- truncation ------------------------------------------------------------------------
     def _overhead(self, first: int, n_turns: int) -> int:
         """Tokens of fixed text (BOS, headers, closing question) when turns first..n_turns-1 are kept."""
         fixed = len(self._bos) + len(self._closing)
@@ -199,15 +268,17 @@ class PromptEncoder:
             len(self._fixed_ids(_turn_header(i, first=i == first))) + per_turn for i in range(first, n_turns)
         )
 
-    def _fit(self, pieces: list[list[list[int]]]) -> list[int]:
+    def _fit(self, pieces: list[list[list[int]]]) -> EncodedExample:
         max_length = self.prompt_config.max_length
         n_turns = len(pieces[0])
         content = [sum(len(p) for p in part) for part in zip(*pieces)]  # tokens per turn
+        n_untruncated = self._overhead(0, n_turns) + sum(content)
         first = 0
-        if self._overhead(0, n_turns) + sum(content) <= max_length:
-            return self._assemble(pieces, 0)
-        policy = self.prompt_config.truncation
-        if policy == "seed":
+        if n_untruncated <= max_length:
+            return EncodedExample(self._assemble(pieces, 0), n_untruncated)
+        # seed with multi_turn acts as seed_capped: the seed's exact algorithm is defined for its own layout.
+        policy = "seed_capped" if self.prompt_config.truncation == "seed" else self.prompt_config.truncation
+        if policy == "seed_capped":
             first = n_turns - 1  # only the last turn of each cell
         else:  # proportional: drop the oldest turns while the rest does not fit
             while first < n_turns - 1 and self._overhead(first, n_turns) + sum(content[first:]) > max_length:
@@ -220,7 +291,7 @@ class PromptEncoder:
                 f"raise prompt.max_length to at least {max_length - budget + 16}"
             )
         kept = [part[first:] for part in pieces]  # kept[k][j]: part k, j-th kept turn
-        if policy == "seed":
+        if policy == "seed_capped":
             caps = scale_seed_caps(budget)
             limits = [[caps[k]] for k in range(3)]  # one kept turn per part
         else:
@@ -229,24 +300,23 @@ class PromptEncoder:
             m = n_turns - first
             limits = [shares[k * m : (k + 1) * m] for k in range(3)]
         cut = [[p[:limit] for p, limit in zip(part, part_limits)] for part, part_limits in zip(kept, limits)]
-        return self._assemble(cut, first)
+        return EncodedExample(self._assemble(cut, first), n_untruncated)
 
-    def _assemble(self, pieces: list[list[list[int]]], first: int) -> list[int]:
-        """Concatenate BOS, template text and the kept pieces; `first`: original index of the first kept turn."""
-        out = list(self._bos)
+    def _assemble(self, pieces: list[list[list[int]]], first: int) -> list[Segment]:
+        """BOS, template text and the kept pieces in order; `first`: original index of the first kept turn."""
+        out: list[Segment] = [("bos", self._bos)]
         if self.prompt_config.template == "seed":
-            for header, part in zip(self._headers, pieces):
-                out += header
-                for piece in part:
-                    out += piece
+            for k, (header, part) in enumerate(zip(self._headers, pieces)):
+                out.append((f"{PARTS[k]} header", header))
+                out.extend((f"{PARTS[k]} turn {first + j + 1}", piece) for j, piece in enumerate(part))
         else:
             for j in range(len(pieces[0])):
-                out += self._fixed_ids(_turn_header(first + j, first=j == 0))
+                out.append((f"turn {first + j + 1} header", self._fixed_ids(_turn_header(first + j, first=j == 0))))
                 for k in range(3):
                     if k:
-                        out += self._headers[k]
-                    out += pieces[k][j]
-        out += self._closing
+                        out.append((f"{PARTS[k]} header", self._headers[k]))
+                    out.append((f"{PARTS[k]} turn {first + j + 1}", pieces[k][j]))
+        out.append(("closing", self._closing))
         return out
 
 
@@ -257,20 +327,57 @@ def encode_example(
     response_b_turns: Turns,
     prompt_config: PromptConfig,
 ) -> list[int]:
-    """Token ids of one example: at most prompt_config.max_length, ending with the whole CLOSING_QUESTION.
+    """Token ids of one example, ending with the whole CLOSING_QUESTION; at most prompt_config.max_length
+    except under the seed policy (see below).
 
     BOS is prepended when the tokenizer has one; no label token is appended
     (the model predicts the label at the last position). Truncation, when the
     full text does not fit:
-    - ``seed``: keep only the last turn of each cell, its head capped at
-      256/512/512 tokens (prompt/response_a/response_b), scaled down when the
-      budget is smaller;
+    - ``seed`` (template seed): the seed notebook's algorithm exactly; only when
+      prompt + responses (headers included) exceed max_length, each part becomes
+      its last turn cut to 256/512/512 tokens, headers included, with no second
+      check, so the result can exceed max_length (by at most ~260 tokens);
+    - ``seed_capped`` (and ``seed`` with template multi_turn): keep only the last
+      turn of each cell, its head capped at 256/512/512 tokens, scaled down when
+      the budget is smaller, so that the example fits max_length;
     - ``proportional``: drop the oldest turns while the rest does not fit,
       then cut each remaining piece (head kept) in proportion to its length,
       short pieces kept whole (see `split_proportionally`).
     For many rows use `PromptEncoder.encode_batch` (one batched tokenizer call).
     """
     return PromptEncoder(tokenizer, prompt_config).encode(prompt_turns, response_a_turns, response_b_turns)
+
+
+def explain_rows(tokenizer, frame, prompt_config: PromptConfig, head: str, label_tokens: Sequence[str]) -> list[dict]:
+    """What the model sees for each row of an ingested frame (see data.read_arena_csv): `arena-pref show-prompt`.
+
+    Per row: ``id``; ``segments`` (name, decoded text and ids of each piece after truncation, in order);
+    ``input_ids`` (their concatenation, what training and inference feed the model); ``n_tokens`` and
+    ``n_tokens_untruncated``; ``head_position`` (the index the head reads: the last id, right after
+    "Answer: "); ``label_token_ids`` (label column -> id whose logit the label_token head reads, None
+    for the classifier head); ``label`` (the row's label column, train rows only).
+    """
+    from pref_core.labels import LABEL_COLUMNS, get_label_token_ids
+
+    rows = list(zip(frame["prompt"], frame["response_a"], frame["response_b"]))
+    examples, _ = PromptEncoder(tokenizer, prompt_config).explain_batch(rows)
+    label_ids = dict(zip(LABEL_COLUMNS, get_label_token_ids(tokenizer, label_tokens))) if head == "label_token" else None
+    labels = frame["label"].tolist() if "label" in frame.columns else [None] * len(frame)
+    out = []
+    for row_id, example, label in zip(frame["id"], examples, labels):
+        ids = example.input_ids
+        out.append({
+            "id": str(row_id),
+            "segments": [{"name": name, "text": tokenizer.decode(piece), "ids": list(piece)}
+                         for name, piece in example.segments if piece],
+            "input_ids": ids,
+            "n_tokens": len(ids),
+            "n_tokens_untruncated": example.n_tokens_untruncated,
+            "head_position": len(ids) - 1,
+            "label_token_ids": label_ids,
+            "label": None if label is None or int(label) < 0 else LABEL_COLUMNS[int(label)],
+        })
+    return out
 
 
 class TextEncoder:

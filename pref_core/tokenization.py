@@ -24,7 +24,7 @@ from pref_core.prompts import PromptEncoder
 
 # Bump whenever prompts.py or this module change the ids produced for the same inputs:
 # it is part of every cache key, so old caches are simply not found any more.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: seed template joins turns by " ", nulls read "", seed policy id-exact
 
 # Above this many rows, on machines with at least PARALLEL_MIN_CORES cores, `tokenize_frame` runs
 # one worker process per core by default. With fewer cores one process is faster: the Rust

@@ -131,12 +131,12 @@ def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:
 
 
 def average_fold_predictions(frames: list[pd.DataFrame], test_ids: list[str], temperature: float = 1.0) -> pd.DataFrame:
-    """Mean of the folds' (n, 3) probabilities, calibrated, aligned on id, in the test file's order."""
+    """Mean of the folds' (n, 3) probabilities, each calibrated before the mean (where the OOF
+    temperature was fit), aligned on id, in the test file's order."""
     ids = [str(i) for i in test_ids]
     probs = average_probabilities(
-        [f.set_index(f["id"].astype(str)).loc[ids, list(LABEL_COLUMNS)].to_numpy() for f in frames]
+        [f.set_index(f["id"].astype(str)).loc[ids, list(LABEL_COLUMNS)].to_numpy() for f in frames], temperature
     )
-    probs = apply_temperature(probs, temperature)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", [str(i) for i in test_ids])
     return out

@@ -52,16 +52,15 @@ def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = Fal
     `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
     from transformers import AutoTokenizer
 
-    from pref_core.calibration import apply_temperature
     from pref_core.ensemble import predict_with_adapters
     from pref_core.tokenization import tokenize_frame
 
     config, base, adapters, temperature = read_bundle(bundle)
     tokenizer = AutoTokenizer.from_pretrained(adapters[0])
     dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
+    # Each fold's probabilities are calibrated before the mean, as the OOF temperature was fit.
     probs = predict_with_adapters(config, adapters, dataset, base_model=base_model or base["name_or_path"],
-                                  progress=progress)
-    probs = apply_temperature(probs, temperature)
+                                  progress=progress, temperature=temperature)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out

@@ -38,3 +38,47 @@ def test_fit_temperature_recovers_overconfidence_and_never_hurts():
     assert t1 == pytest.approx(1.0, abs=0.1)
     assert compute_log_loss(labels, apply_temperature(calibrated, t1)) <= compute_log_loss(labels, calibrated) + 1e-9
     assert (apply_temperature(overconfident, t).argmax(1) == overconfident.argmax(1)).all()
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sample(rng, n):
+    """Rows whose true class probabilities are softmax(z), and labels drawn from them."""
+    z = rng.normal(size=(n, 3))
+    labels = (rng.random(n)[:, None] > _softmax(z).cumsum(axis=1)).sum(axis=1)
+    return z, labels
+
+
+def test_temperature_applies_to_each_fold_model_before_averaging():
+    """K fold models, each overconfident (logits x1.5) with its own noise: the temperature fit on OOF
+    rows (one model each) helps there; applied to each model before the mean it does not hurt the test
+    average, while applied to the mean (already less confident than any one model) it would."""
+    import pandas as pd
+
+    from pref_core.ensemble import average_probabilities
+    from pref_core.labels import LABEL_COLUMNS
+    from tasks.evaluation import average_fold_predictions
+
+    rng = np.random.default_rng(0)
+    k, n, noise, scale = 5, 4000, 0.75, 1.5
+    z, labels = _sample(rng, n)
+    fold = rng.integers(0, k, n)
+    oof = np.stack([_softmax((z + rng.normal(size=(n, 3)) * noise) * scale) for _ in range(k)])[fold, np.arange(n)]
+    t = fit_temperature(labels, oof)
+    assert compute_log_loss(labels, apply_temperature(oof, t)) < compute_log_loss(labels, oof) - 0.1  # the fit helps
+
+    z_test, labels_test = _sample(rng, n)
+    per_fold = [_softmax((z_test + rng.normal(size=(n, 3)) * noise) * scale) for _ in range(k)]
+    uncalibrated = compute_log_loss(labels_test, average_probabilities(per_fold))
+    ids = [str(i) for i in range(n)]
+    frames = [pd.DataFrame(p, columns=list(LABEL_COLUMNS)).assign(id=ids) for p in per_fold]
+    submission = average_fold_predictions(frames, ids, t)  # the flow's make-submission
+    calibrated = compute_log_loss(labels_test, submission[list(LABEL_COLUMNS)].to_numpy())
+    assert calibrated <= uncalibrated
+    # The registered model's path (pref_core.ensemble) gives the same numbers.
+    np.testing.assert_allclose(average_probabilities(per_fold, t), submission[list(LABEL_COLUMNS)].to_numpy(), atol=1e-12)
+    # Today's mismatch, for contrast: the temperature applied to the mean over-softens it.
+    assert compute_log_loss(labels_test, apply_temperature(average_probabilities(per_fold), t)) > uncalibrated

@@ -76,6 +76,17 @@ def test_extra_rows_are_deduplicated_against_the_main_prompts(train_frame):
     assert kept["id"].str.startswith("extra:more:").all()
 
 
+def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
+    """Other responses to the same question are distinct pairs; only the main data's prompts are dropped."""
+    main = train_frame.head(5)
+    extra = train_frame.iloc[100:110].copy()
+    same_prompt = extra.assign(id=lambda f: "again-" + f["id"], response_a=extra["response_b"], response_b=extra["response_a"])
+    near_main = main.assign(id=lambda f: "near-" + f["id"], prompt=[[t.upper() for t in p] for p in main["prompt"]])
+    kept, counts = combine_extra([("more", pd.concat([extra, same_prompt, near_main]))], main)
+    assert len(kept) == 20 and counts["n_extra_duplicates_dropped"] == 5  # the main prompts in upper case go
+    assert not kept["id"].str.contains("near-").any()
+
+
 @pytest.mark.slow
 def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_path, synthetic_csvs):
     from mlflow import MlflowClient

@@ -16,6 +16,21 @@ def test_prompt_group_key_is_canonical():
     assert prompt_group_key(["a"]) != prompt_group_key(["a", "b"])
 
 
+def test_prompts_equal_up_to_case_and_whitespace_share_a_fold():
+    base = ["What is a Zebra?", "And a horse?"]
+    variants = [base, ["what is a zebra?", "and a HORSE?"], ["  What  is a\nZebra? ", "And a horse?\t"]]
+    assert len({prompt_group_key(v) for v in variants}) == 1
+    assert prompt_group_key(["what is a zebra"]) != prompt_group_key(["what is a zebra?"])  # words still count
+    rows = []
+    for group in range(20):
+        for k, variant in enumerate(variants):  # each prompt written three ways
+            rows.append({"id": f"{group}-{k}", "prompt": [f"{group} {variant[0]}", *variant[1:]],
+                         "label": (group + k) % 3})
+    frame = pd.DataFrame(rows)
+    folds = make_folds(frame, n_folds=5, seed=0)
+    assert (folds.groupby(folds["id"].str.split("-").str[0])["fold"].nunique() == 1).all()
+
+
 def test_no_prompt_in_two_folds_and_every_id_once(train_frame):
     folds = make_folds(train_frame, n_folds=5, seed=42)
     assert list(folds.columns) == ["id", "fold"]

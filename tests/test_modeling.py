@@ -185,6 +185,55 @@ def test_label_token_head_never_builds_vocabulary_logits(tiny_dir, tokenizer):
     out["loss"].backward()  # and the backward pass works without it
 
 
+class ShapeWatch:
+    """A torch dispatch mode that records the shape of every tensor any operation produces, forward
+    and backward, whatever module or function computes it (a hook on lm_head sees only lm_head)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        shapes = self.shapes = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else (out,):
+                    if isinstance(t, torch.Tensor):
+                        shapes.append(tuple(t.shape))
+                return out
+
+        self.mode = Mode()
+
+    def vocab_sized(self, vocab: int, batch_seq: int) -> list[tuple]:
+        """Shapes holding a vocab axis and at least batch * seq * vocab elements: (batch, seq, vocab) logits,
+        flattened or not."""
+        return [s for s in self.shapes if vocab in s and int(torch.Size(s).numel()) >= batch_seq * vocab]
+
+
+@pytest.mark.parametrize("head", ["label_token", "classifier"])
+def test_no_operation_builds_a_batch_seq_vocab_tensor(tiny_dir, tokenizer, head):
+    config = make_config(head)
+    backbone = load_backbone(config.model, tiny_dir)
+    model = build_preference_model(config.model, backbone, tokenizer)
+    vocab = backbone.get_output_embeddings().weight.shape[0]
+    ids, mask = pad(encode(tokenizer, TEXTS[:2]), tokenizer.pad_token_id, "right")
+    hidden = backbone.config.hidden_size
+    assert vocab not in ids.shape and vocab != hidden
+
+    watch = ShapeWatch()
+    with watch.mode:
+        out = model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1]))
+        out["loss"].backward()
+    assert (*ids.shape, hidden) in watch.shapes  # the mode saw the decoder's activations
+    assert not watch.vocab_sized(vocab, ids.numel()), watch.vocab_sized(vocab, ids.numel())[:5]
+
+    # The watch catches full logits however they are made, here by the backbone's own forward.
+    caught = ShapeWatch()
+    with caught.mode, torch.no_grad():
+        backbone(input_ids=ids, attention_mask=mask)
+    assert caught.vocab_sized(vocab, ids.numel())
+
+
 # -- heads and loss -------------------------------------------------------------------------------------------------
 
 

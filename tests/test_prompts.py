@@ -20,7 +20,8 @@ from pref_core.prompts import (
 )
 
 TEMPLATES = ("seed", "multi_turn")
-POLICIES = ("seed", "proportional")
+# Policies that keep every example within max_length (seed, the notebook's own, may exceed it: test_seed_exact.py).
+POLICIES = ("seed_capped", "proportional")
 
 
 def closing_ids(tokenizer) -> list[int]:
@@ -32,10 +33,9 @@ def test_closing_question_is_the_seed_notebooks():
 
 
 def test_build_prompt_seed_layout():
+    # The seed notebook joined turns with " " and read JSON null as "".
     text = build_prompt(["p1", "p2"], ["a1", None], ["b1", "b2"], template="seed")
-    assert text == (
-        "<prompt>: p1\np2\n\n<response_a>: a1\n" + NULL_TURN + "\n\n<response_b>: b1\nb2" + CLOSING_QUESTION
-    )
+    assert text == "<prompt>: p1 p2\n\n<response_a>: a1 \n\n<response_b>: b1 b2" + CLOSING_QUESTION
 
 
 def test_build_prompt_multi_turn_layout():
@@ -48,7 +48,8 @@ def test_build_prompt_multi_turn_layout():
 
 def test_null_placeholder_is_one_explicit_string():
     assert NULL_TURN == "[null]"
-    assert build_prompt([None], [None], ["x"]).count(NULL_TURN) == 2
+    assert build_prompt([None], [None], ["x"], template="multi_turn").count(NULL_TURN) == 2
+    assert NULL_TURN not in build_prompt([None], [None], ["x"], template="seed")
 
 
 def test_build_prompt_rejects_bad_input():
@@ -84,7 +85,7 @@ def test_split_proportionally_properties(lengths, budget):
 
 
 def test_whole_text_when_it_fits(tiny_tokenizer):
-    config = PromptConfig(max_length=1024)
+    config = PromptConfig(template="multi_turn", max_length=1024)
     ids = encode_example(tiny_tokenizer, ["what is a zebra ?"], ["an animal"], [None], config)
     assert ids[0] == tiny_tokenizer.bos_token_id
     assert ids[-len(closing_ids(tiny_tokenizer)) :] == closing_ids(tiny_tokenizer)
@@ -142,8 +143,9 @@ def test_truncated_examples_use_the_budget(tiny_tokenizer, template, policy):
     assert len(ids) >= 256 - 3  # cut to fit, not to a fraction of it
 
 
-def test_seed_policy_keeps_only_the_last_turn(tiny_tokenizer):
-    config = PromptConfig(template="seed", truncation="seed", max_length=256)
+@pytest.mark.parametrize("policy", ["seed", "seed_capped"])
+def test_seed_policy_keeps_only_the_last_turn(tiny_tokenizer, policy):
+    config = PromptConfig(template="seed", truncation=policy, max_length=256)
     prompt = ["oldest question", "latest question"]
     ids = encode_example(tiny_tokenizer, prompt, ["old answer", "new answer " * 300], ["old b", "new b"], config)
     text = tiny_tokenizer.decode(ids, skip_special_tokens=True)
@@ -152,7 +154,7 @@ def test_seed_policy_keeps_only_the_last_turn(tiny_tokenizer):
 
 
 def test_seed_policy_caps_are_scaled_to_fit(tiny_tokenizer):
-    encoder = PromptEncoder(tiny_tokenizer, PromptConfig(template="seed", truncation="seed", max_length=300))
+    encoder = PromptEncoder(tiny_tokenizer, PromptConfig(template="seed", truncation="seed_capped", max_length=300))
     budget = 300 - encoder._overhead(0, 1)
     caps = scale_seed_caps(budget)
     ids = encoder.encode(["q " * 1000], ["a " * 1000], ["b " * 1000])
@@ -183,12 +185,12 @@ def test_proportional_fits_without_cutting_when_possible(tiny_tokenizer):
     row = (["q1", "q2"], ["a1", "a2"], ["b1", "b2"])
     for template in TEMPLATES:
         proportional = PromptConfig(template=template, truncation="proportional", max_length=512)
-        seed = PromptConfig(template=template, truncation="seed", max_length=512)
+        seed = PromptConfig(template=template, truncation="seed_capped", max_length=512)
         assert encode_example(tiny_tokenizer, *row, proportional) == encode_example(tiny_tokenizer, *row, seed)
 
 
 def test_max_length_too_small_for_the_template(tiny_tokenizer):
-    config = PromptConfig(max_length=32)
+    config = PromptConfig(max_length=32, truncation="seed_capped")
     with pytest.raises(ValueError, match=r"prompt.max_length=32 is too small.*raise prompt.max_length to at least"):
         encode_example(tiny_tokenizer, ["q " * 100], ["a"], ["b"], config)
 
@@ -219,7 +221,7 @@ def test_fuzz_truncation_invariants(tiny_tokenizer, row, template, policy, max_l
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES + ("seed",))
 def test_swapped_view_equals_encoding_the_swapped_row(tiny_tokenizer, template, policy):
     config = PromptConfig(template=template, truncation=policy, max_length=200)
     rows = [(["q1", "q2"], ["a " * 400, None], ["b1", "b " * 50]), (["q"], ["short a"], ["long b " * 300])]

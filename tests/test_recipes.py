@@ -18,7 +18,8 @@ def test_every_recipe_validates(path):
 
 def test_seed_recipe_is_the_notebooks():
     c = load_config(Path(__file__).resolve().parents[1] / "configs" / "seed-llama3-8b.yaml")
-    assert c.model.name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert c.model.name_or_path == "unsloth/llama-3-8b-Instruct-bnb-4bit"
+    assert c.model.quantization == "4bit"  # what the pre-quantized checkpoint trained as (not 8-bit)
     assert c.model.head == "label_token" and c.model.label_tokens == ("a", "b", "tie")
     assert (c.lora.r, c.lora.alpha, c.lora.dropout, c.lora.target_modules) == (16, 32, 0.05, ["q_proj", "k_proj", "v_proj"])
     assert c.train.learning_rate == 2e-4

@@ -22,7 +22,7 @@ from pref_core.tokenization import (
     tokenize_frame,
 )
 
-CONFIG = PromptConfig(template="seed", max_length=128, truncation="seed")
+CONFIG = PromptConfig(template="seed", max_length=128, truncation="seed_capped")  # bounded by max_length
 
 
 @pytest.fixture(scope="module")
