@@ -91,13 +91,29 @@ def preflight(config) -> None:
         raise UserError(f"output_dir: cannot write to {root} ({err.strerror or err}); "
                         "choose a writable folder with --set output_dir=PATH") from None
     tracking.check_tracking_reachable(tracking.resolve_tracking_uri(config))
-    preparation.ingest.fn(config, "train")
+    train = preparation.ingest.fn(config, "train")
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
         from pref_core.data import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
+    check_split(config, train.parsed_path)
+
+
+def check_split(config, parsed_path) -> None:
+    """Refuse (exit 2) a train file that cannot be split into cv.n_folds prompt-grouped folds; warn when the
+    split works but scores poorly (a missing or rare class, tiny validation sets)."""
+    import pandas as pd
+
+    from pref_core.folds import SplitError, check_splittable
+
+    try:
+        warnings = check_splittable(pd.read_parquet(parsed_path, columns=["id", "prompt", "label"]), config.cv.n_folds)
+    except SplitError as err:
+        raise UserError(str(err)) from None
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def run_training(config, force: bool = False) -> dict:
