@@ -56,22 +56,49 @@ def _load(config_path: str | Path, overrides: Sequence[str]):
     return load_config(config_path, overrides)
 
 
-def _print_summary(result: dict, tracking_uri: str) -> None:
+def registry_decision(result: dict) -> str:
+    """The registry's decision in plain words (the first version becoming @champion is not a failure)."""
+    uri, reason = result["model_uri"], result["promotion"]
+    version = uri.rsplit("/", 1)[-1]
+    if result.get("promoted"):
+        if reason == "no champion yet":
+            return f"{uri} is now @champion (the first version registered)"
+        return f"{uri} is now @champion: {reason}"
+    return f"{uri} is @challenger, @champion unchanged: {reason}" if version else reason
+
+
+def _run_link(tracking_uri: str, run_id: str) -> str:
+    """A browser link to the run on a tracking server, else where the run lives."""
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            from mlflow import MlflowClient
+
+            experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+            return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        except Exception:  # the summary must not fail on a link
+            pass
+    return f"run {run_id} in {tracking_uri}"
+
+
+def _print_summary(result: dict, tracking_uri: str, out=None) -> None:
+    write = (lambda text="": print(text)) if out is None else out.print
     metrics = result["metrics"]
-    print()
-    print("fold  val_log_loss")
+    accuracy, rows = result.get("fold_accuracy", {}), result.get("fold_rows", {})
+    write()
+    write("fold  log loss  accuracy   rows")
     for fold, loss in sorted(result["fold_log_loss"].items()):
-        print(f"{fold:>4}  {loss:.4f}")
-    print(f"OOF log loss {metrics['oof_log_loss']:.4f}   class prior {metrics['prior_log_loss']:.4f}   "
-          f"accuracy {metrics['oof_accuracy']:.3f}   rows {metrics['n_oof']}")
+        acc = f"{accuracy[fold]:.3f}" if fold in accuracy else "-"
+        write(f"{fold:>4}  {loss:>8.4f}  {acc:>8}  {rows.get(fold, '-'):>5}")
+    write(f"OOF log loss {metrics['oof_log_loss']:.4f}, accuracy {metrics['oof_accuracy']:.3f} over {metrics['n_oof']} rows")
     if "temperature" in metrics:
-        print(f"after temperature scaling (T={metrics['temperature']:.3f}): {metrics['oof_log_loss_calibrated']:.4f}")
-    print(f"registered {result['model_uri']}: {result['promotion']}")
-    print(f"OOF predictions: {result['oof_path']}")
+        write(f"calibrated OOF log loss {metrics['oof_log_loss_calibrated']:.4f} (temperature {metrics['temperature']:.3f})")
+    write(f"class prior log loss {metrics['prior_log_loss']:.4f} (always predicting the training class shares)")
+    write(f"registry: {registry_decision(result)}")
     if result.get("submission_path"):
-        print(f"submission:      {result['submission_path']}")
-    print(f"MLflow: parent run {result['parent_run_id']} in {tracking_uri}")
-    print("Open the MLflow UI with `arena-pref ui` (http://127.0.0.1:5000).")
+        write(f"submission: {result['submission_path']}")
+    write(f"OOF predictions: {result['oof_path']}")
+    write(f"MLflow: {_run_link(tracking_uri, result['parent_run_id'])}")
+    write("open the MLflow UI: arena-pref ui   (then http://127.0.0.1:5000)")
 
 
 def check_base_model(config) -> None:
@@ -113,28 +140,63 @@ def preflight(config) -> None:
         raise UserError(f"output_dir: cannot write to {root} ({err.strerror or err}); "
                         "choose a writable folder with --set output_dir=PATH") from None
     tracking.check_tracking_reachable(tracking.resolve_tracking_uri(config))
-    preparation.ingest.fn(config, "train")
+    train = preparation.ingest.fn(config, "train")
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
         from pref_core.data import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
+    check_split(config, train.parsed_path)
 
 
-def run_training(config, force: bool = False) -> dict:
+def check_split(config, parsed_path) -> None:
+    """Refuse (exit 2) a train file that cannot be split into cv.n_folds prompt-grouped folds; warn when the
+    split works but scores poorly (a missing or rare class, tiny validation sets)."""
+    import pandas as pd
+
+    from pref_core.folds import SplitError, check_splittable
+
+    try:
+        warnings = check_splittable(pd.read_parquet(parsed_path, columns=["id", "prompt", "label"]), config.cv.n_folds)
+    except SplitError as err:
+        raise UserError(str(err)) from None
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def run_training(config, force: bool = False, verbose: bool = True, command: str = "train") -> dict:
+    """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
+    from arena_pref import console as run_console
+    from tasks import workspace
+
     preflight(config)
-    from flows.cv_training import cv_training
-    from tasks.tracking import resolve_tracking_uri
+    log_path = run_console.log_file_path(workspace.output_root(config), command)
+    if not verbose:
+        print(f"log: {log_path}  (-v shows it here)", flush=True)
+    with run_console.quiet_run(log_path, verbose=verbose) as console:
+        from flows.cv_training import cv_training
+        from tasks.tracking import resolve_tracking_uri
 
-    result = cv_training(config, force=force)
-    _print_summary(result, resolve_tracking_uri(config))
+        try:
+            result = cv_training(config, force=force)
+        except BaseException:
+            if not verbose:
+                console.err.write(f"the run failed; full log: {log_path}\n")
+            raise
+        _print_summary(result, resolve_tracking_uri(config), console)
+    if not verbose:
+        # Prefect stops its temporary server at exit and says so; atexit runs this first (last in, first out).
+        import atexit
+        import logging
+
+        atexit.register(logging.getLogger("prefect").setLevel, logging.WARNING)
     return result
 
 
 def cmd_train(args) -> int:
     config = _load(args.config, args.set)
-    run_training(config, force=args.force)
+    run_training(config, force=args.force, verbose=args.verbose)
     return 0
 
 
@@ -155,7 +217,7 @@ def cmd_demo(args) -> int:
     print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
     overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={out}", *args.set]
     config = _load(args.config, overrides)
-    run_training(config, force=args.force)
+    run_training(config, force=args.force, verbose=args.verbose, command="demo")
     return 0
 
 
@@ -299,56 +361,93 @@ def cmd_ui(args) -> int:
 
 # -- entry point --------------------------------------------------------------
 
+TRAIN_EXAMPLES = """examples:
+  arena-pref train --config configs/tiny.yaml --set data.train_csv=train.csv --set data.test_csv=test.csv
+  arena-pref train --config configs/seed-llama3-8b.yaml --set data.train_csv=/data/train.csv --set cv.n_folds=3 -v"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (or says it is required); epilogs keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if isinstance(action, argparse._AppendAction) and not action.default:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("arena-pref")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arena-pref", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="arena-pref", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_overrides(p):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
         p.add_argument("--force", action="store_true", help="retrain folds that an identical earlier run finished")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show every log line here (default: progress bars and a summary; the rest goes to a log file)")
 
     demo = sub.add_parser("demo", help="synthetic data + tiny offline model + full 5-fold cv-training")
-    demo.add_argument("--config", default=str(CONFIG_DIR / "tiny.yaml"))
-    demo.add_argument("--output-dir", default="outputs/demo")
-    demo.add_argument("--n-train", type=int, default=1000)
-    demo.add_argument("--n-test", type=int, default=200)
+    demo.add_argument("--config", default=str(CONFIG_DIR / "tiny.yaml"), help="YAML recipe")
+    demo.add_argument("--output-dir", default="outputs/demo", help="data, caches, runs and logs of the demo")
+    demo.add_argument("--n-train", type=int, default=1000, help="synthetic train rows")
+    demo.add_argument("--n-test", type=int, default=200, help="synthetic test rows")
     demo.add_argument("--signal", type=float, default=0.9, help="share of rows that follow the learnable rule")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     demo.add_argument("--shuffle-labels", action="store_true", help="leakage check: OOF should stay near the prior")
     add_overrides(demo)
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="run cv-training locally")
-    train.add_argument("--config", required=True)
+    train = sub.add_parser("train", help="run cv-training locally", description="Run cv-training locally: "
+                           "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
+                           epilog=TRAIN_EXAMPLES)
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
     add_overrides(train)
     train.set_defaults(func=cmd_train)
 
     validate = sub.add_parser("validate", help="check a Kaggle-format CSV; one line per problem")
-    validate.add_argument("path")
-    validate.add_argument("--kind", choices=["train", "test"], default="train")
+    validate.add_argument("path", help="the CSV file")
+    validate.add_argument("--kind", choices=["train", "test"], default="train", help="train (with labels) or test")
     validate.add_argument("--max-bad-fraction", type=float, default=1.0,
-                          help="share of bad rows that still counts as readable (default 1: list them all)")
+                          help="share of bad rows that still counts as readable (1: list them all)")
     validate.set_defaults(func=cmd_validate)
 
     def add_registry(p):
         p.add_argument("--name", default="arena-pref", help="registered model name (tracking.registered_model)")
-        p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, the local server or store")
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
 
     models = sub.add_parser("models", help="registered versions, aliases and metrics")
     add_registry(models)
     models.set_defaults(func=cmd_models)
 
     promote = sub.add_parser("promote", help="give a registered version the @champion alias")
-    promote.add_argument("version")
+    promote.add_argument("version", help="the registered version number (see `arena-pref models`)")
     add_registry(promote)
     promote.set_defaults(func=cmd_promote)
 
     predict = sub.add_parser("predict", help="write a submission from a registered model")
-    predict.add_argument("--model", default="models:/arena-pref@champion")
-    predict.add_argument("--test-csv", required=True)
-    predict.add_argument("--out", default="submission.csv")
-    predict.add_argument("--tracking-uri", default=None)
+    predict.add_argument("--model", default="models:/arena-pref@champion", help="registered model URI")
+    predict.add_argument("--test-csv", required=True, help="Kaggle-format test.csv")
+    predict.add_argument("--out", default="submission.csv", help="where the submission goes")
+    predict.add_argument("--tracking-uri", default=None,
+                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
     predict.add_argument("--base-model", default=None, metavar="PATH",
                          help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
@@ -363,17 +462,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show_prompt)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
-    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the services")
     stack.add_argument("--gpus", type=int, default=None, help="fold workers (default: visible GPUs)")
-    stack.add_argument("--state-dir", default=str(PROJECT_ROOT / ".stack"))
-    stack.add_argument("--prefect-port", type=int, default=4200)
-    stack.add_argument("--mlflow-port", type=int, default=5000)
+    stack.add_argument("--state-dir", default=str(PROJECT_ROOT / ".stack"), help="pid files and logs of the services")
+    stack.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
+    stack.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port")
     stack.set_defaults(func=cmd_stack)
 
     ui = sub.add_parser("ui", help="MLflow UI on the local store (127.0.0.1)")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind")
+    ui.add_argument("--port", type=int, default=5000, help="port to bind")
     ui.set_defaults(func=cmd_ui)
+    for subparser in sub.choices.values():  # also the subcommands added above by other modules' entries
+        subparser.formatter_class = HelpFormatter
     return parser
 
 

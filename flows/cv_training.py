@@ -58,6 +58,8 @@ def cv_training(
         "fold_run_ids": fold_run_ids,
         "metrics": oof.metrics,
         "fold_log_loss": oof.fold_log_loss,
+        "fold_accuracy": oof.fold_accuracy,
+        "fold_rows": oof.fold_rows,
         "oof_path": oof.oof_path,
         "submission_path": submission,
         "run_key": prepared.run_key,

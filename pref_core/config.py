@@ -176,6 +176,19 @@ class TrainConfig(_Section):
         description="torch CPU threads while a fold trains (None: torch's default, one per core). "
         "1 suits tiny models: extra threads stall when other processes share the CPU.",
     )
+    report_to: list[str] = Field(
+        default_factory=lambda: ["none"],
+        description="Trainer integrations besides MLflow (which is logged through callbacks): none, tensorboard, "
+        "wandb, ... (transformers' report_to); mlflow is refused here, it would open runs of its own.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value):
+        values = [value] if isinstance(value, str) else list(value)
+        if any(str(v).lower() in ("mlflow", "all") for v in values):
+            raise ValueError(f"got {values}; MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
+        return values
 
 
 class CVConfig(_Section):

@@ -88,3 +88,56 @@ def _check_columns(folds: pd.DataFrame, path: Path) -> None:
     missing = [c for c in FOLD_COLUMNS if c not in folds.columns]
     if missing:
         raise ValueError(f"{path}: a folds table needs columns {list(FOLD_COLUMNS)}, missing {missing}")
+
+
+# A class under this share of the rows leaves folds with (almost) none of it to learn or score.
+MIN_CLASS_SHARE = 0.05
+# Fewer validation rows than this per fold make a fold's log loss mostly noise.
+MIN_VALIDATION_ROWS = 20
+
+
+class SplitError(ValueError):
+    """The kept rows cannot be split into the configured grouped, stratified folds; the message says how to fix it."""
+
+
+def check_splittable(frame: pd.DataFrame, n_folds: int) -> list[str]:
+    """Check, before any work, that `frame` (id, prompt, label) splits into `n_folds` prompt-grouped folds.
+
+    Raises SplitError (one line, with a fix that can work) when it cannot; returns one-line warnings
+    for a split that works but scores poorly: a class missing or under MIN_CLASS_SHARE of the rows, a
+    class with fewer rows than folds, or folds whose validation sets hold under MIN_VALIDATION_ROWS rows.
+    """
+    from pref_core.labels import LABEL_COLUMNS
+
+    n_rows = len(frame)
+    n_groups = int(frame["prompt"].map(prompt_group_key).nunique()) if n_rows else 0
+    if n_groups < n_folds:
+        # cv.n_folds below 2 is no split at all: only more prompts can fix a file with fewer than 2.
+        fix = f"add rows with at least {n_folds} distinct prompts"
+        if n_groups >= 2:
+            fix += f" or set --set cv.n_folds={n_groups}"
+        shared = f"{n_rows} rows share {n_groups} distinct prompt{'s' if n_groups != 1 else ''}"
+        raise SplitError(
+            f"data.train_csv: {shared}, too few for cv.n_folds={n_folds} folds grouped by prompt "
+            f"(a prompt never sits on both sides of a split); {fix}"
+        )
+    warnings = []
+    counts = np.bincount(frame["label"].to_numpy(dtype=np.int64), minlength=len(LABEL_COLUMNS))
+    missing = [LABEL_COLUMNS[k] for k, c in enumerate(counts) if c == 0]
+    rare = [f"{LABEL_COLUMNS[k]} ({c} of {n_rows} rows)" for k, c in enumerate(counts) if 0 < c < MIN_CLASS_SHARE * n_rows]
+    few = [f"{LABEL_COLUMNS[k]} ({c})" for k, c in enumerate(counts)
+           if 0 < c < n_folds and c >= MIN_CLASS_SHARE * n_rows]
+    if missing:
+        warnings.append(f"data.train_csv: no row is labelled {', '.join(missing)}; the model never learns "
+                        f"{'that class' if len(missing) == 1 else 'those classes'} and the OOF score flatters it")
+    if rare:
+        warnings.append(f"data.train_csv: rare class{'es' if len(rare) > 1 else ''} under "
+                        f"{MIN_CLASS_SHARE:.0%} of rows: {', '.join(rare)}")
+    if few:
+        warnings.append(f"data.train_csv: fewer rows than cv.n_folds={n_folds} for {', '.join(few)}; "
+                        "some folds validate without that class")
+    per_fold = n_rows // n_folds
+    if per_fold < MIN_VALIDATION_ROWS:
+        warnings.append(f"data.train_csv: {n_rows} rows give about {per_fold} validation rows per fold "
+                        f"(cv.n_folds={n_folds}); fold scores under {MIN_VALIDATION_ROWS} rows are mostly noise")
+    return warnings

@@ -89,9 +89,10 @@ def _predict_column(
     probabilities = np.empty((len(dataset), NUM_CLASSES), dtype=np.float32)
     starts = range(0, len(order), batch_size)
     if progress:
-        from tqdm.auto import tqdm
+        from pref_core.progress import progress_bar
 
-        starts = tqdm(starts, desc=f"predict {input_column}", unit="batch")
+        view = "swapped" if input_column.endswith("_swap") else "rows"
+        starts = progress_bar(starts, desc=f"predict {len(order)} {view}", unit="batch")
     for start in starts:
         index = order[start : start + batch_size]
         batch_rows = rows_only[index.tolist()]  # dict of columns

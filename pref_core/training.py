@@ -413,8 +413,11 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
         # Rows keep id/length/label columns; the collator picks what the model needs.
         remove_unused_columns=False,
         label_names=["labels"],
-        report_to="none",  # tracking is the caller's business, through callbacks
-        disable_tqdm=True,
+        # MLflow tracking is the caller's business, through callbacks; others (tensorboard, wandb) by choice.
+        report_to=list(config.train.report_to),
+        disable_tqdm=True,  # the console bar is pref_core.progress.FoldProgressCallback
+        include_num_input_tokens_seen="non_padding",  # tokens per second, without padding
+
     )
 
 
@@ -524,6 +527,12 @@ def logged_train_loss(log_history: Sequence[dict[str, Any]]) -> float:
             span = int(entry["step"]) - previous
             total, steps, previous = total + span * float(entry["loss"]), steps + span, int(entry["step"])
     return total / steps if steps else math.nan
+
+
+def tokens_per_second(trainer, runtime_s: float) -> float:
+    """Non-padding training tokens per second of this train() call (a resumed call counts only its own steps)."""
+    seen = trainer.state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
+    return float(seen / runtime_s) if runtime_s > 0 else math.nan
 
 
 def resolve_padding(tokenizer) -> tuple[int, Optional[int]]:
@@ -676,6 +685,8 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         "val_accuracy": compute_accuracy(labels, probabilities),
         "train_loss": float(train_loss),
         "train_runtime_s": float(train_output.metrics.get("train_runtime", math.nan)),
+        "train_samples_per_second": float(train_output.metrics.get("train_samples_per_second", math.nan)),
+        "train_tokens_per_second": tokens_per_second(trainer, float(train_output.metrics.get("train_runtime", 0.0))),
         "global_step": int(trainer.state.global_step),
     }
     if config.train.tta_swap:

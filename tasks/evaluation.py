@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +38,8 @@ class OOFOutput:
     metrics: dict
     fold_log_loss: dict
     temperature: float = 1.0  # calibration applied to the submission and by the registered model
+    fold_accuracy: dict = field(default_factory=dict)
+    fold_rows: dict = field(default_factory=dict)
 
 
 def _download(client, run_id: str, name: str, dest: Path) -> Path:
@@ -108,7 +110,11 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
         metrics["oof_log_loss"], metrics["prior_log_loss"], metrics["oof_accuracy"], len(oof),
         temperature, metrics.get("oof_log_loss_calibrated", metrics["oof_log_loss"]),
     )
-    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss, temperature=temperature)
+    fold_index = oof["fold"].to_numpy()
+    fold_accuracy = {k: core_metrics.compute_accuracy(labels[fold_index == k], probs[fold_index == k]) for k in fold_log_loss}
+    fold_rows = {k: int((fold_index == k).sum()) for k in fold_log_loss}
+    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss, temperature=temperature,
+                     fold_accuracy=fold_accuracy, fold_rows=fold_rows)
 
 
 def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:

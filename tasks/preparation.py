@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,7 @@ from pref_core import data as core_data
 from pref_core import folds as core_folds
 from pref_core import tokenization
 from pref_core.config import RunConfig
+from pref_core.progress import console_note
 from pref_core.tiny import build_tiny_checkpoint
 from tasks import workspace
 from tasks.retry import retry_on_io
@@ -253,10 +255,13 @@ def load_tokenizer(name_or_path: str, revision: Optional[str] = None):
 def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: str, with_swap: bool) -> TokenCacheOutput:
     tokenizer = load_tokenizer(base_model, config.model.revision)
     frame = pd.read_parquet(ingested.parsed_path)
+    started = time.monotonic()
     result = tokenization.build_token_cache(
         frame, tokenizer, config.prompt, workspace.token_cache_root(config),
         data_hash=ingested.data_hash, with_swap=with_swap,
     )
+    if not result.hit:
+        console_note(f"tokenize {ingested.kind}: {result.n_rows} rows in {time.monotonic() - started:.1f} s")
     LOGGER.info(
         "tokenize %s: %s (%d rows, key %s)", ingested.kind, "cache hit" if result.hit else "built", result.n_rows, result.key
     )

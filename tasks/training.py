@@ -23,6 +23,7 @@ from prefect.states import Completed, Failed, Pending
 
 from pref_core import training as core_training
 from pref_core.config import RunConfig
+from pref_core.progress import FoldProgressCallback, inherited_fds
 from tasks import tracking, workspace
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
@@ -106,8 +107,8 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         try:
             result = core_training.train_fold(
                 config, train_ds, val_ds, folder,
-                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
-                test_ds=test_ds,
+                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
+                name_or_path=prepared.base_model, test_ds=test_ds,
             )
         except core_training.FoldOutOfMemoryError as err:
             raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
@@ -239,7 +240,7 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
     logger.info("fold %d: starting process for flow run %s (%s)", fold, flow_run.name, flow_run.id)
     proc = subprocess.run(
         [sys.executable, "-m", "prefect.flow_engine", "flows.train_fold:train_fold"],
-        env=env, cwd=str(tracking.PROJECT_ROOT),
+        env=env, cwd=str(tracking.PROJECT_ROOT), pass_fds=inherited_fds(),  # the console, for its progress bar
     )
     with get_prefect_client(sync_client=True) as client:
         ok = proc.returncode == 0

@@ -1,0 +1,120 @@
+"""Progress bars on the user's console, also from fold processes whose own output goes to a log file.
+
+The CLI's quiet mode (arena_pref/console.py) sends stdout and stderr of the run, and of every fold
+process it starts, to a log file, and publishes a duplicate of the console's stderr as the file
+descriptor named by ARENA_PREF_CONSOLE_FD (inherited by fold processes through `inherited_fds`).
+Bars drawn here go to that descriptor; without it (tests, workers, `-v`) they go to sys.stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Optional
+
+from transformers import TrainerCallback
+
+CONSOLE_FD_ENV = "ARENA_PREF_CONSOLE_FD"
+
+_streams: dict[int, IO[str]] = {}
+
+
+def console_fd() -> Optional[int]:
+    """The console's descriptor when a quiet CLI run published one and it is open in this process."""
+    value = os.environ.get(CONSOLE_FD_ENV, "")
+    if not value.isdigit():
+        return None
+    fd = int(value)
+    try:
+        os.fstat(fd)
+    except OSError:
+        return None
+    return fd
+
+
+def inherited_fds() -> tuple[int, ...]:
+    """Descriptors a child process must inherit (subprocess pass_fds) to draw on the console."""
+    fd = console_fd()
+    return (fd,) if fd is not None else ()
+
+
+def console_stream() -> Optional[IO[str]]:
+    """A text stream on the console for progress bars, or None (then tqdm uses sys.stderr)."""
+    fd = console_fd()
+    if fd is None:
+        return None
+    if fd not in _streams:
+        _streams[fd] = os.fdopen(fd, "w", buffering=1, closefd=False)
+    return _streams[fd]
+
+
+def console_is_quiet() -> bool:
+    """True in a quiet CLI run: stdout/stderr are a log file and bars belong on the console stream."""
+    return console_fd() is not None
+
+
+def console_note(text: str) -> None:
+    """One line on the console in a quiet run (elsewhere the caller's log line says the same)."""
+    stream = console_stream()
+    if stream is not None:
+        stream.write(text + "\n")
+        stream.flush()
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A tqdm bar on the console stream; on a non-terminal (a pipe, a test) it redraws at most every 5 s."""
+    from tqdm.auto import tqdm
+
+    stream = console_stream() or sys.stderr
+    is_tty = hasattr(stream, "isatty") and stream.isatty()
+    kwargs.setdefault("mininterval", 0.5 if is_tty else 5.0)
+    kwargs.setdefault("dynamic_ncols", is_tty)
+    if not is_tty:
+        kwargs.setdefault("ncols", 100)
+    return tqdm(iterable, file=stream, **kwargs)
+
+
+class FoldProgressCallback(TrainerCallback):
+    """One bar per fold: optimizer steps, latest training loss, tokens per second and the ETA.
+
+    Tokens per second come from the Trainer's non-padding token count (train.include_num_input_tokens_seen
+    is set by build_training_arguments); the bar shows only this call's steps' rate when a fold resumes.
+    """
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+        self._start = 0.0
+        self._tokens_at_start = 0
+        self._loss: Optional[float] = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.bar = progress_bar(total=state.max_steps, initial=state.global_step, desc=self.description, unit="step")
+        self._start = time.monotonic()
+        self._tokens_at_start = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - self._tokens_at_start
+        postfix = {}
+        if self._loss is not None:
+            postfix["loss"] = f"{self._loss:.4f}"
+        if tokens > 0:
+            postfix["tok/s"] = f"{tokens / elapsed:,.0f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and isinstance(logs.get("loss"), (int, float)):
+            self._loss = float(logs["loss"])
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,48 @@
+"""Help: every option of every subcommand says what it does and its default; --version; train's examples."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from arena_pref import cli
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_option_has_help_with_its_default():
+    parser = cli.build_parser()
+    subcommands = _subparsers(parser)
+    assert {"demo", "train", "validate", "models", "promote", "predict", "stack", "ui"} <= set(subcommands)
+    for name, sub in subcommands.items():
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.dest}: no help"
+            if action.option_strings:
+                text = formatter._get_help_string(action)
+                assert "default" in text or "(required)" in text, f"{name} {action.option_strings}: {text!r}"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("arena-pref ") and len(out.split()) == 2
+
+
+def test_train_help_ends_with_two_examples(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-3] == "examples:"
+    assert all(line.strip().startswith("arena-pref train --config ") for line in lines[-2:])
+    assert "(default: off)" in "\n".join(lines)  # --force
