@@ -98,6 +98,13 @@ def preflight(config) -> None:
         from pref_core.data import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
+    if config.cv.execution == "subprocess":
+        from pref_core.devices import plan_device_slots
+
+        try:
+            plan_device_slots(config.cv.max_parallel)
+        except ValueError as err:
+            raise UserError(str(err)) from None
 
 
 def run_training(config, force: bool = False) -> dict:

@@ -173,6 +173,12 @@ class CVConfig(_Section):
         "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
     )
     fold_deployment: str = Field("train-fold/gpu", description="Deployment that trains one fold (execution=deployment).")
+    max_parallel: Optional[int] = Field(
+        None, ge=1,
+        description="execution=subprocess: fold processes running at once, each pinned to its own CUDA device "
+        "through CUDA_VISIBLE_DEVICES; the next fold starts as soon as a device frees up. None: one per visible "
+        "CUDA device (1 on CPU). Does not change results.",
+    )
 
 
 class DistillConfig(_Section):

@@ -23,15 +23,22 @@ from prefect.states import Completed, Failed, Pending
 
 from pref_core import training as core_training
 from pref_core.config import RunConfig
+from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
 from pref_core.labels import LABEL_COLUMNS
 from tasks import tracking, workspace
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
 
+TAG_DEVICE = "arena_pref.device"
+
 
 class FoldFailedError(RuntimeError):
     """A fold's training failed; the message names the fold and where to look."""
+
+
+class FoldProcessKilledError(FoldFailedError):
+    """A fold's process was ended by a signal (OOM killer, preemption, SIGKILL): retried, it resumes."""
 
 
 @dataclass
@@ -102,6 +109,9 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
     tracking.set_tags(client, mlflow_run_id, {
         "arena_pref.attempt": attempt, "arena_pref.fold_dir": folder,
         "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid(),
+        # What this process was given (cv.max_parallel), and so which GPU it trained on.
+        "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),
     })
 
     if marker.exists():
@@ -209,16 +219,30 @@ def _retry_killed_fold(task, task_run, state) -> bool:
     """Retry a fold whose process was killed (OOM killer, preemption, SIGKILL): it resumes from its checkpoint."""
     try:
         state.result()
-    except FoldFailedError as err:
-        return "killed by signal" in str(err)
+    except FoldProcessKilledError:
+        return True
     except Exception:
         return False
     return False
 
 
 @task(name="train-fold-process", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_killed_fold, **TASK_DEFAULTS)
-def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> str:
-    """Run the `train-fold` flow for one fold in a fresh process (its CUDA memory is freed when it exits)."""
+def run_fold_in_subprocess(
+    config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False,
+    slots: Optional[DeviceSlots] = None,
+) -> str:
+    """Run the `train-fold` flow for one fold in a fresh process (its CUDA memory is freed when it exits).
+
+    With `slots` (cv.max_parallel), the process gets a free device slot of its own for as long as it runs.
+    """
+    if slots is None:
+        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=None)
+    with slots.take() as slot:
+        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=slot)
+
+
+def _run_fold_process(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool,
+                      slot: Optional[str]) -> str:
     from flows.train_fold import train_fold
 
     logger = get_run_logger()
@@ -234,8 +258,12 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
         "PREFECT__FLOW_RUN_ID": str(flow_run.id),
         # The Trainer must never open MLflow runs of its own.
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        **(slot_environment(slot) if slot is not None else {}),
     }
-    logger.info("fold %d: starting process for flow run %s (%s)", fold, flow_run.name, flow_run.id)
+    if slot is not None:
+        tracking.set_tags(tracking.get_client(config), mlflow_run_id, {TAG_DEVICE: slot})
+    logger.info("fold %d: starting process for flow run %s (%s)%s", fold, flow_run.name, flow_run.id,
+                f" on device {slot}" if slot is not None else "")
     proc = subprocess.run(
         [sys.executable, "-m", "prefect.flow_engine", "flows.train_fold:train_fold"],
         env=env, cwd=str(tracking.PROJECT_ROOT),
@@ -248,7 +276,8 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
             how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
             if final.state is not None and not final.state.is_final():
                 client.set_flow_run_state(flow_run.id, Failed(message=how), force=True)
-            raise FoldFailedError(
+            error = FoldProcessKilledError if proc.returncode < 0 else FoldFailedError
+            raise error(
                 f"fold {fold} failed ({how}) in flow run '{flow_run.name}' ({flow_run.id}); "
                 f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."
             )
