@@ -102,7 +102,7 @@ def preflight(config) -> None:
         from pref_core.devices import plan_device_slots
 
         try:
-            plan_device_slots(config.cv.max_parallel)
+            plan_device_slots(config.cv.max_parallel, config.train.num_processes)
         except ValueError as err:
             raise UserError(str(err)) from None
 

@@ -45,7 +45,7 @@ def cv_training(
         elif config.cv.execution == "subprocess":
             # cv.max_parallel fold processes at once, one device slot each; a fold starts when a worker
             # (and so a device) frees up. Every fold runs even if another fails; the errors come together.
-            slots = DeviceSlots(plan_device_slots(config.cv.max_parallel))
+            slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
             with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
                 futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
                     config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash, force=force,

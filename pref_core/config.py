@@ -161,6 +161,17 @@ class TrainConfig(_Section):
         description="torch CPU threads while a fold trains (None: torch's default, one per core). "
         "1 suits tiny models: extra threads stall when other processes share the CPU.",
     )
+    num_processes: int = Field(
+        1, ge=1,
+        description="Processes (one per GPU; on CPU, gloo processes) that train one fold together, launched with "
+        "torchrun. The rows of one optimizer step stay train.per_device_batch_size x "
+        "train.gradient_accumulation_steps: each process accumulates gradient_accumulation_steps / num_processes "
+        "batches, so a fold computes what a 1-process run computes (up to float rounding) in less time.",
+    )
+    distributed: Literal["ddp"] = Field(
+        "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
+        "share of every step's rows; LoRA on models that fit one GPU).",
+    )
 
 
 class CVConfig(_Section):
@@ -229,6 +240,12 @@ class RunConfig(_Section):
                 problems.append(f"cv.folds: got {bad}; fold indices must lie in 0..{self.cv.n_folds - 1} (cv.n_folds={self.cv.n_folds})")
         if self.model.quantization != "none" and self.train.mixed_precision == "fp16" and self.model.dtype == "bf16":
             problems.append("train.mixed_precision: fp16 with model.dtype=bf16 mixes half formats; use bf16 for both")
+        if self.train.gradient_accumulation_steps % self.train.num_processes:
+            problems.append(
+                f"train.gradient_accumulation_steps={self.train.gradient_accumulation_steps} is not a multiple of "
+                f"train.num_processes={self.train.num_processes}: each process accumulates an equal share of a step's "
+                "batches; set train.gradient_accumulation_steps to a multiple of train.num_processes"
+            )
         if self.distill.teacher_csv is not None and self.distill.hard_weight == self.distill.kl_weight == 0:
             problems.append("distill.hard_weight and distill.kl_weight are both 0: the loss would be 0; set either above 0")
         if problems:

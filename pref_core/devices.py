@@ -33,24 +33,34 @@ def visible_cuda_devices() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def plan_device_slots(max_parallel: Optional[int], cuda_devices: Optional[Sequence[str]] = None) -> list[str]:
-    """The slots for cv.max_parallel: one per visible CUDA device by default, else CPU slots.
+def plan_device_slots(
+    max_parallel: Optional[int], devices_per_fold: int = 1, cuda_devices: Optional[Sequence[str]] = None
+) -> list[str]:
+    """The slots for cv.max_parallel folds of train.num_processes devices each.
 
-    Example: 4 visible GPUs and max_parallel=None -> ["0", "1", "2", "3"]; max_parallel=2 -> ["0", "1"];
-    no GPU and max_parallel=None -> ["cpu:0"]; no GPU and max_parallel=2 -> ["cpu:0", "cpu:1"].
-    Raises ValueError when more parallel folds are asked for than there are GPUs to pin them to.
+    GPUs are grouped in consecutive runs of `devices_per_fold`; by default as many folds run as there
+    are whole groups. Example with 8 visible GPUs: (None, 1) -> ["0", ..., "7"]; (None, 2) ->
+    ["0,1", "2,3", "4,5", "6,7"]; (2, 2) -> ["0,1", "2,3"]. Without GPUs: (None, k) -> ["cpu:0"],
+    (2, k) -> ["cpu:0", "cpu:1"] (processes share the CPU). Raises ValueError, naming the fix, when
+    the GPUs cannot give every parallel fold its own devices.
     """
     devices = list(visible_cuda_devices() if cuda_devices is None else cuda_devices)
     if not devices:
         return [f"{CPU_SLOT_PREFIX}{i}" for i in range(max_parallel or 1)]
-    wanted = len(devices) if max_parallel is None else max_parallel
-    if wanted > len(devices):
+    groups = [devices[i : i + devices_per_fold] for i in range(0, len(devices) - devices_per_fold + 1, devices_per_fold)]
+    if not groups:
         raise ValueError(
-            f"cv.max_parallel={wanted} but only {len(devices)} CUDA device(s) are visible "
-            f"({','.join(devices)}); each fold process needs a GPU of its own: set cv.max_parallel to at most "
-            f"{len(devices)} (or leave it unset)"
+            f"train.num_processes={devices_per_fold} but only {len(devices)} CUDA device(s) are visible "
+            f"({','.join(devices)}); set train.num_processes to at most {len(devices)}"
         )
-    return devices[:wanted]
+    wanted = len(groups) if max_parallel is None else max_parallel
+    if wanted > len(groups):
+        raise ValueError(
+            f"cv.max_parallel={wanted} with train.num_processes={devices_per_fold} needs {wanted * devices_per_fold} "
+            f"GPUs, but only {len(devices)} CUDA device(s) are visible ({','.join(devices)}); each fold process "
+            f"needs GPUs of its own: set cv.max_parallel to at most {len(groups)} (or leave it unset)"
+        )
+    return [",".join(group) for group in groups[:wanted]]
 
 
 def slot_environment(slot: str) -> dict[str, str]:

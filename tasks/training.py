@@ -132,10 +132,13 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             train_ds = attach_teacher_probs(train_ds, read_teacher_probs(config.distill.teacher_csv))
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
-        result = core_training.train_fold(
-            config, train_ds, val_ds, folder,
-            callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
-        )
+        if config.train.num_processes > 1:
+            result = _train_fold_in_processes(config, fold, train_ds, val_ds, folder, mlflow_run_id, prepared.base_model)
+        else:
+            result = core_training.train_fold(
+                config, train_ds, val_ds, folder,
+                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id)], name_or_path=prepared.base_model,
+            )
         if result.resumed_from:
             logger.info("fold %d: resumed from %s", fold, result.resumed_from)
             tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
@@ -167,6 +170,45 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         ) from err
     logger.info("fold %d: val_log_loss=%.4f", fold, output.metrics.get("val_log_loss", float("nan")))
     return output
+
+
+def _train_fold_in_processes(
+    config: RunConfig, fold: int, train_ds, val_ds, folder: Path, mlflow_run_id: str, base_model: str
+) -> core_training.FoldResult:
+    """train.num_processes > 1: torchrun starts that many processes on the fold's rows (tasks/fold_worker.py).
+
+    The rows travel through the fold folder; torchrun restarts the group (up to twice) when a process
+    dies, and the new processes resume from the fold's latest checkpoint.
+    """
+    from tasks.fold_worker import RESULT_FILE
+
+    work = folder / "distributed"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    train_ds.save_to_disk(str(work / "train"))
+    val_ds.save_to_disk(str(work / "val"))
+    spec = {
+        "config": config.model_dump(mode="json"), "output_dir": str(folder), "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking.resolve_tracking_uri(config), "base_model": base_model,
+        "train": str(work / "train"), "val": str(work / "val"),
+    }
+    (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    processes = config.train.num_processes
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "--max-restarts=2", "-m", "tasks.fold_worker", str(work / "spec.json")]
+    LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
+    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
+        raise FoldFailedError(
+            f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "
+            "torchrun's restarts; see the fold run's log. Rerunning resumes from the fold's last checkpoint."
+        )
+    payload = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
+    return core_training.FoldResult(
+        adapter_dir=Path(payload["adapter_dir"]), val_predictions_path=Path(payload["val_predictions_path"]),
+        metrics=payload["metrics"], resumed_from=payload["resumed_from"],
+    )
 
 
 def _fold_flow_parameters(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool) -> dict:

@@ -23,7 +23,7 @@ def test_cpu_slots_without_gpus():
 
 
 def test_more_parallel_folds_than_gpus_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"cv.max_parallel=3 but only 2 CUDA device\(s\).*at most 2"):
+    with pytest.raises(ValueError, match=r"cv.max_parallel=3 .*only 2 CUDA device\(s\).*at most 2"):
         plan_device_slots(3, cuda_devices=["0", "1"])
 
 
@@ -59,3 +59,15 @@ def test_a_taken_slot_is_not_handed_out_again_until_it_is_returned():
         t.join()
     assert sorted(e[2] for e in events if e[1] == "start") in (["0", "0", "0", "1", "1"], ["0", "0", "1", "1", "1"])
     assert not held
+
+
+def test_folds_of_several_processes_get_groups_of_gpus():
+    eight = [str(i) for i in range(8)]
+    assert plan_device_slots(None, 2, cuda_devices=eight) == ["0,1", "2,3", "4,5", "6,7"]  # 4 folds x 2 GPUs
+    assert plan_device_slots(2, 2, cuda_devices=eight) == ["0,1", "2,3"]
+    assert plan_device_slots(None, 3, cuda_devices=eight) == ["0,1,2", "3,4,5"]
+    assert slot_environment("2,3") == {"CUDA_VISIBLE_DEVICES": "2,3", DEVICE_SLOT_ENV: "2,3"}
+    with pytest.raises(ValueError, match="needs 10 GPUs"):
+        plan_device_slots(5, 2, cuda_devices=eight)
+    with pytest.raises(ValueError, match="train.num_processes=4 but only 2"):
+        plan_device_slots(None, 4, cuda_devices=["0", "1"])
