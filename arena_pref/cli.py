@@ -148,6 +148,13 @@ def preflight(config) -> None:
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path)
+    if config.cv.execution == "subprocess":
+        from pref_core.devices import plan_device_slots
+
+        try:
+            plan_device_slots(config.cv.max_parallel, config.train.num_processes)
+        except ValueError as err:
+            raise UserError(str(err)) from None
 
 
 def check_split(config, parsed_path) -> None:

@@ -27,6 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STATE_DIR = PROJECT_ROOT / ".stack"
 ORCHESTRATION_POOL = "arena-orchestration"
 GPU_POOL = "arena-gpu"
+LOCAL_DEPLOYMENTS = ("cv-training/gpu", "train-fold/gpu", "predict/local")
 
 
 class StackError(RuntimeError):
@@ -168,7 +169,9 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, gpus: Optional[int] = None, prefect_
         for pool in (ORCHESTRATION_POOL, GPU_POOL):
             _run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env, f"creating pool {pool}")
         if deploy:
-            _run([_bin("prefect"), "--no-prompt", "deploy", "--all"], env, "deploying prefect.yaml")
+            # Only the deployments of the local pools: the */k8s ones need a Kubernetes work pool.
+            _run([_bin("prefect"), "--no-prompt", "deploy", *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name))],
+                 env, "deploying prefect.yaml")
         _spawn(state, "worker-orchestration", [_bin("prefect"), "worker", "start", "--pool", ORCHESTRATION_POOL,
                                                "--name", "orchestration", "--type", "process"], env)
         for i in range(n_gpus):

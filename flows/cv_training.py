@@ -7,9 +7,11 @@ from typing import Optional
 from prefect import flow
 from prefect.futures import wait
 from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preparation import prepare_inputs
 from pref_core.config import RunConfig
+from pref_core.devices import DeviceSlots, plan_device_slots
 from tasks import evaluation, registry, runs, training
 
 
@@ -40,12 +42,20 @@ def cv_training(
                        for k, run_id in fold_run_ids.items()]
             wait(futures)
             training.raise_failed_folds(futures)
-        else:
+        elif config.cv.execution == "subprocess":
+            # cv.max_parallel fold processes at once, one device slot each; a fold starts when a worker
+            # (and so a device) frees up. Every fold runs even if another fails; the errors come together.
+            slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
+            with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
+                futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
+                    config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash, force=force,
+                    slots=slots,
+                )) for k, run_id in fold_run_ids.items()]
+                wait(futures)
+            training.raise_failed_folds(futures)
+        else:  # in this process, on the inputs prepared above: no subflow or re-preparation
             for k, run_id in fold_run_ids.items():
-                if config.cv.execution == "subprocess":
-                    training.run_fold_in_subprocess(config, k, run_id, prepared.train_hash, force)
-                else:  # in this process, on the inputs prepared above: no subflow or re-preparation
-                    training.fit_fold(config, k, run_id, prepared, force=force)
+                training.fit_fold(config, k, run_id, prepared, force=force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)

@@ -189,6 +189,17 @@ class TrainConfig(_Section):
         if any(str(v).lower() in ("mlflow", "all") for v in values):
             raise ValueError(f"got {values}; MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
         return values
+    num_processes: int = Field(
+        1, ge=1,
+        description="Processes (one per GPU; on CPU, gloo processes) that train one fold together, launched with "
+        "torchrun. The rows of one optimizer step stay train.per_device_batch_size x "
+        "train.gradient_accumulation_steps: each process accumulates gradient_accumulation_steps / num_processes "
+        "batches, so a fold computes what a 1-process run computes (up to float rounding) in less time.",
+    )
+    distributed: Literal["ddp"] = Field(
+        "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
+        "share of every step's rows; LoRA on models that fit one GPU).",
+    )
 
 
 class CVConfig(_Section):
@@ -201,6 +212,12 @@ class CVConfig(_Section):
         "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
     )
     fold_deployment: str = Field("train-fold/gpu", description="Deployment that trains one fold (execution=deployment).")
+    max_parallel: Optional[int] = Field(
+        None, ge=1,
+        description="execution=subprocess: fold processes running at once, each pinned to its own CUDA device "
+        "through CUDA_VISIBLE_DEVICES; the next fold starts as soon as a device frees up. None: one per visible "
+        "CUDA device (1 on CPU). Does not change results.",
+    )
 
 
 class DistillConfig(_Section):
@@ -252,6 +269,12 @@ class RunConfig(_Section):
                 problems.append(f"cv.folds: got {bad}; fold indices must lie in 0..{self.cv.n_folds - 1} (cv.n_folds={self.cv.n_folds})")
         if self.model.quantization != "none" and self.train.mixed_precision == "fp16" and self.model.dtype == "bf16":
             problems.append("train.mixed_precision: fp16 with model.dtype=bf16 mixes half formats; use bf16 for both")
+        if self.train.gradient_accumulation_steps % self.train.num_processes:
+            problems.append(
+                f"train.gradient_accumulation_steps={self.train.gradient_accumulation_steps} is not a multiple of "
+                f"train.num_processes={self.train.num_processes}: each process accumulates an equal share of a step's "
+                "batches; set train.gradient_accumulation_steps to a multiple of train.num_processes"
+            )
         if self.distill.teacher_csv is not None and self.distill.hard_weight == self.distill.kl_weight == 0:
             problems.append("distill.hard_weight and distill.kl_weight are both 0: the loss would be 0; set either above 0")
         if problems:

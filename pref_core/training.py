@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -288,7 +289,9 @@ class PreferenceTrainer(Trainer):
         if self.swap != "none" and not isinstance(dataset, SwapViewDataset):
             raise ValueError(f"train.swap={self.swap} needs the train rows wrapped in SwapViewDataset "
                              "(train_fold does this); pass SwapViewDataset(train_ds)")
-        step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # Rows of one optimizer step over all processes (train.num_processes): the same length groups and
+        # order as a 1-process run, which accelerate then deals out batch by batch to the processes.
+        step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return EpochSeededSampler(
             dataset.lengths if isinstance(dataset, SwapViewDataset) else dataset_lengths(dataset),
             batch_size=step_rows // 2 if self.swap == "both" else step_rows,  # grouped by pairs
@@ -384,11 +387,18 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
     train = config.train
     precision = resolve_mixed_precision(train)
     rows_per_pair = 2 if train.swap == "both" else 1
+    processes = check_world_size(train)
+    distributed = {}
+    if processes > 1:
+        # Every LoRA weight takes part in every step: no search for unused parameters after each backward.
+        distributed = {"ddp_find_unused_parameters": False, "ddp_backend": None if torch.cuda.is_available() else "gloo"}
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=train.per_device_batch_size * rows_per_pair,
         per_device_eval_batch_size=train.eval_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        # Each process accumulates its share, so a step still sees per_device_batch_size x accumulation rows.
+        gradient_accumulation_steps=train.gradient_accumulation_steps // processes,
+        **distributed,
         num_train_epochs=train.num_epochs,
         max_steps=train.max_steps,
         learning_rate=train.learning_rate,
@@ -419,6 +429,28 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
         include_num_input_tokens_seen="non_padding",  # tokens per second, without padding
 
     )
+
+
+def world_size() -> int:
+    """Processes training this fold together: torchrun's WORLD_SIZE, 1 when not launched by it."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed fold (or the only process): the one that writes files and logs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def check_world_size(train_config: TrainConfig) -> int:
+    """train.num_processes, checked against how this process was started (torchrun for more than one)."""
+    launched = world_size()
+    if launched != train_config.num_processes:
+        raise ValueError(
+            f"train.num_processes={train_config.num_processes} but this process is one of {launched}: a fold "
+            "with several processes is started with torchrun (the pipeline does it; see tasks/training.py), "
+            f"so either run it through the pipeline or set train.num_processes={launched}"
+        )
+    return launched
 
 
 # -- data checks ----------------------------------------------------------------------------------------------------
@@ -689,6 +721,9 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         "train_tokens_per_second": tokens_per_second(trainer, float(train_output.metrics.get("train_runtime", 0.0))),
         "global_step": int(trainer.state.global_step),
     }
+    if not is_main_process():  # the other processes of a distributed fold: rank 0 writes and predicts
+        return FoldResult(adapter_dir=output_dir / ADAPTER_DIR, val_predictions_path=output_dir / VAL_PREDICTIONS_FILE,
+                          metrics=metrics, resumed_from=str(resume_from) if resume_from else None)
     if config.train.tta_swap:
         probabilities = predict(
             trainer.model, val_ds, batch_size=config.train.eval_batch_size, tta_swap=True,

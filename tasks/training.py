@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -24,14 +24,21 @@ from prefect.states import Completed, Failed, Pending
 from pref_core import training as core_training
 from pref_core.config import RunConfig
 from pref_core.progress import FoldProgressCallback, inherited_fds
+from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
 from tasks import tracking, workspace
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
 
+TAG_DEVICE = "arena_pref.device"
+
 
 class FoldFailedError(RuntimeError):
     """A fold's training failed; the message names the fold and where to look."""
+
+
+class FoldProcessKilledError(FoldFailedError):
+    """A fold's process was ended by a signal (OOM killer, preemption, SIGKILL): retried, it resumes."""
 
 
 @dataclass
@@ -82,6 +89,9 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
     tracking.set_tags(client, mlflow_run_id, {
         "arena_pref.attempt": attempt, "arena_pref.fold_dir": folder,
         "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid(),
+        # What this process was given (cv.max_parallel), and so which GPU it trained on.
+        "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),
     })
 
     if marker.exists():
@@ -105,11 +115,17 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         # The test set is predicted by the trained model in memory: no second load of the base.
         test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
         try:
-            result = core_training.train_fold(
-                config, train_ds, val_ds, folder,
-                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
-                name_or_path=prepared.base_model, test_ds=test_ds,
-            )
+            if config.train.num_processes > 1:
+                result = _train_fold_in_processes(
+                    config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
+                    folder, mlflow_run_id, prepared.base_model,
+                )
+            else:
+                result = core_training.train_fold(
+                    config, train_ds, val_ds, folder,
+                    callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
+                    name_or_path=prepared.base_model, test_ds=test_ds,
+                )
         except core_training.FoldOutOfMemoryError as err:
             raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
         if result.resumed_from:
@@ -159,6 +175,49 @@ def recorded_fold_error(config: RunConfig, mlflow_run_id: str) -> Optional[str]:
         return tracking.get_client(config).get_run(mlflow_run_id).data.tags.get(ERROR_TAG)
     except Exception:  # noqa: BLE001
         return None
+
+
+def _train_fold_in_processes(
+    config: RunConfig, fold: int, train_ds, val_ds, test_tokens_path: Optional[str], folder: Path,
+    mlflow_run_id: str, base_model: str,
+) -> core_training.FoldResult:
+    """train.num_processes > 1: torchrun starts that many processes on the fold's rows (tasks/fold_worker.py).
+
+    The rows travel through the fold folder; torchrun restarts the group (up to twice) when a process
+    dies, and the new processes resume from the fold's latest checkpoint.
+    """
+    from tasks.fold_worker import RESULT_FILE
+
+    work = folder / "distributed"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    train_ds.save_to_disk(str(work / "train"))
+    val_ds.save_to_disk(str(work / "val"))
+    spec = {
+        "config": config.model_dump(mode="json"), "output_dir": str(folder), "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking.resolve_tracking_uri(config), "base_model": base_model,
+        "train": str(work / "train"), "val": str(work / "val"),
+        # Rank 0 predicts the test rows with the trained model, as a 1-process fold does.
+        "test": test_tokens_path,
+    }
+    (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    processes = config.train.num_processes
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "--max-restarts=2", "-m", "tasks.fold_worker", str(work / "spec.json")]
+    LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
+    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
+        raise FoldFailedError(
+            f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "
+            "torchrun's restarts; see the fold run's log. Rerunning resumes from the fold's last checkpoint."
+        )
+    payload = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
+    return core_training.FoldResult(
+        adapter_dir=Path(payload["adapter_dir"]), val_predictions_path=Path(payload["val_predictions_path"]),
+        metrics=payload["metrics"], resumed_from=payload["resumed_from"],
+        test_predictions_path=Path(payload["test_predictions_path"]) if payload.get("test_predictions_path") else None,
+    )
 
 
 def _fold_flow_parameters(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool) -> dict:
@@ -211,16 +270,30 @@ def _retry_killed_fold(task, task_run, state) -> bool:
     """Retry a fold whose process was killed (OOM killer, preemption, SIGKILL): it resumes from its checkpoint."""
     try:
         state.result()
-    except FoldFailedError as err:
-        return "killed by signal" in str(err)
+    except FoldProcessKilledError:
+        return True
     except Exception:
         return False
     return False
 
 
 @task(name="train-fold-process", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_killed_fold, **TASK_DEFAULTS)
-def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> str:
-    """Run the `train-fold` flow for one fold in a fresh process (its CUDA memory is freed when it exits)."""
+def run_fold_in_subprocess(
+    config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False,
+    slots: Optional[DeviceSlots] = None,
+) -> str:
+    """Run the `train-fold` flow for one fold in a fresh process (its CUDA memory is freed when it exits).
+
+    With `slots` (cv.max_parallel), the process gets a free device slot of its own for as long as it runs.
+    """
+    if slots is None:
+        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=None)
+    with slots.take() as slot:
+        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=slot)
+
+
+def _run_fold_process(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool,
+                      slot: Optional[str]) -> str:
     from flows.train_fold import train_fold
 
     logger = get_run_logger()
@@ -236,8 +309,12 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
         "PREFECT__FLOW_RUN_ID": str(flow_run.id),
         # The Trainer must never open MLflow runs of its own.
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        **(slot_environment(slot) if slot is not None else {}),
     }
-    logger.info("fold %d: starting process for flow run %s (%s)", fold, flow_run.name, flow_run.id)
+    if slot is not None:
+        tracking.set_tags(tracking.get_client(config), mlflow_run_id, {TAG_DEVICE: slot})
+    logger.info("fold %d: starting process for flow run %s (%s)%s", fold, flow_run.name, flow_run.id,
+                f" on device {slot}" if slot is not None else "")
     proc = subprocess.run(
         [sys.executable, "-m", "prefect.flow_engine", "flows.train_fold:train_fold"],
         env=env, cwd=str(tracking.PROJECT_ROOT), pass_fds=inherited_fds(),  # the console, for its progress bar
@@ -253,7 +330,8 @@ def run_fold_in_subprocess(config: RunConfig, fold: int, mlflow_run_id: str, tra
             recorded = recorded_fold_error(config, mlflow_run_id) if proc.returncode > 0 else None
             if recorded:  # e.g. CUDA out of memory: the fold's own line says what to change
                 raise FoldFailedError(f"{recorded}; flow run '{flow_run.name}' ({flow_run.id}), MLflow run {mlflow_run_id}")
-            raise FoldFailedError(
+            error = FoldProcessKilledError if proc.returncode < 0 else FoldFailedError
+            raise error(
                 f"fold {fold} failed ({how}) in flow run '{flow_run.name}' ({flow_run.id}); "
                 f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."
             )
