@@ -44,10 +44,24 @@ clean:
 	rm -rf outputs .pytest_cache
 
 # Benchmarks (bench/, results in docs/benchmarks.md): CPU ones in under 10 minutes, and the GPU one.
-.PHONY: bench bench-gpu
+.PHONY: bench bench-gpu gpu-check gpu-wheels
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 bench-gpu: $(STAMP)
 	$(BIN)/python -m bench.gpu_throughput
+
+# The whole GPU check in one command of at most 8 minutes (bench/gpu_check.py; docs/benchmarks.md):
+# wheels from .whl/, `pytest -m gpu tests/gpu`, the 8B throughput benchmark, prediction timing; writes
+# OUT/summary.json and logs. It runs under the machine's own python3 (GPU images have no .venv), so it
+# has no install prerequisite. `make gpu-check OUT=DIR SMALL=1` is the CPU dry run (2-layer config).
+GPU_PYTHON ?= python3
+OUT ?= bench/results/gpu-check
+
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check --out $(OUT) $(if $(SMALL),--small)
+
+# Download the wheels gpu-check installs there (Python 3.12, manylinux x86-64) into .whl/ (git-ignored).
+gpu-wheels:
+	bash bench/gpu_wheels.sh .whl

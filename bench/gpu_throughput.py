@@ -22,22 +22,33 @@ head at one position are counted, so MFU ratios equal throughput ratios. The two
 side and run in alternating blocks of steps; a side's peak memory is the allocator's peak during its
 blocks less what the other side holds. Random weights have no activation outliers, so LLM.int8 runs
 its fast path: the seed's speed here is, if anything, flattered.
+
+After the alternating blocks the seed's model is freed and ours (the same model, built once) shows where
+the headroom is (`--headroom`, on by default): rows of realistic lengths at max_length 2048 with the seed's
+batch, then with the largest batch that fits (found by probing one training step on full-length rows at
+doubling, then bisected, batch sizes until the allocator runs out of memory; capped by `--max-batch`).
+Then it times `pref_core.inference.predict` on `--predict-rows` (1,000) realistic rows, with and without
+swap TTA (`--predict`, on by default). `make gpu-check` (bench/gpu_check.py) runs all of this on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from bench.lengths import sample_token_lengths
 from bench.report import Verdict, print_table, save_results
 
 NAME = "gpu_throughput"
 GOAL = 3.0  # ours at least 3x the seed's real tokens per second
+MFU_GOAL = 0.40  # and at least 40% MFU for ours (issue 18), on the GPU
 
 # Meta-Llama-3-8B's config.json, written out (no download).
 LLAMA3_8B = dict(
@@ -54,6 +65,11 @@ PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 
 LABEL_TOKEN_IDS = (64, 65, 49_831)  # any three rows of the head: the weights are random
 
 
+def pick_label_token_ids(vocab_size: int) -> tuple[int, int, int]:
+    """LABEL_TOKEN_IDS, or three rows that exist in a smaller vocabulary (--vocab)."""
+    return LABEL_TOKEN_IDS if vocab_size > max(LABEL_TOKEN_IDS) else (64, 65, vocab_size - 7)
+
+
 @dataclass
 class Side:
     name: str
@@ -61,6 +77,7 @@ class Side:
     step: object  # callable(batch) -> loss
     batches: list  # list of dict(input_ids, attention_mask, labels) on the device
     resident_bytes: int = 0
+    optimizer: object = None  # cleared after a step that ran out of memory
 
 
 def find_peak_tflops(device_name: str, override: float | None) -> float | None:
@@ -142,7 +159,7 @@ def build_seed_side(config_kwargs: dict, device, batches: list) -> Side:
     model = get_peft_model(model, lora_config("CAUSAL_LM"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     scaler = torch.amp.GradScaler(device.type)
-    label_ids = torch.tensor(LABEL_TOKEN_IDS, device=device)
+    label_ids = torch.tensor(pick_label_token_ids(config_kwargs["vocab_size"]), device=device)
 
     def step(batch):
         with torch.autocast(device.type, dtype=torch.float16):
@@ -159,7 +176,7 @@ def build_seed_side(config_kwargs: dict, device, batches: list) -> Side:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    return Side("seed", model, step, batches)
+    return Side("seed", model, step, batches, optimizer=optimizer)
 
 
 def build_our_side(config_kwargs: dict, device, batches: list) -> Side:
@@ -171,7 +188,8 @@ def build_our_side(config_kwargs: dict, device, batches: list) -> Side:
 
     backbone = build_llama(config_kwargs, torch.bfloat16, device)
     backbone.requires_grad_(False)
-    model = get_peft_model(PreferenceModel(backbone, "label_token", LABEL_TOKEN_IDS), lora_config())
+    model = get_peft_model(PreferenceModel(backbone, "label_token", pick_label_token_ids(config_kwargs["vocab_size"])),
+                           lora_config())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
 
     def step(batch):
@@ -182,7 +200,7 @@ def build_our_side(config_kwargs: dict, device, batches: list) -> Side:
         optimizer.zero_grad(set_to_none=True)
         return loss
 
-    return Side("ours", model, step, batches)
+    return Side("ours", model, step, batches, optimizer=optimizer)
 
 
 def make_batches(lengths: np.ndarray, batch_size: int, grouped: bool, n_batches: int, pad_to_multiple_of, device,
@@ -235,17 +253,210 @@ def run_block(side: Side, batches: list, device) -> tuple[float, int]:
     return seconds, peak
 
 
-def measure(args) -> Verdict:
+def summarize_side(batches: list, seconds: float, peak_bytes: int, config, peak_tflops, batch: int) -> dict:
+    """Real tokens/s, peak memory, MFU and padding of timed steps over `batches`."""
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    positions = sum(int(b["attention_mask"].numel()) for b in batches)
+    row_lengths = np.concatenate([b["attention_mask"].sum(dim=1).cpu().numpy() for b in batches])
+    flops = count_useful_flops(row_lengths, config)
+    return {
+        "tokens_per_s": real / seconds, "seconds": seconds, "peak_gib": peak_bytes / 2**30,
+        "padding": 1 - real / positions, "real_tokens": real, "steps": len(batches), "batch": batch,
+        "mfu": flops / seconds / (peak_tflops * 1e12) if peak_tflops else float("nan"),
+    }
+
+
+def free_side(sides: dict, name: str, device) -> None:
+    """Drop one side's model, optimizer state and batches so that the other has the whole GPU."""
     import torch
 
-    from bench.lengths import sample_token_lengths
+    side = sides.pop(name)
+    side.model = side.step = side.optimizer = side.batches = None
+    del side
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def make_full_length_batch(batch_size: int, length: int, vocab: int, device) -> dict:
+    """A worst-case batch: every row `length` real tokens (what the longest length group of an epoch holds)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(batch_size)
+    return {
+        "input_ids": torch.randint(1000, vocab, (batch_size, length), generator=generator).to(device),  # (b, seq)
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long, device=device),  # (b, seq)
+        "labels": (torch.arange(batch_size) % 3).to(device),  # (b,)
+    }
+
+
+def try_step(side: Side, batch: dict, device) -> bool:
+    """One training step; False (memory released, gradients cleared) when CUDA ran out of memory."""
+    import torch
+
+    try:
+        side.step(batch)
+        _sync(device)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        pass  # leave the except block first: its traceback holds the step's activations
+    if side.optimizer is not None:
+        side.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.cuda.empty_cache()
+    return False
+
+
+def find_largest_batch(side: Side, length: int, vocab: int, device, start: int, cap: int,
+                       bisect_probes: int = 3) -> dict:
+    """Largest batch of full-length rows for which one training step fits: doubling from `start`, then
+    bisection between the last fit and the first out-of-memory batch (at most `bisect_probes` probes)."""
+    probes = []
+    fit, oom = 0, None
+    batch = start
+    while batch <= cap:
+        ok = try_step(side, make_full_length_batch(batch, length, vocab, device), device)
+        probes.append({"batch": batch, "fits": ok})
+        if not ok:
+            oom = batch
+            break
+        fit, batch = batch, batch * 2
+    while oom is not None and fit and oom - fit > 1 and bisect_probes > 0:
+        batch = (fit + oom) // 2
+        ok = try_step(side, make_full_length_batch(batch, length, vocab, device), device)
+        probes.append({"batch": batch, "fits": ok})
+        fit, oom = (batch, oom) if ok else (fit, batch)
+        bisect_probes -= 1
+    limit = "out of memory" if oom is not None else f"--max-batch {cap} (never ran out of memory)"
+    return {"largest_batch": fit, "first_oom_batch": oom, "limited_by": limit, "probes": probes,
+            "probe_length": length}
+
+
+def profile_step(side: Side, batch: dict, device, row_limit: int = 15) -> dict:
+    """Where one training step's time goes: torch.profiler's table (printed) and its top operators."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        side.step(batch)
+        _sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    averages = prof.key_averages()
+    print(f"\n== profile of one {side.name} step (batch {batch['input_ids'].shape[0]}, "
+          f"width {batch['input_ids'].shape[1]}), sorted by {key}")
+    print(averages.table(sort_by=key, row_limit=row_limit), flush=True)
+    rows = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:row_limit]
+    return {"sorted_by": key, "top": [{"op": e.key, "ms": getattr(e, key) / 1e3, "calls": e.count} for e in rows]}
+
+
+class ColumnRows:
+    """The part of a datasets.Dataset that pref_core.inference.predict reads, over plain lists: used only
+    when datasets cannot be imported (the GPU image lacks it unless its wheel was brought)."""
+
+    def __init__(self, columns: dict):
+        self._columns = columns
+
+    @property
+    def column_names(self) -> list:
+        return list(self._columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self._columns.values())))
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self._columns[key]
+        return {name: [values[i] for i in key] for name, values in self._columns.items()}
+
+    def select_columns(self, names) -> "ColumnRows":
+        return ColumnRows({name: self._columns[name] for name in names})
+
+    def select(self, indices) -> "ColumnRows":
+        return ColumnRows(self[list(indices)])
+
+
+def make_prediction_rows(n: int, max_length: int, vocab: int, seed: int):
+    """`n` rows of realistic lengths with random ids, both views (a/b swapped: same length, other ids)."""
+    lengths = sample_token_lengths(n, max_length=max_length, seed=seed)
+    rng = np.random.default_rng(seed)
+    columns = {
+        "input_ids": [rng.integers(1000, vocab, size=int(k)).tolist() for k in lengths],
+        "length": lengths.tolist(),
+        "input_ids_swap": [rng.integers(1000, vocab, size=int(k)).tolist() for k in lengths],
+        "length_swap": lengths.tolist(),
+    }
+    try:
+        from datasets import Dataset
+
+        return Dataset.from_dict(columns), "datasets.Dataset"
+    except ImportError:
+        return ColumnRows(columns), "bench.gpu_throughput.ColumnRows (datasets not importable)"
+
+
+def measure_prediction(side: Side, args, config, device) -> dict:
+    """Rows/s of pref_core.inference.predict on realistic rows, without and with swap TTA."""
+    from pref_core.inference import predict
+
+    dataset, kind = make_prediction_rows(args.predict_rows, args.max_length, config.vocab_size, args.seed + 7)
+    pad = 8 if device.type == "cuda" else None
+    warm = dataset.select(range(min(len(dataset), 2 * args.predict_batch)))
+    predict(side.model, warm, batch_size=args.predict_batch, pad_to_multiple_of=pad)  # warm-up: kernels
+    real = int(sum(dataset["length"]))
+    out = {"rows": len(dataset), "batch": args.predict_batch, "max_length": args.max_length, "dataset": kind,
+           "mean_length": real / len(dataset)}
+    for name, tta in (("no_tta", False), ("tta", True)):
+        _sync(device)
+        start = time.perf_counter()
+        probabilities = predict(side.model, dataset, batch_size=args.predict_batch, tta_swap=tta, pad_to_multiple_of=pad)
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if not (np.isfinite(probabilities).all() and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)):
+            raise RuntimeError(f"prediction ({name}) gave probabilities that are not finite or do not sum to 1")
+        views = 2 if tta else 1
+        out[name] = {"seconds": seconds, "rows_per_s": len(dataset) / seconds,
+                     "real_tokens_per_s": views * real / seconds}
+        print(f"  predict {name}: {seconds:.2f} s, {len(dataset) / seconds:.1f} rows/s", flush=True)
+    return out
+
+
+def measure_headroom(side: Side, args, config, device, peak_tflops) -> dict:
+    """Ours alone at max_length `args.headroom_length`: the seed's batch, then the largest batch that fits."""
+    lengths = sample_token_lengths(args.rows, max_length=args.headroom_length, seed=args.seed + 3)
+    pad = 8 if device.type == "cuda" else None
+    out = {"max_length": args.headroom_length}
+    search = find_largest_batch(side, args.headroom_length, config.vocab_size, device, start=args.seed_batch,
+                                cap=args.max_batch)
+    print(f"  largest batch at {args.headroom_length} tokens: {search['largest_batch']} ({search['limited_by']}); "
+          f"probes {search['probes']}", flush=True)
+    out["search"] = search
+    settings = [("seed_batch", args.seed_batch)]
+    if search["largest_batch"] and search["largest_batch"] != args.seed_batch:
+        settings.append(("largest_batch", search["largest_batch"]))
+    for name, batch in settings:
+        batches = make_batches(lengths, batch, True, args.headroom_steps + 1, pad, device, config.vocab_size,
+                               args.seed + batch)
+        side.step(batches[0])  # warm-up at this shape
+        seconds, peak = run_block(side, batches[1:], device)
+        out[name] = summarize_side(batches[1:], seconds, peak, config, peak_tflops, batch)
+        print(f"  ours, batch {batch} at {args.headroom_length} tokens: {out[name]['tokens_per_s']:,.0f} tokens/s",
+              flush=True)
+    if "largest_batch" not in out:
+        out["largest_batch"] = dict(out["seed_batch"])
+    return out
+
+
+def measure(args) -> Verdict:
+    import torch
 
     device = torch.device("cpu" if args.small else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench.gpu_throughput needs CUDA for the full config; use --small to run it on CPU")
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    config_kwargs = SMALL if args.small else LLAMA3_8B
+    config_kwargs = dict(SMALL if args.small else LLAMA3_8B)
+    if args.vocab:
+        config_kwargs.update(vocab_size=args.vocab, bos_token_id=1, eos_token_id=2)
     from transformers import LlamaConfig
 
     config = LlamaConfig(**config_kwargs)
@@ -256,12 +467,17 @@ def measure(args) -> Verdict:
                                config.vocab_size, args.seed)
 
     sides = {}
+    build_seconds = {}
     for name, build, batches in (("seed", build_seed_side, seed_batches), ("ours", build_our_side, our_batches)):
         before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+        start = time.perf_counter()
         sides[name] = build(config_kwargs, device, batches)
         sides[name].step(batches[0])  # warm-up: kernels, optimizer state, autotuning
+        _sync(device)
+        build_seconds[name] = time.perf_counter() - start
         sides[name].resident_bytes = (torch.cuda.memory_allocated() - before) if device.type == "cuda" else 0
-        print(f"built {name}: {sides[name].resident_bytes / 2**30:.2f} GiB resident", flush=True)
+        print(f"built {name}: {sides[name].resident_bytes / 2**30:.2f} GiB resident, {build_seconds[name]:.1f} s "
+              "(build + warm-up step)", flush=True)
 
     times = {name: [] for name in sides}
     peaks = {name: [] for name in sides}
@@ -276,38 +492,63 @@ def measure(args) -> Verdict:
             peaks[name].append(peak - other if device.type == "cuda" else peak)
             print(f"  block {block} {name}: {seconds:.2f} s", flush=True)
 
-    peak_tflops = find_peak_tflops(torch.cuda.get_device_name(0), args.peak_tflops) if device.type == "cuda" else None
+    device_name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    peak_tflops = find_peak_tflops(device_name, args.peak_tflops) if device.type == "cuda" else None
     results = {}
     for name, side in sides.items():
-        used = side.batches[1:]
-        real = sum(int(b["attention_mask"].sum()) for b in used)
-        positions = sum(int(b["attention_mask"].numel()) for b in used)
-        seconds = sum(times[name])
-        row_lengths = np.concatenate([b["attention_mask"].sum(dim=1).cpu().numpy() for b in used])
-        flops = count_useful_flops(row_lengths, config)
-        results[name] = {
-            "tokens_per_s": real / seconds, "seconds": seconds, "block_seconds": times[name],
-            "peak_gib": max(peaks[name]) / 2**30, "padding": 1 - real / positions, "real_tokens": real,
-            "mfu": flops / seconds / (peak_tflops * 1e12) if peak_tflops else float("nan"),
-            "batch": args.seed_batch if name == "seed" else args.our_batch,
-        }
+        results[name] = summarize_side(side.batches[1:], sum(times[name]), max(peaks[name]), config, peak_tflops,
+                                       args.seed_batch if name == "seed" else args.our_batch)
+        results[name]["block_seconds"] = times[name]
+        results[name]["build_seconds"] = build_seconds[name]
     ratio = results["ours"]["tokens_per_s"] / results["seed"]["tokens_per_s"]
+
+    profiles = {}
+    if args.profile:
+        for name, side in sides.items():
+            try:
+                profiles[name] = profile_step(side, side.batches[-1], device)
+            except Exception as error:  # diagnostics only: never lose the measurements over it
+                profiles[name] = {"error": f"{type(error).__name__}: {error}"}
+    free_side(sides, "seed", device)
+    ours = sides["ours"]
+    headroom = measure_headroom(ours, args, config, device, peak_tflops) if args.headroom else None
+    prediction = measure_prediction(ours, args, config, device) if args.predict else None
+
     memory_label = "peak GiB (allocator)" if device.type == "cuda" else "peak GiB (RSS growth)"
+    rows = [[name, r["batch"], args.max_length, r["tokens_per_s"], r["peak_gib"], r["mfu"] * 100, r["padding"] * 100]
+            for name, r in results.items()]
+    if headroom:
+        for key in ("seed_batch", "largest_batch"):
+            r = headroom[key]
+            rows.append([f"ours ({key.replace('_', ' ')})", r["batch"], headroom["max_length"], r["tokens_per_s"],
+                         r["peak_gib"], r["mfu"] * 100, r["padding"] * 100])
     print_table(
-        f"training throughput, {'small config on CPU' if args.small else 'Llama-3-8B config on ' + torch.cuda.get_device_name(0)}"
+        f"training throughput, {'small config on CPU' if args.small else 'Llama-3-8B config on ' + device_name}"
         f", {args.blocks} alternating blocks x {args.steps_per_block} steps per side",
-        ["side", "batch", "real tokens/s", memory_label, "MFU %", "padding %"],
-        [[name, r["batch"], r["tokens_per_s"], r["peak_gib"], r["mfu"] * 100, r["padding"] * 100]
-         for name, r in results.items()],
+        ["side", "batch", "max length", "real tokens/s", memory_label, "MFU %", "padding %"], rows,
     )
+    if prediction:
+        print_table(
+            f"prediction, {prediction['rows']} rows (mean {prediction['mean_length']:.0f} tokens), batch {prediction['batch']}",
+            ["swap TTA", "rows/s", "real tokens/s", "seconds"],
+            [[name, prediction[name]["rows_per_s"], prediction[name]["real_tokens_per_s"], prediction[name]["seconds"]]
+             for name in ("no_tta", "tta")],
+        )
     print(f"ours: {ratio:.2f}x the seed's real tokens/s (goal >= {GOAL:.0f}x on CUDA with the full config)")
     if args.small:
         verdict = Verdict(NAME, ratio, "x seed tokens/s (CPU smoke run, small config)",
                           f">={GOAL:.0f}x on CUDA, Llama-3-8B (make bench-gpu): not measured", False)
     else:
         verdict = Verdict(NAME, ratio, "x seed tokens/s (Llama-3-8B config)", f">={GOAL:.0f}x", ratio >= GOAL)
-    save_results(NAME + ("_small" if args.small else ""), verdict,
-                 {"args": vars(args), "results": results, "peak_tflops": peak_tflops, "ratio": ratio})
+    details = {
+        "args": vars(args), "device": device_name, "config": "small (2 layers, CPU)" if args.small else "Meta-Llama-3-8B",
+        "results": results, "peak_tflops": peak_tflops, "ratio": ratio, "headroom": headroom,
+        "prediction": prediction, "profile": profiles,
+        "goals": {"ratio": GOAL, "mfu": MFU_GOAL, "measured_on_gpu": not args.small},
+    }
+    if device.type == "cuda":
+        details["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    save_results(NAME + ("_small" if args.small else ""), verdict, details, out=args.out)
     return verdict
 
 
@@ -323,10 +564,32 @@ def parse_args(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, if the GPU is not in the table")
     parser.add_argument("--threads", type=int, default=1, help="torch threads with --small (see bench.orchestration)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="vocabulary size instead of Llama-3's 128,256 (a faster dry run: the seed's full logits "
+                             "in fp16 are slow on CPU)")
+    parser.add_argument("--headroom", action=argparse.BooleanOptionalAction, default=True,
+                        help="ours alone at --headroom-length: the seed's batch, then the largest batch that fits")
+    parser.add_argument("--headroom-length", type=int, default=None, help="default 2048, 512 with --small")
+    parser.add_argument("--headroom-steps", type=int, default=None, help="timed steps per batch (default 6, 2 with --small)")
+    parser.add_argument("--max-batch", type=int, default=None, help="largest batch probed (default 64, 8 with --small)")
+    parser.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
+                        help="time pref_core.inference.predict on realistic rows, with and without swap TTA")
+    parser.add_argument("--predict-rows", type=int, default=None, help="default 1000, 200 with --small")
+    parser.add_argument("--predict-batch", type=int, default=None, help="default 16, 8 with --small")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                        help="profile one step per side (default: on CUDA only)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results file (default bench/results/gpu_throughput[_small].json)")
     args = parser.parse_args(argv)
     args.max_length = args.max_length or (256 if args.small else 1024)
     args.blocks = args.blocks or (2 if args.small else 4)
     args.steps_per_block = args.steps_per_block or (2 if args.small else 8)
+    args.headroom_length = args.headroom_length or (512 if args.small else 2048)
+    args.headroom_steps = args.headroom_steps or (2 if args.small else 6)
+    args.max_batch = args.max_batch or (8 if args.small else 64)
+    args.predict_rows = args.predict_rows or (200 if args.small else 1000)
+    args.predict_batch = args.predict_batch or (8 if args.small else 16)
+    args.profile = (not args.small) if args.profile is None else args.profile
     return args
 
 
