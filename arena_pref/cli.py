@@ -287,9 +287,36 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: Optional[str]) -> None:
+    """Before the predict flow: the registered model's base (or --base-model) is on this machine or reachable.
+    Reads only the bundle's base_model.json; when even that cannot be fetched, the flow reports why."""
+    import json
+    import tempfile
+
+    import mlflow
+
+    from pref_core.base_model import BaseModelError, check_base_available
+    from tasks.pyfunc_model import BUNDLE_ARTIFACT
+    from tasks.tracking import default_tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{BUNDLE_ARTIFACT}/base_model.json", dst_path=tmp)
+            fingerprint = json.loads(Path(path).read_text())
+        except Exception:  # noqa: BLE001 (an unknown model or store: the flow's own error names it)
+            return
+    try:
+        check_base_available(fingerprint, base_model)
+    except BaseModelError as err:
+        raise UserError(str(err)) from None
+
+
 def cmd_predict(args) -> int:
     from flows.predict import predict
 
+    check_predict_base(args.model, args.tracking_uri, args.base_model)
     out = predict(args.model, args.test_csv, args.out, args.tracking_uri, args.base_model)
     print(f"submission written to {out}")
     return 0

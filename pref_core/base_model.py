@@ -356,3 +356,30 @@ def locate_base(fingerprint: dict, override: Optional[str] = None) -> str:
         except BaseModelError as err:
             raise BaseModelError(f"{err}; or pass --base-model PATH pointing at a local copy of {described}") from None
     return recorded  # a bundle from before fingerprints had a kind: load as recorded
+
+
+def check_base_available(fingerprint: dict, override: Optional[str] = None) -> None:
+    """The cheap part of `locate_base`, for a command's preflight: the override or the recorded folder exists,
+    or a Hub base is in the cache or the Hub answers. Content hashes are checked by `locate_base` itself."""
+    kind, recorded = fingerprint.get("kind"), fingerprint["name_or_path"]
+    if override is not None:
+        if not (Path(override).expanduser() / CONFIG_FILE).is_file():
+            raise BaseModelError(f"--base-model {override}: no {CONFIG_FILE} there; point at a folder holding a copy "
+                                 f"of the base model {recorded}")
+        return
+    if kind == "local" and not Path(recorded).is_dir():
+        sha = (fingerprint.get("content_sha256") or "?")[:12]
+        raise BaseModelError(
+            f"the registered model's base is the local folder {recorded} (content sha256 {sha}), which is not on "
+            "this machine; pass --base-model PATH pointing at a copy of it")
+    if kind == "hub":
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        revision = fingerprint.get("commit") or fingerprint.get("revision")
+        cached = try_to_load_from_cache(recorded, CONFIG_FILE, revision=revision)
+        if not isinstance(cached, str) and (constants.is_offline_mode() or not hub_reachable()):
+            raise BaseModelError(
+                f"the registered model's base {recorded} (commit {revision or 'main'}) is not in the local Hugging "
+                f"Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be used; `hf download {recorded}"
+                + (f" --revision {revision}" if revision else "") + "` first, or pass --base-model PATH pointing at a "
+                "local copy")

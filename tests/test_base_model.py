@@ -277,3 +277,39 @@ def test_hub_base_fingerprint_is_id_and_commit_and_missing_names_base_model_opti
     (other / "config.json").write_text("{}")
     with pytest.raises(BaseModelError, match="a snapshot of commit cccccccccccc"):
         locate_base(fingerprint, str(other))
+
+
+def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model(tmp_path, capsys):
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from arena_pref import cli
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "base_model.json").write_text(json.dumps(
+        {"kind": "local", "name_or_path": str(tmp_path / "gone"), "revision": None, "content_sha256": "ab" * 32}))
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"bundle": str(bundle)})
+    client = MlflowClient(uri)
+    client.create_registered_model("arena-pref")
+    version = client.create_model_version("arena-pref", source=info.model_uri, run_id=run.info.run_id,
+                                          model_id=info.model_id)
+    client.set_registered_model_alias("arena-pref", "champion", version.version)
+
+    args = ["predict", "--test-csv", str(tmp_path / "test.csv"), "--tracking-uri", uri]
+    capsys.readouterr()  # the store's setup logs
+    assert cli.main(args) == 2
+    stderr = capsys.readouterr().err
+    (err,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert str(tmp_path / "gone") in err and "--base-model PATH" in err and "Traceback" not in stderr
+    assert cli.main([*args, "--base-model", str(tmp_path / "nowhere")]) == 2
+    assert "no config.json" in capsys.readouterr().err
