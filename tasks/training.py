@@ -58,6 +58,7 @@ def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
         tags={tracking.TAG_PARENT: parent_run_id, tracking.TAG_FOLD: str(fold), tracking.TAG_KIND: "fold"},
     )
     tracking.log_params(client, run.info.run_id, {**config.flat(), "fold": fold})
+    tracking.log_config(client, run.info.run_id, config)
     return run.info.run_id
 
 
@@ -123,11 +124,13 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             train_ds = attach_teacher_probs(train_ds, read_teacher_probs(config.distill.teacher_csv))
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
-        result = core_training.train_fold(
-            config, train_ds, val_ds, folder,
-            callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
-            name_or_path=prepared.base_model,
-        )
+        monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
+        with monitor:
+            result = core_training.train_fold(
+                config, train_ds, val_ds, folder,
+                callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
+                name_or_path=prepared.base_model,
+            )
         if result.resumed_from:
             logger.info("fold %d: resumed from %s", fold, result.resumed_from)
             tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
