@@ -58,13 +58,9 @@ def _load(config_path: str | Path, overrides: Sequence[str]):
 
 def registry_decision(result: dict) -> str:
     """The registry's decision in plain words (the first version becoming @champion is not a failure)."""
-    uri, reason = result["model_uri"], result["promotion"]
-    version = uri.rsplit("/", 1)[-1]
-    if result.get("promoted"):
-        if reason == "no champion yet":
-            return f"{uri} is now @champion (the first version registered)"
-        return f"{uri} is now @champion: {reason}"
-    return f"{uri} is @challenger, @champion unchanged: {reason}" if version else reason
+    from tasks.artifacts import decision_in_words
+
+    return decision_in_words(result["model_uri"], bool(result.get("promoted")), result["promotion"])
 
 
 def _run_link(tracking_uri: str, run_id: str) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Optional
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.preparation import prepare_inputs
 from pref_core.config import RunConfig
 from pref_core.devices import DeviceSlots, plan_device_slots
-from tasks import evaluation, registry, runs, training
+from tasks import artifacts, evaluation, registry, runs, training
 
 
 @flow(name="cv-training", log_prints=True)
@@ -22,25 +22,37 @@ def cv_training(
     overrides: Optional[list[str]] = None,
     fold_execution: Optional[str] = None,
     force: bool = False,
+    train_csv: Optional[str] = None,
+    test_csv: Optional[str] = None,
+    n_folds: Optional[int] = None,
+    model_name_or_path: Optional[str] = None,
+    learning_rate: Optional[float] = None,
+    num_epochs: Optional[float] = None,
 ) -> dict:
     """K-fold LoRA fine-tuning with out-of-fold evaluation, tracked in one parent MLflow run.
 
     Give either `config` or `config_path` (+ `overrides`, `key=value` strings). `fold_execution`
     overrides cv.execution (the GPU deployment sets `deployment`). `force` retrains folds that an
-    earlier run with the same config and data finished.
+    earlier run with the same config and data finished. The typed parameters after `force` (a form in the
+    Prefect UI) override their config fields, after `overrides`.
     """
-    config = runs.resolve_config(config, config_path, overrides or [], fold_execution)
+    typed = {"data.train_csv": train_csv, "data.test_csv": test_csv, "cv.n_folds": n_folds,
+             "model.name_or_path": model_name_or_path, "train.learning_rate": learning_rate, "train.num_epochs": num_epochs}
+    overrides = [*(overrides or []), *(f"{k}={v}" for k, v in typed.items() if v is not None)]
+    config = runs.resolve_config(config, config_path, overrides, fold_execution)
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
         runs.log_inputs(config, parent_run_id, prepared)
         folds = config.cv.folds if config.cv.folds is not None else list(range(config.cv.n_folds))
         fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k) for k in folds}
+        progress = artifacts.start_progress(len(fold_run_ids))
         if config.cv.execution == "deployment":
             # All folds at once; each GPU worker takes one at a time (--limit 1).
             futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
                        for k, run_id in fold_run_ids.items()]
-            wait(futures)
+            for done, _ in enumerate(as_completed(futures), start=1):
+                artifacts.advance_progress(progress, done, len(futures))
             training.raise_failed_folds(futures)
         elif config.cv.execution == "subprocess":
             # cv.max_parallel fold processes at once, one device slot each; a fold starts when a worker
@@ -51,14 +63,17 @@ def cv_training(
                     config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash, force=force,
                     slots=slots,
                 )) for k, run_id in fold_run_ids.items()]
-                wait(futures)
+                for done, _ in enumerate(as_completed(futures), start=1):
+                    artifacts.advance_progress(progress, done, len(futures))
             training.raise_failed_folds(futures)
         else:  # in this process, on the inputs prepared above: no subflow or re-preparation
-            for k, run_id in fold_run_ids.items():
+            for done, (k, run_id) in enumerate(fold_run_ids.items(), start=1):
                 training.fit_fold(config, k, run_id, prepared, force=force)
+                artifacts.advance_progress(progress, done, len(fold_run_ids))
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
+        artifacts.publish_summary(config, parent_run_id, fold_run_ids, oof, registered, submission)
     except BaseException:
         runs.close_run(config, parent_run_id, "FAILED")
         raise

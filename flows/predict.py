@@ -10,7 +10,14 @@ from tasks.prediction import predict_submission
 
 
 @flow(name="predict", log_prints=True)
-def predict(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None,
-            base_model: Optional[str] = None) -> str:
-    """`base_model`: a local copy of the base model (checked against the registered fingerprint)."""
+def predict(
+    model_uri: str = "models:/arena-pref@champion",
+    test_csv: str = "outputs/demo/data/test.csv",
+    out: str = "outputs/submission.csv",
+    tracking_uri: Optional[str] = None,
+    base_model: Optional[str] = None,
+) -> str:
+    """A submission from a registered model. Defaults: the champion, the demo's test file, outputs/submission.csv
+    (paths relative to the project root on the worker); `tracking_uri` defaults to $MLFLOW_TRACKING_URI;
+    `base_model`: a local copy of the base model (checked against the registered fingerprint)."""
     return predict_submission(model_uri, test_csv, out, tracking_uri, base_model)

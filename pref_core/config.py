@@ -246,6 +246,9 @@ class TrackingConfig(_Section):
     )
     experiment: str = "arena-pref"
     registered_model: str = "arena-pref"
+    system_metrics_interval_s: float = Field(
+        10.0, ge=0.0, description="Seconds between CPU/memory/GPU samples on fold runs (MLflow system metrics); 0: off."
+    )
 
 
 class RunConfig(_Section):

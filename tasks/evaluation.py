@@ -91,6 +91,8 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
             core_metrics.compute_log_loss(labels, apply_temperature(probs, temperature))
         )
 
+    plot_temperature = temperature if config.calibration.method == "temperature" else fit_temperature(labels, probs)
+
     out_dir = workspace.run_dir(config, prepared.run_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     oof_path = out_dir / "oof_predictions.parquet"
@@ -102,6 +104,11 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
         "plots/fold_log_loss.png": plots.plot_fold_log_loss(fold_log_loss, metrics["oof_log_loss"], metrics["prior_log_loss"]),
         "plots/reliability.png": plots.plot_reliability(labels, probs),
         "plots/confusion_matrix.png": plots.plot_confusion(labels, probs),
+        # The fitted temperature is shown even when calibration.method=none (then it is not applied).
+        "plots/calibration_temperature.png": plots.plot_calibration_before_after(
+            labels, probs, apply_temperature(probs, plot_temperature), plot_temperature),
+        "plots/log_loss_by_length.png": plots.plot_log_loss_by_length(
+            labels, probs, _text_lengths(prepared.train.parsed_path, oof["id"]), metrics["oof_log_loss"]),
     }
     for name, figure in figures.items():
         client.log_figure(parent_run_id, figure, name)
@@ -115,6 +122,13 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
     fold_rows = {k: int((fold_index == k).sum()) for k in fold_log_loss}
     return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss, temperature=temperature,
                      fold_accuracy=fold_accuracy, fold_rows=fold_rows)
+
+
+def _text_lengths(parsed_path: str, ids: pd.Series) -> np.ndarray:
+    """Characters of prompt + both responses per row (before any truncation), aligned on `ids`."""
+    frame = pd.read_parquet(parsed_path, columns=["id", "prompt", "response_a", "response_b"])
+    total = sum(frame[c].map(lambda turns: sum(len(t) for t in turns if t)) for c in ("prompt", "response_a", "response_b"))
+    return pd.Series(total.to_numpy(), index=frame["id"].astype(str)).loc[ids.astype(str)].to_numpy()
 
 
 def validate_submission(submission: pd.DataFrame, test_ids: list[str]) -> None:

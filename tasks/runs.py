@@ -48,6 +48,7 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
         tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment_id, run_name="cv-training", tags=tags)
     tracking.log_params(client, run.info.run_id, config.flat())
+    tracking.log_config(client, run.info.run_id, config)
     LOGGER.info("MLflow parent run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
     return run.info.run_id
 
@@ -67,6 +68,22 @@ def log_inputs(config: RunConfig, parent_run_id: str, prepared: PreparedInputs) 
     tracking.log_metrics(client, parent_run_id, prepared.counts())
     for path in prepared.rejected_files():
         client.log_artifact(parent_run_id, path, artifact_path="rejected")
+    client.log_inputs(parent_run_id, datasets=dataset_inputs(prepared))
+
+
+def dataset_inputs(prepared: PreparedInputs) -> list:
+    """train, test and extra data as MLflow dataset inputs: content hash, kept rows, source path, columns."""
+    import pyarrow.parquet as pq
+
+    inputs = []
+    for context, ingested in (("train", prepared.train), ("test", prepared.test), ("extra", prepared.extra)):
+        if ingested is None:
+            continue
+        inputs.append(tracking.dataset_input(
+            name=f"{context}:{Path(ingested.source).name}", context=context, source=ingested.source,
+            digest=ingested.data_hash, n_rows=ingested.n_kept, columns=pq.read_schema(ingested.parsed_path).names,
+        ))
+    return inputs
 
 
 @task(name="close-run", **TASK_DEFAULTS)

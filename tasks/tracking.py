@@ -198,3 +198,57 @@ class MlflowFoldCallback(TrainerCallback):
         except Exception as err:
             self.failures += 1
             LOGGER.warning("MLflow logging failed at step %s (%s); training goes on", step, err)
+
+
+def log_config(client: MlflowClient, run_id: str, config: RunConfig) -> None:
+    """The resolved config as `config.yaml` (the run's recipe, rerunnable with `--config`)."""
+    import yaml
+
+    client.log_text(run_id, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config.yaml")
+
+
+def dataset_input(name: str, context: str, source: str, digest: str, n_rows: int, columns: list[str]):
+    """An MLflow dataset input (the runs table's Dataset column): content hash as digest, row count, source path."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(
+        name=name,
+        digest=digest[:32],
+        source_type="local",
+        source=json.dumps({"uri": Path(source).resolve().as_uri() if "://" not in source else source}),
+        schema=json.dumps({"mlflow_colspec": [{"type": "string", "name": c} for c in columns]}),
+        profile=json.dumps({"num_rows": int(n_rows)}),
+    )
+    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+class SystemMetrics:
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU with nvidia-ml-py) for an explicit run id.
+
+    `interval_s` <= 0 turns it off. A monitor that fails to start is logged and skipped: system
+    metrics are a diagnostic, never a reason to lose a fold.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, interval_s: float, resume: bool = False):
+        self.client, self.run_id, self.interval_s, self.resume = client, run_id, interval_s, resume
+        self.monitor = None
+
+    def __enter__(self):
+        if self.interval_s > 0:
+            try:
+                from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+                self.monitor = SystemMetricsMonitor(
+                    self.run_id, sampling_interval=self.interval_s, resume_logging=self.resume,
+                    tracking_uri=self.client.tracking_uri,
+                )
+                self.monitor.start()
+            except Exception as err:
+                LOGGER.warning("system metrics are off for run %s: %s", self.run_id, err)
+                self.monitor = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.monitor is not None:
+            self.monitor.finish()
+        return False

@@ -64,6 +64,7 @@ def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
         tags={tracking.TAG_PARENT: parent_run_id, tracking.TAG_FOLD: str(fold), tracking.TAG_KIND: "fold"},
     )
     tracking.log_params(client, run.info.run_id, {**config.flat(), "fold": fold})
+    tracking.log_config(client, run.info.run_id, config)
     return run.info.run_id
 
 
@@ -114,18 +115,21 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
         # The test set is predicted by the trained model in memory: no second load of the base.
         test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
+        monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
         try:
-            if config.train.num_processes > 1:
-                result = _train_fold_in_processes(
-                    config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
-                    folder, mlflow_run_id, prepared.base_model,
-                )
-            else:
-                result = core_training.train_fold(
-                    config, train_ds, val_ds, folder,
-                    callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
-                    name_or_path=prepared.base_model, test_ds=test_ds,
-                )
+            with monitor:
+                if config.train.num_processes > 1:
+                    result = _train_fold_in_processes(
+                        config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
+                        folder, mlflow_run_id, prepared.base_model,
+                    )
+                else:
+                    result = core_training.train_fold(
+                        config, train_ds, val_ds, folder,
+                        callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id),
+                                   FoldProgressCallback(f"fold {fold}")],
+                        name_or_path=prepared.base_model, test_ds=test_ds,
+                    )
         except core_training.FoldOutOfMemoryError as err:
             raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
         if result.resumed_from:

@@ -89,5 +89,5 @@ def prefect_harness():
     """One temporary Prefect API (own SQLite) for every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    with prefect_test_harness(server_startup_timeout=240):  # a loaded 2-core machine needs >60 s
         yield

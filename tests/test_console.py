@@ -42,4 +42,6 @@ def test_demo_console_is_quiet_with_progress_and_summary(prefect_harness, tmp_pa
     log_path = Path(log_lines[0].split()[1])
     log_text = log_path.read_text()
     assert log_path.parent == out / "logs"
-    assert "Finished in state Completed" in log_text  # Prefect's task states went to the file
+    # Library logs went to the file (Prefect's states too when its handler writes to the process's stderr,
+    # as in `arena-pref train`; under pytest that handler writes to pytest's capture instead).
+    assert "mlflow" in log_text
