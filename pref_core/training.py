@@ -711,7 +711,9 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     probabilities[val_order] = recorder.probabilities  # back to val_ds order
     labels = np.asarray(val_ds["label"])
     # Exact for a straight run; a resumed call only saw its own steps, so it reads the logged history.
-    train_loss = train_output.training_loss if resume_from is None else logged_train_loss(trainer.state.log_history)
+    # With several processes, training_loss is this process's own share; the logged losses are gathered over all.
+    exact = resume_from is None and world_size() == 1
+    train_loss = train_output.training_loss if exact else logged_train_loss(trainer.state.log_history)
     metrics: dict[str, Any] = {
         "val_log_loss": compute_log_loss(labels, probabilities),
         "val_accuracy": compute_accuracy(labels, probabilities),

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 # The two runs differ by float rounding only: gloo's all-reduce adds the two halves of a step in another
 # order than gradient accumulation does, and Adam (m / sqrt(v)) turns rounding noise in near-zero
-# gradients into full-size steps. Measured on this data: |val log loss| 5.0e-4 apart. Beyond TOLERANCE
+# gradients into full-size steps. Measured on this data: val log loss 5.0e-4 apart. Beyond TOLERANCE
 # something else (other rows per step, a dropped or doubled row) differs.
 TOLERANCE = 2e-3
 
