@@ -297,9 +297,10 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     (bundle / "base_model.json").write_text(json.dumps(
         {"kind": "local", "name_or_path": str(tmp_path / "gone"), "revision": None, "content_sha256": "ab" * 32}))
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run() as run:
-        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"bundle": str(bundle)})
     client = MlflowClient(uri)
+    experiment = client.create_experiment("predict-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"bundle": str(bundle)})
     client.create_registered_model("arena-pref")
     version = client.create_model_version("arena-pref", source=info.model_uri, run_id=run.info.run_id,
                                           model_id=info.model_id)
