@@ -41,10 +41,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.evaluation import IncompleteOOFError
     from tasks.tracking import TrackingUnavailableError
     from tasks.training import FoldFailedError
+    from tasks.distillation import TeacherMismatchError
     from arena_pref.stack import StackError
 
     return (UserError, StackError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
-            IncompleteOOFError, FileNotFoundError, PermissionError)
+            IncompleteOOFError, TeacherMismatchError, FileNotFoundError, PermissionError)
 
 
 # -- commands -----------------------------------------------------------------
@@ -91,13 +92,17 @@ def preflight(config) -> None:
         raise UserError(f"output_dir: cannot write to {root} ({err.strerror or err}); "
                         "choose a writable folder with --set output_dir=PATH") from None
     tracking.check_tracking_reachable(tracking.resolve_tracking_uri(config))
-    preparation.ingest.fn(config, "train")
+    train = preparation.ingest.fn(config, "train")
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
         from pref_core.data import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
+    if config.distill.teacher_run is not None:  # same data and folds as the teacher, before any training
+        from tasks.distillation import check_teacher_run
+
+        check_teacher_run(config, train.data_hash, tracking.get_client(config))
 
 
 def run_training(config, force: bool = False) -> dict:
