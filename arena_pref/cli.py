@@ -41,11 +41,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.evaluation import IncompleteOOFError
     from tasks.tracking import TrackingUnavailableError
     from tasks.training import FoldFailedError
+    from tasks.distillation import TeacherMismatchError
     from arena_pref.stack import StackError
     from pref_core.base_model import BaseModelError
 
     return (UserError, StackError, BaseModelError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
-            IncompleteOOFError, FileNotFoundError, PermissionError)
+            IncompleteOOFError, TeacherMismatchError, FileNotFoundError, PermissionError)
 
 
 # -- commands -----------------------------------------------------------------
@@ -151,6 +152,10 @@ def preflight(config) -> None:
             plan_device_slots(config.cv.max_parallel, config.train.num_processes)
         except ValueError as err:
             raise UserError(str(err)) from None
+    if config.distill.teacher_run is not None:  # same data and folds as the teacher, before any training
+        from tasks.distillation import check_teacher_run
+
+        check_teacher_run(config, train.data_hash, tracking.get_client(config))
 
 
 def check_split(config, parsed_path) -> None:

@@ -7,6 +7,8 @@ shared data location.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pref_core.config import RunConfig
 from pref_core.data import hash_file
 from tasks import preparation, workspace
@@ -25,6 +27,8 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
         "test": test.data_hash if test else None,
         "extra": extra.data_hash if extra else None,
         "teacher": hash_file(config.distill.teacher_csv) if config.distill.teacher_csv else None,
+        "teacher_dir": workspace.hash_json(sorted((p.name, hash_file(p)) for p in Path(config.distill.teacher_dir).glob("fold_*")))
+        if config.distill.teacher_dir else None,
     })
     # Training reads the swapped view for swap augmentation, inference for swap TTA.
     train_swap = config.train.tta_swap or config.train.swap != "none"

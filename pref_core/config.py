@@ -181,14 +181,6 @@ class TrainConfig(_Section):
         description="Trainer integrations besides MLflow (which is logged through callbacks): none, tensorboard, "
         "wandb, ... (transformers' report_to); mlflow is refused here, it would open runs of its own.",
     )
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _report_to_list(cls, value):
-        values = [value] if isinstance(value, str) else list(value)
-        if any(str(v).lower() in ("mlflow", "all") for v in values):
-            raise ValueError(f"got {values}; MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
-        return values
     num_processes: int = Field(
         1, ge=1,
         description="Processes (one per GPU; on CPU, gloo processes) that train one fold together, launched with "
@@ -200,6 +192,19 @@ class TrainConfig(_Section):
         "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
         "share of every step's rows; LoRA on models that fit one GPU).",
     )
+    predict_train_rows: bool = Field(
+        False,
+        description="Also predict each fold's own training rows with its fold model and log them to the fold's "
+        "MLflow run (train_predictions.parquet): the per-fold soft labels a student reads with distill.teacher_run.",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value):
+        values = [value] if isinstance(value, str) else list(value)
+        if any(str(v).lower() in ("mlflow", "all") for v in values):
+            raise ValueError(f"got {values}; MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
+        return values
 
 
 class CVConfig(_Section):
@@ -229,6 +234,31 @@ class DistillConfig(_Section):
     hard_weight: float = Field(1.0, ge=0.0)
     kl_weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(1.0, gt=0.0, description="Softening of teacher and student distributions in the KL term.")
+    teacher_run: Optional[str] = Field(
+        None,
+        description="MLflow run id of a teacher's cv-training run made with train.predict_train_rows=true on the same "
+        "data, cv.n_folds and cv.seed: fold k reads the predictions of the teacher's fold-k model on fold k's "
+        "training rows (a model that never saw fold k's validation rows). Preferred over teacher_csv.",
+    )
+    teacher_dir: Optional[Path] = Field(
+        None,
+        description="Folder of per-fold teacher files for teachers trained elsewhere on the same folds: "
+        "fold_<k>.csv (or .parquet) with id, winner_model_a, winner_model_b, winner_tie, predicted by a model "
+        "that never trained on fold k's validation rows.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when any teacher source is set."""
+        return any(v is not None for v in (self.teacher_csv, self.teacher_run, self.teacher_dir))
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "DistillConfig":
+        given = [n for n in ("teacher_csv", "teacher_run", "teacher_dir") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"distill: {' and '.join('distill.' + n for n in given)} are both set; choose one "
+                             "teacher source (set the others to null)")
+        return self
 
 
 class CalibrationConfig(_Section):
@@ -278,7 +308,7 @@ class RunConfig(_Section):
                 f"train.num_processes={self.train.num_processes}: each process accumulates an equal share of a step's "
                 "batches; set train.gradient_accumulation_steps to a multiple of train.num_processes"
             )
-        if self.distill.teacher_csv is not None and self.distill.hard_weight == self.distill.kl_weight == 0:
+        if self.distill.enabled and self.distill.hard_weight == self.distill.kl_weight == 0:
             problems.append("distill.hard_weight and distill.kl_weight are both 0: the loss would be 0; set either above 0")
         if problems:
             raise ValueError("; ".join(problems))

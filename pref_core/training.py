@@ -493,7 +493,7 @@ def check_train_inputs(config: RunConfig, train_ds) -> None:
             "tokenize the train rows with the swapped view (tokenize_frame(..., with_swap=True)), "
             "or set train.swap=none"
         )
-    if config.distill.teacher_csv is not None and "teacher_probs" not in train_ds.column_names:
+    if config.distill.enabled and "teacher_probs" not in train_ds.column_names:
         problems.append(
             f"distill.teacher_csv={str(config.distill.teacher_csv)!r} is set but the train dataset has no "
             "'teacher_probs' column; attach it with pref_core.data.attach_teacher_probs(train_ds, "
@@ -653,7 +653,7 @@ def build_trainer(
     set, the resumable train order and sequential evaluation of `eval_ds` (in its given order)."""
     check_train_inputs(config, train_ds)
     pad_token_id, pad_to_multiple_of = resolve_padding(tokenizer)
-    distill = config.distill if config.distill.teacher_csv is not None else None
+    distill = config.distill if config.distill.enabled else None
     if distill is None and "teacher_probs" in train_ds.column_names:
         logger.info("the train dataset has teacher_probs but distill.teacher_csv is not set: training on hard labels")
     trainer = PreferenceTrainer(
@@ -677,7 +677,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
     check_train_inputs(config, train_ds)  # before the model loads: a missing column fails in seconds
-    if config.distill.teacher_csv is not None:
+    if config.distill.enabled:
         check_teacher_coverage(config, train_ds)
     checkpoints_dir = output_dir / CHECKPOINTS_DIR
     resume_from = find_resumable_checkpoint(checkpoints_dir)

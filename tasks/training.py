@@ -25,7 +25,7 @@ from pref_core import training as core_training
 from pref_core.config import RunConfig
 from pref_core.progress import FoldProgressCallback, inherited_fds
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
-from tasks import tracking, workspace
+from tasks import distillation, tracking, workspace
 from tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
@@ -107,10 +107,11 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             from datasets import concatenate_datasets
 
             train_ds = concatenate_datasets([train_ds, load_token_cache(prepared.extra_tokens.path)])
-        if config.distill.teacher_csv is not None:
-            from pref_core.data import attach_teacher_probs, read_teacher_probs
+        teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
+        if teacher is not None:
+            from pref_core.data import attach_teacher_probs
 
-            train_ds = attach_teacher_probs(train_ds, read_teacher_probs(config.distill.teacher_csv))
+            train_ds = attach_teacher_probs(train_ds, teacher)
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
                     prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
         # The test set is predicted by the trained model in memory: no second load of the base.
@@ -135,6 +136,9 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         if result.resumed_from:
             logger.info("fold %d: resumed from %s", fold, result.resumed_from)
             tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
+        if config.train.predict_train_rows:  # the per-fold soft labels of a student (distill.teacher_run)
+            distillation.predict_train_rows(config, result.adapter_dir, prepared.base_model, train_ds,
+                                            folder / distillation.TRAIN_PREDICTIONS)
         test_predictions = str(result.test_predictions_path) if result.test_predictions_path else None
         output = FoldOutput(
             fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
@@ -149,6 +153,8 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         client.log_artifact(mlflow_run_id, output.val_predictions)
         if output.test_predictions:
             client.log_artifact(mlflow_run_id, output.test_predictions)
+        if (Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS).is_file():
+            client.log_artifact(mlflow_run_id, str(Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS))
         client.set_terminated(mlflow_run_id, "FINISHED")
     except Exception as err:
         raise FoldFailedError(

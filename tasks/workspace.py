@@ -24,7 +24,8 @@ from pref_core.config import RunConfig
 
 # Config fields that change where or how a run is tracked or executed, not what it computes.
 _NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "cv.max_parallel", "data.train_csv", "data.test_csv",
-                        "data.extra_csvs", "data.extra_pairs", "distill.teacher_csv", "output_dir")
+                        "data.extra_csvs", "data.extra_pairs", "distill.teacher_csv", "distill.teacher_dir",
+                        "output_dir")
 
 
 def hash_json(obj) -> str:

@@ -207,7 +207,7 @@ def make_config(distill: dict | None = None, **train):
     return parse_config(
         {
             "model": {"tiny": {}, "head": "classifier", "dtype": "fp32"},
-            "prompt": {"max_length": 192},
+            "prompt": {"max_length": 192, "truncation": "seed_capped"},  # every example within 192 tokens
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
             "train": {
                 "learning_rate": 3e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
