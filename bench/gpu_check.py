@@ -9,11 +9,12 @@ Steps, each a child process with its own time limit and log in DIR (install.log,
    first on the children's PYTHONPATH (`pip install --no-index --no-deps --target`): the GPU image has
    torch, transformers, peft and accelerate, but not bitsandbytes, datasets or pydantic;
 2. record the machine: GPU, driver, torch and CUDA, and the version (or import error) of every package used;
-3. `pytest -m gpu tests/gpu` (CUDA-only tests; every one skips without CUDA), with a JUnit XML report;
-   tests that measure something (the resume tolerance) append it to DIR/gpu_measurements.jsonl;
-4. `python -m bench.gpu_throughput`: the seed's setup against ours on the Meta-Llama-3-8B architecture with
+3. `python -m bench.gpu_throughput`: the seed's setup against ours on the Meta-Llama-3-8B architecture with
    random weights, alternating in one process; ours at 2,048 tokens with the seed's batch and with the
-   largest batch that fits; prediction of 1,000 realistic rows with and without swap TTA.
+   largest batch that fits; prediction of 1,000 realistic rows with and without swap TTA (first: the goals'
+   numbers; it saves its JSON after every phase, so a run cut off at its limit keeps what it measured);
+4. `pytest -m gpu tests/gpu` (CUDA-only tests; every one skips without CUDA), with a JUnit XML report;
+   tests that measure something (the resume tolerance) append it to DIR/gpu_measurements.jsonl.
 
 Then it writes DIR/summary.json (every step's outcome, the machine, test counts and failures, the
 measurements and the goals) and prints a short table last. The exit code is 0 only when every step
@@ -44,8 +45,8 @@ THROUGHPUT_JSON = "throughput.json"
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "pydantic", "tokenizers",
             "safetensors", "numpy", "pandas", "pyarrow", "pytest")
 # Seconds per step on the H200 (the whole check must fit 8 minutes with room for a rerun); --small: CPU.
-STEP_LIMITS = {"install": 90, "environment": 60, "tests": 170, "throughput": 330}
-SMALL_STEP_LIMITS = {"install": 60, "environment": 60, "tests": 120, "throughput": 240}
+STEP_LIMITS = {"install": 90, "environment": 60, "throughput": 300, "tests": 200}
+SMALL_STEP_LIMITS = {"install": 60, "environment": 60, "throughput": 240, "tests": 120}
 # The throughput step's arguments on the GPU: one 8B build per side, a handful of timed steps after warm-up.
 GPU_THROUGHPUT_ARGS = ["--blocks", "4", "--steps-per-block", "5", "--headroom-steps", "5", "--predict-rows", "1000"]
 # --small: the same code paths at the smallest sizes (a 4,096-word vocabulary: the seed's full fp16 logits are
@@ -92,13 +93,13 @@ def run_step(name: str, command: list[str], log_path: Path, env: dict, limit_s: 
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace")
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             deadline = start + limit_s
-            for line in _lines_until(proc, deadline):
-                log.write(line)
-                print(line, end="", flush=True)
+            for text in _output_until(proc, deadline):
+                log.write(text)
+                log.flush()
+                print(text, end="", flush=True)
             code = proc.wait(timeout=max(0.0, deadline - time.perf_counter()))
             status = "ok" if code == 0 else "failed"
         except subprocess.TimeoutExpired:
@@ -111,22 +112,26 @@ def run_step(name: str, command: list[str], log_path: Path, env: dict, limit_s: 
             "log": log_path.name}
 
 
-def _lines_until(proc: subprocess.Popen, deadline: float):
-    """The child's output lines; raises TimeoutExpired once `deadline` has passed (checked at each line)."""
+def _output_until(proc: subprocess.Popen, deadline: float):
+    """The child's output as it comes (chunks, not lines: pytest's progress dots end no line); raises
+    TimeoutExpired once `deadline` has passed, even while the child prints nothing."""
+    import codecs
     import selectors
 
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
+    fd = proc.stdout.fileno()
     while True:
         remaining = deadline - time.perf_counter()
         if remaining <= 0:
             raise subprocess.TimeoutExpired(proc.args, 0)
         if not selector.select(timeout=min(remaining, 5.0)):
             continue
-        line = proc.stdout.readline()
-        if not line:
+        chunk = os.read(fd, 65536)
+        if not chunk:
             return
-        yield line
+        yield decoder.decode(chunk)
 
 
 def read_junit(path: Path) -> dict:
@@ -260,6 +265,14 @@ def main(argv=None) -> int:
         environment = json.loads(lines[-1])
     environment["nvidia_smi"] = _nvidia_smi()
 
+    if "throughput" in args.skip:
+        steps["throughput"] = {"status": "skipped (--skip)", "seconds": 0.0}
+    else:
+        extra = SMALL_THROUGHPUT_ARGS if args.small else GPU_THROUGHPUT_ARGS
+        steps["throughput"] = run_step(
+            "throughput", [sys.executable, "-m", "bench.gpu_throughput", *extra, "--out", str(out / THROUGHPUT_JSON)],
+            out / "throughput.log", env, remaining("throughput"))
+
     if "tests" in args.skip:
         steps["tests"] = {"status": "skipped (--skip)", "seconds": 0.0}
     else:
@@ -268,14 +281,6 @@ def main(argv=None) -> int:
             "tests", [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rfEs", "--noconftest",
                       "-p", "no:cacheprovider", "-p", "no:hypothesispytest", f"--junitxml={out / TESTS_XML}"],
             out / "tests.log", env, remaining("tests"))
-
-    if "throughput" in args.skip:
-        steps["throughput"] = {"status": "skipped (--skip)", "seconds": 0.0}
-    else:
-        extra = SMALL_THROUGHPUT_ARGS if args.small else GPU_THROUGHPUT_ARGS
-        steps["throughput"] = run_step(
-            "throughput", [sys.executable, "-m", "bench.gpu_throughput", *extra, "--out", str(out / THROUGHPUT_JSON)],
-            out / "throughput.log", env, remaining("throughput"))
 
     summary = {
         "mode": "small (2-layer config on CPU: checks the script; its numbers are not GPU numbers)" if args.small
