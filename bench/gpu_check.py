@@ -174,7 +174,16 @@ def read_throughput(path: Path) -> Optional[dict]:
 
 
 def build_table(summary: dict) -> tuple[list[str], list[list[Any]]]:
-    """The rows printed last: each step's outcome, then the headline numbers against their goals."""
+    """The rows printed last: each step's outcome, then the headline numbers against their goals (a phase the
+    throughput step did not finish is left out; its error is in the summary)."""
+    try:
+        return _build_table(summary)
+    except (KeyError, TypeError, ValueError) as error:  # a partial throughput JSON must not lose the summary
+        header, rows = _build_table({**summary, "throughput": None})
+        return header, rows + [["throughput table", f"incomplete ({type(error).__name__}: {error})", "", ""]]
+
+
+def _build_table(summary: dict) -> tuple[list[str], list[list[Any]]]:
     rows: list[list[Any]] = []
     for name, step in summary["steps"].items():
         rows.append([f"step: {name}", step["status"], f"{step['seconds']:.0f} s", ""])

@@ -434,9 +434,14 @@ def measure_headroom(side: Side, args, config, device, peak_tflops) -> dict:
     if search["largest_batch"] and search["largest_batch"] != args.seed_batch:
         settings.append(("largest_batch", search["largest_batch"]))
     for name, batch in settings:
-        batches = make_batches(lengths, batch, True, args.headroom_steps + 1, pad, device, config.vocab_size,
-                               args.seed + batch)
-        side.step(batches[0])  # warm-up at this shape
+        while batch >= 1:
+            batches = make_batches(lengths, batch, True, args.headroom_steps + 1, pad, device, config.vocab_size,
+                                   args.seed + batch)
+            if try_step(side, batches[0], device):  # warm-up at this shape
+                break
+            # The probe fitted once; allocator fragmentation can still tip a later step over: one row fewer.
+            print(f"  batch {batch} ran out of memory when timed; trying {batch - 1}", flush=True)
+            batch -= 1
         seconds, peak = run_block(side, batches[1:], device)
         out[name] = summarize_side(batches[1:], seconds, peak, config, peak_tflops, batch)
         print(f"  ours, batch {batch} at {args.headroom_length} tokens: {out[name]['tokens_per_s']:,.0f} tokens/s",
