@@ -15,6 +15,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = "arena_gpu_check_probe"
 
@@ -45,13 +47,14 @@ def assert_positive(value, what: str) -> None:
     assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, f"{what}: {value!r}"
 
 
+@pytest.mark.slow
 def test_gpu_check_small_runs_every_step_and_writes_the_summary(tmp_path):
     write_probe_wheel(tmp_path / "wheels")
     out, site = tmp_path / "out", tmp_path / "site"
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--small", "--out", str(out), "--wheels", str(tmp_path / "wheels"),
          "--site", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=1000,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -61,7 +64,7 @@ def test_gpu_check_small_runs_every_step_and_writes_the_summary(tmp_path):
     assert all(step["status"] == "ok" for step in summary["steps"].values()), summary["steps"]
     # The wheels went into the site folder and that folder is on the later steps' path.
     assert (site / f"{PROBE}.py").is_file() and str(site.resolve()) in summary["python_path"]
-    assert summary["environment"]["packages"]["torch"] and not summary["environment"]["import_errors"]
+    assert summary["environment"]["packages"]["torch"] and "torch" not in summary["environment"]["import_errors"]
     assert summary["tests"]["found"] and summary["tests"]["tests"] > 0  # collected (they skip without CUDA)
     assert summary["tests"]["failures"] == summary["tests"]["errors"] == 0
 
@@ -84,3 +87,32 @@ def test_gpu_check_small_runs_every_step_and_writes_the_summary(tmp_path):
     assert len(list(out.iterdir())) <= 8, sorted(p.name for p in out.iterdir())
     tail = done.stdout.strip().splitlines()[-20:]
     assert any("ours / seed" in line for line in tail) and any("predict rows/s" in line for line in tail)
+
+
+def test_a_step_past_its_limit_is_stopped_even_mid_line(tmp_path):
+    from bench.gpu_check import run_step
+
+    # pytest's progress dots end no line: the limit must hold while a child sits after a partial line.
+    command = [sys.executable, "-c", "import sys, time; sys.stdout.write('.'); sys.stdout.flush(); time.sleep(60)"]
+    step = run_step("sleeper", command, tmp_path / "sleeper.log", env=None, limit_s=2.0)
+    assert step["status"] == "timed out" and step["exit_code"] is None and step["seconds"] < 30
+    assert (tmp_path / "sleeper.log").read_text().endswith(".")
+
+
+def test_junit_report_counts_and_failure_messages(tmp_path):
+    from bench.gpu_check import read_junit
+
+    (tmp_path / "report.xml").write_text(
+        '<testsuites><testsuite tests="4" failures="1" errors="1" skipped="1">'
+        '<testcase classname="tests.gpu.test_gpu" name="test_ok" time="1.5"/>'
+        '<testcase classname="tests.gpu.test_gpu" name="test_bad" time="2"><failure message="assert 1 == 2&#10;more"/>'
+        '</testcase><testcase classname="tests.gpu.test_gpu" name="test_err"><error message="boom"/></testcase>'
+        '<testcase classname="tests.gpu.test_gpu" name="test_skip"><skipped message="needs a CUDA GPU"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    report = read_junit(tmp_path / "report.xml")
+    assert (report["tests"], report["passed"], report["failures"], report["errors"], report["skipped"]) == (4, 1, 1, 1, 1)
+    outcomes = {case["test"].split("::")[1]: (case["outcome"], case["message"]) for case in report["cases"]}
+    assert outcomes == {"test_ok": ("passed", ""), "test_bad": ("failed", "assert 1 == 2"), "test_err": ("error", "boom"),
+                        "test_skip": ("skipped", "needs a CUDA GPU")}
+    assert read_junit(tmp_path / "missing.xml") == {"found": False}

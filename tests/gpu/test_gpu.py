@@ -122,15 +122,14 @@ def record_measurement(name: str, value: float, unit: str, tolerance: str) -> No
 
 
 class ParameterSnapshots(TrainerCallback):
-    """Copies of every parameter at train begin and end, and the optimizer the Trainer built."""
+    """Copies of every parameter at train begin and end."""
 
     def __init__(self):
-        self.before, self.after, self.trainable, self.optimizer = {}, {}, set(), None
+        self.before, self.after, self.trainable = {}, {}, set()
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -199,20 +198,27 @@ def test_heads_learn_in_half_precision(tiny, tmp_path, head, precision):
     [("8bit", "fp16"), ("4bit", "bf16")],  # the seed's setup (LLM.int8 base, fp16), and QLoRA (nf4 base, bf16)
 )
 def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precision):
-    """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer): training steps run, LoRA moves,
-    the quantized base does not."""
-    from pref_core.training import train_fold
+    """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer), built as train_fold builds
+    them: training steps run, LoRA moves, the quantized base does not."""
+    from pref_core.modeling import build_model
+    from pref_core.training import build_trainer, load_training_tokenizer
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
     folder, dataset = tiny
     snapshots = ParameterSnapshots()
-    config = make_gpu_config("label_token", precision, quantization, optim="adamw_8bit", max_steps=4,
+    config = make_gpu_config("label_token", precision, quantization, optim="adamw_8bit", max_steps=4, logging_steps=1,
                              lora={"target_modules": ["q_proj", "k_proj", "v_proj"]})
-    result = train_fold(config, dataset.select(range(40)), dataset.select(range(40, 60)), tmp_path / "fold",
-                        callbacks=[snapshots], name_or_path=folder)
-    assert result.metrics["global_step"] == 4 and math.isfinite(result.metrics["val_log_loss"])
-    assert type(snapshots.optimizer).__module__.startswith("bitsandbytes"), type(snapshots.optimizer)
+    tokenizer = load_training_tokenizer(config, folder)
+    model = build_model(config, tokenizer, folder)
+    trainer = build_trainer(config, model, tokenizer, dataset.select(range(40)), dataset.select(range(40, 60)),
+                            tmp_path / "checkpoints", callbacks=[snapshots])
+    trainer.train()
+    assert trainer.state.global_step == 4
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses and all(math.isfinite(x) for x in losses), trainer.state.log_history
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it
+    assert type(optimizer).__module__.startswith("bitsandbytes"), type(optimizer)
     snapshots.assert_only_lora_and_head_changed()
 
 
