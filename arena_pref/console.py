@@ -45,10 +45,6 @@ class Console:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def warn(self, text: str) -> None:
-        self.err.write(f"warning: {text}\n")
-        self.err.flush()
-
 
 def _std_handlers() -> list[logging.Handler]:
     """Logging handlers (any logger) that write to the process's stdout or stderr."""
