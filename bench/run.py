@@ -26,7 +26,7 @@ BENCHMARKS = (
     ("token_cache", "bench.token_cache", []),
     ("orchestration", "bench.orchestration", []),
     ("inference", "bench.inference", ["--rows", "400"]),
-    ("gpu_throughput", "bench.gpu_throughput", ["--small"]),
+    ("gpu_throughput", "bench.gpu_throughput", ["--small", "--vocab", "4096"]),
 )
 
 

@@ -342,14 +342,10 @@ class AllocateTooMuch(TrainerCallback):
 
 
 def test_cuda_out_of_memory_becomes_a_one_line_message(tiny, tmp_path):
-    """An OOM during a fold surfaces as the project's one-line error (what to lower), not a CUDA traceback.
-
-    The message itself is issue 13's work: until pref_core.training.CudaOutOfMemoryError exists this skips."""
+    """An OOM during a fold surfaces as the project's one-line error (what to lower), not a CUDA traceback."""
     import pref_core.training as training
 
-    error_type = getattr(training, "CudaOutOfMemoryError", None)
-    if error_type is None:
-        pytest.skip("pref_core.training.CudaOutOfMemoryError (the one-line CUDA-OOM message, issue 13) is not built yet")
+    error_type = training.FoldOutOfMemoryError
     folder, dataset = tiny
     with pytest.raises(error_type) as raised:
         training.train_fold(make_gpu_config(max_steps=2), dataset.select(range(40)), dataset.select(range(40, 60)),
