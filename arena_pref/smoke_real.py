@@ -3,8 +3,9 @@
     python -m arena_pref.smoke_real [--data PAIRS.jsonl.gz | ARENA.csv] [--n-pairs 300]
 
 Pairs in the HH-RLHF transcript format are converted to arena rows first (chosen on side a or b at
-random, no ties); without --data, synthetic arena data is used. Prints OOF log loss against the
-class prior for each head and writes `smoke_real.json` in the output folder.
+random, no ties); without --data, synthetic arena data is used. Prints OOF log loss for each head
+beside two baselines on the same folds (the class prior and TF-IDF + logistic regression, fit on each
+fold's training rows) and writes `smoke_real.json` in the output folder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,29 @@ def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Pa
         frame = read_arena_csv(path, kind="train", max_bad_fraction=0.05).frame
     frame = frame.sample(n=min(n_pairs, len(frame)), random_state=seed).reset_index(drop=True)
     return write_arena_csv(frame, out_dir / "data" / f"{path.name.split('.')[0]}_{len(frame)}.csv")
+
+
+def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
+    """The class prior and TF-IDF + logistic regression on the folds the heads used (pref_core.folds,
+    the same deterministic split as the flow's make-folds), fit on each fold's training rows."""
+    import numpy as np
+
+    from pref_core.baselines import prior_oof, tfidf_logreg_oof
+    from pref_core.data import read_arena_csv
+    from pref_core.folds import make_folds
+    from pref_core.metrics import compute_log_loss
+
+    frame = read_arena_csv(train_csv, kind="train", max_bad_fraction=config.data.max_bad_fraction).frame
+    folds = make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
+    out = {}
+    for name, fn in (("class prior", prior_oof), ("tfidf+logreg", tfidf_logreg_oof)):
+        oof = fn(frame, folds)
+        if config.cv.folds is not None:  # only the validation folds the heads were scored on
+            oof = oof[oof["fold"].isin(config.cv.folds)]
+        labels, probs = oof["label"].to_numpy(), np.stack(oof["probs"])
+        out[name] = {"oof_log_loss": float(compute_log_loss(labels, probs)),
+                     "oof_accuracy": float((probs.argmax(axis=1) == labels).mean()), "n_oof": int(len(oof))}
+    return out
 
 
 def main(argv=None) -> int:
@@ -69,11 +93,14 @@ def main(argv=None) -> int:
                         "oof_log_loss_calibrated": metrics.get("oof_log_loss_calibrated"),
                         "prior_log_loss": metrics["prior_log_loss"], "oof_accuracy": metrics["oof_accuracy"],
                         "n_oof": metrics["n_oof"], "seconds": round(time.time() - started, 1)})
+    baselines = same_fold_baselines(config, train_csv)
     print("\nhead          OOF log loss  calibrated  prior   accuracy  rows  seconds")
     for r in results:
         print(f"{r['head']:<13} {r['oof_log_loss']:>12.4f}  {r['oof_log_loss_calibrated'] or float('nan'):>10.4f}  "
               f"{r['prior_log_loss']:.4f}  {r['oof_accuracy']:>8.3f}  {r['n_oof']:>4}  {r['seconds']:>7}")
-    (out_dir / "smoke_real.json").write_text(json.dumps(results, indent=2))
+    for name, b in baselines.items():
+        print(f"{name:<13} {b['oof_log_loss']:>12.4f}  {'':>10}  {'':>6}  {b['oof_accuracy']:>8.3f}  {b['n_oof']:>4}")
+    (out_dir / "smoke_real.json").write_text(json.dumps({"heads": results, "baselines": baselines}, indent=2))
     print(f"written {out_dir / 'smoke_real.json'}")
     return 0
 

@@ -263,7 +263,9 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
     would point to the wrong side half of the time). 30 of the 150 rows have no teacher (extra data)."""
     train_ds, val_ds, base = fold_data
     distill = {"teacher_csv": "teacher.csv", "hard_weight": 0.0, "kl_weight": 1.0, "temperature": 2.0}
-    config = make_config(distill, swap="random", max_steps=200)
+    # lr 2e-3: at 3e-3 the true-teacher run stayed at the prior (1.09) once the seed template joined turns
+    # by " " and read nulls as "" (35 of the 200 rows changed ids).
+    config = make_config(distill, swap="random", max_steps=200, learning_rate=2e-3)
     losses = {}
     for name, shift in (("true", 0), ("wrong", 1)):
         teacher = teacher_frame(train_ds, 0.9, shift=shift).iloc[30:]
@@ -273,6 +275,6 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
         losses[name] = result.metrics["val_log_loss"]
     assert "distillation: 120 of 150 train rows have a teacher" in caplog.text
     assert "the 30 train rows without a teacher add no loss" in caplog.text  # hard_weight=0
-    # Measured over train.seed 0..2: true 0.26-0.30, wrong 1.30-1.36 (ln 3 = 1.0986).
+    # Measured over train.seed 0..2 at lr 3e-3 with the old seed text: true 0.26-0.30, wrong 1.30-1.36 (ln 3 = 1.0986).
     assert losses["true"] < LN3 - 0.3, losses
     assert losses["wrong"] > losses["true"] + 0.5, losses
