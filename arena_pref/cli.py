@@ -23,6 +23,8 @@ _ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "DISABLE_MLFLOW_INTEGRATION": "TRUE",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # Prefect's temporary server gets 20 s to start by default; a busy machine needs more.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

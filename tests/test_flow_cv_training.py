@@ -73,7 +73,8 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"oof_predictions.parquet", "submission.csv", "plots"} <= parent_artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/fold_log_loss.png", "plots/reliability.png", "plots/confusion_matrix.png"}
+    assert plots == {"plots/fold_log_loss.png", "plots/reliability.png", "plots/confusion_matrix.png",
+                     "plots/calibration_temperature.png", "plots/log_loss_by_length.png"}
 
     # OOF covers every kept training row exactly once, each in the fold that held it out.
     oof = pd.read_parquet(result["oof_path"])
