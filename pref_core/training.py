@@ -710,10 +710,12 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     probabilities = np.empty_like(recorder.probabilities)
     probabilities[val_order] = recorder.probabilities  # back to val_ds order
     labels = np.asarray(val_ds["label"])
-    # Exact for a straight run; a resumed call only saw its own steps, so it reads the logged history.
-    # With several processes, training_loss is this process's own share; the logged losses are gathered over all.
-    exact = resume_from is None and world_size() == 1
-    train_loss = train_output.training_loss if exact else logged_train_loss(trainer.state.log_history)
+    train_loss = train_output.training_loss
+    if world_size() > 1:  # each process's training_loss is the mean of its own rows: average the processes
+        train_loss = float(trainer.accelerator.reduce(
+            torch.tensor(train_loss, dtype=torch.float32, device=trainer.args.device), reduction="mean"))
+    if resume_from is not None:  # a resumed call only saw its own steps, so it reads the logged history
+        train_loss = logged_train_loss(trainer.state.log_history)
     metrics: dict[str, Any] = {
         "val_log_loss": compute_log_loss(labels, probabilities),
         "val_accuracy": compute_accuracy(labels, probabilities),
