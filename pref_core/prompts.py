@@ -14,9 +14,10 @@ style byte-level BPE, and a tokenizer that adds a prefix space adds none.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from pref_core.config import PromptConfig
+if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
+    from pref_core.config import PromptConfig
 
 # One explicit placeholder wherever a turn is JSON null (an answer that was never given).
 NULL_TURN = "[null]"

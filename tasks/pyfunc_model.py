@@ -48,17 +48,11 @@ def read_bundle(bundle: str | Path):
 
 def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
     """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters."""
-    from transformers import AutoTokenizer
-
-    from pref_core.calibration import apply_temperature
-    from pref_core.ensemble import predict_with_adapters
-    from pref_core.tokenization import tokenize_frame
+    from pref_core.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
-    tokenizer = AutoTokenizer.from_pretrained(adapters[0])
-    dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
-    probs = predict_with_adapters(config, adapters, dataset, base_model=base["name_or_path"], progress=progress)
-    probs = apply_temperature(probs, temperature)
+    probs = predict_frame_probabilities(config, adapters, frame, base_model=base["name_or_path"],
+                                        temperature=temperature, progress=progress)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out
