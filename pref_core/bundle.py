@@ -325,7 +325,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (BundleError, DataValidationError, FileNotFoundError) as err:
+    except DataValidationError as err:  # file-level problems only (bad rows get the prior): one line
+        print(f"error: {' '.join([err.headline, *map(str, err.problems)])}", file=sys.stderr)
+        return 2
+    except (BundleError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     per_1000 = summary["seconds"] / max(summary["predicted"], 1) * 1000
