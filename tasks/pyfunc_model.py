@@ -23,14 +23,16 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 
 from pref_core.labels import LABEL_COLUMNS
 
 BUNDLE_ARTIFACT = "bundle"
-# Kaggle test.csv in, sample_submission.csv out.
+# Kaggle test.csv in, sample_submission.csv out. Kaggle ids are integers, other files' ids strings: `id`
+# takes either (AnyType), and the output keeps the input's ids as they came.
 MODEL_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", name) for name in ("id", "prompt", "response_a", "response_b")]),
-    outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
+    inputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("string", name) for name in ("prompt", "response_a", "response_b"))]),
+    outputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
 )
 
 
@@ -63,7 +65,9 @@ def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False)
     from pref_core.data import validate_arena_frame
 
     frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
-    return predict_parsed(bundle, frame, progress=progress)
+    out = predict_parsed(bundle, frame, progress=progress)
+    out["id"] = raw["id"].to_numpy()  # every row was kept, in order: give the ids back with their own type
+    return out
 
 
 class ArenaPrefModel(mlflow.pyfunc.PythonModel):

@@ -194,3 +194,71 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
 
     # export refuses a non-empty target folder.
     assert cli_main(["export", champion["model_uri"], "--out", str(bundle), "--tracking-uri", champion["uri"]]) == 2
+
+
+def _mlflow_env(champion) -> dict:
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, MLFLOW_TRACKING_URI=champion["uri"], PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return env
+
+
+def test_mlflow_models_predict_reads_the_kaggle_csv_with_integer_ids(champion, tmp_path):
+    out = tmp_path / "pred.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", champion["model_uri"], "-i",
+         str(champion["test_csv"]), "-t", "csv", "--env-manager", "local", "-o", str(out)],
+        env=_mlflow_env(champion), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    predictions = pd.DataFrame(json.loads(out.read_text())["predictions"])
+    test = pd.read_csv(champion["test_csv"])  # as pandas reads it: int64 ids
+    assert test["id"].dtype.kind == "i"
+    assert predictions["id"].tolist() == test["id"].tolist()
+    assert all(isinstance(i, int) for i in predictions["id"])
+    np.testing.assert_allclose(predictions[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(champion["uri"])
+    model = mlflow.pyfunc.load_model(champion["model_uri"])
+    as_text = model.predict(pd.read_csv(champion["test_csv"], dtype=str, keep_default_na=False))
+    assert as_text["id"].tolist() == [str(i) for i in test["id"]]  # string ids stay strings
+    np.testing.assert_allclose(as_text[list(LABEL_COLUMNS)].to_numpy(), predictions[list(LABEL_COLUMNS)].to_numpy(),
+                               atol=1e-6)
+
+
+def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion["model_uri"], "--host", "127.0.0.1",
+         "-p", str(port), "--env-manager", "local", "-w", "1"],
+        env=_mlflow_env(champion), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        test = pd.read_csv(champion["test_csv"]).head(5)
+        body = json.dumps({"dataframe_split": {"columns": list(test.columns), "data": test.values.tolist()}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            predictions = pd.DataFrame(json.loads(response.read())["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
+    assert predictions["id"].tolist() == test["id"].tolist()
+    np.testing.assert_allclose(predictions[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
