@@ -199,6 +199,8 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
 def _mlflow_env(champion) -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, MLFLOW_TRACKING_URI=champion["uri"], PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # mlflow models serve runs `uvicorn` from PATH: the interpreter's own bin folder first.
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
 
