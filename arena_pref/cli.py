@@ -44,11 +44,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.tracking import TrackingUnavailableError
     from tasks.training import FoldFailedError
     from tasks.distillation import TeacherMismatchError
+    from arena_pref.export import ExportError
     from arena_pref.stack import StackError
     from pref_core.base_model import BaseModelError
+    from pref_core.bundle import BundleError
 
-    return (UserError, StackError, BaseModelError, ConfigError, DataValidationError, TrackingUnavailableError, FoldFailedError,
-            IncompleteOOFError, TeacherMismatchError, FileNotFoundError, PermissionError)
+    return (UserError, StackError, ExportError, BundleError, BaseModelError, ConfigError, DataValidationError,
+            TrackingUnavailableError, FoldFailedError, IncompleteOOFError, TeacherMismatchError, FileNotFoundError,
+            PermissionError)
 
 
 # -- commands -----------------------------------------------------------------
@@ -371,6 +374,14 @@ def cmd_show_prompt(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from arena_pref.export import export_bundle
+
+    out = export_bundle(args.model_uri, args.out, args.tracking_uri, folds=args.folds, base_model_dir=args.base_model_dir)
+    print(f"bundle written to {out}: upload it as a Kaggle dataset and run `python {out}/predict.py --help`")
+    return 0
+
+
 def cmd_stack(args) -> int:
     from arena_pref import stack
 
@@ -497,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a row id of data.train_csv or data.test_csv (repeatable)")
     show.add_argument("--json", action="store_true", help="one JSON list instead of text")
     show.set_defaults(func=cmd_show_prompt)
+
+    export = sub.add_parser("export", help="write a registered model as an offline bundle (a Kaggle dataset)")
+    export.add_argument("model_uri", nargs="?", default="models:/arena-pref@champion")
+    export.add_argument("--out", required=True, help="new folder for the bundle")
+    export.add_argument("--folds", choices=["ensemble", "average"], default="ensemble",
+                        help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "
+                             "with the mean weight delta (K times faster)")
+    export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
+    export.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
+    export.set_defaults(func=cmd_export)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
     stack.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the services")

@@ -8,10 +8,12 @@ and what is allowed (all problems at once, like torchtune's ConfigError).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union, get_args
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pref_core.choices import Template, Truncation
 
 
 class ConfigError(ValueError):
@@ -46,11 +48,6 @@ class DataConfig(_Section):
     extra_seed: int = Field(0, description="Seed of the random side given to the chosen response of extra pairs.")
 
 
-Template = Literal["seed", "multi_turn"]
-Truncation = Literal["seed", "seed_capped", "proportional"]
-# The allowed values, read from the Literals so that they are written once.
-TEMPLATES: tuple[str, ...] = get_args(Template)
-TRUNCATIONS: tuple[str, ...] = get_args(Truncation)
 
 
 class PromptConfig(_Section):

@@ -8,7 +8,7 @@ the last); the probabilities come back in the dataset's original order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -76,33 +76,87 @@ def _predict_column(
     pad_to_multiple_of: Optional[int],
     progress: bool,
 ) -> np.ndarray:
-    """Probabilities (n, 3) for one input column, in dataset order."""
+    """Probabilities (n, 3) for one input column of a datasets.Dataset, in dataset order."""
     length_column = input_column.replace("input_ids", "length")
     if length_column in dataset.column_names:
         lengths = np.asarray(dataset[length_column])
     else:
         lengths = np.asarray([len(seq) for seq in dataset[input_column]])
-    order = np.argsort(-lengths, kind="stable")  # longest first
     rows_only = dataset.select_columns([input_column])
-    collate = PreferenceCollator(pad_token_id, pad_to_multiple_of, input_column=input_column)
+    return _predict_sequences(
+        model, lambda index: rows_only[index][input_column], lengths, batch_size, pad_token_id,
+        pad_to_multiple_of, progress, desc=f"predict {input_column}",
+    )
+
+
+def _predict_sequences(
+    model: nn.Module,
+    sequences_at: Callable[[list[int]], Sequence[Sequence[int]]],
+    lengths: np.ndarray,
+    batch_size: int,
+    pad_token_id: int,
+    pad_to_multiple_of: Optional[int],
+    progress: bool,
+    desc: str = "predict",
+) -> np.ndarray:
+    """Probabilities (n, 3) for n token sequences (`sequences_at(row indices)` returns those rows), in row order."""
+    order = np.argsort(-lengths, kind="stable")  # longest first
+    collate = PreferenceCollator(pad_token_id, pad_to_multiple_of)
     device = _model_device(model)
-    probabilities = np.empty((len(dataset), NUM_CLASSES), dtype=np.float32)
+    probabilities = np.empty((len(lengths), NUM_CLASSES), dtype=np.float32)
     starts = range(0, len(order), batch_size)
     if progress:
         from pref_core.progress import progress_bar
 
-        view = "swapped" if input_column.endswith("_swap") else "rows"
-        starts = progress_bar(starts, desc=f"predict {len(order)} {view}", unit="batch")
+        starts = progress_bar(starts, desc=desc, unit="batch")
     for start in starts:
         index = order[start : start + batch_size]
-        batch_rows = rows_only[index.tolist()]  # dict of columns
-        rows = [{input_column: seq} for seq in batch_rows[input_column]]
-        batch = collate(rows)
+        batch = collate([{"input_ids": seq} for seq in sequences_at(index.tolist())])
         logits = model(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         )["logits"]  # (batch, 3)
         probabilities[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probabilities
+
+
+def predict_token_ids(
+    model: nn.Module,
+    input_ids: Sequence[Sequence[int]],
+    input_ids_swap: Optional[Sequence[Sequence[int]]] = None,
+    batch_size: int = 8,
+    pad_token_id: Optional[int] = None,
+    progress: bool = False,
+    pad_to_multiple_of: Optional[int] = None,
+) -> np.ndarray:
+    """`predict` over plain lists of token ids (no `datasets`): (n, 3) probabilities in row order.
+
+    With `input_ids_swap` (the a/b-swapped view of the same rows) the two views are averaged, as `predict`
+    does with tta_swap.
+    """
+    if len(input_ids) == 0:
+        return np.empty((0, NUM_CLASSES), dtype=np.float32)
+    if input_ids_swap is not None and len(input_ids_swap) != len(input_ids):
+        raise ValueError(f"input_ids_swap has {len(input_ids_swap)} rows, input_ids {len(input_ids)}")
+    if pad_token_id is None:
+        pad_token_id = _default_pad_token_id(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            views = [input_ids] if input_ids_swap is None else [input_ids, input_ids_swap]
+            outputs = [
+                _predict_sequences(
+                    model, lambda index, rows=rows: [rows[i] for i in index],
+                    np.asarray([len(seq) for seq in rows]), batch_size, pad_token_id, pad_to_multiple_of, progress,
+                )
+                for rows in views
+            ]
+    finally:
+        model.train(was_training)
+    if input_ids_swap is None:
+        return outputs[0]
+    # Column a of the swapped view is the probability that the original b wins.
+    return (outputs[0] + swap_probabilities(outputs[1])) / 2.0
 
 
 def predict(

@@ -461,3 +461,65 @@ def load_preference_model(
         peft_model.to(resolve_load_device(device))
     peft_model.eval()
     return peft_model, tokenizer
+
+
+def fold_adapter_name(index: int) -> str:
+    """peft adapter name of the `index`-th adapter of an ensemble loaded by `load_preference_ensemble`."""
+    return f"fold_{index}"
+
+
+def _read_saved_head(config: "RunConfig", adapter_dir: Path) -> dict:
+    """The head description `save_adapter` wrote, checked against config.model.head."""
+    head_file = adapter_dir / PREFERENCE_HEAD_FILE
+    if not head_file.is_file():
+        raise FileNotFoundError(f"{head_file} not found: {adapter_dir} is not a folder written by save_adapter")
+    saved = json.loads(head_file.read_text(encoding="utf-8"))
+    if saved["head"] != config.model.head:
+        raise ValueError(
+            f"model.head: the adapter in {adapter_dir} was trained with head={saved['head']!r} but the config "
+            f"says {config.model.head!r}; set model.head={saved['head']} to load it"
+        )
+    return saved
+
+
+def load_preference_ensemble(
+    config: "RunConfig",
+    adapter_dirs: Sequence[Union[str, Path]],
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
+    """One base model with every adapter of `adapter_dirs` attached. Returns (model, tokenizer, adapter names).
+
+    The base is loaded once; adapter k is named ``fold_k`` and chosen with ``model.set_adapter(name)``.
+    The classifier head is a peft ``modules_to_save`` module, so each adapter carries its own copy and
+    `set_adapter` switches it together with the LoRA weights. The tokenizer comes from the first adapter
+    folder (every fold of a run saves the same one).
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    adapter_dirs = [Path(d) for d in adapter_dirs]
+    if not adapter_dirs:
+        raise ValueError("load_preference_ensemble needs at least one adapter folder")
+    heads = [_read_saved_head(config, d) for d in adapter_dirs]
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
+    backbone = load_backbone(config.model, name_or_path)
+    model = build_preference_model(config.model, backbone, tokenizer)
+    for adapter_dir, saved in zip(adapter_dirs, heads):
+        if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
+            raise ValueError(
+                f"model.label_tokens {list(config.model.label_tokens)!r} map to ids {model.label_token_ids.tolist()}, "
+                f"but the adapter in {adapter_dir} was trained on ids {saved['label_token_ids']}; use the "
+                "label_tokens of the training run"
+            )
+    names = [fold_adapter_name(k) for k in range(len(adapter_dirs))]
+    peft_model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name=names[0], is_trainable=False)
+    for name, adapter_dir in zip(names[1:], adapter_dirs[1:]):
+        peft_model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+    if config.model.quantization == "none":  # bitsandbytes models were placed at load time
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        peft_model.to(device)
+    peft_model.set_adapter(names[0])
+    peft_model.eval()
+    return peft_model, tokenizer, names

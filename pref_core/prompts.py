@@ -19,9 +19,12 @@ header included, exactly as the notebook did.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from pref_core.config import TEMPLATES, PromptConfig
+from pref_core.choices import TEMPLATES
+
+if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
+    from pref_core.config import PromptConfig
 
 # One explicit placeholder wherever a turn is JSON null (an answer that was never given), in the
 # multi_turn template; the seed template reads null as "" as the notebook did.

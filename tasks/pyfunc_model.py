@@ -23,14 +23,16 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 
 from pref_core.labels import LABEL_COLUMNS
 
 BUNDLE_ARTIFACT = "bundle"
-# Kaggle test.csv in, sample_submission.csv out.
+# Kaggle test.csv in, sample_submission.csv out. Kaggle ids are integers, other files' ids strings: `id`
+# takes either (AnyType), and the output keeps the input's ids as they came.
 MODEL_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", name) for name in ("id", "prompt", "response_a", "response_b")]),
-    outputs=Schema([ColSpec("string", "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
+    inputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("string", name) for name in ("prompt", "response_a", "response_b"))]),
+    outputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
 )
 
 
@@ -50,17 +52,11 @@ def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = Fal
                    base_model: str | None = None) -> pd.DataFrame:
     """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters.
     `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
-    from transformers import AutoTokenizer
-
-    from pref_core.ensemble import predict_with_adapters
-    from pref_core.tokenization import tokenize_frame
+    from pref_core.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
-    tokenizer = AutoTokenizer.from_pretrained(adapters[0])
-    dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
-    # Each fold's probabilities are calibrated before the mean, as the OOF temperature was fit.
-    probs = predict_with_adapters(config, adapters, dataset, base_model=base_model or base["name_or_path"],
-                                  progress=progress, temperature=temperature)
+    probs = predict_frame_probabilities(config, adapters, frame, base_model=base_model or base["name_or_path"],
+                                        temperature=temperature, progress=progress)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out
@@ -71,7 +67,9 @@ def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False)
     from pref_core.data import validate_arena_frame
 
     frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
-    return predict_parsed(bundle, frame, progress=progress)
+    out = predict_parsed(bundle, frame, progress=progress)
+    out["id"] = raw["id"].to_numpy()  # every row was kept, in order: give the ids back with their own type
+    return out
 
 
 class ArenaPrefModel(mlflow.pyfunc.PythonModel):

@@ -78,6 +78,20 @@ def build_bundle(
     return dest
 
 
+def write_class_prior(prepared: PreparedInputs, bundle: Path) -> Path:
+    """class_prior.json: the training class shares, which an exported bundle gives a test row it cannot read."""
+    import numpy as np
+    import pandas as pd
+
+    from pref_core.labels import LABEL_COLUMNS
+
+    labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
+    prior = np.bincount(labels, minlength=len(LABEL_COLUMNS)) / len(labels)
+    path = bundle / "class_prior.json"
+    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": prior.tolist(), "n_train": int(len(labels))}))
+    return path
+
+
 def _champion(client: MlflowClient, name: str):
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
@@ -127,6 +141,7 @@ def register_model(
     name = config.tracking.registered_model
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle", oof.temperature)
+        write_class_prior(prepared, bundle)
         mlflow.set_tracking_uri(client.tracking_uri)
         with mlflow.start_run(run_id=parent_run_id):
             info = mlflow.pyfunc.log_model(

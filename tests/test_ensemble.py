@@ -1,0 +1,165 @@
+"""Fold ensemble over one base: K adapters switched in (LoRA and classifier head together), numerically
+equal to reloading the base per fold; rows split over several worker devices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pref_core.modeling as modeling
+from pref_core.config import parse_config
+from pref_core.ensemble import (
+    average_probabilities,
+    encode_frame,
+    predict_fold_probabilities,
+    predict_with_adapters,
+    split_rows,
+)
+from pref_core.inference import predict_token_ids
+from pref_core.modeling import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
+from pref_core.tiny import build_tiny_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+TEXTS = [
+    "<prompt>: which river is longest ? <response_a>: the nile is long <response_b>: the amazon carries more water",
+    "Which is the better response for the prompt ? a or b or tie ? Answer: tie",
+    "the cat sat on the mat and the dog ran to the garden while the sun was bright",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def make_config(head: str, tta_swap: bool = False):
+    return parse_config({
+        "model": {"tiny": {"hidden_size": 32}, "head": head, "dtype": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "train": {"seed": 0, "eval_batch_size": 4, "tta_swap": tta_swap},
+    })
+
+
+def make_fold_adapters(config, tokenizer, tiny_dir, out, n_folds=3):
+    """n_folds adapters with different, clearly non-zero trainable weights (LoRA B starts at zero)."""
+    dirs = []
+    for fold in range(n_folds):
+        model = build_model(config, tokenizer, tiny_dir)
+        generator = torch.Generator().manual_seed(100 + fold)
+        with torch.no_grad():
+            for _, param in model.named_parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+        dirs.append(save_adapter(model, out / f"fold_{fold}", tokenizer))
+    return dirs
+
+
+@pytest.fixture(scope="module", params=["label_token", "classifier"])
+def folds(request, tiny_dir, tokenizer, tmp_path_factory):
+    config = make_config(request.param)
+    return config, make_fold_adapters(config, tokenizer, tiny_dir, tmp_path_factory.mktemp(request.param))
+
+
+def token_rows(tokenizer, n=9):
+    ids = [tokenizer.encode(TEXTS[i % 3])[: 8 + 3 * i] for i in range(n)]
+    swapped = [list(reversed(seq)) for seq in ids]
+    return ids, swapped
+
+
+def per_fold_reload(config, adapter_dirs, tiny_dir, ids, swapped):
+    """The reference: one base load per fold (what the ensemble did before)."""
+    outputs = []
+    for adapter_dir in adapter_dirs:
+        model, tok = load_preference_model(config, adapter_dir, name_or_path=tiny_dir, device="cpu")
+        outputs.append(predict_token_ids(model, ids, swapped if config.train.tta_swap else None,
+                                         batch_size=4, pad_token_id=tok.pad_token_id))
+    return outputs
+
+
+@pytest.mark.parametrize("tta_swap", [False, True])
+def test_one_base_with_switched_adapters_equals_per_fold_reloads(folds, tiny_dir, tokenizer, tta_swap, monkeypatch):
+    config, adapter_dirs = folds
+    config = config.model_copy(update={"train": config.train.model_copy(update={"tta_swap": tta_swap})})
+    ids, swapped = token_rows(tokenizer)
+    reference = per_fold_reload(config, adapter_dirs, tiny_dir, ids, swapped)
+    assert not np.allclose(reference[0], reference[1], atol=1e-3)  # the folds really differ
+
+    loads = []
+    real_load_backbone = modeling.load_backbone
+    monkeypatch.setattr(modeling, "load_backbone", lambda *a, **k: loads.append(1) or real_load_backbone(*a, **k))
+    probs = predict_with_adapters(config, adapter_dirs, {"input_ids": ids, "input_ids_swap": swapped},
+                                  base_model=str(tiny_dir))
+    assert len(loads) == 1  # one base for the K folds
+    np.testing.assert_allclose(probs, average_probabilities(reference), atol=1e-5, rtol=0)
+
+    per_fold, workers = predict_fold_probabilities(config, adapter_dirs, ids, swapped if tta_swap else None,
+                                                   base_model=str(tiny_dir), devices=["cpu"])
+    for got, want in zip(per_fold, reference):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert [n for _, _, n in workers] == [len(ids)]
+
+
+def test_classifier_head_switches_with_the_adapter(tiny_dir, tokenizer, tmp_path):
+    config = make_config("classifier")
+    adapter_dirs = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=2)
+    model, _, names = load_preference_ensemble(config, adapter_dirs, name_or_path=tiny_dir, device="cpu")
+    saved = []
+    for adapter_dir in adapter_dirs:
+        weights = load_file(adapter_dir / "adapter_model.safetensors")
+        [key] = [k for k in weights if f"{CLASSIFIER_NAME}.weight" in k]
+        saved.append(weights[key])
+    assert not torch.allclose(saved[0], saved[1])
+    wrapper = getattr(model.get_base_model(), CLASSIFIER_NAME)  # peft ModulesToSaveWrapper
+    for name, weight in zip(names, saved):
+        model.set_adapter(name)
+        assert wrapper.active_adapters == [name]
+        torch.testing.assert_close(wrapper.modules_to_save[name].weight, weight)
+        # The forward pass uses this adapter's head, not another's.
+        hidden = torch.randn(2, 32)
+        torch.testing.assert_close(wrapper(hidden), hidden @ weight.T + wrapper.modules_to_save[name].bias)
+
+
+def test_split_rows_deals_longest_first_and_covers_every_row_once():
+    lengths = [5, 50, 7, 40, 6, 30, 1]
+    shares = split_rows(lengths, 2)
+    assert sorted(np.concatenate(shares).tolist()) == list(range(7))
+    assert [s.tolist() for s in shares] == [[1, 4, 5, 6], [0, 2, 3]]  # lengths 50, 30, 6, 1 | 40, 7, 5
+    assert [s.tolist() for s in split_rows(lengths, 1)] == [list(range(7))]
+    with pytest.raises(ValueError, match="n_parts"):
+        split_rows(lengths, 0)
+
+
+def test_two_worker_devices_equal_one_device_and_split_the_rows(tiny_dir, tokenizer, tmp_path):
+    config = make_config("classifier", tta_swap=True)
+    adapter_dirs = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=2)
+    ids, swapped = token_rows(tokenizer, n=11)
+    one, _ = predict_fold_probabilities(config, adapter_dirs, ids, swapped, base_model=str(tiny_dir), devices=["cpu"])
+    two, workers = predict_fold_probabilities(config, adapter_dirs, ids, swapped, base_model=str(tiny_dir),
+                                              devices=["cpu", "cpu"])
+    for got, want in zip(two, one):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert [device for device, _, _ in workers] == ["cpu", "cpu"]
+    assert len({pid for _, pid, _ in workers}) == 2  # two worker processes
+    assert sorted(n for _, _, n in workers) == [5, 6]
+
+
+def test_encode_frame_gives_the_token_cache_ids(train_frame, tiny_tokenizer):
+    from pref_core.tokenization import tokenize_frame
+
+    config = parse_config({"model": {"tiny": {"hidden_size": 32}}, "prompt": {"max_length": 96}})
+    frame = train_frame.head(25)
+    dataset = tokenize_frame(frame, tiny_tokenizer, config.prompt, with_swap=True, num_proc=1)
+    ids, swapped = encode_frame(frame, tiny_tokenizer, config.prompt, with_swap=True, batch_rows=10)
+    assert ids == [list(x) for x in dataset["input_ids"]]
+    assert swapped == [list(x) for x in dataset["input_ids_swap"]]
+    assert encode_frame(frame, tiny_tokenizer, config.prompt)[1] is None
