@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
-    show.add_argument("--config", required=True)
+    show.add_argument("--config", required=True, help="YAML recipe whose template, truncation and tokenizer to use")
     show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field, e.g. --set prompt.max_length=512 (repeatable)")
     show.add_argument("--id", action="append", required=True, metavar="ROW_ID",
@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show_prompt)
 
     export = sub.add_parser("export", help="write a registered model as an offline bundle (a Kaggle dataset)")
-    export.add_argument("model_uri", nargs="?", default="models:/arena-pref@champion")
+    export.add_argument("model_uri", nargs="?", default="models:/arena-pref@champion", help="registered model URI")
     export.add_argument("--out", required=True, help="new folder for the bundle")
     export.add_argument("--folds", choices=["ensemble", "average"], default="ensemble",
                         help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "

@@ -71,7 +71,7 @@ def write_readme(dest: Path, manifest_base: dict, folds: str, n_adapters: int, h
     revision = manifest_base.get("revision") or manifest_base.get("commit")
     kind = (f"{n_adapters} fold adapters, probabilities averaged" if folds == "ensemble"
             else "one adapter averaged from the folds (one base pass per row instead of one per fold)")
-    base_line = (f"The base weights are inside (`base_model/`): `--base-model` may be omitted."
+    base_line = ("The base weights are inside (`base_model/`): `--base-model` may be omitted."
                  if has_base else
                  f"Attach the base model `{name}`{f' at revision {revision}' if revision else ''} as a second input "
                  "(a Kaggle model or dataset holding its config.json, tokenizer and *.safetensors).")

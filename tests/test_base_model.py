@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pref_core.base_model import BaseModelError, check_runtime, hash_folder, hub_reference, resolve_base_model
+from pref_core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_ID = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -84,6 +85,7 @@ HUB_FAILURES = [
 @pytest.mark.parametrize(("status", "error_code", "expected"), HUB_FAILURES)
 def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tmp_path, status, error_code, expected):
     out, store = tmp_path / "out", tmp_path / "mlflow.db"
+    seed_id = load_config(ROOT / "configs" / "seed-llama3-8b.yaml").model.name_or_path  # the checkpoint the seed ran
     with fake_hub(status, error_code) as endpoint:
         started = time.monotonic()
         result = run_cli(["train", "--config", str(ROOT / "configs" / "seed-llama3-8b.yaml"),
@@ -94,11 +96,11 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert GATED_ID in errors[0]
+    assert seed_id in errors[0]
     if error_code == "GatedRepo":
-        assert f"{endpoint}/{GATED_ID}" in errors[0] and "HF_TOKEN" in errors[0]
+        assert f"{endpoint}/{seed_id}" in errors[0] and "HF_TOKEN" in errors[0]
     if status is None:
-        assert f"hf download {GATED_ID}" in errors[0] and "HF_HUB_OFFLINE=1" in errors[0]
+        assert f"hf download {seed_id}" in errors[0] and "HF_HUB_OFFLINE=1" in errors[0]
     assert not out.exists() and not store.exists()  # no output folder, no tracking store, no run
     assert elapsed < 60  # imports included; the Hub look-up itself takes about a second
 

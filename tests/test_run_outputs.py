@@ -111,15 +111,21 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
     import json
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName,
+    )
 
     from tasks.artifacts import PROGRESS_KEY, SUMMARY_KEY, TABLE_KEY
 
-    _, result, _ = finished_run
+    config, result, _ = finished_run
+    # Other runs of the session write artifacts under the same keys: read this run's own.
+    flow_run_name = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"]).data.tags["arena_pref.prefect_flow_run"]
     with get_client(sync_client=True) as client:
-        found = {a.key: a for a in client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY])),
-        )}
+        (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
+        found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+        ))}
     assert set(found) == {PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY}
     assert float(found[PROGRESS_KEY].data) == 100.0
     table = found[TABLE_KEY].data
