@@ -85,7 +85,7 @@ def _predict_column(
     rows_only = dataset.select_columns([input_column])
     return _predict_sequences(
         model, lambda index: rows_only[index][input_column], lengths, batch_size, pad_token_id,
-        pad_to_multiple_of, progress, desc=f"predict {input_column}",
+        pad_to_multiple_of, progress, view="swapped" if input_column.endswith("_swap") else "rows",
     )
 
 
@@ -97,7 +97,7 @@ def _predict_sequences(
     pad_token_id: int,
     pad_to_multiple_of: Optional[int],
     progress: bool,
-    desc: str = "predict",
+    view: str = "rows",
 ) -> np.ndarray:
     """Probabilities (n, 3) for n token sequences (`sequences_at(row indices)` returns those rows), in row order."""
     order = np.argsort(-lengths, kind="stable")  # longest first
@@ -108,7 +108,7 @@ def _predict_sequences(
     if progress:
         from pref_core.progress import progress_bar
 
-        starts = progress_bar(starts, desc=desc, unit="batch")
+        starts = progress_bar(starts, desc=f"predict {len(order)} {view}", unit="batch")
     for start in starts:
         index = order[start : start + batch_size]
         batch = collate([{"input_ids": seq} for seq in sequences_at(index.tolist())])
@@ -148,8 +148,9 @@ def predict_token_ids(
                 _predict_sequences(
                     model, lambda index, rows=rows: [rows[i] for i in index],
                     np.asarray([len(seq) for seq in rows]), batch_size, pad_token_id, pad_to_multiple_of, progress,
+                    view=view,
                 )
-                for rows in views
+                for rows, view in zip(views, ("rows", "swapped"))
             ]
     finally:
         model.train(was_training)
