@@ -301,7 +301,6 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.create_experiment("predict-test", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=experiment)  # the logged model lands there too, not in ./mlruns
     with mlflow.start_run(experiment_id=experiment) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"bundle": str(bundle)})
     client.create_registered_model("arena-pref")
