@@ -40,10 +40,10 @@ def _apply_env_defaults() -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pref_core.config import ConfigError
     from pref_core.data import DataValidationError
-    from tasks.evaluation import IncompleteOOFError
-    from tasks.tracking import TrackingUnavailableError
-    from tasks.training import FoldFailedError
-    from tasks.distillation import TeacherMismatchError
+    from arena_pref.tasks.evaluation import IncompleteOOFError
+    from arena_pref.tasks.tracking import TrackingUnavailableError
+    from arena_pref.tasks.training import FoldFailedError
+    from arena_pref.tasks.distillation import TeacherMismatchError
     from arena_pref.export import ExportError
     from arena_pref.stack import StackError
     from pref_core.base_model import BaseModelError
@@ -64,7 +64,7 @@ def _load(config_path: str | Path, overrides: Sequence[str]):
 
 def registry_decision(result: dict) -> str:
     """The registry's decision in plain words (the first version becoming @champion is not a failure)."""
-    from tasks.artifacts import decision_in_words
+    from arena_pref.tasks.artifacts import decision_in_words
 
     return decision_in_words(result["model_uri"], bool(result.get("promoted")), result["promotion"])
 
@@ -130,7 +130,7 @@ def preflight(config) -> None:
     if config.data.train_csv is None:
         raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
     check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports
-    from tasks import preparation, tracking, workspace
+    from arena_pref.tasks import preparation, tracking, workspace
 
     root = workspace.output_root(config)
     try:
@@ -158,7 +158,7 @@ def preflight(config) -> None:
         except ValueError as err:
             raise UserError(str(err)) from None
     if config.distill.teacher_run is not None:  # same data and folds as the teacher, before any training
-        from tasks.distillation import check_teacher_run
+        from arena_pref.tasks.distillation import check_teacher_run
 
         check_teacher_run(config, train.data_hash, tracking.get_client(config))
 
@@ -181,15 +181,15 @@ def check_split(config, parsed_path) -> None:
 def run_training(config, force: bool = False, verbose: bool = True, command: str = "train") -> dict:
     """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
     from arena_pref import console as run_console
-    from tasks import workspace
+    from arena_pref.tasks import workspace
 
     preflight(config)
     log_path = run_console.log_file_path(workspace.output_root(config), command)
     if not verbose:
         print(f"log: {log_path}  (-v shows it here)", flush=True)
     with run_console.quiet_run(log_path, verbose=verbose) as console:
-        from flows.cv_training import cv_training
-        from tasks.tracking import resolve_tracking_uri
+        from arena_pref.flows.cv_training import cv_training
+        from arena_pref.tasks.tracking import resolve_tracking_uri
 
         try:
             result = cv_training(config, force=force)
@@ -253,7 +253,7 @@ def cmd_validate(args) -> int:
 def _registry_client(args):
     from mlflow import MlflowClient
 
-    from tasks.tracking import default_tracking_uri
+    from arena_pref.tasks.tracking import default_tracking_uri
 
     return MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
 
@@ -281,7 +281,7 @@ def cmd_models(args) -> int:
 def cmd_promote(args) -> int:
     from mlflow.exceptions import MlflowException
 
-    from tasks.registry import promote
+    from arena_pref.tasks.registry import promote
 
     client = _registry_client(args)
     try:
@@ -302,8 +302,8 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
     import mlflow
 
     from pref_core.base_model import BaseModelError, check_base_available
-    from tasks.pyfunc_model import BUNDLE_ARTIFACT
-    from tasks.tracking import default_tracking_uri
+    from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
+    from arena_pref.tasks.tracking import default_tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
@@ -320,7 +320,7 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
 
 
 def cmd_predict(args) -> int:
-    from flows.predict import predict
+    from arena_pref.flows.predict import predict
 
     check_predict_base(args.model, args.tracking_uri, args.base_model)
     out = predict(args.model, args.test_csv, args.out, args.tracking_uri, args.base_model)
@@ -335,7 +335,8 @@ def cmd_show_prompt(args) -> int:
     import pandas as pd
 
     from pref_core.prompts import explain_rows
-    from tasks import preparation
+    from pref_core.tokenization import load_tokenizer
+    from arena_pref.tasks import preparation
 
     config = _load(args.config, args.set)
     if config.data.train_csv is None and config.data.test_csv is None:
@@ -355,7 +356,7 @@ def cmd_show_prompt(args) -> int:
         raise UserError(f"--id: no row with id {', '.join(missing)} in "
                         f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}")
     frame = frame.set_index(frame["id"].astype(str)).loc[wanted].reset_index(drop=True)
-    tokenizer = preparation.load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
+    tokenizer = load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
     try:
         explained = explain_rows(tokenizer, frame, config.prompt, config.model.head, config.model.label_tokens)
     except ValueError as err:  # a template too long for max_length, a label word that is not one token

@@ -129,9 +129,9 @@ def export_bundle(
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
     from pref_core.averaging import average_adapters
     from pref_core.bundle import BASE_MODEL_DIR, write_manifest
-    from tasks.prediction import download_bundle
-    from tasks.pyfunc_model import read_bundle
-    from tasks.tracking import default_tracking_uri
+    from arena_pref.tasks.prediction import download_bundle
+    from arena_pref.tasks.pyfunc_model import read_bundle
+    from arena_pref.tasks.tracking import default_tracking_uri
 
     if folds not in ("ensemble", "average"):
         raise ExportError(f"--folds {folds!r}: use ensemble or average")

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from arena_pref.cli import preflight
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.config import load_config
 
     out_dir = Path(args.output_dir).resolve()

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import torch
 
     from arena_pref.cli import main as cli_main
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.bundle import adapter_dirs, read_bundle_config
     from pref_core.config import load_config
     from pref_core.data import read_arena_csv

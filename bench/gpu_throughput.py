@@ -13,7 +13,7 @@ per micro-batch, three-class loss on the label logits.
   does, label logits gathered at the label position; random batches (no length grouping), batch 2.
 * ours: bf16 base, pref_core.modeling.PreferenceModel (label_token head: the last real token's hidden
   state times three rows of the LM head), bf16 autocast, length-grouped batches from
-  pref_core.training.EpochSeededSampler, padding to a multiple of 8 as train_fold does on CUDA, batch 4.
+  pref_core.training.EpochSeededSampler, padding to a multiple of 8 as fine_tune_fold does on CUDA, batch 4.
 
 Throughput counts real (non-pad) tokens. MFU = useful model FLOPs / (time x the GPU's dense bf16 peak),
 useful FLOPs per row of length L = 2 x (2 N L) for the frozen linears (forward + input gradients, no

@@ -52,7 +52,7 @@ def measure(args) -> Verdict:
 
     from bench.lengths import make_realistic_frame
     from pref_core.config import load_config
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
     from pref_core.modeling import build_model
     from pref_core.prompts import build_prompt
     from pref_core.tiny import build_tiny_checkpoint
@@ -78,7 +78,7 @@ def measure(args) -> Verdict:
     real_tokens = int(lengths.sum())
     pad_id = tokenizer.pad_token_id
 
-    sorted_probs = predict(model, dataset, batch_size=args.batch_size, pad_token_id=pad_id)  # warm-up, and the check
+    sorted_probs = predict_probabilities(model, dataset, batch_size=args.batch_size, pad_token_id=pad_id)  # warm-up, and the check
     input_probs = predict_in_input_order(model, dataset, args.batch_size, pad_id)
     if not np.allclose(sorted_probs, input_probs, atol=1e-4):
         raise AssertionError("length-sorted and input-order predictions differ: padding leaks into the results")
@@ -87,7 +87,7 @@ def measure(args) -> Verdict:
     for repeat in range(args.repeats):
         for side in (("sorted", "input") if repeat % 2 == 0 else ("input", "sorted")):
             if side == "sorted":
-                timing = time_call_detailed(lambda: predict(model, dataset, batch_size=args.batch_size, pad_token_id=pad_id))
+                timing = time_call_detailed(lambda: predict_probabilities(model, dataset, batch_size=args.batch_size, pad_token_id=pad_id))
             else:
                 timing = time_call_detailed(lambda: predict_in_input_order(model, dataset, args.batch_size, pad_id))
             times[side].append(timing["busy"])  # wall less run-queue wait: one torch thread, see bench.timing

@@ -4,8 +4,8 @@ Both sides run the same config (configs/tiny.yaml: the tiny random Llama built f
 texts, 5 folds) on the same synthetic train.csv, each into its own empty output folder:
 
 * direct: pref_core only, in this process: read_arena_csv -> build_tiny_checkpoint -> build_token_cache
-  -> make_folds -> train_fold per fold -> out-of-fold log loss. No Prefect, no MLflow.
-* flow: flows.cv_training.cv_training(config) under prefect_test_harness (a temporary Prefect server),
+  -> make_folds -> fine_tune_fold per fold -> out-of-fold log loss. No Prefect, no MLflow.
+* flow: arena_pref.flows.cv_training.cv_training(config) under prefect_test_harness (a temporary Prefect server),
   MLflow on a temporary SQLite store, cv.execution as given (default in_process). On top of the same
   work it does what the flow exists for: task and flow runs, MLflow runs with params, per-step metrics
   and artifacts, OOF plots, model registration.
@@ -55,7 +55,7 @@ def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args
 
 
 def tiny_training_texts(frame) -> list[str]:
-    """The texts the flow trains the tiny tokenizer on (as tasks.preparation does: template text + turns)."""
+    """The texts the flow trains the tiny tokenizer on (as arena_pref.tasks.preparation does: template text + turns)."""
     from pref_core.prompts import CLOSING_QUESTION
 
     texts = [CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:"]
@@ -79,7 +79,7 @@ def run_direct(config) -> dict:
     from pref_core.metrics import compute_log_loss
     from pref_core.tiny import build_tiny_checkpoint
     from pref_core.tokenization import build_token_cache, load_token_cache
-    from pref_core.training import train_fold
+    from pref_core.training import fine_tune_fold
 
     steps: dict[str, float] = {}
     clock = time.perf_counter()
@@ -110,7 +110,7 @@ def run_direct(config) -> dict:
     lap("folds")
     pieces = []
     for k in range(config.cv.n_folds):
-        result = train_fold(config, dataset.select(np.flatnonzero(row_fold != k)),
+        result = fine_tune_fold(config, dataset.select(np.flatnonzero(row_fold != k)),
                             dataset.select(np.flatnonzero(row_fold == k)), out / f"fold_{k}", name_or_path=model_dir)
         pieces.append(pd.read_parquet(result.val_predictions_path))
         lap("train folds")
@@ -124,8 +124,8 @@ def run_flow(config) -> dict:
     """The flow, with a stopwatch around the MLflow Trainer callback (measurement only: behaviour unchanged)."""
     import time
 
-    from flows.cv_training import cv_training
-    from tasks.tracking import MlflowFoldCallback
+    from arena_pref.flows.cv_training import cv_training
+    from arena_pref.tasks.tracking import MlflowFoldCallback
 
     callback_s = [0.0, 0]
     original = MlflowFoldCallback.on_log
@@ -197,9 +197,9 @@ def explain_overhead(direct: dict, flow: dict) -> list[list]:
     training = direct["steps_s"]["train folds"]
     preparation = sum(v for k, v in direct["steps_s"].items() if k != "train folds")
     rows = [
-        ["fit-fold tasks beyond direct train_fold: MLflow callback (Trainer logs -> log_batch)",
+        ["fit-fold tasks beyond direct fine_tune_fold: MLflow callback (Trainer logs -> log_batch)",
          flow["mlflow_callback_s"]],
-        ["fit-fold tasks beyond direct train_fold: the rest (fold tags, artifacts, run reads)",
+        ["fit-fold tasks beyond direct fine_tune_fold: the rest (fold tags, artifacts, run reads)",
          prefect["fit_fold_tasks_s"] - training - flow["mlflow_callback_s"]],
         # A subflow shows in its parent as a wrapper task run named after the flow ("train-fold").
         ["fold subflows around fit-fold (subflow start, its 4 preparation tasks re-run as cache hits)",
@@ -237,7 +237,7 @@ def measure(args) -> Verdict:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # fold processes (cv.execution=subprocess) too
 
     # Import everything both sides use before timing: neither side pays first-import costs.
-    import flows.cv_training  # noqa: F401
+    import arena_pref.flows.cv_training  # noqa: F401
     import pref_core.training  # noqa: F401
     import peft  # noqa: F401
 

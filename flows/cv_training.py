@@ -9,10 +9,10 @@ from prefect.futures import as_completed
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.preparation import prepare_inputs
+from arena_pref.flows.preparation import prepare_inputs
 from pref_core.config import RunConfig
 from pref_core.devices import DeviceSlots, plan_device_slots
-from tasks import artifacts, evaluation, registry, runs, training
+from arena_pref.tasks import artifacts, evaluation, registry, runs, training
 
 
 @flow(name="cv-training", log_prints=True)

@@ -6,7 +6,7 @@ from typing import Optional
 
 from prefect import flow
 
-from tasks.prediction import predict_submission
+from arena_pref.tasks.prediction import predict_submission
 
 
 @flow(name="predict", log_prints=True)

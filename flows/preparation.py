@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pref_core.config import RunConfig
 from pref_core.data import hash_file
-from tasks import preparation, workspace
-from tasks.preparation import PreparedInputs
+from arena_pref.tasks import preparation, workspace
+from arena_pref.tasks.preparation import PreparedInputs
 
 
 def prepare_inputs(config: RunConfig) -> PreparedInputs:
@@ -35,7 +35,7 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
     train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=train_swap)
     extra_tokens = preparation.tokenize_and_cache(config, extra, base_model, with_swap=train_swap) if extra else None
     test_tokens = preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
-    folds_path = preparation.make_folds(config, train, run_key)
+    folds_path = preparation.write_fold_table(config, train, run_key)
     return PreparedInputs(
         run_key=run_key,
         base_model=base_model,

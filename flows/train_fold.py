@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.preparation import prepare_inputs
+from arena_pref.flows.preparation import prepare_inputs
 from pref_core.config import RunConfig
-from tasks.training import fit_fold
+from arena_pref.tasks.training import fit_fold
 
 
 @flow(name="train-fold", log_prints=True)

@@ -128,9 +128,9 @@ def predict_token_ids(
     progress: bool = False,
     pad_to_multiple_of: Optional[int] = None,
 ) -> np.ndarray:
-    """`predict` over plain lists of token ids (no `datasets`): (n, 3) probabilities in row order.
+    """`predict_probabilities` over plain lists of token ids (no `datasets`): (n, 3) probabilities in row order.
 
-    With `input_ids_swap` (the a/b-swapped view of the same rows) the two views are averaged, as `predict`
+    With `input_ids_swap` (the a/b-swapped view of the same rows) the two views are averaged, as `predict_probabilities`
     does with tta_swap.
     """
     if len(input_ids) == 0:
@@ -160,7 +160,7 @@ def predict_token_ids(
     return (outputs[0] + swap_probabilities(outputs[1])) / 2.0
 
 
-def predict(
+def predict_probabilities(
     model: nn.Module,
     dataset,
     batch_size: int = 8,

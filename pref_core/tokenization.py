@@ -36,6 +36,16 @@ _MAP_BATCH_SIZE = 1000
 _META_FILE = "arena_pref_cache.json"
 
 
+
+def load_tokenizer(name_or_path: Union[str, Path], revision: Optional[str] = None):
+    """The base model's tokenizer, with a pad token (Llama 3 ships none; padded positions are masked anyway)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
 @dataclass
 class CacheResult:
     path: Path

@@ -1,6 +1,6 @@
 """Train one cross-validation fold with the transformers Trainer.
 
-`train_fold` builds the LoRA model, trains it on one fold's rows, evaluates on
+`fine_tune_fold` builds the LoRA model, trains it on one fold's rows, evaluates on
 the held-out rows (metrics ``val_log_loss`` / ``val_accuracy``, seen by the
 caller's callbacks in ``on_evaluate`` and ``on_log``), writes the held-out
 predictions and the final adapter, and resumes from its own latest checkpoint
@@ -45,10 +45,11 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from pref_core.config import DistillConfig, RunConfig, TrainConfig
-from pref_core.inference import PreferenceCollator, predict
+from pref_core.inference import PreferenceCollator, predict_probabilities
 from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES, swap_label_index, swap_probabilities
 from pref_core.metrics import compute_accuracy, compute_log_loss
 from pref_core.modeling import build_model, distillation_loss, resolve_model_source, save_adapter
+from pref_core.tokenization import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class PreferenceTrainer(Trainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.swap != "none" and not isinstance(dataset, SwapViewDataset):
             raise ValueError(f"train.swap={self.swap} needs the train rows wrapped in SwapViewDataset "
-                             "(train_fold does this); pass SwapViewDataset(train_ds)")
+                             "(fine_tune_fold does this); pass SwapViewDataset(train_ds)")
         # Rows of one optimizer step over all processes (train.num_processes): the same length groups and
         # order as a 1-process run, which accelerate then deals out batch by batch to the processes.
         step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
@@ -333,7 +334,7 @@ class PreferenceTrainer(Trainer):
         return (loss, {**outputs, "loss": loss}) if return_outputs else loss
 
     def _get_eval_sampler(self, eval_dataset):
-        # Dataset order, so that recorded predictions line up with rows (train_fold sorts rows by length first).
+        # Dataset order, so that recorded predictions line up with rows (fine_tune_fold sorts rows by length first).
         return SequentialSampler(eval_dataset)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "val"):
@@ -575,15 +576,8 @@ def resolve_padding(tokenizer) -> tuple[int, Optional[int]]:
 
 
 def load_training_tokenizer(config: RunConfig, name_or_path: Optional[Union[str, Path]] = None):
-    """The base model's tokenizer, with a pad token (Llama 3 ships none; padded positions are masked anyway)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_source(config.model, name_or_path), revision=config.model.revision
-    )
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    """The tokenizer of the base model this config trains (`name_or_path` overrides model.name_or_path)."""
+    return load_tokenizer(resolve_model_source(config.model, name_or_path), config.model.revision)
 
 
 # -- training -------------------------------------------------------------------------------------------------------
@@ -603,7 +597,7 @@ def torch_cpu_threads(count: Optional[int]):
         torch.set_num_threads(before)
 
 
-def train_fold(
+def fine_tune_fold(
     config: RunConfig,
     train_ds,
     val_ds,
@@ -673,7 +667,7 @@ def build_trainer(
 
 def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None,
                 progress: Optional[dict] = None) -> FoldResult:
-    progress = {} if progress is None else progress  # phase and trainer, read by train_fold on out-of-memory
+    progress = {} if progress is None else progress  # phase and trainer, read by fine_tune_fold on out-of-memory
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
     check_train_inputs(config, train_ds)  # before the model loads: a missing column fails in seconds
@@ -729,7 +723,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         return FoldResult(adapter_dir=output_dir / ADAPTER_DIR, val_predictions_path=output_dir / VAL_PREDICTIONS_FILE,
                           metrics=metrics, resumed_from=str(resume_from) if resume_from else None)
     if config.train.tta_swap:
-        probabilities = predict(
+        probabilities = predict_probabilities(
             trainer.model, val_ds, batch_size=config.train.eval_batch_size, tta_swap=True,
             pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of,
         )
@@ -754,7 +748,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     test_path = None
     if test_ds is not None:
         progress["phase"] = "test prediction"
-        test_probabilities = predict(
+        test_probabilities = predict_probabilities(
             trainer.model, test_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
             pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,
         )

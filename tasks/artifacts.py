@@ -11,8 +11,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from pref_core.config import RunConfig
-from tasks import tracking
-from tasks.preparation import TASK_DEFAULTS
+from arena_pref.tasks import tracking
+from arena_pref.tasks.preparation import TASK_DEFAULTS
 
 LOGGER = logging.getLogger(__name__)
 

@@ -100,13 +100,13 @@ def teacher_frame(config: RunConfig, fold: int, train_hash: str, val_ids: Sequen
 
 def predict_train_rows(config: RunConfig, adapter_dir: Path, base_model: str, train_ds, dest: Path) -> Path:
     """The fold model's probabilities on the fold's own training rows (the student's soft labels for that fold)."""
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
     from pref_core.modeling import load_preference_model
     from pref_core.training import torch_cpu_threads
 
     with torch_cpu_threads(config.train.cpu_threads):
         model, tokenizer = load_preference_model(config, adapter_dir, name_or_path=base_model)
-        probs = predict(model, train_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+        probs = predict_probabilities(model, train_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
                         pad_token_id=tokenizer.pad_token_id)
     frame = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     frame.insert(0, "id", list(train_ds["id"]))

@@ -22,8 +22,8 @@ from pref_core.calibration import apply_temperature, fit_temperature
 from pref_core.config import RunConfig
 from pref_core.ensemble import average_probabilities
 from pref_core.labels import LABEL_COLUMNS
-from tasks import tracking, workspace
-from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks import tracking, workspace
+from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
 

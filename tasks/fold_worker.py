@@ -1,7 +1,7 @@
 """One process of a fold that several processes train together (train.num_processes > 1).
 
 `fit-fold` writes the fold's tokenized rows and a spec to the fold folder, then starts
-``torchrun --nproc-per-node N -m tasks.fold_worker SPEC`` (tasks/training.py). Every process trains
+``torchrun --nproc-per-node N -m arena_pref.tasks.fold_worker SPEC`` (tasks/training.py). Every process trains
 (DDP); rank 0 alone streams metrics to the fold's MLflow run, writes the adapter and the validation
 predictions, and leaves ``result.json`` for `fit-fold` to read. torchrun restarts the whole group when
 a process dies (preemption, OOM killer, SIGKILL), and the restarted processes resume from the fold's
@@ -42,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if core_training.is_main_process():
         from mlflow import MlflowClient
 
-        from tasks import tracking
+        from arena_pref.tasks import tracking
 
         client = MlflowClient(spec["tracking_uri"])
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
@@ -54,7 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pref_core.tokenization import load_token_cache
 
     test_ds = load_token_cache(spec["test"]) if spec.get("test") else None
-    result = core_training.train_fold(
+    result = core_training.fine_tune_fold(
         config, load_from_disk(spec["train"]), load_from_disk(spec["val"]), spec["output_dir"],
         callbacks=callbacks, name_or_path=spec["base_model"], test_ds=test_ds,
     )

@@ -9,9 +9,9 @@ from typing import Optional
 
 from prefect import task
 
-from tasks.evaluation import validate_submission
-from tasks.preparation import TASK_DEFAULTS
-from tasks.tracking import default_tracking_uri
+from arena_pref.tasks.evaluation import validate_submission
+from arena_pref.tasks.preparation import TASK_DEFAULTS
+from arena_pref.tasks.tracking import default_tracking_uri
 
 LOGGER = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
     """Fetch a registered model's bundle folder without unpickling anything."""
     import mlflow
 
-    from tasks.pyfunc_model import BUNDLE_ARTIFACT
+    from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
 
     mlflow.set_tracking_uri(tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
@@ -36,7 +36,7 @@ def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Op
 
     from pref_core.base_model import locate_base
     from pref_core.data import read_arena_csv
-    from tasks.pyfunc_model import predict_parsed
+    from arena_pref.tasks.pyfunc_model import predict_parsed
 
     tracking_uri = tracking_uri or default_tracking_uri()
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models

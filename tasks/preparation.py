@@ -27,8 +27,8 @@ from pref_core import tokenization
 from pref_core.config import RunConfig
 from pref_core.progress import console_note
 from pref_core.tiny import build_tiny_checkpoint
-from tasks import workspace
-from tasks.retry import retry_on_io
+from arena_pref.tasks import workspace
+from arena_pref.tasks.retry import retry_on_io
 
 LOGGER = logging.getLogger(__name__)
 
@@ -242,18 +242,9 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     return str(target)
 
 
-def load_tokenizer(name_or_path: str, revision: Optional[str] = None):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
-    if tokenizer.pad_token is None:  # Llama-3 ships none; padding positions are masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
 @task(name="tokenize-and-cache", **TASK_DEFAULTS)
 def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: str, with_swap: bool) -> TokenCacheOutput:
-    tokenizer = load_tokenizer(base_model, config.model.revision)
+    tokenizer = tokenization.load_tokenizer(base_model, config.model.revision)
     frame = pd.read_parquet(ingested.parsed_path)
     started = time.monotonic()
     result = tokenization.build_token_cache(
@@ -270,7 +261,7 @@ def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: st
 
 
 @task(name="make-folds", **TASK_DEFAULTS)
-def make_folds(config: RunConfig, train: IngestOutput, run_key: str) -> str:
+def write_fold_table(config: RunConfig, train: IngestOutput, run_key: str) -> str:
     """Grouped, stratified K-fold table (id -> fold), deterministic for cv.seed."""
     dest = workspace.run_dir(config, run_key) / "folds.parquet"
     if dest.exists():

@@ -6,6 +6,6 @@ model object, so nothing is pickled. Only MLflow imports it.
 
 import mlflow
 
-from tasks.pyfunc_model import ArenaPrefModel
+from arena_pref.tasks.pyfunc_model import ArenaPrefModel
 
 mlflow.models.set_model(ArenaPrefModel())

@@ -20,9 +20,9 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 
 from pref_core.config import RunConfig, dump_config
-from tasks import tracking
-from tasks.evaluation import OOFOutput
-from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks import tracking
+from arena_pref.tasks.evaluation import OOFOutput
+from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def register_model(
     """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`."""
     import mlflow
 
-    from tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
+    from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
 
     client = tracking.get_client(config)
     name = config.tracking.registered_model

@@ -11,9 +11,9 @@ from typing import Optional
 from prefect import task
 
 from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
-from tasks import tracking
-from tasks.preparation import TASK_DEFAULTS, PreparedInputs
-from tasks.retry import retry_on_io
+from arena_pref.tasks import tracking
+from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks.retry import retry_on_io
 
 LOGGER = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pref_core import training as core_training
 from pref_core.config import RunConfig
 from pref_core.progress import FoldProgressCallback, inherited_fds
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
-from tasks import distillation, tracking, workspace
-from tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks import distillation, tracking, workspace
+from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
 LOGGER = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
                         folder, mlflow_run_id, prepared.base_model,
                     )
                 else:
-                    result = core_training.train_fold(
+                    result = core_training.fine_tune_fold(
                         config, train_ds, val_ds, folder,
                         callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id),
                                    FoldProgressCallback(f"fold {fold}")],
@@ -196,7 +196,7 @@ def _train_fold_in_processes(
     The rows travel through the fold folder; torchrun restarts the group (up to twice) when a process
     dies, and the new processes resume from the fold's latest checkpoint.
     """
-    from tasks.fold_worker import RESULT_FILE
+    from arena_pref.tasks.fold_worker import RESULT_FILE
 
     work = folder / "distributed"
     if work.exists():
@@ -214,7 +214,7 @@ def _train_fold_in_processes(
     (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     processes = config.train.num_processes
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "--max-restarts=2", "-m", "tasks.fold_worker", str(work / "spec.json")]
+               "--max-restarts=2", "-m", "arena_pref.tasks.fold_worker", str(work / "spec.json")]
     LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
     proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
@@ -304,7 +304,7 @@ def run_fold_in_subprocess(
 
 def _run_fold_process(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool,
                       slot: Optional[str]) -> str:
-    from flows.train_fold import train_fold
+    from arena_pref.flows.train_fold import train_fold
 
     logger = get_run_logger()
     attempt = (TaskRunContext.get().task_run.run_count or 1)
@@ -326,7 +326,7 @@ def _run_fold_process(config: RunConfig, fold: int, mlflow_run_id: str, train_ha
     logger.info("fold %d: starting process for flow run %s (%s)%s", fold, flow_run.name, flow_run.id,
                 f" on device {slot}" if slot is not None else "")
     proc = subprocess.run(
-        [sys.executable, "-m", "prefect.flow_engine", "flows.train_fold:train_fold"],
+        [sys.executable, "-m", "prefect.flow_engine", "arena_pref.flows.train_fold:train_fold"],
         env=env, cwd=str(tracking.PROJECT_ROOT), pass_fds=inherited_fds(),  # the console, for its progress bar
     )
     with get_prefect_client(sync_client=True) as client:

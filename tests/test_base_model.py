@@ -122,7 +122,7 @@ def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> t
 @pytest.mark.slow
 def test_hub_id_from_a_prepopulated_cache_trains_one_fold_without_the_hub(tmp_path, synthetic_csvs):
     from pref_core.data import read_arena_csv
-    from tasks.preparation import _tiny_training_texts
+    from arena_pref.tasks.preparation import _tiny_training_texts
 
     repo_id = "arena-test/tiny-llama"
     train_csv, _ = synthetic_csvs

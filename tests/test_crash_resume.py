@@ -53,7 +53,7 @@ def _kill_after_first_checkpoint(config, killed: dict, timeout_s: float = 300) -
 
 
 def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=10, signal=0.9, seed=21)
 

@@ -11,7 +11,7 @@ import pytest
 
 from pref_core.config import ConfigError, load_config
 from pref_core.labels import LABEL_COLUMNS
-from tasks import distillation
+from arena_pref.tasks import distillation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
                                                                      monkeypatch):
     from mlflow import MlflowClient
 
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     teacher_config = tiny(tmp_path, synthetic_csvs, "train.predict_train_rows=true")
     teacher = cv_training(teacher_config)

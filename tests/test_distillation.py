@@ -23,7 +23,7 @@ from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
-from pref_core.training import build_trainer, load_training_tokenizer, train_fold
+from pref_core.training import build_trainer, load_training_tokenizer, fine_tune_fold
 
 LN3 = math.log(3.0)
 SUM_COLUMN = "+".join(LABEL_COLUMNS)
@@ -250,10 +250,10 @@ def test_missing_or_unmatched_teacher_names_the_field(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     config = make_config({"teacher_csv": "teacher.csv"})
     with pytest.raises(ValueError, match=r"distill\.teacher_csv='teacher.csv' is set but .* no 'teacher_probs'"):
-        train_fold(config, train_ds, val_ds, tmp_path / "a", name_or_path=base)
+        fine_tune_fold(config, train_ds, val_ds, tmp_path / "a", name_or_path=base)
     strangers = teacher_frame(train_ds, 0.9).assign(id=lambda f: "x" + f["id"])
     with pytest.raises(ValueError, match=r"distill\.teacher_csv.*none of the 150 train rows has a teacher"):
-        train_fold(config, attach_teacher_probs(train_ds, strangers), val_ds, tmp_path / "b", name_or_path=base)
+        fine_tune_fold(config, attach_teacher_probs(train_ds, strangers), val_ds, tmp_path / "b", name_or_path=base)
 
 
 def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
@@ -270,7 +270,7 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
     for name, shift in (("true", 0), ("wrong", 1)):
         teacher = teacher_frame(train_ds, 0.9, shift=shift).iloc[30:]
         with caplog.at_level(logging.INFO, logger="pref_core.training"):
-            result = train_fold(config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name,
+            result = fine_tune_fold(config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name,
                                 name_or_path=base)
         losses[name] = result.metrics["val_log_loss"]
     assert "distillation: 120 of 150 train rows have a teacher" in caplog.text

@@ -38,7 +38,7 @@ def _config(tmp_path: Path, name: str, train_csv: Path, *extra: str):
 
 
 def test_two_process_fold_matches_one_process(prefect_harness, tmp_path):
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=100, n_test=10, signal=0.9, seed=7)
     single = cv_training(_config(tmp_path, "single", train_csv))

@@ -59,7 +59,7 @@ def _record():
 @pytest.fixture(scope="module")
 def champion(prefect_harness, tmp_path_factory):
     """A 2-fold tiny champion (classifier head, swap TTA) registered on a temporary SQLite store."""
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.synthetic import write_synthetic_csvs
 
     tmp = tmp_path_factory.mktemp("champion")

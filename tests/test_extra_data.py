@@ -91,7 +91,7 @@ def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
 def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_path, synthetic_csvs):
     from mlflow import MlflowClient
 
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.config import load_config
 
     main = read_arena_csv(synthetic_csvs[0], "train").frame

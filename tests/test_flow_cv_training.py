@@ -39,7 +39,7 @@ def synthetic_csvs(tmp_path_factory):
 
 
 def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synthetic_csvs):
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     train_csv, test_csv = synthetic_csvs
     config = _tiny_config(tmp_path, train_csv, test_csv)
@@ -109,7 +109,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     np.testing.assert_allclose(reloaded[list(LABEL_COLUMNS)].to_numpy(), values, atol=1e-5)
 
     # The predict flow (behind `arena-pref predict`) writes the same submission.
-    from flows.predict import predict
+    from arena_pref.flows.predict import predict
 
     out = predict("models:/arena-pref@champion", str(test_csv), str(tmp_path / "pred.csv"), config.tracking.uri)
     predicted = pd.read_csv(out, dtype={"id": str})
@@ -119,7 +119,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
 
 def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synthetic_csvs):
     """A second identical run reuses the token cache and the finished fold instead of retraining."""
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     train_csv, _ = synthetic_csvs
     config = _tiny_config(tmp_path, train_csv, None, "cv.execution=in_process", "cv.folds=[0, 1]")

@@ -10,13 +10,13 @@ import pytest
 from pref_core import modeling
 from pref_core.config import parse_config
 from pref_core.data import read_arena_csv
-from pref_core.inference import predict
+from pref_core.inference import predict_probabilities
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
-from pref_core.training import TEST_PREDICTIONS_FILE, train_fold
+from pref_core.training import TEST_PREDICTIONS_FILE, fine_tune_fold
 
 
 def _config(head: str, tta_swap: bool):
@@ -47,7 +47,7 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     loads = []
     real_load = modeling.load_backbone
     monkeypatch.setattr(modeling, "load_backbone", lambda *a, **k: loads.append(1) or real_load(*a, **k))
-    result = train_fold(config, dataset.select(range(24, 96)), dataset.select(range(24)), tmp_path / "fold",
+    result = fine_tune_fold(config, dataset.select(range(24, 96)), dataset.select(range(24)), tmp_path / "fold",
                         name_or_path=base, test_ds=test_ds)
     assert len(loads) == 1  # training and the test predictions share one base
     assert result.test_predictions_path == tmp_path / "fold" / TEST_PREDICTIONS_FILE
@@ -55,5 +55,5 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     assert saved["id"].tolist() == list(test_ds["id"])
 
     model, reloaded_tokenizer = modeling.load_preference_model(config, result.adapter_dir, name_or_path=base)
-    reference = predict(model, test_ds, batch_size=16, tta_swap=tta_swap, pad_token_id=reloaded_tokenizer.pad_token_id)
+    reference = predict_probabilities(model, test_ds, batch_size=16, tta_swap=tta_swap, pad_token_id=reloaded_tokenizer.pad_token_id)
     np.testing.assert_allclose(saved[list(LABEL_COLUMNS)].to_numpy(), reference, atol=1e-5)

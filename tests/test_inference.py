@@ -9,7 +9,7 @@ from datasets import Dataset
 from torch import nn
 
 from pref_core.config import parse_config
-from pref_core.inference import PreferenceCollator, predict
+from pref_core.inference import PreferenceCollator, predict_probabilities
 from pref_core.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
 from pref_core.modeling import build_model
 from pref_core.tiny import build_tiny_checkpoint
@@ -77,7 +77,7 @@ def test_predict_restores_the_original_order(tiny_model):
     sequences = [tokenizer.encode(" ".join(rng.choice(TEXTS, size=int(rng.integers(1, 5))))) for _ in range(13)]
     dataset = token_dataset(sequences)
 
-    batched = predict(model, dataset, batch_size=4, pad_token_id=tokenizer.pad_token_id)
+    batched = predict_probabilities(model, dataset, batch_size=4, pad_token_id=tokenizer.pad_token_id)
     model.eval()
     with torch.no_grad():  # reference: one unpadded row at a time, in dataset order
         expected = np.concatenate(
@@ -93,14 +93,14 @@ def test_predict_progress_bar_and_training_mode(tiny_model):
     model, tokenizer = tiny_model
     dataset = token_dataset([tokenizer.encode(t) for t in TEXTS[:5]])
     model.train()
-    quiet = predict(model, dataset, batch_size=2)
-    loud = predict(model, dataset, batch_size=5, progress=True)  # pad id defaults to the model's own
+    quiet = predict_probabilities(model, dataset, batch_size=2)
+    loud = predict_probabilities(model, dataset, batch_size=5, progress=True)  # pad id defaults to the model's own
     np.testing.assert_allclose(quiet, loud, atol=1e-5)
     assert model.training, "predict must leave the model in the mode it found it"
 
 
 def test_predict_empty_dataset():
-    assert predict(nn.Linear(1, 1), token_dataset([])).shape == (0, NUM_CLASSES)
+    assert predict_probabilities(nn.Linear(1, 1), token_dataset([])).shape == (0, NUM_CLASSES)
 
 
 # -- TTA ------------------------------------------------------------------------------------------------------------
@@ -125,8 +125,8 @@ def test_tta_swap_averages_the_swapped_view_with_columns_exchanged():
     dataset = token_dataset([[1, 7], [3], [2, 2, 2]], swapped=[[2, 7], [3], [1, 2, 2]])
     softmax = lambda row: np.exp(row) / np.exp(row).sum()  # noqa: E731
 
-    plain = predict(model, dataset, batch_size=2, pad_token_id=0)
-    tta = predict(model, dataset, batch_size=2, pad_token_id=0, tta_swap=True)
+    plain = predict_probabilities(model, dataset, batch_size=2, pad_token_id=0)
+    tta = predict_probabilities(model, dataset, batch_size=2, pad_token_id=0, tta_swap=True)
 
     # Row 0: original says a (token 1); the swapped view says its b (token 2), i.e. original a.
     swapped_back = softmax(np.array([0.0, 1.0, 0.0]))[[INDEX_B, INDEX_A, INDEX_TIE]]
@@ -144,8 +144,8 @@ def test_tta_swap_is_a_no_op_for_a_swap_consistent_model(tiny_model):
     """When the swapped view is the same row, TTA must return the plain prediction with a and b averaged."""
     model, tokenizer = tiny_model
     sequences = [tokenizer.encode(t) for t in TEXTS[:4]]
-    plain = predict(model, token_dataset(sequences), batch_size=3)
-    tta = predict(model, token_dataset(sequences, swapped=sequences), batch_size=3, tta_swap=True)
+    plain = predict_probabilities(model, token_dataset(sequences), batch_size=3)
+    tta = predict_probabilities(model, token_dataset(sequences, swapped=sequences), batch_size=3, tta_swap=True)
     expected = (plain + plain[:, [INDEX_B, INDEX_A, INDEX_TIE]]) / 2
     np.testing.assert_allclose(tta, expected, atol=1e-5)
     np.testing.assert_allclose(tta[:, INDEX_A], tta[:, INDEX_B], atol=1e-6)
@@ -153,4 +153,4 @@ def test_tta_swap_is_a_no_op_for_a_swap_consistent_model(tiny_model):
 
 def test_tta_swap_without_swapped_ids_says_how_to_fix():
     with pytest.raises(ValueError, match="input_ids_swap.*train.tta_swap"):
-        predict(FirstTokenModel({1: [0.0, 0.0, 0.0]}), token_dataset([[1]]), tta_swap=True)
+        predict_probabilities(FirstTokenModel({1: [0.0, 0.0, 0.0]}), token_dataset([[1]]), tta_swap=True)

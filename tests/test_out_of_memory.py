@@ -52,7 +52,7 @@ def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix
     monkeypatch.setattr(training.PreferenceTrainer, "training_step", step)
     monkeypatch.setattr(training.PreferenceTrainer, "compute_loss", _raise_oom)
     with pytest.raises(training.FoldOutOfMemoryError) as err:
-        training.train_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
+        training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
     message = str(err.value)
     rows, length = shapes[-1]
     assert "\n" not in message
@@ -70,11 +70,11 @@ def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_pa
     monkeypatch.setattr(training, "predict", _raise_oom)
     with pytest.raises(training.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
                                                             r"\(train.eval_batch_size\), sequence length 96"):
-        training.train_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
+        training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
 
 
 def test_fold_out_of_memory_is_a_user_error_of_the_cli():
     from arena_pref.cli import _user_errors
-    from tasks.training import FoldFailedError
+    from arena_pref.tasks.training import FoldFailedError
 
     assert issubclass(FoldFailedError, _user_errors())

@@ -38,7 +38,7 @@ def _child_flow_runs(fold_run_ids: dict[int, str]):
 
 
 def test_two_fold_processes_overlap_on_their_own_slots_and_match_a_sequential_run(prefect_harness, tmp_path):
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=10, signal=0.9, seed=5)
     parallel = cv_training(_config(tmp_path, "parallel", train_csv, "cv.execution=subprocess", "cv.max_parallel=2"))

@@ -1,5 +1,5 @@
 """bitsandbytes 8-bit and 4-bit (nf4, double quantisation) backbones on CPU: load, train a few steps
-through `train_fold`, reload the adapter.
+through `fine_tune_fold`, reload the adapter.
 
 bitsandbytes 0.50 quantizes and runs both formats on CPU (its CPU backend), so these run in the
 default suite. They check the wiring (quantization_config, prepare_model_for_kbit_training, LoRA on
@@ -17,11 +17,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from pref_core.config import parse_config
-from pref_core.inference import predict
+from pref_core.inference import predict_probabilities
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.modeling import load_backbone, load_preference_model
 from pref_core.tiny import build_tiny_checkpoint
-from pref_core.training import train_fold
+from pref_core.training import fine_tune_fold
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -74,7 +74,7 @@ def test_quantized_backbone_loads_with_bitsandbytes_layers(tiny, quantization):
 def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     folder, dataset = tiny
     config = make_config(quantization, head)
-    result = train_fold(config, dataset.select(range(20)), dataset.select(range(20, 30)), tmp_path, name_or_path=folder)
+    result = fine_tune_fold(config, dataset.select(range(20)), dataset.select(range(20, 30)), tmp_path, name_or_path=folder)
     assert result.metrics["global_step"] == 2
     assert result.metrics["val_log_loss"] == result.metrics["val_log_loss"]  # not NaN
 
@@ -87,6 +87,6 @@ def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     trained = load_file(result.adapter_dir / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items()), "two steps should move LoRA B off zero"
     # The reloaded quantized model predicts what the trained one did on the validation rows.
-    probs = predict(model, dataset.select(range(20, 30)), batch_size=4)
+    probs = predict_probabilities(model, dataset.select(range(20, 30)), batch_size=4)
     at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs, at_training, atol=1e-5)

@@ -44,7 +44,7 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     import pandas as pd
     from mlflow import MlflowClient
 
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.data import read_arena_csv
     from pref_core.labels import LABEL_COLUMNS
 

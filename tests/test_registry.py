@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow import MlflowClient
 
-from tasks.registry import CHAMPION, decide_promotion, promote
+from arena_pref.tasks.registry import CHAMPION, decide_promotion, promote
 
 NAME = "arena-pref-test"
 

@@ -44,8 +44,8 @@ def test_unreachable_tracking_server_fails_before_training(capsys, tmp_path, sma
 @pytest.mark.slow
 def test_tracking_drop_after_training_keeps_the_adapter(prefect_harness, tmp_path, small_csvs, monkeypatch):
     """The store dies between training and artifact upload: the error says where the adapter is."""
-    from flows.cv_training import cv_training
-    from tasks.training import FoldFailedError
+    from arena_pref.flows.cv_training import cv_training
+    from arena_pref.tasks.training import FoldFailedError
 
     config = load_config(TINY, [f"data.train_csv={small_csvs[0]}", f"output_dir={tmp_path / 'out'}",
                                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "cv.execution=in_process",
@@ -121,7 +121,7 @@ def test_concurrent_runs_share_output_root_and_store_without_collisions(tmp_path
 @pytest.mark.slow
 def test_rejected_test_rows_still_get_a_submission_row(prefect_harness, tmp_path, small_csvs):
     """Under a lenient policy a broken test row is quarantined, but the submission keeps its id (class prior)."""
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
     from pref_core.labels import LABEL_COLUMNS
 
     test = pd.read_csv(small_csvs[1], dtype=str, keep_default_na=False)

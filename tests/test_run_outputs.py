@@ -46,8 +46,8 @@ def test_report_to_passes_through_and_refuses_mlflow(tmp_path):
 def test_deployment_parameters_are_typed_and_predict_has_defaults():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.cv_training import cv_training
-    from flows.predict import predict
+    from arena_pref.flows.cv_training import cv_training
+    from arena_pref.flows.predict import predict
 
     properties = parameter_schema(cv_training.fn).properties
     types = {name: {t.get("type") for t in properties[name].get("anyOf", [properties[name]])} for name in properties}
@@ -63,7 +63,7 @@ def test_deployment_parameters_are_typed_and_predict_has_defaults():
 
 @pytest.fixture(scope="module")
 def finished_run(prefect_harness, tmp_path_factory):
-    from flows.cv_training import cv_training
+    from arena_pref.flows.cv_training import cv_training
 
     folder = tmp_path_factory.mktemp("outputs")
     train_csv, test_csv = write_synthetic_csvs(folder / "data", n_train=100, n_test=20, signal=0.9, seed=4)
@@ -115,7 +115,7 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
         ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName,
     )
 
-    from tasks.artifacts import PROGRESS_KEY, SUMMARY_KEY, TABLE_KEY
+    from arena_pref.tasks.artifacts import PROGRESS_KEY, SUMMARY_KEY, TABLE_KEY
 
     config, result, _ = finished_run
     # Other runs of the session write artifacts under the same keys: read this run's own.

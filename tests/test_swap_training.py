@@ -28,7 +28,7 @@ from pref_core.training import (
     SwapViewDataset,
     build_trainer,
     load_training_tokenizer,
-    train_fold,
+    fine_tune_fold,
 )
 
 N_TRACED = 24  # rows of the traced dataset
@@ -165,7 +165,7 @@ def test_swap_views_exchange_inputs_labels_and_teacher():
 def test_swap_without_swapped_view_names_the_field(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     with pytest.raises(ValueError, match=r"train\.swap=random needs an 'input_ids_swap' column.*with_swap=True"):
-        train_fold(make_config(swap="random"), train_ds.remove_columns(["input_ids_swap", "length_swap"]), val_ds,
+        fine_tune_fold(make_config(swap="random"), train_ds.remove_columns(["input_ids_swap", "length_swap"]), val_ds,
                    tmp_path / "fold", name_or_path=base)
     with pytest.raises(ValueError, match=r"train\.swap"):
         SwapViewDataset(traced_dataset().remove_columns(["input_ids_swap"]))
@@ -216,7 +216,7 @@ def test_both_swap_batches_hold_every_pair_in_both_orders(traced_trainer_factory
 @pytest.mark.parametrize("swap", ["random", "both"])
 def test_fold_trains_with_swap(fold_data, tmp_path, swap):
     train_ds, val_ds, base = fold_data
-    result = train_fold(make_config(swap=swap, max_steps=6), train_ds, val_ds, tmp_path / "fold", name_or_path=base)
+    result = fine_tune_fold(make_config(swap=swap, max_steps=6), train_ds, val_ds, tmp_path / "fold", name_or_path=base)
     assert result.metrics["global_step"] == 6
     assert math.isfinite(result.metrics["train_loss"]) and math.isfinite(result.metrics["val_log_loss"])
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
@@ -238,11 +238,11 @@ def test_resume_with_random_swap_is_exact(fold_data, tmp_path):
         lora={"dropout": 0.1}, swap="random", max_steps=8, save_steps=4, per_device_batch_size=4,
         gradient_accumulation_steps=2,
     )
-    straight = train_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
-    interrupted = train_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
+    straight = fine_tune_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
+    interrupted = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
                              name_or_path=base)
     assert interrupted.metrics["global_step"] == 4
-    resumed = train_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
+    resumed = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
 
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-4")
     assert resumed.metrics["global_step"] == straight.metrics["global_step"] == 8

@@ -26,7 +26,7 @@ from pref_core.training import (
     find_resumable_checkpoint,
     resolve_mixed_precision,
     resolve_optim,
-    train_fold,
+    fine_tune_fold,
 )
 
 pytestmark = pytest.mark.filterwarnings(
@@ -113,7 +113,7 @@ class StopAfterFirstSave(TrainerCallback):
 def test_fold_learns_and_changes_only_lora_and_head(fold_data, tmp_path, head):
     train_ds, val_ds, base = fold_data
     snapshots, recorder = ParameterSnapshots(), MetricRecorder()
-    result = train_fold(
+    result = fine_tune_fold(
         make_config(head, max_steps=200, eval_steps=100), train_ds, val_ds, tmp_path / "fold",
         callbacks=[snapshots, recorder], name_or_path=base,
     )
@@ -168,10 +168,10 @@ def test_resumed_fold_matches_an_uninterrupted_one(fold_data, tmp_path):
         "classifier", lora={"dropout": 0.1}, max_steps=14, save_steps=4, per_device_batch_size=4,
         gradient_accumulation_steps=2, warmup_steps=2, tta_swap=True,
     )
-    straight = train_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
-    interrupted = train_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base)
+    straight = fine_tune_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
+    interrupted = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base)
     assert interrupted.metrics["global_step"] == 4
-    resumed = train_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
+    resumed = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
 
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-4")
     assert resumed.metrics["global_step"] == straight.metrics["global_step"] == 14

@@ -61,9 +61,9 @@ def make_config(quantization: str, head: str):
 
 @pytest.mark.parametrize(("quantization", "head"), [("none", "label_token"), ("4bit", "classifier"), ("4bit", "label_token")])
 def test_cuda_training_step(tiny, tmp_path, quantization, head):
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
     from pref_core.modeling import load_preference_model
-    from pref_core.training import build_training_arguments, resolve_optim, train_fold
+    from pref_core.training import build_training_arguments, resolve_optim, fine_tune_fold
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -72,13 +72,13 @@ def test_cuda_training_step(tiny, tmp_path, quantization, head):
     args = build_training_arguments(config, tmp_path / "args")
     assert args.bf16 and args.optim.value == resolve_optim(config.train, quantized=quantization != "none")
 
-    result = train_fold(config, dataset.select(range(40)), dataset.select(range(40, 60)), tmp_path / "fold", name_or_path=folder)
+    result = fine_tune_fold(config, dataset.select(range(40)), dataset.select(range(40, 60)), tmp_path / "fold", name_or_path=folder)
     assert result.metrics["global_step"] == 2
     assert math.isfinite(result.metrics["val_log_loss"]) and math.isfinite(result.metrics["train_loss"])
 
     model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
     assert next(model.parameters()).is_cuda
-    probs = predict(model, dataset.select(range(40, 60)), batch_size=8, pad_to_multiple_of=8)
+    probs = predict_probabilities(model, dataset.select(range(40, 60)), batch_size=8, pad_to_multiple_of=8)
     at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # bf16 with other batch shapes: same model, small rounding differences.
@@ -180,13 +180,13 @@ def make_gpu_config(head: str = "label_token", precision: str = "bf16", quantiza
 def test_heads_learn_in_half_precision(tiny, tmp_path, head, precision):
     """Each head, weights and autocast in bf16 or fp16 (fp16: with the GradScaler): loss goes down, every LoRA
     tensor (and the classifier head) moves, every base tensor stays."""
-    from pref_core.training import train_fold
+    from pref_core.training import fine_tune_fold
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
     folder, dataset = tiny
     snapshots, losses = ParameterSnapshots(), LossRecorder()
-    result = train_fold(make_gpu_config(head, precision), dataset.select(range(48)), dataset.select(range(48, 60)),
+    result = fine_tune_fold(make_gpu_config(head, precision), dataset.select(range(48)), dataset.select(range(48, 60)),
                         tmp_path / "fold", callbacks=[snapshots, losses], name_or_path=folder)
     assert len(losses.losses) >= 2 and losses.losses[-1] < losses.losses[0], losses.losses
     assert result.metrics["val_log_loss"] < LN3, result.metrics  # each text has one label: learnable
@@ -198,7 +198,7 @@ def test_heads_learn_in_half_precision(tiny, tmp_path, head, precision):
     [("8bit", "fp16"), ("4bit", "bf16")],  # the seed's setup (LLM.int8 base, fp16), and QLoRA (nf4 base, bf16)
 )
 def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precision):
-    """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer), built as train_fold builds
+    """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer), built as fine_tune_fold builds
     them: training steps run, LoRA moves, the quantized base does not."""
     from pref_core.modeling import build_model
     from pref_core.training import build_trainer, load_training_tokenizer
@@ -226,19 +226,19 @@ def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precis
 def test_saved_adapter_reloads_to_identical_predictions(tiny, tmp_path, head):
     """fp32 on CUDA: two reloads of the saved adapter predict bit-identically, and equal what the fold predicted
     with the model it trained."""
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
     from pref_core.modeling import load_preference_model
-    from pref_core.training import train_fold
+    from pref_core.training import fine_tune_fold
 
     folder, dataset = tiny
     config = make_gpu_config(head, "fp32", max_steps=6)
     val = dataset.select(range(40, 60))
-    result = train_fold(config, dataset.select(range(40)), val, tmp_path / "fold", name_or_path=folder)
+    result = fine_tune_fold(config, dataset.select(range(40)), val, tmp_path / "fold", name_or_path=folder)
     runs = []
     for _ in range(2):
         model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
         assert next(model.parameters()).is_cuda
-        runs.append(predict(model, val, batch_size=8, pad_to_multiple_of=8))
+        runs.append(predict_probabilities(model, val, batch_size=8, pad_to_multiple_of=8))
         del model
     np.testing.assert_array_equal(runs[0], runs[1])
     at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
@@ -250,7 +250,7 @@ def test_resume_from_checkpoint_within_tolerance(tiny, tmp_path):
     within RESUME_*_ATOL of an uninterrupted one. The measured gaps go into gpu-check's summary."""
     from safetensors.torch import load_file
 
-    from pref_core.training import train_fold
+    from pref_core.training import fine_tune_fold
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -258,11 +258,11 @@ def test_resume_from_checkpoint_within_tolerance(tiny, tmp_path):
     train, val = dataset.select(range(32)), dataset.select(range(40, 60))
     config = make_gpu_config("classifier", "bf16", lora={"dropout": 0.1}, max_steps=10, save_steps=4,
                              per_device_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3)
-    straight = train_fold(config, train, val, tmp_path / "straight", name_or_path=folder)
-    interrupted = train_fold(config, train, val, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
+    straight = fine_tune_fold(config, train, val, tmp_path / "straight", name_or_path=folder)
+    interrupted = fine_tune_fold(config, train, val, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
                              name_or_path=folder)
     assert interrupted.metrics["global_step"] == 4
-    resumed = train_fold(config, train, val, tmp_path / "resumed", name_or_path=folder)
+    resumed = fine_tune_fold(config, train, val, tmp_path / "resumed", name_or_path=folder)
     assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-4")
     assert resumed.metrics["global_step"] == straight.metrics["global_step"] == 10
 
@@ -279,22 +279,22 @@ def test_resume_from_checkpoint_within_tolerance(tiny, tmp_path):
 def test_fold_ensemble_over_one_base(tiny, tmp_path):
     """Two fold adapters over one base on CUDA: the ensemble equals the mean of each adapter's own predictions."""
     from pref_core.ensemble import average_probabilities, predict_with_adapters
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
     from pref_core.modeling import load_preference_model
-    from pref_core.training import train_fold
+    from pref_core.training import fine_tune_fold
 
     folder, dataset = tiny
     val = dataset.select(range(40, 60))
     adapters = []
     for fold, rows in enumerate((range(0, 20), range(20, 40))):
         config = make_gpu_config("label_token", "fp32", max_steps=4, seed=fold)
-        adapters.append(train_fold(config, dataset.select(rows), val, tmp_path / f"fold{fold}", name_or_path=folder).adapter_dir)
+        adapters.append(fine_tune_fold(config, dataset.select(rows), val, tmp_path / f"fold{fold}", name_or_path=folder).adapter_dir)
     config = make_gpu_config("label_token", "fp32")
     ensemble = predict_with_adapters(config, adapters, val, base_model=str(folder))
     each = []
     for adapter in adapters:
         model, tokenizer = load_preference_model(config, adapter, name_or_path=folder)
-        each.append(predict(model, val, batch_size=config.train.eval_batch_size, pad_token_id=tokenizer.pad_token_id))
+        each.append(predict_probabilities(model, val, batch_size=config.train.eval_batch_size, pad_token_id=tokenizer.pad_token_id))
         del model
     assert not np.allclose(each[0], each[1])  # two different folds, or the check below proves nothing
     np.testing.assert_allclose(ensemble, average_probabilities(each), atol=1e-6, rtol=0)
@@ -348,7 +348,7 @@ def test_cuda_out_of_memory_becomes_a_one_line_message(tiny, tmp_path):
     error_type = training.FoldOutOfMemoryError
     folder, dataset = tiny
     with pytest.raises(error_type) as raised:
-        training.train_fold(make_gpu_config(max_steps=2), dataset.select(range(40)), dataset.select(range(40, 60)),
+        training.fine_tune_fold(make_gpu_config(max_steps=2), dataset.select(range(40)), dataset.select(range(40, 60)),
                             tmp_path / "fold", callbacks=[AllocateTooMuch()], name_or_path=folder)
     message = str(raised.value)
     assert message and "\n" not in message, message
