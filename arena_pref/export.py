@@ -129,6 +129,7 @@ def export_bundle(
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
     from pref_core.averaging import average_adapters
     from pref_core.bundle import BASE_MODEL_DIR, write_manifest
+    from pref_core.publish import publishing_dir
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle
     from arena_pref.tasks.tracking import default_tracking_uri
@@ -144,30 +145,25 @@ def export_bundle(
     with tempfile.TemporaryDirectory() as tmp:
         registered = download_bundle(model_uri, tracking_uri or default_tracking_uri(), Path(tmp))
         config, base, adapters, temperature = read_bundle(registered)
-        staging = out.with_name(out.name + ".partial")
-        if staging.exists():
-            shutil.rmtree(staging)
-        (staging / "adapters").mkdir(parents=True)
-        if folds == "average":
-            average_adapters(adapters, staging / "adapters" / "average")
-        else:
-            for adapter in adapters:
-                shutil.copytree(adapter, staging / "adapters" / adapter.name)
-        for name in ("config.yaml", "base_model.json", "calibration.json"):
-            shutil.copy2(registered / name, staging / name)
-        (staging / "class_prior.json").write_text(json.dumps(_class_prior(registered), indent=2))
-        head = json.loads((adapters[0] / "preference_head.json").read_text())
-        (staging / "label_tokens.json").write_text(json.dumps(
-            {"head": head["head"], "label_tokens": list(config.model.label_tokens),
-             "label_token_ids": head.get("label_token_ids")}, indent=2))
-        _copy_code(staging)
-        if base_dir is not None:
-            shutil.copytree(base_dir, staging / BASE_MODEL_DIR)
-        write_readme(staging, base, folds, len(adapters), has_base=base_dir is not None)
-        write_manifest(staging, base, _describe_base(base_dir, base["name_or_path"]),
-                       {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters),
-                        "temperature": temperature})
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
+        with publishing_dir(out, prefix=f".{out.name}.partial-") as staging:
+            (staging / "adapters").mkdir(parents=True)
+            if folds == "average":
+                average_adapters(adapters, staging / "adapters" / "average")
+            else:
+                for adapter in adapters:
+                    shutil.copytree(adapter, staging / "adapters" / adapter.name)
+            for name in ("config.yaml", "base_model.json", "calibration.json"):
+                shutil.copy2(registered / name, staging / name)
+            (staging / "class_prior.json").write_text(json.dumps(_class_prior(registered), indent=2))
+            head = json.loads((adapters[0] / "preference_head.json").read_text())
+            (staging / "label_tokens.json").write_text(json.dumps(
+                {"head": head["head"], "label_tokens": list(config.model.label_tokens),
+                 "label_token_ids": head.get("label_token_ids")}, indent=2))
+            _copy_code(staging)
+            if base_dir is not None:
+                shutil.copytree(base_dir, staging / BASE_MODEL_DIR)
+            write_readme(staging, base, folds, len(adapters), has_base=base_dir is not None)
+            write_manifest(staging, base, _describe_base(base_dir, base["name_or_path"]),
+                           {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters),
+                            "temperature": temperature})
     return out

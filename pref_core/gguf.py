@@ -10,11 +10,10 @@ package), and save plain safetensors weights plus the tokenizer.
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
+
+from pref_core.publish import publishing_dir
 
 
 def find_package_file(package: str, file: str) -> Path:
@@ -50,12 +49,7 @@ def convert_gguf(gguf_path: Union[str, Path], out_dir: Union[str, Path]) -> Path
         config.__dict__.pop("quantization_config", None)
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(loaded.state_dict())
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".converting-"))
-    plain.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    try:
-        os.rename(staging, out_dir)
-    except OSError:  # a concurrent conversion finished first
-        shutil.rmtree(staging, ignore_errors=True)
+    with publishing_dir(out_dir, prefix=".converting-") as staging:  # a concurrent conversion may finish first
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return out_dir

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -21,6 +19,7 @@ import pandas as pd
 from pref_core.config import PromptConfig
 from pref_core.data import TURN_COLUMNS
 from pref_core.prompts import PromptEncoder
+from pref_core.publish import publishing_dir
 
 # Bump whenever prompts.py or this module change the ids produced for the same inputs:
 # it is part of every cache key, so old caches are simply not found any more.
@@ -218,9 +217,7 @@ def build_token_cache(
         _check_rows(meta, ids_hash, target)
         return CacheResult(path=target, key=key, hit=True, n_rows=int(meta["n_rows"]))
 
-    cache_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_root))
-    try:
+    with publishing_dir(target, prefix=f".{key}.tmp-") as tmp:
         dataset = tokenize_frame(frame, tokenizer, prompt_config, with_swap=with_swap, num_proc=num_proc)
         dataset.save_to_disk(str(tmp))
         meta = {
@@ -233,15 +230,6 @@ def build_token_cache(
             "format_version": FORMAT_VERSION,
         }
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        try:
-            os.rename(tmp, target)  # atomic on one filesystem; fails if the target exists and is not empty
-        except OSError:
-            if not target.is_dir():
-                raise
-            # Another process finished the same key first; its contents equal ours.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return CacheResult(path=target, key=key, hit=False, n_rows=meta["n_rows"])
 
 

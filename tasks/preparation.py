@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from pref_core import folds as core_folds
 from pref_core import tokenization
 from pref_core.config import RunConfig
 from pref_core.progress import console_note
+from pref_core.publish import publishing_dir, publishing_file
 from pref_core.tiny import build_tiny_checkpoint
 from arena_pref.tasks import workspace
 from arena_pref.tasks.retry import retry_on_io
@@ -96,15 +94,8 @@ class PreparedInputs:
 
 
 def _atomic_write_parquet(frame: pd.DataFrame, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with publishing_file(dest) as staging:
+        frame.to_parquet(staging, index=False)
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)
@@ -225,19 +216,14 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
         LOGGER.info("tiny base model already built at %s", target)
         return str(target)
     frame = pd.read_parquet(train.parsed_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so concurrent fold processes never see half a model.
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".building-"))
-    tiny = config.model.tiny
-    build_tiny_checkpoint(
-        _tiny_training_texts(frame), staging,
-        hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
-        intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
-    )
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process won the race with an identical build
-        shutil.rmtree(staging, ignore_errors=True)
+    # Built beside the target and renamed, so concurrent fold processes never see half a model.
+    with publishing_dir(target) as staging:
+        tiny = config.model.tiny
+        build_tiny_checkpoint(
+            _tiny_training_texts(frame), staging,
+            hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
+            intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
+        )
     LOGGER.info("built tiny base model at %s", target)
     return str(target)
 
