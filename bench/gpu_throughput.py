@@ -396,19 +396,19 @@ def make_prediction_rows(n: int, max_length: int, vocab: int, seed: int):
 
 def measure_prediction(side: Side, args, config, device) -> dict:
     """Rows/s of pref_core.inference.predict on realistic rows, without and with swap TTA."""
-    from pref_core.inference import predict
+    from pref_core.inference import predict_probabilities
 
     dataset, kind = make_prediction_rows(args.predict_rows, args.max_length, config.vocab_size, args.seed + 7)
     pad = 8 if device.type == "cuda" else None
     warm = dataset.select(range(min(len(dataset), 2 * args.predict_batch)))
-    predict(side.model, warm, batch_size=args.predict_batch, pad_to_multiple_of=pad)  # warm-up: kernels
+    predict_probabilities(side.model, warm, batch_size=args.predict_batch, pad_to_multiple_of=pad)  # warm-up: kernels
     real = int(sum(dataset["length"]))
     out = {"rows": len(dataset), "batch": args.predict_batch, "max_length": args.max_length, "dataset": kind,
            "mean_length": real / len(dataset)}
     for name, tta in (("no_tta", False), ("tta", True)):
         _sync(device)
         start = time.perf_counter()
-        probabilities = predict(side.model, dataset, batch_size=args.predict_batch, tta_swap=tta, pad_to_multiple_of=pad)
+        probabilities = predict_probabilities(side.model, dataset, batch_size=args.predict_batch, tta_swap=tta, pad_to_multiple_of=pad)
         _sync(device)
         seconds = time.perf_counter() - start
         if not (np.isfinite(probabilities).all() and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)):
