@@ -67,7 +67,7 @@ def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix
 
 def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_path, monkeypatch):
     config, train_ds, val_ds, base = tiny_fold
-    monkeypatch.setattr(training, "predict", _raise_oom)
+    monkeypatch.setattr(training, "predict_probabilities", _raise_oom)
     with pytest.raises(training.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
                                                             r"\(train.eval_batch_size\), sequence length 96"):
         training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
