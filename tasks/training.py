@@ -216,7 +216,10 @@ def _train_fold_in_processes(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "--max-restarts=2", "-m", "arena_pref.tasks.fold_worker", str(work / "spec.json")]
     LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
-    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # A store of its own for each restart: torchrun's shared rendezvous store keeps the dead group's gloo
+    # addresses, and a restarted rank that reads one fails to connect (pytorch/pytorch#135712).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env=env)
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise FoldFailedError(
             f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "
