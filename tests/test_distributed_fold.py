@@ -36,9 +36,10 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 
-def _config(tmp_path: Path, name: str, train_csv: Path, *extra: str):
+def _config(tmp_path: Path, name: str, csvs: tuple[Path, Path], *extra: str):
+    train_csv, test_csv = csvs  # the test rows are predicted by rank 0, with a progress bar
     return load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={train_csv}", f"output_dir={tmp_path / name}",
+        f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={tmp_path / name}",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.experiment={name}",
         f"tracking.registered_model={name}", "cv.execution=in_process", "cv.folds=[0]",
         "train.num_epochs=1", "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2",
@@ -47,13 +48,32 @@ def _config(tmp_path: Path, name: str, train_csv: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def two_process_run(prefect_harness, tmp_path_factory):
+def quiet_console():
+    """The console of `arena-pref train` (arena_pref/console.py): bars drawn on a saved stderr descriptor
+    named by ARENA_PREF_CONSOLE_FD. torchrun's workers inherit the name but not the descriptor, and must
+    not draw into whatever file gets that number there (it was the SQLite tracking store)."""
+    from pref_core.progress import CONSOLE_FD_ENV
+
+    saved = os.dup(2)
+    os.set_inheritable(saved, True)
+    before = os.environ.get(CONSOLE_FD_ENV)
+    os.environ[CONSOLE_FD_ENV] = str(saved)
+    yield
+    if before is None:
+        del os.environ[CONSOLE_FD_ENV]
+    else:
+        os.environ[CONSOLE_FD_ENV] = before
+    os.close(saved)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(prefect_harness, quiet_console, tmp_path_factory):
     """The uninterrupted 2-process fold: the reference of both tests (one torchrun launch, shared)."""
     from arena_pref.flows.cv_training import cv_training
 
     tmp_path = tmp_path_factory.mktemp("distributed")
-    train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=100, n_test=10, signal=0.9, seed=7)
-    return tmp_path, train_csv, cv_training(_config(tmp_path, "double", train_csv, "train.num_processes=2"))
+    csvs = write_synthetic_csvs(tmp_path / "data", n_train=100, n_test=10, signal=0.9, seed=7)
+    return tmp_path, csvs, cv_training(_config(tmp_path, "double", csvs, "train.num_processes=2"))
 
 
 def _final_adapter(output_dir: Path) -> Path:
@@ -65,8 +85,8 @@ def _final_adapter(output_dir: Path) -> Path:
 def test_two_process_fold_matches_one_process(two_process_run):
     from arena_pref.flows.cv_training import cv_training
 
-    tmp_path, train_csv, double = two_process_run
-    single = cv_training(_config(tmp_path, "single", train_csv))
+    tmp_path, csvs, double = two_process_run
+    single = cv_training(_config(tmp_path, "single", csvs))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     one, two = (client.get_run(r["fold_run_ids"][0]) for r in (single, double))
@@ -106,8 +126,8 @@ def _kill_rank_after_first_checkpoint(output_dir: Path, rank: int, killed: dict,
 def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_process_run):
     from arena_pref.flows.cv_training import cv_training
 
-    tmp_path, train_csv, double = two_process_run
-    config = _config(tmp_path, "killed", train_csv, "train.num_processes=2", "train.save_steps=3")
+    tmp_path, csvs, double = two_process_run
+    config = _config(tmp_path, "killed", csvs, "train.num_processes=2", "train.save_steps=3")
     killed: dict = {}
     watcher = threading.Thread(target=_kill_rank_after_first_checkpoint,
                                args=(Path(config.output_dir), 1, killed), daemon=True)
