@@ -82,15 +82,29 @@ def _run_link(tracking_uri: str, run_id: str) -> str:
     return f"run {run_id} in {tracking_uri}"
 
 
+def _fold_devices(tracking_uri: str, fold_run_ids: dict) -> dict:
+    """The device slot each fold ran on (cv.max_parallel), from its MLflow run's tag; none for in-process folds."""
+    from arena_pref.tasks.training import TAG_DEVICE
+
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        return {fold: client.get_run(run_id).data.tags.get(TAG_DEVICE) for fold, run_id in fold_run_ids.items()}
+    except Exception:  # the summary must not fail on a lookup
+        return {}
+
+
 def _print_summary(result: dict, tracking_uri: str, out=None) -> None:
     write = (lambda text="": print(text)) if out is None else out.print
     metrics = result["metrics"]
     accuracy, rows = result.get("fold_accuracy", {}), result.get("fold_rows", {})
+    devices = _fold_devices(tracking_uri, result.get("fold_run_ids", {}))
     write()
-    write("fold  log loss  accuracy   rows")
+    write("fold  log loss  accuracy   rows  device")
     for fold, loss in sorted(result["fold_log_loss"].items()):
         acc = f"{accuracy[fold]:.3f}" if fold in accuracy else "-"
-        write(f"{fold:>4}  {loss:>8.4f}  {acc:>8}  {rows.get(fold, '-'):>5}")
+        write(f"{fold:>4}  {loss:>8.4f}  {acc:>8}  {rows.get(fold, '-'):>5}  {devices.get(fold) or '-':>6}")
     write(f"OOF log loss {metrics['oof_log_loss']:.4f}, accuracy {metrics['oof_accuracy']:.3f} over {metrics['n_oof']} rows")
     if "temperature" in metrics:
         write(f"calibrated OOF log loss {metrics['oof_log_loss_calibrated']:.4f} (temperature {metrics['temperature']:.3f})")

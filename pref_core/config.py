@@ -185,7 +185,7 @@ class TrainConfig(_Section):
         "train.gradient_accumulation_steps: each process accumulates gradient_accumulation_steps / num_processes "
         "batches, so a fold computes what a 1-process run computes (up to float rounding) in less time.",
     )
-    distributed: Literal["ddp"] = Field(
+    distributed: Literal["ddp", "fsdp"] = Field(
         "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
         "share of every step's rows; LoRA on models that fit one GPU).",
     )

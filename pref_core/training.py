@@ -45,6 +45,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from pref_core.config import DistillConfig, RunConfig, TrainConfig
+from pref_core.distributed import fsdp_training_arguments
 from pref_core.inference import PreferenceCollator, predict_probabilities
 from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES, swap_label_index, swap_probabilities
 from pref_core.metrics import compute_accuracy, compute_log_loss
@@ -393,6 +394,7 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
     if processes > 1:
         # Every LoRA weight takes part in every step: no search for unused parameters after each backward.
         distributed = {"ddp_find_unused_parameters": False, "ddp_backend": None if torch.cuda.is_available() else "gloo"}
+        distributed.update(fsdp_training_arguments(config))  # train.distributed=fsdp (pref_core/distributed.py)
     return TrainingArguments(
         output_dir=str(checkpoints_dir),
         per_device_train_batch_size=train.per_device_batch_size * rows_per_pair,

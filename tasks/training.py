@@ -23,7 +23,7 @@ from prefect.states import Completed, Failed, Pending
 
 from pref_core import training as core_training
 from pref_core.config import RunConfig
-from pref_core.progress import FoldProgressCallback, inherited_fds
+from pref_core.progress import CONSOLE_FD_ENV, FoldProgressCallback, inherited_fds
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
 from arena_pref.tasks import distillation, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
@@ -216,7 +216,13 @@ def _train_fold_in_processes(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "--max-restarts=2", "-m", "arena_pref.tasks.fold_worker", str(work / "spec.json")]
     LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
-    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # A store of its own for each restart: torchrun's shared rendezvous store keeps the dead group's gloo
+    # addresses, and a restarted rank that reads one fails to connect (pytorch/pytorch#135712).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    # torchrun's workers do not inherit the console descriptor; under its number they would draw into
+    # whatever they opened (it was the SQLite tracking store). Their bars go to stderr, the log.
+    env.pop(CONSOLE_FD_ENV, None)
+    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env=env)
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise FoldFailedError(
             f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "
