@@ -268,17 +268,15 @@ def _create_linked_flow_run(flow, parameters: dict, name: str, dynamic_key: str)
 def _prefect_child_env() -> dict[str, str]:
     """Settings a child process needs to talk to the same Prefect API as this one.
 
-    Without a configured server Prefect runs a temporary one inside this
-    process; the child must use it too rather than start a second one.
+    Without a configured server Prefect runs a temporary one for this
+    process; the child must use it too rather than start a second one. The
+    client's public `api_url` is that server's address.
     """
     settings = get_current_settings()
     env = {k: str(v) for k, v in settings.to_environment_variables(exclude_unset=True).items()}
     if not settings.api.url:
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        if server.running:
-            env["PREFECT_API_URL"] = server.api_url
+        with get_prefect_client(sync_client=True) as client:
+            env["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
     return env
 
 
