@@ -268,6 +268,12 @@ def check_runtime(config: "RunConfig", cuda_available: Optional[bool] = None) ->
                 f"{what} needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); run on a GPU "
                 "machine, or set model.quantization=none and train.optim=auto for CPU"
             )
+    from pref_core.distributed import check_fsdp
+
+    try:
+        check_fsdp(config, cuda_available)
+    except ValueError as err:
+        raise BaseModelError(str(err)) from None
     warnings = []
     if config.model.attn_implementation == "flash_attention_2":
         if not (cuda_available and _installed("flash_attn")):

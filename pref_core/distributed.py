@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch stays out of the CLI's preflight, which imports check_fsdp
+    import torch
 
-if TYPE_CHECKING:
     from pref_core.config import RunConfig
 
 # Until a fold gathers its sharded adapter and predicts on every rank (pref_core.training saves and predicts
@@ -41,15 +41,13 @@ def fsdp_config(config: "RunConfig") -> dict[str, Any]:
     }
 
 
-def fsdp_training_arguments(config: "RunConfig") -> dict[str, Any]:
-    """TrainingArguments keywords of train.distributed=fsdp: ``{}`` for one process (nothing to shard over).
-
-    Raises ValueError, in one line, where FSDP cannot run: on CPU (accelerate would quietly fall back to
-    DDP), and unless $ARENA_PREF_FSDP_EXPERIMENTAL=1 (see EXPERIMENTAL_ENV).
-    """
+def check_fsdp(config: "RunConfig", cuda_available: bool) -> None:
+    """Raise ValueError, in one line, where train.distributed=fsdp cannot run: on CPU (accelerate would
+    quietly fall back to DDP), and unless $ARENA_PREF_FSDP_EXPERIMENTAL=1 (see EXPERIMENTAL_ENV). The CLI's
+    preflight calls it, so a run stops before any work; the Trainer arguments call it again for direct use."""
     if config.train.distributed != "fsdp" or config.train.num_processes == 1:
-        return {}
-    if not torch.cuda.is_available():
+        return
+    if not cuda_available:
         raise ValueError(
             "train.distributed=fsdp needs CUDA GPUs (accelerate shards models only on accelerators; on CPU "
             "the processes would each hold the whole model); on CPU set train.distributed=ddp"
@@ -60,10 +58,20 @@ def fsdp_training_arguments(config: "RunConfig") -> dict[str, Any]:
             "alone, which a sharded model cannot do; use train.distributed=ddp (models that fit one GPU), or "
             f"set {EXPERIMENTAL_ENV}=1 to try it"
         )
+
+
+def fsdp_training_arguments(config: "RunConfig") -> dict[str, Any]:
+    """TrainingArguments keywords of train.distributed=fsdp: ``{}`` for one process (nothing to shard over).
+    Raises ValueError where FSDP cannot run (:func:`check_fsdp`)."""
+    if config.train.distributed != "fsdp" or config.train.num_processes == 1:
+        return {}
+    import torch
+
+    check_fsdp(config, torch.cuda.is_available())
     return {"fsdp": True, "fsdp_config": fsdp_config(config)}
 
 
-def fsdp_quantization_arguments(config: "RunConfig", compute_dtype: torch.dtype) -> dict[str, Any]:
+def fsdp_quantization_arguments(config: "RunConfig", compute_dtype: "torch.dtype") -> dict[str, Any]:
     """BitsAndBytesConfig keywords a 4-bit base needs under FSDP: its packed weights stored in the compute
     dtype, so FSDP2 shards them like the others (uint8 storage leaves a full copy on every GPU)."""
     if config.train.distributed != "fsdp" or config.train.num_processes == 1 or config.model.quantization != "4bit":

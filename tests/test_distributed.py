@@ -104,3 +104,17 @@ def test_a_cpu_fold_with_fsdp_stops_where_its_training_arguments_are_built(monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="^train.distributed=fsdp needs CUDA GPUs"):
         build_training_arguments(_config("train.distributed=fsdp"), tmp_path)
+
+
+def test_the_preflight_refuses_fsdp_before_any_work(monkeypatch):
+    """The CLI's runtime check (run before the output folder, tracking store or Prefect exist) says the
+    same one line as the Trainer arguments would, inside the fold's processes, much later."""
+    from pref_core.base_model import BaseModelError, check_runtime
+
+    monkeypatch.delenv(distributed.EXPERIMENTAL_ENV, raising=False)
+    config = _config("train.num_processes=2", "train.distributed=fsdp")
+    with pytest.raises(BaseModelError, match=r"train.distributed=fsdp needs CUDA GPUs.*set train.distributed=ddp"):
+        check_runtime(config, cuda_available=False)
+    with pytest.raises(BaseModelError, match=r"train.distributed=fsdp is not finished.*ARENA_PREF_FSDP_EXPERIMENTAL=1"):
+        check_runtime(config, cuda_available=True)
+    assert check_runtime(_config("train.num_processes=2"), cuda_available=False) == []
