@@ -80,15 +80,15 @@ def build_bundle(
 
 def write_class_prior(prepared: PreparedInputs, bundle: Path) -> Path:
     """class_prior.json: the training class shares, which an exported bundle gives a test row it cannot read."""
-    import numpy as np
     import pandas as pd
 
     from pref_core.labels import LABEL_COLUMNS
+    from pref_core.submission import class_prior
 
     labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
-    prior = np.bincount(labels, minlength=len(LABEL_COLUMNS)) / len(labels)
     path = bundle / "class_prior.json"
-    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": prior.tolist(), "n_train": int(len(labels))}))
+    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": class_prior(labels).tolist(),
+                                "n_train": int(len(labels))}))
     return path
 
 
