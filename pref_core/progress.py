@@ -26,8 +26,8 @@ _opened: dict[str, Optional[int]] = {}
 def console_fd() -> Optional[int]:
     """The console's descriptor when a quiet CLI run published one and it is open in this process.
 
-    A fold process started by multiprocessing's spawn inherits no descriptor: it gets the console's
-    path instead (console_child_env), opened here once.
+    A fold process started by multiprocessing's spawn inherits no descriptor: it opens the console's
+    path (ARENA_PREF_CONSOLE_PATH, published next to the descriptor) once, here.
     """
     value = os.environ.get(CONSOLE_FD_ENV, "")
     if value.isdigit():
@@ -48,14 +48,10 @@ def console_fd() -> Optional[int]:
 
 
 def console_child_env() -> dict[str, Optional[str]]:
-    """Environment for a child process that inherits no descriptors (multiprocessing spawn): the console
-    as a path (Linux /proc) and no descriptor number, which in the child could name any other file (a
-    `None` value means: remove the variable)."""
-    fd = console_fd()
-    if fd is None:
-        return {CONSOLE_FD_ENV: None, CONSOLE_PATH_ENV: None}
-    path = f"/proc/{os.getpid()}/fd/{fd}"
-    return {CONSOLE_FD_ENV: None, CONSOLE_PATH_ENV: path if os.path.exists(path) else None}
+    """Environment changes for a child process that inherits no descriptors (multiprocessing spawn): no
+    descriptor number, which in the child could name any other file (`None` means: remove the variable);
+    the child reaches the console through ARENA_PREF_CONSOLE_PATH, inherited with the environment."""
+    return {CONSOLE_FD_ENV: None}
 
 
 def console_stream() -> Optional[IO[str]]:
