@@ -7,11 +7,16 @@ and what is allowed (all problems at once, like torchtune's ConfigError).
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from types import UnionType
+from typing import Any, Iterator, Literal, Optional, Sequence, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from pref_core.choices import Template, Truncation
 
@@ -49,7 +54,6 @@ class DataConfig(_Section):
 
 
 
-
 class PromptConfig(_Section):
     template: Template = Field(
         "seed",
@@ -73,12 +77,14 @@ class PromptConfig(_Section):
 class TinyModelConfig(_Section):
     """A random 2-layer Llama with a tokenizer trained on the run's own texts (offline demo and tests)."""
 
-    hidden_size: int = Field(64, ge=8)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(128, ge=8)
-    vocab_size: int = Field(2000, ge=300)
-    seed: int = 0
+    hidden_size: int = Field(64, ge=8, description="Width of the tiny Llama (a multiple of model.tiny.num_heads).")
+    num_layers: int = Field(2, ge=1, description="Decoder layers of the tiny Llama.")
+    num_heads: int = Field(4, ge=1, description="Attention heads per layer of the tiny Llama.")
+    intermediate_size: int = Field(128, ge=8, description="MLP width of the tiny Llama.")
+    vocab_size: int = Field(
+        2000, ge=300, description="Size of the BPE vocabulary trained on the run's own texts (label words included)."
+    )
+    seed: int = Field(0, description="Seed of the tiny model's random initial weights.")
 
 
 class GGUFModelConfig(_Section):
@@ -106,9 +112,14 @@ class ModelConfig(_Section):
         ("a", "b", "tie"), description="Words read by the label_token head, for winner_model_a/b/tie; each one token."
     )
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on a capable GPU, fp32 on CPU.")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization of the base.")
-    gradient_checkpointing: bool = Field(False, description="Non-reentrant activation checkpointing.")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field("sdpa")
+    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization of the frozen base (4bit: QLoRA); needs CUDA.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (non-reentrant): less memory, slower steps."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel: sdpa (torch's fused attention), eager, or flash_attention_2 (needs "
+        "flash-attn and a GPU; falls back to sdpa with a warning)."
+    )
 
     @model_validator(mode="after")
     def _source(self) -> "ModelConfig":
@@ -124,11 +135,13 @@ class ModelConfig(_Section):
 
 
 class LoraSettings(_Section):
-    r: int = Field(16, ge=1, description="LoRA rank.")
+    r: int = Field(16, ge=1, description="LoRA rank: width of each adapter (more capacity and memory as it grows).")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0: none).")
     target_modules: Union[Literal["all-linear"], list[str]] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj"], description="Module names, or 'all-linear'."
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj"],
+        description="Names of the linear modules that get adapters (e.g. q_proj, v_proj), or 'all-linear' for every "
+        "linear layer but the LM head (more capacity, more memory).",
     )
 
     @field_validator("target_modules")
@@ -140,26 +153,34 @@ class LoraSettings(_Section):
 
 
 class TrainConfig(_Section):
-    learning_rate: float = Field(2e-4, gt=0.0)
-    per_device_batch_size: int = Field(2, ge=1)
-    gradient_accumulation_steps: int = Field(2, ge=1)
-    num_epochs: float = Field(1.0, gt=0.0)
+    learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate of the LoRA (and head) weights.")
+    per_device_batch_size: int = Field(
+        2, ge=1, description="Rows per forward pass on one device; lower it on out-of-memory errors."
+    )
+    gradient_accumulation_steps: int = Field(
+        2, ge=1, description="Batches summed into one optimizer step: a step sees per_device_batch_size x this many rows."
+    )
+    num_epochs: float = Field(1.0, gt=0.0, description="Passes over each fold's training rows (fractions allowed).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run num_epochs).")
-    warmup_steps: int = Field(20, ge=0)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    warmup_steps: int = Field(20, ge=0, description="Optimizer steps of linear warm-up from 0 to train.learning_rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up (transformers' lr_scheduler_type)."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the trained weights (0: none).")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this global L2 norm.")
     optim: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
         "auto", description="auto: 8-bit AdamW on CUDA, plain AdamW on CPU."
     )
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="auto: bf16 where supported, else none.")
     group_by_length: bool = Field(True, description="Batches of similar lengths (less padding).")
-    eval_batch_size: int = Field(8, ge=1)
-    logging_steps: int = Field(10, ge=1)
+    eval_batch_size: int = Field(
+        8, ge=1, description="Rows per forward pass when predicting validation and test rows; lower it on out-of-memory."
+    )
+    logging_steps: int = Field(10, ge=1, description="Log the training loss to MLflow every N optimizer steps.")
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch only).")
     save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps; a fold resumes from the latest.")
-    save_total_limit: int = Field(2, ge=1)
-    seed: int = 42
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept per fold (older ones are deleted).")
+    seed: int = Field(42, description="Seed of the head's initial weights, data order, dropout and random swaps.")
     tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
     swap: Literal["none", "random", "both"] = Field(
         "none",
@@ -167,7 +188,10 @@ class TrainConfig(_Section):
         "both orders within the same step (labels exchanged accordingly; per_device_batch_size then counts pairs, "
         "so a device batch holds twice as many rows).",
     )
-    dataloader_num_workers: int = Field(0, ge=0)
+    dataloader_num_workers: int = Field(
+        0, ge=0, description="Background processes that collate batches (0: in the training process; the data is "
+        "pre-tokenized, so more rarely helps)."
+    )
     cpu_threads: Optional[int] = Field(
         None, ge=1,
         description="torch CPU threads while a fold trains (None: torch's default, one per core). "
@@ -206,7 +230,7 @@ class TrainConfig(_Section):
 
 class CVConfig(_Section):
     n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of the fold assignment; keep it (and cv.n_folds) to compare runs fold by fold.")
     folds: Optional[list[int]] = Field(None, description="Train only these fold indices (default: all).")
     execution: Literal["subprocess", "in_process", "deployment"] = Field(
         "subprocess",
@@ -228,8 +252,8 @@ class DistillConfig(_Section):
     teacher_csv: Optional[Path] = Field(
         None, description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id)."
     )
-    hard_weight: float = Field(1.0, ge=0.0)
-    kl_weight: float = Field(1.0, ge=0.0)
+    hard_weight: float = Field(1.0, ge=0.0, description="Weight of the cross-entropy on the true labels.")
+    kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL divergence to the teacher's probabilities.")
     temperature: float = Field(1.0, gt=0.0, description="Softening of teacher and student distributions in the KL term.")
     teacher_run: Optional[str] = Field(
         None,
@@ -271,23 +295,25 @@ class TrackingConfig(_Section):
     uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db."
     )
-    experiment: str = "arena-pref"
-    registered_model: str = "arena-pref"
+    experiment: str = Field("arena-pref", description="MLflow experiment of the parent and fold runs.")
+    registered_model: str = Field(
+        "arena-pref", description="MLflow registered model that each finished run adds a version to (@challenger)."
+    )
     system_metrics_interval_s: float = Field(
         10.0, ge=0.0, description="Seconds between CPU/memory/GPU samples on fold runs (MLflow system metrics); 0: off."
     )
 
 
 class RunConfig(_Section):
-    data: DataConfig = Field(default_factory=DataConfig)
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    model: ModelConfig
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    cv: CVConfig = Field(default_factory=CVConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    data: DataConfig = Field(default_factory=DataConfig, description="Input files and the bad-row policy.")
+    prompt: PromptConfig = Field(default_factory=PromptConfig, description="How a row becomes the model's input text.")
+    model: ModelConfig = Field(..., description="The base model, its head and how it is loaded.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapters trained on the base.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimization of one fold.")
+    cv: CVConfig = Field(default_factory=CVConfig, description="The K-fold split and how folds are run.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Soft labels from a teacher (off by default).")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Calibration fit on the OOF predictions.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the runs.")
     output_dir: Path = Field(Path("outputs"), description="Root of caches, folds and fold checkpoints.")
 
     @model_validator(mode="after")
@@ -326,6 +352,57 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """One leaf field of the schema, as `arena-pref config fields` lists it."""
+
+    name: str  # dotted, e.g. train.learning_rate
+    type: str  # e.g. "int | null", "seed | multi_turn"
+    default: str  # JSON text (valid YAML for --set), or "required"
+    description: str
+
+
+def _section_of(annotation: Any) -> Optional[type[BaseModel]]:
+    """The section model a field holds (`TrainConfig`, or `TinyModelConfig` in Optional[...]), else None."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def iter_fields(model: type[BaseModel] = None, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted name, FieldInfo) of every leaf field, sections walked in declaration order."""
+    for name, field in (model or RunConfig).model_fields.items():
+        section = _section_of(field.annotation)
+        if section is None:
+            yield prefix + name, field
+        else:
+            yield from iter_fields(section, f"{prefix}{name}.")
+
+
+def type_name(annotation: Any) -> str:
+    """A field type in the words of the YAML that sets it: `int | null`, `seed | multi_turn`, `list[path]`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Union or origin is UnionType:
+        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
+    if annotation is Path:
+        return "path"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_fields() -> list[FieldDoc]:
+    """Every leaf field of RunConfig with its type, default and description."""
+    docs = []
+    for name, field in iter_fields():
+        default = "required" if field.is_required() else json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
+        docs.append(FieldDoc(name, type_name(field.annotation), default, field.description or ""))
+    return docs
 
 
 def _format_validation_error(err: ValidationError) -> list[str]:

@@ -114,3 +114,28 @@ def test_load_config_errors(tmp_path):
 
 def test_run_config_is_the_single_schema():
     assert set(RunConfig.model_fields) >= {"data", "prompt", "model", "lora", "train", "cv", "tracking", "output_dir"}
+
+
+def test_every_field_has_a_description():
+    from pydantic import BaseModel
+
+    from pref_core.config import describe_fields, iter_fields
+
+    leaves = dict(iter_fields())
+    assert {"train.learning_rate", "model.tiny.hidden_size", "output_dir"} <= set(leaves)
+    undocumented = [name for name, field in leaves.items() if not (field.description or "").strip()]
+    assert undocumented == []
+    sections = [name for name, field in RunConfig.model_fields.items() if not (field.description or "").strip()]
+    assert sections == []
+    assert all(doc.description for doc in describe_fields())
+    assert not any(isinstance(field.default, BaseModel) for field in leaves.values())  # sections are walked, not leaves
+
+
+def test_describe_fields_gives_type_and_default():
+    from pref_core.config import describe_fields
+
+    docs = {doc.name: doc for doc in describe_fields()}
+    assert (docs["prompt.template"].type, docs["prompt.template"].default) == ("seed | multi_turn", '"seed"')
+    assert (docs["train.cpu_threads"].type, docs["train.cpu_threads"].default) == ("int | null", "null")
+    assert docs["model.gguf.file"].default == "required"
+    assert docs["lora.target_modules"].default == '["q_proj", "k_proj", "v_proj"]'
