@@ -18,7 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from pref_core.choices import Template, Truncation
+from pref_core.choices import (
+    AllLinear,
+    AttnImplementation,
+    CalibrationMethod,
+    DistributedMode,
+    FoldExecution,
+    Head,
+    LrScheduler,
+    MixedPrecision,
+    ModelDtype,
+    Optimizer,
+    Quantization,
+    SwapMode,
+    Template,
+    Truncation,
+)
 
 
 class ConfigError(ValueError):
@@ -105,18 +120,18 @@ class ModelConfig(_Section):
         None, description="Convert a GGUF file shipped in a Python package into a cached Hugging Face folder and use it."
     )
     revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch) of the base model.")
-    head: Literal["label_token", "classifier"] = Field(
+    head: Head = Field(
         "label_token", description="label_token: next-token logits of the label words; classifier: 3-way linear head."
     )
     label_tokens: tuple[str, str, str] = Field(
         ("a", "b", "tie"), description="Words read by the label_token head, for winner_model_a/b/tie; each one token."
     )
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="auto: bf16 on a capable GPU, fp32 on CPU.")
-    quantization: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization of the frozen base (4bit: QLoRA); needs CUDA.")
+    dtype: ModelDtype = Field("auto", description="auto: bf16 on a capable GPU, fp32 on CPU.")
+    quantization: Quantization = Field("none", description="bitsandbytes quantization of the frozen base (4bit: QLoRA); needs CUDA.")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (non-reentrant): less memory, slower steps."
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+    attn_implementation: AttnImplementation = Field(
         "sdpa", description="Attention kernel: sdpa (torch's fused attention), eager, or flash_attention_2 (needs "
         "flash-attn and a GPU; falls back to sdpa with a warning)."
     )
@@ -138,7 +153,7 @@ class LoraSettings(_Section):
     r: int = Field(16, ge=1, description="LoRA rank: width of each adapter (more capacity and memory as it grows).")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input during training (0: none).")
-    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+    target_modules: Union[AllLinear, list[str]] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj"],
         description="Names of the linear modules that get adapters (e.g. q_proj, v_proj), or 'all-linear' for every "
         "linear layer but the LM head (more capacity, more memory).",
@@ -163,15 +178,15 @@ class TrainConfig(_Section):
     num_epochs: float = Field(1.0, gt=0.0, description="Passes over each fold's training rows (fractions allowed).")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run num_epochs).")
     warmup_steps: int = Field(20, ge=0, description="Optimizer steps of linear warm-up from 0 to train.learning_rate.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+    lr_scheduler: LrScheduler = Field(
         "linear", description="Learning-rate schedule after warm-up (transformers' lr_scheduler_type)."
     )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the trained weights (0: none).")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this global L2 norm.")
-    optim: Literal["auto", "adamw_torch", "adamw_8bit"] = Field(
+    optim: Optimizer = Field(
         "auto", description="auto: 8-bit AdamW on CUDA, plain AdamW on CPU."
     )
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="auto: bf16 where supported, else none.")
+    mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 where supported, else none.")
     group_by_length: bool = Field(True, description="Batches of similar lengths (less padding).")
     eval_batch_size: int = Field(
         8, ge=1, description="Rows per forward pass when predicting validation and test rows; lower it on out-of-memory."
@@ -182,7 +197,7 @@ class TrainConfig(_Section):
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept per fold (older ones are deleted).")
     seed: int = Field(42, description="Seed of the head's initial weights, data order, dropout and random swaps.")
     tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
-    swap: Literal["none", "random", "both"] = Field(
+    swap: SwapMode = Field(
         "none",
         description="a/b swap augmentation: random = each pair in a random order each epoch; both = each pair in "
         "both orders within the same step (labels exchanged accordingly; per_device_batch_size then counts pairs, "
@@ -209,7 +224,7 @@ class TrainConfig(_Section):
         "train.gradient_accumulation_steps: each process accumulates gradient_accumulation_steps / num_processes "
         "batches, so a fold computes what a 1-process run computes (up to float rounding) in less time.",
     )
-    distributed: Literal["ddp", "fsdp"] = Field(
+    distributed: DistributedMode = Field(
         "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
         "share of every step's rows; LoRA on models that fit one GPU).",
     )
@@ -232,7 +247,7 @@ class CVConfig(_Section):
     n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
     seed: int = Field(42, description="Seed of the fold assignment; keep it (and cv.n_folds) to compare runs fold by fold.")
     folds: Optional[list[int]] = Field(None, description="Train only these fold indices (default: all).")
-    execution: Literal["subprocess", "in_process", "deployment"] = Field(
+    execution: FoldExecution = Field(
         "subprocess",
         description="subprocess: each fold in its own local process (CUDA memory freed when it exits); "
         "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
@@ -283,7 +298,7 @@ class DistillConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    method: Literal["none", "temperature"] = Field(
+    method: CalibrationMethod = Field(
         "temperature",
         description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to each fold "
         "model's probabilities before they are averaged (where it was fit), in the submission and by the "

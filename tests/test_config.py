@@ -139,3 +139,33 @@ def test_describe_fields_gives_type_and_default():
     assert (docs["train.cpu_threads"].type, docs["train.cpu_threads"].default) == ("int | null", "null")
     assert docs["model.gguf.file"].default == "required"
     assert docs["lora.target_modules"].default == '["q_proj", "k_proj", "v_proj"]'
+
+
+def test_choice_fields_read_their_values_from_choices():
+    from typing import get_args
+
+    from pref_core import choices
+    from pref_core.config import iter_fields
+
+    fields = dict(iter_fields())
+    for name, alias in [("prompt.template", choices.Template), ("prompt.truncation", choices.Truncation),
+                        ("model.head", choices.Head), ("model.dtype", choices.ModelDtype),
+                        ("model.quantization", choices.Quantization),
+                        ("model.attn_implementation", choices.AttnImplementation),
+                        ("train.lr_scheduler", choices.LrScheduler), ("train.optim", choices.Optimizer),
+                        ("train.mixed_precision", choices.MixedPrecision), ("train.swap", choices.SwapMode),
+                        ("train.distributed", choices.DistributedMode), ("cv.execution", choices.FoldExecution),
+                        ("calibration.method", choices.CalibrationMethod)]:
+        assert fields[name].annotation is alias, name
+    assert choices.allowed_values(choices.SwapMode) == choices.SWAP_MODES == ("none", "random", "both")
+    assert get_args(fields["lora.target_modules"].annotation)[0] is choices.AllLinear
+
+
+def test_require_choice_names_the_field_the_value_and_the_choices():
+    from pref_core.choices import SwapMode, require_choice
+
+    assert require_choice("train.swap", "both", SwapMode) == "both"
+    with pytest.raises(ValueError, match=r"^train.swap: got 'twice'; use one of 'none', 'random', 'both'$"):
+        require_choice("train.swap", "twice", SwapMode)
+    with pytest.raises(TypeError):
+        require_choice("train.swap", "both", str)
