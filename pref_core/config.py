@@ -430,7 +430,7 @@ def _format_validation_error(err: ValidationError) -> list[str]:
         loc = ".".join(fields)
         msg = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            problems.append(f"{loc}: unknown field; check the spelling (see pref_core/config.py for the fields)")
+            problems.append(f"{loc}: unknown field; check the spelling (`arena-pref config fields` lists the fields)")
         elif item["type"] == "missing":
             problems.append(f"{loc}: required field is missing; set it in the YAML or with --set {loc}=...")
         elif len(fields) != len(parts):  # one line per union field, listing what each branch accepts
@@ -506,9 +506,14 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
     return parse_config(apply_overrides(raw, overrides))
 
 
+def config_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML text, sections and fields in schema order."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def dump_config(config: RunConfig, path: Union[str, Path]) -> Path:
     """Write the resolved config as YAML (logged with every run, bundled with models)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    path.write_text(config_yaml(config), encoding="utf-8")
     return path
