@@ -1,8 +1,10 @@
 """One validated run configuration, loaded from YAML and overridable from the CLI.
 
 `RunConfig` is the single flow parameter of every pipeline. Each field carries
-a description; invalid values fail with the dotted field name, the value given
-and what is allowed (all problems at once, like torchtune's ConfigError).
+a description (`arena-pref config fields` lists them); invalid values fail with
+the dotted field name, the value given and what is allowed, field errors and the
+cross-field rules of pref_core/config_rules.py together (all problems at once,
+like torchtune's ConfigError).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
+from pref_core.config_rules import CrossFieldError, check_rules, partial_view
 from pref_core.choices import (
     AllLinear,
     AttnImplementation,
@@ -136,18 +139,6 @@ class ModelConfig(_Section):
         "flash-attn and a GPU; falls back to sdpa with a warning)."
     )
 
-    @model_validator(mode="after")
-    def _source(self) -> "ModelConfig":
-        sources = [name for name, value in (("name_or_path", self.name_or_path), ("tiny", self.tiny), ("gguf", self.gguf))
-                   if value is not None]
-        if not sources:
-            raise ValueError("model.name_or_path: set a hub id or local folder (or model.tiny for the offline tiny "
-                             "model, or model.gguf for a GGUF file shipped in a package)")
-        if len(sources) > 1:
-            raise ValueError(f"model: {' and '.join('model.' + s for s in sources)} are both set; choose one source "
-                             "(set the others to null)")
-        return self
-
 
 class LoraSettings(_Section):
     r: int = Field(16, ge=1, description="LoRA rank: width of each adapter (more capacity and memory as it grows).")
@@ -239,7 +230,7 @@ class TrainConfig(_Section):
     def _report_to_list(cls, value):
         values = [value] if isinstance(value, str) else list(value)
         if any(str(v).lower() in ("mlflow", "all") for v in values):
-            raise ValueError(f"got {values}; MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
+            raise ValueError("MLflow is logged by arena-pref itself: use none, tensorboard, wandb, ...")
         return values
 
 
@@ -288,14 +279,6 @@ class DistillConfig(_Section):
         """True when any teacher source is set."""
         return any(v is not None for v in (self.teacher_csv, self.teacher_run, self.teacher_dir))
 
-    @model_validator(mode="after")
-    def _one_teacher(self) -> "DistillConfig":
-        given = [n for n in ("teacher_csv", "teacher_run", "teacher_dir") if getattr(self, n) is not None]
-        if len(given) > 1:
-            raise ValueError(f"distill: {' and '.join('distill.' + n for n in given)} are both set; choose one "
-                             "teacher source (set the others to null)")
-        return self
-
 
 class CalibrationConfig(_Section):
     method: CalibrationMethod = Field(
@@ -333,23 +316,9 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunConfig":
-        problems = []
-        if self.cv.folds is not None:
-            bad = [k for k in self.cv.folds if not 0 <= k < self.cv.n_folds]
-            if bad:
-                problems.append(f"cv.folds: got {bad}; fold indices must lie in 0..{self.cv.n_folds - 1} (cv.n_folds={self.cv.n_folds})")
-        if self.model.quantization != "none" and self.train.mixed_precision == "fp16" and self.model.dtype == "bf16":
-            problems.append("train.mixed_precision: fp16 with model.dtype=bf16 mixes half formats; use bf16 for both")
-        if self.train.gradient_accumulation_steps % self.train.num_processes:
-            problems.append(
-                f"train.gradient_accumulation_steps={self.train.gradient_accumulation_steps} is not a multiple of "
-                f"train.num_processes={self.train.num_processes}: each process accumulates an equal share of a step's "
-                "batches; set train.gradient_accumulation_steps to a multiple of train.num_processes"
-            )
-        if self.distill.enabled and self.distill.hard_weight == self.distill.kl_weight == 0:
-            problems.append("distill.hard_weight and distill.kl_weight are both 0: the loss would be 0; set either above 0")
+        problems = check_rules(self)  # the rules in pref_core/config_rules.py, each naming its fields
         if problems:
-            raise ValueError("; ".join(problems))
+            raise CrossFieldError(problems)
         return self
 
     # -- helpers -------------------------------------------------------------
@@ -424,6 +393,8 @@ def _format_validation_error(err: ValidationError) -> list[str]:
     problems: list[str] = []
     unions: dict[str, tuple[int, Any, list[str]]] = {}  # loc -> (line index, value, messages of each branch)
     for item in err.errors():
+        if isinstance(item.get("ctx", {}).get("error"), CrossFieldError):
+            continue  # the rules are run by parse_config, also when some fields failed
         parts = [str(p) for p in item["loc"]]
         # Union branches add tags such as "literal['all-linear']" or "list[str]" to the location: not fields.
         fields = [p for p in parts if p.isidentifier() or p.isdigit()]
@@ -438,11 +409,9 @@ def _format_validation_error(err: ValidationError) -> list[str]:
                 unions[loc] = (len(problems), item.get("input"), [])
                 problems.append("")
             unions[loc][2].append(msg)
-        elif item["type"] == "value_error" and msg.startswith((f"{loc}.", f"{loc}:")):
-            problems.append(msg)  # a section's validator naming its own field ("model.name_or_path: ...")
         elif loc:
             problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
-        else:  # cross-field checks name their own fields
+        else:  # the whole config (not a mapping, say): no field to name
             problems.append(msg)
     for loc, (index, value, messages) in unions.items():
         problems[index] = f"{loc}: got {value!r}; " + " or ".join(messages)
@@ -450,11 +419,13 @@ def _format_validation_error(err: ValidationError) -> list[str]:
 
 
 def parse_config(raw: dict[str, Any]) -> RunConfig:
-    """Validate a plain dict into a RunConfig, raising ConfigError listing every problem."""
+    """Validate a plain dict into a RunConfig, raising ConfigError listing every problem: the fields' own,
+    then those of every cross-field rule whose fields are valid (so one round reports both kinds)."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from None
+        view, failed = partial_view(RunConfig, raw, err)
+        raise ConfigError(_format_validation_error(err) + check_rules(view, failed)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -169,3 +169,52 @@ def test_require_choice_names_the_field_the_value_and_the_choices():
         require_choice("train.swap", "twice", SwapMode)
     with pytest.raises(TypeError):
         require_choice("train.swap", "both", str)
+
+
+def test_field_and_cross_field_problems_are_reported_in_one_round():
+    problems = problems_of({**TINY, "train": {"learning_rate": -1}, "cv": {"n_folds": 3, "folds": [0, 5]}})
+    assert problems == [
+        "train.learning_rate: got -1; Input should be greater than 0",
+        "cv.folds: got [5]; fold indices must lie in 0..2 (cv.n_folds=3)",
+    ]
+
+
+def test_a_rule_in_the_section_of_a_bad_field_still_runs():
+    problems = problems_of({**TINY, "train": {"learning_rate": -1, "gradient_accumulation_steps": 3, "num_processes": 2}})
+    assert problems[0] == "train.learning_rate: got -1; Input should be greater than 0"
+    assert problems[1].startswith("train.gradient_accumulation_steps: got 3, not a multiple of train.num_processes=2")
+    assert problems[1].endswith("set it to a multiple of train.num_processes (e.g. 4)")
+    assert len(problems) == 2
+
+
+def test_a_rule_whose_field_failed_is_skipped():
+    # cv.n_folds is refused: checking cv.folds against it (or its default) would report a made-up problem.
+    assert problems_of({**TINY, "cv": {"n_folds": 1, "folds": [0, 4]}}) == [
+        "cv.n_folds: got 1; Input should be greater than or equal to 2"
+    ]
+    # a refused subsection (model.tiny) skips the model-source rule instead of calling the model unset
+    problems = problems_of({"model": {"tiny": {"hidden_size": 1}}, "distill": {"teacher_csv": "t.csv", "teacher_run": "r"}})
+    assert problems == [
+        "model.tiny.hidden_size: got 1; Input should be greater than or equal to 8",
+        "distill: distill.teacher_csv and distill.teacher_run are both set; choose one teacher source (set the others to null)",
+    ]
+
+
+def test_every_rule_is_reported_with_every_field_problem():
+    problems = problems_of({
+        "model": {"name_or_path": "x/y", "tiny": {}, "quantization": "4bit", "dtype": "bf16"},
+        "train": {"mixed_precision": "fp16", "gradient_accumulation_steps": 3, "num_processes": 2, "lr": 1},
+        "distill": {"teacher_csv": "t.csv", "hard_weight": 0, "kl_weight": 0},
+        "output_dir": ["not", "a", "path"],
+    })
+    assert [p.split(":")[0] for p in problems] == [
+        "train.lr", "output_dir", "model", "train.mixed_precision", "train.gradient_accumulation_steps",
+        "distill.hard_weight and distill.kl_weight are both 0",
+    ]
+
+
+def test_rules_run_when_the_config_is_validated_directly():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"cv.folds: got \[5\]"):
+        RunConfig.model_validate({**TINY, "cv": {"n_folds": 3, "folds": [5]}})
