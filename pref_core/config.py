@@ -167,7 +167,10 @@ class TrainConfig(_Section):
         2, ge=1, description="Batches summed into one optimizer step: a step sees per_device_batch_size x this many rows."
     )
     num_epochs: float = Field(1.0, gt=0.0, description="Passes over each fold's training rows (fractions allowed).")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run num_epochs).")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="Stop each fold after this many optimizer steps (null: train.num_epochs passes); "
+        "a short run to try a config."
+    )
     warmup_steps: int = Field(20, ge=0, description="Optimizer steps of linear warm-up from 0 to train.learning_rate.")
     lr_scheduler: LrScheduler = Field(
         "linear", description="Learning-rate schedule after warm-up (transformers' lr_scheduler_type)."
@@ -224,6 +227,13 @@ class TrainConfig(_Section):
         description="Also predict each fold's own training rows with its fold model and log them to the fold's "
         "MLflow run (train_predictions.parquet): the per-fold soft labels a student reads with distill.teacher_run.",
     )
+
+    @field_validator("max_steps", mode="before")
+    @classmethod
+    def _no_sentinel(cls, value):
+        if value == -1:  # older configs wrote -1 for "no limit"
+            raise ValueError("-1 no longer means 'no limit': use null (train by train.num_epochs)")
+        return value
 
     @field_validator("report_to", mode="before")
     @classmethod

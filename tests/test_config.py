@@ -218,3 +218,16 @@ def test_rules_run_when_the_config_is_validated_directly():
 
     with pytest.raises(ValidationError, match=r"cv.folds: got \[5\]"):
         RunConfig.model_validate({**TINY, "cv": {"n_folds": 3, "folds": [5]}})
+
+
+def test_max_steps_is_optional_not_a_sentinel(tmp_path):
+    from pref_core.training import build_training_arguments
+
+    assert parse_config(TINY).train.max_steps is None
+    assert build_training_arguments(parse_config(TINY), tmp_path).max_steps == -1  # transformers: train by epochs
+    limited = parse_config({**TINY, "train": {"max_steps": 7}})
+    assert build_training_arguments(limited, tmp_path).max_steps == 7
+    assert problems_of({**TINY, "train": {"max_steps": -1}}) == [
+        "train.max_steps: got -1; -1 no longer means 'no limit': use null (train by train.num_epochs)"
+    ]
+    assert problems_of({**TINY, "train": {"max_steps": 0}})[0].startswith("train.max_steps: got 0; Input should be greater")
