@@ -434,7 +434,7 @@ def cmd_config_fields(args) -> int:
     """Every leaf field of the config: dotted name, type, default, then its description, indented."""
     import textwrap
 
-    from pref_core.config import describe_fields
+    from pref_core.config_fields import describe_fields
 
     prefix = (args.prefix or "").rstrip(".")
     docs = [d for d in describe_fields() if not prefix or d.name == prefix or d.name.startswith(prefix + ".")]
@@ -444,7 +444,8 @@ def cmd_config_fields(args) -> int:
     name_width, type_width = max(len(d.name) for d in docs), min(24, max(len(d.type) for d in docs))
     print(f"{'field':<{name_width}}  {'type':<{type_width}}  default")
     for doc in docs:
-        print(f"{doc.name:<{name_width}}  {doc.type:<{type_width}}  {doc.default}")
+        neutral = "  (result-neutral: not in the run key)" if doc.result_neutral else ""
+        print(f"{doc.name:<{name_width}}  {doc.type:<{type_width}}  {doc.default}{neutral}")
         for line in textwrap.wrap(doc.description, width=96):
             print(f"    {line}")
     return 0

@@ -9,16 +9,11 @@ like torchtune's ConfigError).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from types import UnionType
-from typing import Any, Iterator, Literal, Optional, Sequence, Union, get_args, get_origin
+from typing import Any, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import to_jsonable_python
 
 from pref_core.config_rules import CrossFieldError, check_rules, partial_view
 from pref_core.choices import (
@@ -47,29 +42,38 @@ class ConfigError(ValueError):
         super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
+# Marks a field that does not change what a run computes (where it runs, is tracked or reads its files from;
+# input files enter the run key by content hash instead): tasks/workspace.py leaves these out of the run key.
+RESULT_NEUTRAL = {"result_neutral": True}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
 class DataConfig(_Section):
-    train_csv: Optional[Path] = Field(None, description="Kaggle-format train.csv (id, prompt, response_a, response_b, winner_*).")
-    test_csv: Optional[Path] = Field(None, description="Kaggle-format test.csv; when set, the flow writes a submission.")
+    train_csv: Optional[Path] = Field(
+        None, json_schema_extra=RESULT_NEUTRAL,
+        description="Kaggle-format train.csv (id, prompt, response_a, response_b, winner_*).",
+    )
+    test_csv: Optional[Path] = Field(
+        None, json_schema_extra=RESULT_NEUTRAL, description="Kaggle-format test.csv; when set, the flow writes a submission."
+    )
     max_bad_fraction: float = Field(
         0.0, ge=0.0, le=1.0,
         description="Share of invalid rows tolerated; above it ingest fails, below it bad rows go to a rejected-rows file.",
     )
     extra_csvs: list[Path] = Field(
-        default_factory=list,
+        default_factory=list, json_schema_extra=RESULT_NEUTRAL,
         description="Extra arena-format train CSVs: added to the training folds only, never validated on, "
         "deduplicated against data.train_csv by prompt.",
     )
     extra_pairs: list[Path] = Field(
-        default_factory=list,
+        default_factory=list, json_schema_extra=RESULT_NEUTRAL,
         description="Extra chosen/rejected pairs (JSON lines, HH-RLHF transcripts; .gz ok): converted to arena rows "
         "(chosen on side a or b at random, no ties) and used like data.extra_csvs.",
     )
     extra_seed: int = Field(0, description="Seed of the random side given to the chosen response of extra pairs.")
-
 
 
 class PromptConfig(_Section):
@@ -247,15 +251,21 @@ class TrainConfig(_Section):
 class CVConfig(_Section):
     n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
     seed: int = Field(42, description="Seed of the fold assignment; keep it (and cv.n_folds) to compare runs fold by fold.")
-    folds: Optional[list[int]] = Field(None, description="Train only these fold indices (default: all).")
+    folds: Optional[list[int]] = Field(
+        None, json_schema_extra=RESULT_NEUTRAL,
+        description="Train only these fold indices (null: all); each fold's result does not depend on the others.",
+    )
     execution: FoldExecution = Field(
-        "subprocess",
+        "subprocess", json_schema_extra=RESULT_NEUTRAL,
         description="subprocess: each fold in its own local process (CUDA memory freed when it exits); "
         "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
     )
-    fold_deployment: str = Field("train-fold/gpu", description="Deployment that trains one fold (execution=deployment).")
+    fold_deployment: str = Field(
+        "train-fold/gpu", json_schema_extra=RESULT_NEUTRAL,
+        description="Deployment that trains one fold (cv.execution=deployment).",
+    )
     max_parallel: Optional[int] = Field(
-        None, ge=1,
+        None, ge=1, json_schema_extra=RESULT_NEUTRAL,
         description="execution=subprocess: fold processes running at once, each pinned to its own CUDA device "
         "through CUDA_VISIBLE_DEVICES; the next fold starts as soon as a device frees up. None: one per visible "
         "CUDA device (1 on CPU). Does not change results.",
@@ -266,7 +276,7 @@ class DistillConfig(_Section):
     """Soft labels from a teacher: loss = hard_weight * CE(labels) + kl_weight * KL(teacher || student)."""
 
     teacher_csv: Optional[Path] = Field(
-        None, description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id)."
+        None, json_schema_extra=RESULT_NEUTRAL, description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id)."
     )
     hard_weight: float = Field(1.0, ge=0.0, description="Weight of the cross-entropy on the true labels.")
     kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL divergence to the teacher's probabilities.")
@@ -278,7 +288,7 @@ class DistillConfig(_Section):
         "training rows (a model that never saw fold k's validation rows). Preferred over teacher_csv.",
     )
     teacher_dir: Optional[Path] = Field(
-        None,
+        None, json_schema_extra=RESULT_NEUTRAL,
         description="Folder of per-fold teacher files for teachers trained elsewhere on the same folds: "
         "fold_<k>.csv (or .parquet) with id, winner_model_a, winner_model_b, winner_tie, predicted by a model "
         "that never trained on fold k's validation rows.",
@@ -321,8 +331,12 @@ class RunConfig(_Section):
     cv: CVConfig = Field(default_factory=CVConfig, description="The K-fold split and how folds are run.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Soft labels from a teacher (off by default).")
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Calibration fit on the OOF predictions.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Where MLflow records the runs.")
-    output_dir: Path = Field(Path("outputs"), description="Root of caches, folds and fold checkpoints.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, json_schema_extra=RESULT_NEUTRAL, description="Where MLflow records the runs."
+    )
+    output_dir: Path = Field(
+        Path("outputs"), json_schema_extra=RESULT_NEUTRAL, description="Root of caches, folds and fold checkpoints."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> "RunConfig":
@@ -346,57 +360,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-@dataclass(frozen=True)
-class FieldDoc:
-    """One leaf field of the schema, as `arena-pref config fields` lists it."""
-
-    name: str  # dotted, e.g. train.learning_rate
-    type: str  # e.g. "int | null", "seed | multi_turn"
-    default: str  # JSON text (valid YAML for --set), or "required"
-    description: str
-
-
-def _section_of(annotation: Any) -> Optional[type[BaseModel]]:
-    """The section model a field holds (`TrainConfig`, or `TinyModelConfig` in Optional[...]), else None."""
-    for candidate in (annotation, *get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
-
-
-def iter_fields(model: type[BaseModel] = None, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
-    """(dotted name, FieldInfo) of every leaf field, sections walked in declaration order."""
-    for name, field in (model or RunConfig).model_fields.items():
-        section = _section_of(field.annotation)
-        if section is None:
-            yield prefix + name, field
-        else:
-            yield from iter_fields(section, f"{prefix}{name}.")
-
-
-def type_name(annotation: Any) -> str:
-    """A field type in the words of the YAML that sets it: `int | null`, `seed | multi_turn`, `list[path]`."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin is Literal:
-        return " | ".join(str(a) for a in args)
-    if origin is Union or origin is UnionType:
-        return " | ".join("null" if a is type(None) else type_name(a) for a in args)
-    if origin in (list, tuple):
-        return f"{origin.__name__}[{', '.join(type_name(a) for a in args)}]"
-    if annotation is Path:
-        return "path"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def describe_fields() -> list[FieldDoc]:
-    """Every leaf field of RunConfig with its type, default and description."""
-    docs = []
-    for name, field in iter_fields():
-        default = "required" if field.is_required() else json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
-        docs.append(FieldDoc(name, type_name(field.annotation), default, field.description or ""))
-    return docs
 
 
 def _format_validation_error(err: ValidationError) -> list[str]:

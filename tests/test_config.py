@@ -119,7 +119,7 @@ def test_run_config_is_the_single_schema():
 def test_every_field_has_a_description():
     from pydantic import BaseModel
 
-    from pref_core.config import describe_fields, iter_fields
+    from pref_core.config_fields import describe_fields, iter_fields
 
     leaves = dict(iter_fields())
     assert {"train.learning_rate", "model.tiny.hidden_size", "output_dir"} <= set(leaves)
@@ -132,7 +132,7 @@ def test_every_field_has_a_description():
 
 
 def test_describe_fields_gives_type_and_default():
-    from pref_core.config import describe_fields
+    from pref_core.config_fields import describe_fields
 
     docs = {doc.name: doc for doc in describe_fields()}
     assert (docs["prompt.template"].type, docs["prompt.template"].default) == ("seed | multi_turn", '"seed"')
@@ -145,7 +145,7 @@ def test_choice_fields_read_their_values_from_choices():
     from typing import get_args
 
     from pref_core import choices
-    from pref_core.config import iter_fields
+    from pref_core.config_fields import iter_fields
 
     fields = dict(iter_fields())
     for name, alias in [("prompt.template", choices.Template), ("prompt.truncation", choices.Truncation),
