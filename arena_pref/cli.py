@@ -141,8 +141,9 @@ def preflight(config) -> None:
     """Everything that can fail fast, checked before Prefect starts: the base model, writable output,
     reachable tracking store, valid data. A bad file is reported here in one line per problem, with no
     orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
-    if config.data.train_csv is None:
-        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    from pref_core.config import require_train_csv
+
+    require_train_csv(config)
     check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports
     from arena_pref.tasks import preparation, tracking, workspace
 
@@ -352,17 +353,19 @@ def cmd_show_prompt(args) -> int:
     from pref_core.tokenization import load_tokenizer
     from arena_pref.tasks import preparation
 
+    from pref_core.config import require_train_csv
+
     config = _load(args.config, args.set)
-    if config.data.train_csv is None and config.data.test_csv is None:
-        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (the CSV that holds the rows)")
+    if config.model.tiny is not None:
+        require_train_csv(config, "the tiny model's tokenizer is built from the train texts")
+    elif config.data.test_csv is None:
+        require_train_csv(config, "the CSV that holds the rows, or data.test_csv")
     frames, train = [], None
     for kind in ("train", "test"):
         if (config.data.train_csv if kind == "train" else config.data.test_csv) is not None:
             ingested = preparation.ingest.fn(config, kind)
             train = ingested if kind == "train" else train
             frames.append(pd.read_parquet(ingested.parsed_path))
-    if train is None and config.model.tiny is not None:
-        raise UserError("data.train_csv: not set; the tiny model's tokenizer is built from the train texts")
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     wanted = [str(i) for i in args.id]
     missing = [i for i in wanted if i not in set(frame["id"].astype(str))]

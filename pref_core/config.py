@@ -450,6 +450,13 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
     return parse_config(apply_overrides(raw, overrides))
 
 
+def require_train_csv(config: RunConfig, needed_for: str = "a Kaggle-format train.csv") -> Path:
+    """data.train_csv, or ConfigError saying how to set it (the one message every entry point gives)."""
+    if config.data.train_csv is None:
+        raise ConfigError([f"data.train_csv: not set; pass --set data.train_csv=PATH ({needed_for})"])
+    return config.data.train_csv
+
+
 def config_yaml(config: RunConfig) -> str:
     """The resolved config as YAML text, sections and fields in schema order."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

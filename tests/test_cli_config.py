@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from arena_pref import cli
@@ -54,3 +55,24 @@ def test_fields_of_one_section_or_field(capsys):
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith(" ")] == ["train.swap"]
     assert cli.main(["config", "fields", "trian"]) == 2
     assert "no config field or section 'trian'" in capsys.readouterr().err
+
+
+def test_a_missing_train_csv_is_one_message_everywhere(capsys):
+    from pref_core.config import ConfigError, require_train_csv
+
+    config = load_config(TINY)
+    with pytest.raises(ConfigError) as info:
+        require_train_csv(config)
+    assert info.value.problems == ["data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)"]
+    assert require_train_csv(load_config(TINY, ["data.train_csv=t.csv"])) == Path("t.csv")
+
+    assert cli.main(["train", "--config", TINY]) == 2
+    assert f"- {info.value.problems[0]}" in capsys.readouterr().err
+    assert cli.main(["show-prompt", "--config", TINY, "--id", "1", "--set", "data.test_csv=t.csv"]) == 2
+    assert ("data.train_csv: not set; pass --set data.train_csv=PATH (the tiny model's tokenizer is built from the "
+            "train texts)") in capsys.readouterr().err
+
+    from arena_pref.flows.preparation import prepare_inputs
+
+    with pytest.raises(ConfigError, match=r"data.train_csv: not set; pass --set data.train_csv=PATH"):
+        prepare_inputs(config)
