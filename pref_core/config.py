@@ -4,7 +4,8 @@
 a description (`arena-pref config fields` lists them); invalid values fail with
 the dotted field name, the value given and what is allowed, field errors and the
 cross-field rules of pref_core/config_rules.py together (all problems at once,
-like torchtune's ConfigError).
+like torchtune's ConfigError). The file is long because every field's documentation
+lives beside its declaration, in this one place.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pref_core.config_rules import CrossFieldError, check_rules, partial_view
 from pref_core.choices import (
     AllLinear,
     AttnImplementation,
@@ -32,6 +32,7 @@ from pref_core.choices import (
     Template,
     Truncation,
 )
+from pref_core.config_rules import CrossFieldError, check_rules, format_field_errors, partial_view
 
 
 class ConfigError(ValueError):
@@ -362,35 +363,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _format_validation_error(err: ValidationError) -> list[str]:
-    problems: list[str] = []
-    unions: dict[str, tuple[int, Any, list[str]]] = {}  # loc -> (line index, value, messages of each branch)
-    for item in err.errors():
-        if isinstance(item.get("ctx", {}).get("error"), CrossFieldError):
-            continue  # the rules are run by parse_config, also when some fields failed
-        parts = [str(p) for p in item["loc"]]
-        # Union branches add tags such as "literal['all-linear']" or "list[str]" to the location: not fields.
-        fields = [p for p in parts if p.isidentifier() or p.isdigit()]
-        loc = ".".join(fields)
-        msg = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{loc}: unknown field; check the spelling (`arena-pref config fields` lists the fields)")
-        elif item["type"] == "missing":
-            problems.append(f"{loc}: required field is missing; set it in the YAML or with --set {loc}=...")
-        elif len(fields) != len(parts):  # one line per union field, listing what each branch accepts
-            if loc not in unions:
-                unions[loc] = (len(problems), item.get("input"), [])
-                problems.append("")
-            unions[loc][2].append(msg)
-        elif loc:
-            problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
-        else:  # the whole config (not a mapping, say): no field to name
-            problems.append(msg)
-    for loc, (index, value, messages) in unions.items():
-        problems[index] = f"{loc}: got {value!r}; " + " or ".join(messages)
-    return problems
-
-
 def parse_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a plain dict into a RunConfig, raising ConfigError listing every problem: the fields' own,
     then those of every cross-field rule whose fields are valid (so one round reports both kinds)."""
@@ -398,7 +370,7 @@ def parse_config(raw: dict[str, Any]) -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         view, failed = partial_view(RunConfig, raw, err)
-        raise ConfigError(_format_validation_error(err) + check_rules(view, failed)) from None
+        raise ConfigError(format_field_errors(err) + check_rules(view, failed)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Each rule names the dotted fields it reads. `RunConfig` runs them all once every field is valid; when
 some fields are not, `pref_core.config.parse_config` still runs each rule whose fields did validate
-(`partial_view`), so one round reports the field errors and the cross-field errors together.
+(`partial_view`), so one round reports the field errors (`format_field_errors`) and the
+cross-field errors together.
 """
 
 from __future__ import annotations
@@ -157,3 +158,34 @@ def partial_view(schema: type[BaseModel], raw: Any, err: ValidationError) -> tup
         except ValidationError:
             failed.add(name)
     return SimpleNamespace(**sections), failed
+
+
+def format_field_errors(err: ValidationError) -> list[str]:
+    """One line per field pydantic refused: the dotted field, the value given and what is allowed (the rules'
+    own error is left out: `check_rules` reports those, also when some fields failed)."""
+    problems: list[str] = []
+    unions: dict[str, tuple[int, Any, list[str]]] = {}  # loc -> (line index, value, messages of each branch)
+    for item in err.errors():
+        if isinstance(item.get("ctx", {}).get("error"), CrossFieldError):
+            continue
+        parts = [str(p) for p in item["loc"]]
+        # Union branches add tags such as "literal['all-linear']" or "list[str]" to the location: not fields.
+        fields = [p for p in parts if p.isidentifier() or p.isdigit()]
+        loc = ".".join(fields)
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown field; check the spelling (`arena-pref config fields` lists the fields)")
+        elif item["type"] == "missing":
+            problems.append(f"{loc}: required field is missing; set it in the YAML or with --set {loc}=...")
+        elif len(fields) != len(parts):  # one line per union field, listing what each branch accepts
+            if loc not in unions:
+                unions[loc] = (len(problems), item.get("input"), [])
+                problems.append("")
+            unions[loc][2].append(msg)
+        elif loc:
+            problems.append(f"{loc}: got {item.get('input')!r}; {msg}")
+        else:  # the whole config (not a mapping, say): no field to name
+            problems.append(msg)
+    for loc, (index, value, messages) in unions.items():
+        problems[index] = f"{loc}: got {value!r}; " + " or ".join(messages)
+    return problems
