@@ -1,4 +1,4 @@
-"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, stack, ui).
+"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, stack, ui, config).
 
 User errors (bad config, bad data, unreachable tracking store, a failed fold)
 end with one line per problem and a non-zero exit, never a traceback.
@@ -141,8 +141,9 @@ def preflight(config) -> None:
     """Everything that can fail fast, checked before Prefect starts: the base model, writable output,
     reachable tracking store, valid data. A bad file is reported here in one line per problem, with no
     orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
-    if config.data.train_csv is None:
-        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    from pref_core.config import require_train_csv
+
+    require_train_csv(config)
     check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports
     from arena_pref.tasks import preparation, tracking, workspace
 
@@ -352,17 +353,19 @@ def cmd_show_prompt(args) -> int:
     from pref_core.tokenization import load_tokenizer
     from arena_pref.tasks import preparation
 
+    from pref_core.config import require_train_csv
+
     config = _load(args.config, args.set)
-    if config.data.train_csv is None and config.data.test_csv is None:
-        raise UserError("data.train_csv: not set; pass --set data.train_csv=PATH (the CSV that holds the rows)")
+    if config.model.tiny is not None:
+        require_train_csv(config, "the tiny model's tokenizer is built from the train texts")
+    elif config.data.test_csv is None:
+        require_train_csv(config, "the CSV that holds the rows, or data.test_csv")
     frames, train = [], None
     for kind in ("train", "test"):
         if (config.data.train_csv if kind == "train" else config.data.test_csv) is not None:
             ingested = preparation.ingest.fn(config, kind)
             train = ingested if kind == "train" else train
             frames.append(pd.read_parquet(ingested.parsed_path))
-    if train is None and config.model.tiny is not None:
-        raise UserError("data.train_csv: not set; the tiny model's tokenizer is built from the train texts")
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     wanted = [str(i) for i in args.id]
     missing = [i for i in wanted if i not in set(frame["id"].astype(str))]
@@ -420,6 +423,51 @@ def cmd_ui(args) -> int:
     launcher = PROJECT_ROOT / "mlflow" / "launch.sh"
     os.execv("/bin/bash", ["bash", str(launcher), "--host", args.host, "--port", str(args.port)])
     return 0  # not reached: the launcher replaces this process
+
+
+def cmd_config_show(args) -> int:
+    """The resolved, validated config as YAML: defaults filled in, overrides applied."""
+    from pref_core.config import config_yaml
+
+    print(config_yaml(_load(args.config, args.set)), end="")
+    return 0
+
+
+def cmd_config_fields(args) -> int:
+    """Every leaf field of the config: dotted name, type, default, then its description, indented."""
+    import textwrap
+
+    from pref_core.config_fields import describe_fields
+
+    prefix = (args.prefix or "").rstrip(".")
+    docs = [d for d in describe_fields() if not prefix or d.name == prefix or d.name.startswith(prefix + ".")]
+    if not docs:
+        raise UserError(f"no config field or section {args.prefix!r}; `arena-pref config fields` lists them all")
+    # A few choice types are long (lr_scheduler): they push their own default right rather than every row's.
+    name_width, type_width = max(len(d.name) for d in docs), min(24, max(len(d.type) for d in docs))
+    print(f"{'field':<{name_width}}  {'type':<{type_width}}  default")
+    for doc in docs:
+        neutral = "  (result-neutral: not in the run key)" if doc.result_neutral else ""
+        print(f"{doc.name:<{name_width}}  {doc.type:<{type_width}}  {doc.default}{neutral}")
+        for line in textwrap.wrap(doc.description, width=96):
+            print(f"    {line}")
+    return 0
+
+
+def add_config_commands(sub) -> None:
+    """`arena-pref config show|fields`: what a config resolves to, and what each field means."""
+    config = sub.add_parser("config", help="show a resolved config, or list every config field")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="{show,fields}",
+                                    help="show: the resolved YAML; fields: each field's type, default and description")
+    show = actions.add_parser("show", help="print the resolved, validated config as YAML", formatter_class=HelpFormatter)
+    show.add_argument("config", help="YAML recipe, e.g. configs/tiny.yaml")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    show.set_defaults(func=cmd_config_show)
+    fields = actions.add_parser("fields", help="list each field: dotted name, type, default, description",
+                                formatter_class=HelpFormatter)
+    fields.add_argument("prefix", nargs="?", default=None, help="only this field or section, e.g. train or cv.folds")
+    fields.set_defaults(func=cmd_config_fields)
 
 
 # -- entry point --------------------------------------------------------------
@@ -546,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind")
     ui.add_argument("--port", type=int, default=5000, help="port to bind")
     ui.set_defaults(func=cmd_ui)
+    add_config_commands(sub)
     for subparser in sub.choices.values():  # also the subcommands added above by other modules' entries
         subparser.formatter_class = HelpFormatter
     return parser

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pref_core.config import RunConfig
+from pref_core.config import RunConfig, require_train_csv
 from pref_core.data import hash_file
 from arena_pref.tasks import preparation, workspace
 from arena_pref.tasks.preparation import PreparedInputs
 
 
 def prepare_inputs(config: RunConfig) -> PreparedInputs:
-    if config.data.train_csv is None:
-        raise ValueError("data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)")
+    require_train_csv(config)
     train = preparation.ingest(config, "train")
     test = preparation.ingest(config, "test") if config.data.test_csv else None
     extra = preparation.ingest_extra(config, train)

@@ -403,7 +403,7 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
         gradient_accumulation_steps=train.gradient_accumulation_steps // processes,
         **distributed,
         num_train_epochs=train.num_epochs,
-        max_steps=train.max_steps,
+        max_steps=train.max_steps if train.max_steps is not None else -1,  # -1: transformers' 'by epochs'
         learning_rate=train.learning_rate,
         lr_scheduler_type=train.lr_scheduler,
         warmup_steps=train.warmup_steps,
@@ -696,7 +696,7 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     logger.info(
         "training on %d rows (train.swap=%s), validating on %d rows, %s", len(train_ds), config.train.swap,
         len(val_ds),
-        f"{config.train.max_steps} steps" if config.train.max_steps > 0 else f"{config.train.num_epochs} epochs",
+        f"{config.train.max_steps} steps" if config.train.max_steps is not None else f"{config.train.num_epochs} epochs",
     )
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 

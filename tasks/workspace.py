@@ -7,7 +7,7 @@ output_dir/
   runs/<run_key>/                one CV configuration: folds table, fold_<k>/ checkpoints and adapters,
                                  oof_predictions.parquet, submission.csv
 
-`run_key` hashes the resolved config (less tracking and execution details) and
+`run_key` hashes the resolved config (less its result-neutral fields) and
 the data hashes, so reruns of the same setup find their finished folds and
 concurrent runs of different setups never share a folder.
 """
@@ -21,11 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from pref_core.config import RunConfig
-
-# Config fields that change where or how a run is tracked or executed, not what it computes.
-_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "cv.max_parallel", "data.train_csv", "data.test_csv",
-                        "data.extra_csvs", "data.extra_pairs", "distill.teacher_csv", "distill.teacher_dir",
-                        "output_dir")
+from pref_core.config_fields import result_neutral_fields
 
 
 def hash_json(obj) -> str:
@@ -33,14 +29,16 @@ def hash_json(obj) -> str:
 
 
 def compute_run_key(config: RunConfig, input_hashes: dict[str, Optional[str]]) -> str:
-    """Hash of what a CV run computes: the config (less paths and tracking) and the content of every input file."""
+    """Hash of what a CV run computes: the config less its result-neutral fields (paths, tracking, execution;
+    marked in pref_core/config.py) and the content of every input file."""
     tree = config.model_dump(mode="json")
-    for dotted in _NON_SEMANTIC_FIELDS:
-        node = tree
+    for dotted in result_neutral_fields():
         *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        node.pop(leaf, None)
+        node = tree
+        for part in parents:  # a field inside an unset optional section (model.tiny: null) has nothing to drop
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hash_json({"config": tree, "inputs": input_hashes})
 
 

@@ -1,0 +1,56 @@
+"""The run key leaves out exactly the fields marked result-neutral in the schema, the same ones as before."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from arena_pref.tasks.workspace import compute_run_key
+from pref_core.config import load_config
+from pref_core.config_fields import describe_fields, result_neutral_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+# The list tasks/workspace.py kept by hand before the schema carried the mark.
+FORMER_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "cv.max_parallel",
+                              "data.train_csv", "data.test_csv", "data.extra_csvs", "data.extra_pairs",
+                              "distill.teacher_csv", "distill.teacher_dir", "output_dir")
+INPUTS = {"train": "0123456789abcdef", "test": None, "extra": None, "teacher": None, "teacher_dir": None}
+
+
+def former_run_key(config, input_hashes) -> str:
+    """compute_run_key as it was written with the hand-kept list."""
+    tree = config.model_dump(mode="json")
+    for dotted in FORMER_NON_SEMANTIC_FIELDS:
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    payload = {"config": tree, "inputs": input_hashes}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_the_marked_fields_are_the_former_list():
+    assert sorted(result_neutral_fields()) == sorted(FORMER_NON_SEMANTIC_FIELDS)
+    neutral = {doc.name for doc in describe_fields() if doc.result_neutral}
+    assert "tracking.uri" in neutral and "train.learning_rate" not in neutral and "distill.teacher_run" not in neutral
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_run_key_of_every_recipe_is_unchanged(recipe, tmp_path):
+    overrides = [f"data.train_csv={tmp_path / 'train.csv'}", f"output_dir={tmp_path}", "cv.folds=[0]"]
+    config = load_config(ROOT / "configs" / recipe, overrides)
+    assert compute_run_key(config, INPUTS) == former_run_key(config, INPUTS)
+
+
+def test_result_neutral_fields_do_not_change_the_key_and_others_do(tmp_path):
+    tiny = ROOT / "configs" / "tiny.yaml"
+    key = compute_run_key(load_config(tiny), INPUTS)
+    moved = load_config(tiny, ["tracking.experiment=other", "cv.execution=in_process", f"output_dir={tmp_path}",
+                               "cv.max_parallel=2", "data.test_csv=t.csv"])
+    assert compute_run_key(moved, INPUTS) == key
+    assert compute_run_key(load_config(tiny, ["train.learning_rate=1e-4"]), INPUTS) != key
+    assert compute_run_key(load_config(tiny, ["distill.teacher_run=abc"]), INPUTS) != key
