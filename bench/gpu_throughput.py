@@ -13,7 +13,7 @@ per micro-batch, three-class loss on the label logits.
   does, label logits gathered at the label position; random batches (no length grouping), batch 2.
 * ours: bf16 base, pref_core.modeling.PreferenceModel (label_token head: the last real token's hidden
   state times three rows of the LM head), bf16 autocast, length-grouped batches from
-  pref_core.training.EpochSeededSampler, padding to a multiple of 8 as fine_tune_fold does on CUDA, batch 4.
+  pref_core.sampling.EpochSeededSampler, padding to a multiple of 8 as fine_tune_fold does on CUDA, batch 4.
 
 Throughput counts real (non-pad) tokens. MFU = useful model FLOPs / (time x the GPU's dense bf16 peak),
 useful FLOPs per row of length L = 2 x (2 N L) for the frozen linears (forward + input gradients, no
@@ -148,11 +148,12 @@ def build_seed_side(config_kwargs: dict, device, batches: list) -> Side:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from pref_core.modeling import last_token_indices, preference_loss
+    from pref_core.losses import preference_loss
+    from pref_core.modeling import last_token_indices
 
     model = build_llama(config_kwargs, torch.float16, device)
     quantize_linears_8bit(model, device)
-    # Checkpointing set up as pref_core.modeling.load_backbone does (non-reentrant); peft would go through a
+    # Checkpointing set up as pref_core.backbone.load_backbone does (non-reentrant); peft would go through a
     # deprecated transformers API to do the same.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -209,7 +210,7 @@ def make_batches(lengths: np.ndarray, batch_size: int, grouped: bool, n_batches:
     import torch
 
     from pref_core.inference import PreferenceCollator
-    from pref_core.training import EpochSeededSampler
+    from pref_core.sampling import EpochSeededSampler
 
     order = list(EpochSeededSampler(lengths.tolist(), batch_size=batch_size, seed=seed, group_by_length=grouped))
     epoch = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]

@@ -79,7 +79,8 @@ def build_head_only_backbone(lm_head, hidden_size: int, vocab: int):
 def make_seed_step(lm_head, attention_mask, labels, label_token_ids):
     """The seed's head: full logits over every position, upcast, shifted copy, gather at the label."""
     import torch
-    from pref_core.modeling import last_token_indices, preference_loss
+    from pref_core.losses import preference_loss
+    from pref_core.modeling import last_token_indices
 
     label_ids = torch.tensor(label_token_ids)
     # Shifted logits at t predict token t+1: the label word's position minus one.

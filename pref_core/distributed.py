@@ -1,7 +1,7 @@
 """How the processes of one fold share the model (train.distributed): what FSDP adds to the Trainer's arguments.
 
 `ddp` (the default) gives every process the whole model and a share of each step's rows; its two Trainer
-arguments sit with the others in pref_core.training.build_training_arguments. `fsdp` shards the model
+arguments sit with the others in pref_core.trainer.build_training_arguments. `fsdp` shards the model
 over the processes (models that do not fit one GPU): FSDP2 through accelerate, every decoder layer its own
 unit (accelerate's transformer-based wrap, which reads the model's own ``_no_split_modules``:
 LlamaDecoderLayer, Gemma2DecoderLayer, ...), parameters resharded after each forward (the

@@ -24,7 +24,7 @@ class PreferenceCollator:
     Right padding; the model finds each row's last real token from the attention mask. Rows with a
     ``label`` column (>= 0) also produce ``labels``. `input_column` picks ``input_ids`` or ``input_ids_swap``.
     Training rows with a teacher (data.attach_teacher_probs) also produce ``teacher_probs`` (batch, 3) float32
-    and ``has_teacher`` (batch,) bool, for the distillation loss of training.PreferenceTrainer.
+    and ``has_teacher`` (batch,) bool, for the distillation loss of trainer.PreferenceTrainer.
     """
 
     pad_token_id: int
@@ -119,6 +119,24 @@ def _predict_sequences(
     return probabilities
 
 
+def _average_views(model: nn.Module, predict_view: Callable[[bool], np.ndarray], with_swap: bool) -> np.ndarray:
+    """`predict_view(False)` (n, 3), averaged with the a/b-swapped `predict_view(True)` when `with_swap`.
+
+    Runs in eval mode without autograd, and puts the model back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            probabilities = predict_view(False)
+            if with_swap:
+                # Column a of the swapped view is the probability that the original b wins.
+                probabilities = (probabilities + swap_probabilities(predict_view(True))) / 2.0
+    finally:
+        model.train(was_training)
+    return probabilities
+
+
 def predict_token_ids(
     model: nn.Module,
     input_ids: Sequence[Sequence[int]],
@@ -137,27 +155,16 @@ def predict_token_ids(
         return np.empty((0, NUM_CLASSES), dtype=np.float32)
     if input_ids_swap is not None and len(input_ids_swap) != len(input_ids):
         raise ValueError(f"input_ids_swap has {len(input_ids_swap)} rows, input_ids {len(input_ids)}")
-    if pad_token_id is None:
-        pad_token_id = _default_pad_token_id(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            views = [input_ids] if input_ids_swap is None else [input_ids, input_ids_swap]
-            outputs = [
-                _predict_sequences(
-                    model, lambda index, rows=rows: [rows[i] for i in index],
-                    np.asarray([len(seq) for seq in rows]), batch_size, pad_token_id, pad_to_multiple_of, progress,
-                    view=view,
-                )
-                for rows, view in zip(views, ("rows", "swapped"))
-            ]
-    finally:
-        model.train(was_training)
-    if input_ids_swap is None:
-        return outputs[0]
-    # Column a of the swapped view is the probability that the original b wins.
-    return (outputs[0] + swap_probabilities(outputs[1])) / 2.0
+    pad_token_id = _default_pad_token_id(model) if pad_token_id is None else pad_token_id
+
+    def predict_view(swapped: bool) -> np.ndarray:
+        rows = input_ids_swap if swapped else input_ids
+        return _predict_sequences(
+            model, lambda index: [rows[i] for i in index], np.asarray([len(seq) for seq in rows]), batch_size,
+            pad_token_id, pad_to_multiple_of, progress, view="swapped" if swapped else "rows",
+        )
+
+    return _average_views(model, predict_view, with_swap=input_ids_swap is not None)
 
 
 def predict_probabilities(
@@ -182,21 +189,10 @@ def predict_probabilities(
             "tta_swap (train.tta_swap) needs an 'input_ids_swap' column: tokenize the frame with the swapped view "
             "as well, or set train.tta_swap=false"
         )
-    if pad_token_id is None:
-        pad_token_id = _default_pad_token_id(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            probabilities = _predict_column(
-                model, dataset, "input_ids", batch_size, pad_token_id, pad_to_multiple_of, progress
-            )
-            if tta_swap:
-                swapped = _predict_column(
-                    model, dataset, "input_ids_swap", batch_size, pad_token_id, pad_to_multiple_of, progress
-                )
-                # Column a of the swapped view is the probability that the original b wins.
-                probabilities = (probabilities + swap_probabilities(swapped)) / 2.0
-    finally:
-        model.train(was_training)
-    return probabilities
+    pad_token_id = _default_pad_token_id(model) if pad_token_id is None else pad_token_id
+
+    def predict_view(swapped: bool) -> np.ndarray:
+        column = "input_ids_swap" if swapped else "input_ids"
+        return _predict_column(model, dataset, column, batch_size, pad_token_id, pad_to_multiple_of, progress)
+
+    return _average_views(model, predict_view, with_swap=tta_swap)

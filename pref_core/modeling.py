@@ -1,4 +1,4 @@
-"""Backbone loading, the three-way preference head and LoRA wrapping.
+"""The three-way preference head, LoRA wrapping and adapter save / load (the backbone: pref_core.backbone).
 
 `PreferenceModel` wraps a causal LM and reads one hidden state per example, at
 the last real token (the space after "Answer:"). Two heads turn it into three
@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pref_core.backbone import load_backbone, resolve_load_device
 from pref_core.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.losses import preference_loss
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -41,121 +42,6 @@ logger = logging.getLogger(__name__)
 PREFERENCE_HEAD_FILE = "preference_head.json"
 # Name of the classifier head inside PreferenceModel; peft saves it via modules_to_save.
 CLASSIFIER_NAME = "score"
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-# -- backbone -------------------------------------------------------------------------------------------------------
-
-
-def native_bf16() -> bool:
-    """True on a CUDA GPU with bf16 tensor cores (compute capability 8.0+: A100, A10, L4, H100, RTX 30xx+).
-
-    Not torch.cuda.is_bf16_supported(): it also counts emulated bf16, which T4 and V100 (7.x, Kaggle's GPUs)
-    run many times slower than fp16.
-    """
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-
-
-def resolve_dtype(model_config: "ModelConfig") -> torch.dtype:
-    """Weight dtype of the backbone: model.dtype, where ``auto`` means bf16 on a GPU with native bf16,
-    fp16 on an older CUDA GPU (fp32 weights of a multi-billion model would not fit) and fp32 on CPU."""
-    if model_config.dtype != "auto":
-        return _DTYPES[model_config.dtype]
-    if torch.cuda.is_available():
-        return torch.bfloat16 if native_bf16() else torch.float16
-    return torch.float32
-
-
-def resolve_attn_implementation(model_config: "ModelConfig") -> str:
-    """model.attn_implementation, falling back to sdpa when flash-attn is not installed or there is no GPU."""
-    wanted = model_config.attn_implementation
-    if wanted == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
-        if not (torch.cuda.is_available() and is_flash_attn_2_available()):
-            logger.warning(
-                "model.attn_implementation=flash_attention_2 but flash-attn is not usable here "
-                "(package missing or no CUDA GPU); using sdpa instead"
-            )
-            return "sdpa"
-    return wanted
-
-
-def build_quantization_config(model_config: "ModelConfig"):
-    """BitsAndBytesConfig for model.quantization (None when it is ``none``)."""
-    if model_config.quantization == "none":
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if model_config.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=resolve_dtype(model_config),
-    )
-
-
-def resolve_model_source(model_config: "ModelConfig", name_or_path: Optional[Union[str, Path]] = None) -> str:
-    """Where to load the base model from: the explicit argument, else model.name_or_path."""
-    source = name_or_path if name_or_path is not None else model_config.name_or_path
-    if source is None:
-        raise ValueError(
-            "model.name_or_path is not set and no name_or_path was passed: for model.tiny, build the tiny "
-            "checkpoint first (pref_core.tiny.build_tiny_checkpoint) and pass its folder as name_or_path"
-        )
-    return str(source)
-
-
-def resolve_load_device(device: Optional[Union[str, torch.device]] = None) -> torch.device:
-    """The device a base model is loaded onto: `device`, else this process's current CUDA device (a fold worker
-    sees one GPU through CUDA_VISIBLE_DEVICES), else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def load_backbone(
-    model_config: "ModelConfig",
-    name_or_path: Optional[Union[str, Path]] = None,
-    device: Optional[Union[str, torch.device]] = None,
-):
-    """Load the causal LM named by model.name_or_path (or `name_or_path`, e.g. a built tiny model folder).
-
-    Applies model.dtype, model.quantization (bitsandbytes 8-bit, or 4-bit nf4 with double quantisation),
-    model.attn_implementation and model.gradient_checkpointing (non-reentrant). The weights stay frozen
-    here; `build_model` adds the trainable parts.
-
-    Weights go straight from the (memory-mapped) safetensors files onto `device` (default: see
-    resolve_load_device) through device_map, quantized or not: no full copy of an 8B model in host RAM
-    per fold (bench/load_memory.py measures it).
-    """
-    from transformers import AutoModelForCausalLM
-
-    source = resolve_model_source(model_config, name_or_path)
-    kwargs = {
-        "dtype": resolve_dtype(model_config),
-        "attn_implementation": resolve_attn_implementation(model_config),
-        "revision": model_config.revision,
-    }
-    quantization_config = build_quantization_config(model_config)
-    if quantization_config is not None:
-        kwargs["quantization_config"] = quantization_config
-    # Also required for bitsandbytes layers, which cannot be moved after loading.
-    kwargs["device_map"] = {"": resolve_load_device(device)}
-    logger.info(
-        "loading backbone %s onto %s (dtype=%s, quantization=%s, attn=%s)",
-        source, kwargs["device_map"][""], kwargs["dtype"], model_config.quantization, kwargs["attn_implementation"],
-    )
-    backbone = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    backbone.config.use_cache = False  # no generation here; the KV cache would only cost memory
-    if model_config.gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs (no input-grad hack) and with peft.
-        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    return backbone
-
 
 # -- preference model -----------------------------------------------------------------------------------------------
 
@@ -177,62 +63,6 @@ def last_token_indices(attention_mask: torch.Tensor) -> torch.Tensor:
         rows = torch.nonzero(last < 0).flatten().tolist()
         raise ValueError(f"rows {rows} of the batch have no real token (attention_mask is all zeros)")
     return last.long()
-
-
-def preference_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the three classes.
-
-    logits: (batch, 3). labels: (batch,) integer class ids, or (batch, 3) target probabilities
-    (soft labels, e.g. from distillation or label smoothing).
-    """
-    if labels.dim() == 1:
-        return F.cross_entropy(logits.float(), labels.long())
-    if labels.dim() == 2 and labels.shape[1] == NUM_CLASSES:
-        return F.cross_entropy(logits.float(), labels.float())
-    raise ValueError(
-        f"labels must be (batch,) class ids or (batch, {NUM_CLASSES}) probabilities, got shape {tuple(labels.shape)}"
-    )
-
-
-def distillation_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_probs: torch.Tensor,
-    has_teacher: Optional[torch.Tensor] = None,
-    *,
-    hard_weight: float = 1.0,
-    kl_weight: float = 1.0,
-    temperature: float = 1.0,
-) -> torch.Tensor:
-    """Mean over rows of ``hard_weight * CE(label) + kl_weight * T^2 * KL(teacher_T || student_T)``.
-
-    teacher_T = softmax(log(teacher_probs) / T), student_T = softmax(logits / T) (Hinton et al.; the T^2 keeps
-    the soft term's gradient scale independent of T). Rows whose `has_teacher` is False (e.g. extra data
-    without a teacher row) get the hard term only; their `teacher_probs` are placeholders and never read.
-    The KL term is averaged over all rows, so a teacher row weighs the same whatever the batch holds.
-
-    logits: (batch, 3). labels: (batch,) class ids. teacher_probs: (batch, 3) probabilities (no gradient).
-    has_teacher: (batch,) bool, default all True. Returns a scalar float32 tensor.
-    """
-    if teacher_probs.shape != logits.shape:
-        raise ValueError(f"teacher_probs must be (batch, {NUM_CLASSES}) like the logits {tuple(logits.shape)}, "
-                         f"got {tuple(teacher_probs.shape)}")
-    logits = logits.float()
-    hard = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")  # (batch,)
-    if has_teacher is None:
-        has_teacher = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
-    has_teacher = has_teacher.to(device=logits.device, dtype=torch.bool)  # (batch,)
-    teacher = teacher_probs.detach().to(device=logits.device, dtype=torch.float32)  # (batch, 3)
-    # A placeholder row could be anything (all zeros -> NaN after the log); a uniform row keeps the masked
-    # arithmetic finite, since NaN * 0 would still be NaN.
-    teacher = torch.where(has_teacher[:, None], teacher, torch.full_like(teacher, 1.0 / NUM_CLASSES))
-    # log(0) = -inf stays -inf after / T, so a class the teacher rules out keeps probability 0.
-    teacher_t = torch.softmax(torch.log(teacher) / temperature, dim=-1)  # (batch, 3)
-    student_log_t = torch.log_softmax(logits / temperature, dim=-1)  # (batch, 3)
-    # xlogy: 0 * log 0 = 0 for the classes the teacher rules out.
-    kl = (torch.xlogy(teacher_t, teacher_t) - teacher_t * student_log_t).sum(dim=-1)  # (batch,)
-    kl = torch.where(has_teacher, kl, torch.zeros_like(kl))
-    return (hard_weight * hard + kl_weight * temperature**2 * kl).mean()
 
 
 class PreferenceModel(nn.Module):
@@ -423,51 +253,6 @@ def save_adapter(model: "PeftModel", out_dir: Union[str, Path], tokenizer) -> Pa
     return out_dir
 
 
-def load_preference_model(
-    config: "RunConfig",
-    adapter_dir: Union[str, Path],
-    name_or_path: Optional[Union[str, Path]] = None,
-    device: Optional[Union[str, torch.device]] = None,
-):
-    """Rebuild a trained model from `save_adapter`'s folder for inference. Returns (model, tokenizer).
-
-    The base model comes from `name_or_path` (else model.name_or_path); tokenizer, adapter and head
-    from `adapter_dir`. `device` defaults to the GPU when there is one.
-    """
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-
-    adapter_dir = Path(adapter_dir)
-    head_file = adapter_dir / PREFERENCE_HEAD_FILE
-    if not head_file.is_file():
-        raise FileNotFoundError(f"{head_file} not found: {adapter_dir} is not a folder written by save_adapter")
-    saved = json.loads(head_file.read_text(encoding="utf-8"))
-    if saved["head"] != config.model.head:
-        raise ValueError(
-            f"model.head: the adapter in {adapter_dir} was trained with head={saved['head']!r} but the config "
-            f"says {config.model.head!r}; set model.head={saved['head']} to load it"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
-    backbone = load_backbone(config.model, name_or_path, device=device)
-    model = build_preference_model(config.model, backbone, tokenizer)
-    if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
-        raise ValueError(
-            f"model.label_tokens {list(config.model.label_tokens)!r} map to ids {model.label_token_ids.tolist()}, "
-            f"but the adapter was trained on ids {saved['label_token_ids']}; use the label_tokens of the training run"
-        )
-    peft_model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
-    if config.model.quantization == "none":  # bitsandbytes layers must not be moved (they were placed at load)
-        # The base was placed at load time; this moves only the adapter (and head) weights, if at all.
-        peft_model.to(resolve_load_device(device))
-    peft_model.eval()
-    return peft_model, tokenizer
-
-
-def fold_adapter_name(index: int) -> str:
-    """peft adapter name of the `index`-th adapter of an ensemble loaded by `load_preference_ensemble`."""
-    return f"fold_{index}"
-
-
 def _read_saved_head(config: "RunConfig", adapter_dir: Path) -> dict:
     """The head description `save_adapter` wrote, checked against config.model.head."""
     head_file = adapter_dir / PREFERENCE_HEAD_FILE
@@ -482,28 +267,13 @@ def _read_saved_head(config: "RunConfig", adapter_dir: Path) -> dict:
     return saved
 
 
-def load_preference_ensemble(
-    config: "RunConfig",
-    adapter_dirs: Sequence[Union[str, Path]],
-    name_or_path: Optional[Union[str, Path]] = None,
-    device: Optional[Union[str, torch.device]] = None,
-):
-    """One base model with every adapter of `adapter_dirs` attached. Returns (model, tokenizer, adapter names).
-
-    The base is loaded once; adapter k is named ``fold_k`` and chosen with ``model.set_adapter(name)``.
-    The classifier head is a peft ``modules_to_save`` module, so each adapter carries its own copy and
-    `set_adapter` switches it together with the LoRA weights. The tokenizer comes from the first adapter
-    folder (every fold of a run saves the same one).
-    """
-    from peft import PeftModel
+def _load_base_for_adapters(config: "RunConfig", adapter_dirs: Sequence[Path], name_or_path, device):
+    """(PreferenceModel on the base, tokenizer of the first adapter folder), checked against every adapter's head."""
     from transformers import AutoTokenizer
 
-    adapter_dirs = [Path(d) for d in adapter_dirs]
-    if not adapter_dirs:
-        raise ValueError("load_preference_ensemble needs at least one adapter folder")
-    heads = [_read_saved_head(config, d) for d in adapter_dirs]
+    heads = [_read_saved_head(config, d) for d in adapter_dirs]  # before the (slow) base load
     tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
-    backbone = load_backbone(config.model, name_or_path)
+    backbone = load_backbone(config.model, name_or_path, device=device)
     model = build_preference_model(config.model, backbone, tokenizer)
     for adapter_dir, saved in zip(adapter_dirs, heads):
         if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
@@ -512,14 +282,62 @@ def load_preference_ensemble(
                 f"but the adapter in {adapter_dir} was trained on ids {saved['label_token_ids']}; use the "
                 "label_tokens of the training run"
             )
+    return model, tokenizer
+
+
+def _ready_for_inference(peft_model, config: "RunConfig", device):
+    if config.model.quantization == "none":  # bitsandbytes layers must not be moved (they were placed at load)
+        # The base was placed at load time; this moves only the adapter (and head) weights, if at all.
+        peft_model.to(resolve_load_device(device))
+    peft_model.eval()
+    return peft_model
+
+
+def load_preference_model(
+    config: "RunConfig",
+    adapter_dir: Union[str, Path],
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
+    """Rebuild a trained model from `save_adapter`'s folder for inference. Returns (model, tokenizer).
+
+    The base model comes from `name_or_path` (else model.name_or_path); tokenizer, adapter and head
+    from `adapter_dir`. `device` defaults to the GPU when there is one.
+    """
+    from peft import PeftModel
+
+    model, tokenizer = _load_base_for_adapters(config, [Path(adapter_dir)], name_or_path, device)
+    peft_model = PeftModel.from_pretrained(model, Path(adapter_dir), is_trainable=False)
+    return _ready_for_inference(peft_model, config, device), tokenizer
+
+
+def fold_adapter_name(index: int) -> str:
+    """peft adapter name of the `index`-th adapter of an ensemble loaded by `load_preference_ensemble`."""
+    return f"fold_{index}"
+
+
+def load_preference_ensemble(
+    config: "RunConfig",
+    adapter_dirs: Sequence[Union[str, Path]],
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
+    """One base model with every adapter of `adapter_dirs` attached. Returns (model, tokenizer, adapter names).
+
+    The base is loaded once, onto `device` (default: the GPU when there is one); adapter k is named ``fold_k``
+    and chosen with ``model.set_adapter(name)``. The classifier head is a peft ``modules_to_save`` module, so
+    each adapter carries its own copy and `set_adapter` switches it together with the LoRA weights. The
+    tokenizer comes from the first adapter folder (every fold of a run saves the same one).
+    """
+    from peft import PeftModel
+
+    adapter_dirs = [Path(d) for d in adapter_dirs]
+    if not adapter_dirs:
+        raise ValueError("load_preference_ensemble needs at least one adapter folder")
+    model, tokenizer = _load_base_for_adapters(config, adapter_dirs, name_or_path, device)
     names = [fold_adapter_name(k) for k in range(len(adapter_dirs))]
     peft_model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name=names[0], is_trainable=False)
     for name, adapter_dir in zip(names[1:], adapter_dirs[1:]):
         peft_model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
-    if config.model.quantization == "none":  # bitsandbytes models were placed at load time
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        peft_model.to(device)
     peft_model.set_adapter(names[0])
-    peft_model.eval()
-    return peft_model, tokenizer, names
+    return _ready_for_inference(peft_model, config, device), tokenizer, names

@@ -34,12 +34,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.cuda.set_device(local_rank)
     from datasets import load_from_disk
 
-    from pref_core import training as core_training
+    from pref_core.training import fine_tune_fold
     from pref_core.config import parse_config
+    from pref_core.fold_checks import is_main_process
 
     config = parse_config(spec["config"])
     callbacks = []
-    if core_training.is_main_process():
+    if is_main_process():
         from mlflow import MlflowClient
 
         from arena_pref.tasks import tracking
@@ -54,11 +55,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pref_core.tokenization import load_token_cache
 
     test_ds = load_token_cache(spec["test"]) if spec.get("test") else None
-    result = core_training.fine_tune_fold(
+    result = fine_tune_fold(
         config, load_from_disk(spec["train"]), load_from_disk(spec["val"]), spec["output_dir"],
         callbacks=callbacks, name_or_path=spec["base_model"], test_ds=test_ds,
     )
-    if core_training.is_main_process():
+    if is_main_process():
         payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
         (spec_path.parent / RESULT_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
     return 0

@@ -22,7 +22,7 @@ from prefect.settings import get_current_settings
 from prefect.states import Failed
 
 from pref_core import fold_data
-from pref_core import training as core_training
+from pref_core.training import FoldOutOfMemoryError, FoldResult, fine_tune_fold
 from pref_core.config import RunConfig
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
@@ -135,12 +135,12 @@ def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: 
                     folder, mlflow_run_id, prepared.base_model,
                 )
             else:
-                result = core_training.fine_tune_fold(
+                result = fine_tune_fold(
                     config, train_ds, val_ds, folder,
                     callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
                     name_or_path=prepared.base_model, test_ds=test_ds,
                 )
-    except core_training.FoldOutOfMemoryError as err:
+    except FoldOutOfMemoryError as err:
         raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
     if result.resumed_from:
         logger.info("fold %d: resumed from %s", fold, result.resumed_from)
@@ -200,7 +200,7 @@ def recorded_fold_error(config: RunConfig, mlflow_run_id: str) -> Optional[str]:
 def _train_fold_in_processes(
     config: RunConfig, fold: int, train_ds, val_ds, test_tokens_path: Optional[str], folder: Path,
     mlflow_run_id: str, base_model: str,
-) -> core_training.FoldResult:
+) -> FoldResult:
     """train.num_processes > 1: torchrun starts that many processes on the fold's rows (tasks/fold_worker.py).
 
     The rows travel through the fold folder; torchrun restarts the group (up to twice) when a process
@@ -240,7 +240,7 @@ def _train_fold_in_processes(
             "torchrun's restarts; see the fold run's log. Rerunning resumes from the fold's last checkpoint."
         )
     payload = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
-    return core_training.FoldResult(
+    return FoldResult(
         adapter_dir=Path(payload["adapter_dir"]), val_predictions_path=Path(payload["val_predictions_path"]),
         metrics=payload["metrics"], resumed_from=payload["resumed_from"],
         test_predictions_path=Path(payload["test_predictions_path"]) if payload.get("test_predictions_path") else None,

@@ -221,7 +221,7 @@ def test_rules_run_when_the_config_is_validated_directly():
 
 
 def test_max_steps_is_optional_not_a_sentinel(tmp_path):
-    from pref_core.training import build_training_arguments
+    from pref_core.trainer import build_training_arguments
 
     assert parse_config(TINY).train.max_steps is None
     assert build_training_arguments(parse_config(TINY), tmp_path).max_steps == -1  # transformers: train by epochs

@@ -18,12 +18,14 @@ from pref_core.config import parse_config
 from pref_core.data import DataValidationError, attach_teacher_probs, read_arena_csv, read_teacher_probs
 from pref_core.inference import PreferenceCollator
 from pref_core.labels import LABEL_COLUMNS
-from pref_core.modeling import build_model, distillation_loss
+from pref_core.losses import distillation_loss
+from pref_core.modeling import build_model
 from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
-from pref_core.training import build_trainer, load_training_tokenizer, fine_tune_fold
+from pref_core.trainer import build_trainer
+from pref_core.training import fine_tune_fold, load_training_tokenizer
 
 LN3 = math.log(3.0)
 SUM_COLUMN = "+".join(LABEL_COLUMNS)
@@ -269,7 +271,7 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
     losses = {}
     for name, shift in (("true", 0), ("wrong", 1)):
         teacher = teacher_frame(train_ds, 0.9, shift=shift).iloc[30:]
-        with caplog.at_level(logging.INFO, logger="pref_core.training"):
+        with caplog.at_level(logging.INFO, logger="pref_core.fold_checks"):
             result = fine_tune_fold(config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name,
                                 name_or_path=base)
         losses[name] = result.metrics["val_log_loss"]

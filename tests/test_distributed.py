@@ -98,7 +98,7 @@ def test_a_4bit_base_is_stored_in_the_compute_dtype_under_fsdp():
 
 
 def test_a_cpu_fold_with_fsdp_stops_where_its_training_arguments_are_built(monkeypatch, tmp_path):
-    from pref_core.training import build_training_arguments
+    from pref_core.trainer import build_training_arguments
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # one of the fold's two torchrun processes
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

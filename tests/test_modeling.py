@@ -14,19 +14,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pref_core.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
 from pref_core.config import parse_config
 from pref_core.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.losses import preference_loss
 from pref_core.modeling import (
     PREFERENCE_HEAD_FILE,
     PreferenceModel,
     build_model,
     build_preference_model,
     last_token_indices,
-    load_backbone,
     load_preference_model,
-    preference_loss,
-    resolve_attn_implementation,
-    resolve_dtype,
     resolve_target_modules,
     save_adapter,
     unwrap_preference_model,
@@ -368,6 +366,6 @@ def test_auto_dtype_is_fp32_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn may be usable on a GPU")
 def test_flash_attention_falls_back_to_sdpa_with_a_log_line(caplog):
     model_config = make_config().model.model_copy(update={"attn_implementation": "flash_attention_2"})
-    with caplog.at_level("WARNING", logger="pref_core.modeling"):
+    with caplog.at_level("WARNING", logger="pref_core.backbone"):
         assert resolve_attn_implementation(model_config) == "sdpa"
     assert "flash_attention_2" in caplog.text

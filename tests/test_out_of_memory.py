@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pref_core import training
+from pref_core import trainer, training
 from pref_core.config import parse_config
 from pref_core.data import read_arena_csv
 from pref_core.prompts import CLOSING_QUESTION
@@ -43,14 +43,14 @@ def _raise_oom(*args, **kwargs):
 def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix(tiny_fold, tmp_path, monkeypatch):
     config, train_ds, val_ds, base = tiny_fold
     shapes = []
-    real_step = training.PreferenceTrainer.training_step
+    real_step = trainer.PreferenceTrainer.training_step
 
     def step(self, model, inputs, num_items_in_batch=None):
         shapes.append(tuple(inputs["input_ids"].shape))
         return real_step(self, model, inputs, num_items_in_batch)
 
-    monkeypatch.setattr(training.PreferenceTrainer, "training_step", step)
-    monkeypatch.setattr(training.PreferenceTrainer, "compute_loss", _raise_oom)
+    monkeypatch.setattr(trainer.PreferenceTrainer, "training_step", step)
+    monkeypatch.setattr(trainer.PreferenceTrainer, "compute_loss", _raise_oom)
     with pytest.raises(training.FoldOutOfMemoryError) as err:
         training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
     message = str(err.value)

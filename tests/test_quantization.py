@@ -16,10 +16,11 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
+from pref_core.backbone import load_backbone
 from pref_core.config import parse_config
 from pref_core.inference import predict_probabilities
 from pref_core.labels import LABEL_COLUMNS
-from pref_core.modeling import load_backbone, load_preference_model
+from pref_core.modeling import load_preference_model
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.training import fine_tune_fold
 

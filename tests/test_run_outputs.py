@@ -33,7 +33,7 @@ def test_top_class_calibration_counts_confidence_and_accuracy():
 
 
 def test_report_to_passes_through_and_refuses_mlflow(tmp_path):
-    from pref_core.training import build_training_arguments
+    from pref_core.trainer import build_training_arguments
 
     default = load_config(ROOT / "configs" / "tiny.yaml")
     assert build_training_arguments(default, tmp_path).report_to in ([], ["none"], "none")

@@ -23,13 +23,9 @@ from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
-from pref_core.training import (
-    EpochSeededSampler,
-    SwapViewDataset,
-    build_trainer,
-    load_training_tokenizer,
-    fine_tune_fold,
-)
+from pref_core.sampling import EpochSeededSampler, SwapViewDataset
+from pref_core.trainer import build_trainer
+from pref_core.training import fine_tune_fold, load_training_tokenizer
 
 N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in

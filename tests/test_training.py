@@ -20,14 +20,10 @@ from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
-from pref_core.training import (
-    EpochSeededSampler,
-    check_fold_dataset,
-    find_resumable_checkpoint,
-    resolve_mixed_precision,
-    resolve_optim,
-    fine_tune_fold,
-)
+from pref_core.fold_checks import check_fold_dataset
+from pref_core.sampling import EpochSeededSampler
+from pref_core.trainer import resolve_mixed_precision, resolve_optim
+from pref_core.training import find_resumable_checkpoint, fine_tune_fold
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.

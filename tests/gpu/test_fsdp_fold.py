@@ -47,7 +47,8 @@ def _fold(spec: dict) -> dict:
     from datasets import load_from_disk
 
     from pref_core.config import parse_config
-    from pref_core.training import fine_tune_fold, is_main_process
+    from pref_core.fold_checks import is_main_process
+    from pref_core.training import fine_tune_fold
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -63,7 +63,8 @@ def make_config(quantization: str, head: str):
 def test_cuda_training_step(tiny, tmp_path, quantization, head):
     from pref_core.inference import predict_probabilities
     from pref_core.modeling import load_preference_model
-    from pref_core.training import build_training_arguments, resolve_optim, fine_tune_fold
+    from pref_core.trainer import build_training_arguments, resolve_optim
+    from pref_core.training import fine_tune_fold
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -89,7 +90,8 @@ def test_label_token_head_matches_full_logits_in_bf16(tiny):
     from transformers import AutoTokenizer
 
     from pref_core.labels import get_label_token_ids
-    from pref_core.modeling import build_preference_model, load_backbone
+    from pref_core.backbone import load_backbone
+    from pref_core.modeling import build_preference_model
 
     folder, _ = tiny
     config = make_config("none", "label_token")
@@ -201,7 +203,8 @@ def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precis
     """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer), built as fine_tune_fold builds
     them: training steps run, LoRA moves, the quantized base does not."""
     from pref_core.modeling import build_model
-    from pref_core.training import build_trainer, load_training_tokenizer
+    from pref_core.trainer import build_trainer
+    from pref_core.training import load_training_tokenizer
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -307,7 +310,8 @@ def test_label_logits_are_fp32_and_equal_an_fp32_reference(tiny):
     from transformers import AutoTokenizer
 
     from pref_core.labels import get_label_token_ids
-    from pref_core.modeling import build_preference_model, last_token_indices, load_backbone
+    from pref_core.backbone import load_backbone
+    from pref_core.modeling import build_preference_model, last_token_indices
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
