@@ -160,7 +160,7 @@ def preflight(config) -> None:
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
-        from pref_core.data import read_teacher_probs
+        from pref_core.teachers import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path)

@@ -17,7 +17,7 @@ from typing import Optional, Union
 import pandas as pd
 
 from pref_core.config import PromptConfig
-from pref_core.data import TURN_COLUMNS
+from pref_core.labels import TURN_COLUMNS
 from pref_core.prompts import PromptEncoder
 from pref_core.publish import publishing_dir
 

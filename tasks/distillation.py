@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from pref_core.config import RunConfig
-from pref_core.data import read_teacher_probs
+from pref_core.teachers import read_teacher_probs
 from pref_core.labels import LABEL_COLUMNS
 
 TRAIN_PREDICTIONS = "train_predictions.parquet"

@@ -109,7 +109,7 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
             train_ds = concatenate_datasets([train_ds, load_token_cache(prepared.extra_tokens.path)])
         teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
         if teacher is not None:
-            from pref_core.data import attach_teacher_probs
+            from pref_core.teachers import attach_teacher_probs
 
             train_ds = attach_teacher_probs(train_ds, teacher)
         logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
