@@ -315,7 +315,8 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
 
     import mlflow
 
-    from pref_core.base_model import BaseModelError, check_base_available
+    from pref_core.base_fingerprint import check_base_available
+    from pref_core.base_model import BaseModelError
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
     from arena_pref.tasks.tracking import default_tracking_uri
 
