@@ -1,17 +1,16 @@
 """Ingest of Kaggle-format arena CSVs, with validation that reports every problem at once.
 
-A cell such as ``prompt`` holds a JSON list of turns (``["hi", "and then?"]``,
-entries may be JSON ``null``). It is parsed with ``json.loads`` only: the seed
-notebook and the 1st-place code used ``eval`` with a bare ``except``, which
-runs whatever the file contains and silently mangles cells it cannot parse.
+A cell such as ``prompt`` holds a JSON list of turns (``["hi", "and then?"]``, entries may be JSON
+``null``). It is parsed with ``json.loads`` only: the seed notebook and the 1st-place code used ``eval``
+with a bare ``except``, which runs whatever the file contains and silently mangles cells it cannot parse.
 
-Two kinds of problems:
-- file-level (missing file, not UTF-8, missing columns, ...): nothing can be
-  read, so `DataValidationError` is raised right away;
-- row-level (bad JSON, unequal turn counts, bad labels, duplicated ids, ...):
-  all of them are collected; if the share of bad rows is above
-  ``data.max_bad_fraction`` the error lists every one, otherwise the bad rows
-  are dropped and returned in `IngestResult.rejected` (never dropped silently).
+Two kinds of problems (`pref_core.problems`):
+- file-level (missing file, not UTF-8, missing columns, ...): nothing can be read, so
+  `DataValidationError` is raised right away;
+- row-level (bad JSON, unequal turn counts, bad labels, duplicated ids, ...): all of them are collected;
+  if the share of bad rows is above ``data.max_bad_fraction`` the error lists every one, otherwise the
+  bad rows are dropped and returned in `IngestResult.rejected` (never dropped silently).
+Teacher files for distillation are read by `pref_core.teachers`, extra training data by `pref_core.extra_data`.
 """
 
 from __future__ import annotations
