@@ -286,7 +286,7 @@ def encode_example(
       the budget is smaller, so that the example fits max_length;
     - ``proportional``: drop the oldest turns while the rest does not fit,
       then cut each remaining piece (head kept) in proportion to its length,
-      short pieces kept whole (see `split_proportionally`).
+      short pieces kept whole (see `pref_core.truncation.split_proportionally`).
     For many rows use `PromptEncoder.encode_batch` (one batched tokenizer call).
     """
     return PromptEncoder(tokenizer, prompt_config).encode(prompt_turns, response_a_turns, response_b_turns)
