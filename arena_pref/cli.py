@@ -40,10 +40,10 @@ def _apply_env_defaults() -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pref_core.config import ConfigError
     from pref_core.data import DataValidationError
-    from arena_pref.tasks.evaluation import IncompleteOOFError
+    from pref_core.oof import IncompleteOOFError
     from arena_pref.tasks.tracking import TrackingUnavailableError
     from arena_pref.tasks.training import FoldFailedError
-    from arena_pref.tasks.distillation import TeacherMismatchError
+    from pref_core.fold_data import TeacherMismatchError
     from arena_pref.export import ExportError
     from arena_pref.stack import StackError
     from pref_core.base_model import BaseModelError

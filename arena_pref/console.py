@@ -5,7 +5,8 @@ warnings and progress bars, also from fold processes — to one log file per run
 levels: file descriptors 1 and 2 point at the log file (C extensions and child processes inherit
 that), and sys.stdout / sys.stderr plus every logging handler that wrote to them (Prefect's console
 handler included) write to it too. The console itself stays reachable through duplicated
-descriptors: stdout for the summary, stderr for bars (ARENA_PREF_CONSOLE_FD, see pref_core.progress).
+descriptors: stdout for the summary, stderr for bars (ARENA_PREF_CONSOLE_FD, and its /proc path
+ARENA_PREF_CONSOLE_PATH for fold processes; see pref_core.progress).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
-from pref_core.progress import CONSOLE_FD_ENV
+from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV
 
 # Library progress bars only clutter the log file; the console has its own bars.
 _QUIET_ENV = {
@@ -82,13 +83,12 @@ def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Console]:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
-    os.set_inheritable(saved_err, True)  # fold processes draw their bars on it (pass_fds)
     console = Console(
         os.fdopen(os.dup(saved_out), "w", buffering=1), os.fdopen(os.dup(saved_err), "w", buffering=1), log_path
     )
     log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
     old_std = sys.stdout, sys.stderr
-    old_env = {key: os.environ.get(key) for key in (*_QUIET_ENV, CONSOLE_FD_ENV)}
+    old_env = {key: os.environ.get(key) for key in (*_QUIET_ENV, CONSOLE_FD_ENV, CONSOLE_PATH_ENV)}
     handlers = _std_handlers()
     old_streams = {}
     try:
@@ -99,6 +99,10 @@ def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Console]:
             old_streams[handler] = _set_handler_stream(handler, log_file)
         os.environ.update(_QUIET_ENV)
         os.environ[CONSOLE_FD_ENV] = str(saved_err)
+        # Fold processes inherit no descriptor (multiprocessing spawn): they open the console by path.
+        console_path = Path(f"/proc/{os.getpid()}/fd/{saved_err}")
+        if console_path.exists():  # Linux; elsewhere their bars stay in the log file
+            os.environ[CONSOLE_PATH_ENV] = str(console_path)
         _silence_libraries()
         yield console
     finally:

@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
+from arena_pref.flows.train_fold import train_fold
 from pref_core.config import RunConfig
 from pref_core.devices import DeviceSlots, plan_device_slots
 from arena_pref.tasks import artifacts, evaluation, registry, runs, training
@@ -36,40 +37,16 @@ def cv_training(
     earlier run with the same config and data finished. The typed parameters after `force` (a form in the
     Prefect UI) override their config fields, after `overrides`.
     """
-    typed = {"data.train_csv": train_csv, "data.test_csv": test_csv, "cv.n_folds": n_folds,
-             "model.name_or_path": model_name_or_path, "train.learning_rate": learning_rate, "train.num_epochs": num_epochs}
-    overrides = [*(overrides or []), *(f"{k}={v}" for k, v in typed.items() if v is not None)]
-    config = runs.resolve_config(config, config_path, overrides, fold_execution)
+    config = runs.resolve_config(config, config_path, overrides, fold_execution, fields={
+        "data.train_csv": train_csv, "data.test_csv": test_csv, "cv.n_folds": n_folds,
+        "model.name_or_path": model_name_or_path, "train.learning_rate": learning_rate, "train.num_epochs": num_epochs})
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
         runs.log_inputs(config, parent_run_id, prepared)
         folds = config.cv.folds if config.cv.folds is not None else list(range(config.cv.n_folds))
         fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k) for k in folds}
-        progress = artifacts.start_progress(len(fold_run_ids))
-        if config.cv.execution == "deployment":
-            # All folds at once; each GPU worker takes one at a time (--limit 1).
-            futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
-                       for k, run_id in fold_run_ids.items()]
-            for done, _ in enumerate(as_completed(futures), start=1):
-                artifacts.advance_progress(progress, done, len(futures))
-            training.raise_failed_folds(futures)
-        elif config.cv.execution == "subprocess":
-            # cv.max_parallel fold processes at once, one device slot each; a fold starts when a worker
-            # (and so a device) frees up. Every fold runs even if another fails; the errors come together.
-            slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
-            with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
-                futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
-                    config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash, force=force,
-                    slots=slots,
-                )) for k, run_id in fold_run_ids.items()]
-                for done, _ in enumerate(as_completed(futures), start=1):
-                    artifacts.advance_progress(progress, done, len(futures))
-            training.raise_failed_folds(futures)
-        else:  # in this process, on the inputs prepared above: no subflow or re-preparation
-            for done, (k, run_id) in enumerate(fold_run_ids.items(), start=1):
-                training.fit_fold(config, k, run_id, prepared, force=force)
-                artifacts.advance_progress(progress, done, len(fold_run_ids))
+        _train_folds(config, fold_run_ids, prepared, force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
@@ -78,18 +55,34 @@ def cv_training(
         runs.close_run(config, parent_run_id, "FAILED")
         raise
     runs.close_run(config, parent_run_id, "FINISHED")
-    return {
-        "parent_run_id": parent_run_id,
-        "fold_run_ids": fold_run_ids,
-        "metrics": oof.metrics,
-        "fold_log_loss": oof.fold_log_loss,
-        "fold_accuracy": oof.fold_accuracy,
-        "fold_rows": oof.fold_rows,
-        "oof_path": oof.oof_path,
-        "submission_path": submission,
-        "run_key": prepared.run_key,
-        "model_uri": registered.model_uri,
-        "promoted": registered.promoted,
-        "promotion": registered.reason,
-        "rows": prepared.counts(),
-    }
+    return artifacts.flow_result(parent_run_id, fold_run_ids, prepared, oof, registered, submission)
+
+
+def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, force: bool) -> None:
+    """Every fold trained by cv.execution's way; all folds run even if one fails, the errors come together."""
+    progress = artifacts.start_progress(len(fold_run_ids))
+    if config.cv.execution == "in_process":  # on the inputs prepared above: no subflow or re-preparation
+        for done, (k, run_id) in enumerate(fold_run_ids.items(), start=1):
+            training.fit_fold(config, k, run_id, prepared, force=force)
+            artifacts.advance_progress(progress, done, len(fold_run_ids))
+        return
+    if config.cv.execution == "deployment":  # all folds at once; each GPU worker takes one at a time
+        futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
+                   for k, run_id in fold_run_ids.items()]
+        _wait(futures, progress)
+        return
+    # subprocess: cv.max_parallel fold processes at once, one device slot each; a fold starts when a
+    # worker (and so a device) frees up.
+    slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
+    with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
+        futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
+            fold_flow=train_fold, config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash,
+            force=force, slots=slots,
+        )) for k, run_id in fold_run_ids.items()]
+        _wait(futures, progress)
+
+
+def _wait(futures, progress) -> None:
+    for done, _ in enumerate(as_completed(futures), start=1):
+        artifacts.advance_progress(progress, done, len(futures))
+    training.raise_failed_folds(futures)

@@ -1,7 +1,8 @@
 """The `train-fold` flow: one fold of one CV run, deployable on its own to a GPU worker."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: cv-training's subprocess folds send this flow to the new
+# process by value (cloudpickle), and the pydantic model Prefect builds from its signature needs the
+# annotations as classes, not as names to look up in a module that was not pickled.
 from prefect import flow
 
 from arena_pref.flows.preparation import prepare_inputs

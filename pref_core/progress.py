@@ -2,7 +2,8 @@
 
 The CLI's quiet mode (arena_pref/console.py) sends stdout and stderr of the run, and of every fold
 process it starts, to a log file, and publishes a duplicate of the console's stderr as the file
-descriptor named by ARENA_PREF_CONSOLE_FD (inherited by fold processes through `inherited_fds`).
+descriptor named by ARENA_PREF_CONSOLE_FD; fold processes, which inherit no descriptor, reach it by path
+(ARENA_PREF_CONSOLE_PATH, from `console_child_env`).
 Bars drawn here go to that descriptor; without it (tests, workers, `-v`) they go to sys.stderr.
 """
 
@@ -16,27 +17,41 @@ from typing import IO, Optional
 from transformers import TrainerCallback
 
 CONSOLE_FD_ENV = "ARENA_PREF_CONSOLE_FD"
+CONSOLE_PATH_ENV = "ARENA_PREF_CONSOLE_PATH"
 
 _streams: dict[int, IO[str]] = {}
+_opened: dict[str, Optional[int]] = {}
 
 
 def console_fd() -> Optional[int]:
-    """The console's descriptor when a quiet CLI run published one and it is open in this process."""
+    """The console's descriptor when a quiet CLI run published one and it is open in this process.
+
+    A fold process started by multiprocessing's spawn inherits no descriptor: it opens the console's
+    path (ARENA_PREF_CONSOLE_PATH, published next to the descriptor) once, here.
+    """
     value = os.environ.get(CONSOLE_FD_ENV, "")
-    if not value.isdigit():
+    if value.isdigit():
+        try:
+            os.fstat(int(value))
+            return int(value)
+        except OSError:
+            pass
+    path = os.environ.get(CONSOLE_PATH_ENV)
+    if not path:
         return None
-    fd = int(value)
-    try:
-        os.fstat(fd)
-    except OSError:
-        return None
-    return fd
+    if path not in _opened:
+        try:
+            _opened[path] = os.open(path, os.O_WRONLY | os.O_APPEND)
+        except OSError:  # no /proc (macOS), or the CLI is gone: bars go to stderr, the log
+            _opened[path] = None
+    return _opened[path]
 
 
-def inherited_fds() -> tuple[int, ...]:
-    """Descriptors a child process must inherit (subprocess pass_fds) to draw on the console."""
-    fd = console_fd()
-    return (fd,) if fd is not None else ()
+def console_child_env() -> dict[str, Optional[str]]:
+    """Environment changes for a child process that inherits no descriptors (multiprocessing spawn): no
+    descriptor number, which in the child could name any other file (`None` means: remove the variable);
+    the child reaches the console through ARENA_PREF_CONSOLE_PATH, inherited with the environment."""
+    return {CONSOLE_FD_ENV: None}
 
 
 def console_stream() -> Optional[IO[str]]:

@@ -100,3 +100,22 @@ def publish_summary(config: RunConfig, parent_run_id: str, fold_run_ids: dict[in
     create_table_artifact(rows, key=TABLE_KEY, description="per-fold validation metrics")
     create_markdown_artifact(markdown, key=SUMMARY_KEY, description="OOF scores, calibration and the registry decision")
     return markdown
+
+
+def flow_result(parent_run_id: str, fold_run_ids: dict[int, str], prepared, oof, registered, submission: Optional[str]) -> dict:
+    """What `cv-training` returns: run ids, OOF metrics and paths, the registry's decision, row counts."""
+    return {
+        "parent_run_id": parent_run_id,
+        "fold_run_ids": fold_run_ids,
+        "metrics": oof.metrics,
+        "fold_log_loss": oof.fold_log_loss,
+        "fold_accuracy": oof.fold_accuracy,
+        "fold_rows": oof.fold_rows,
+        "oof_path": oof.oof_path,
+        "submission_path": submission,
+        "run_key": prepared.run_key,
+        "model_uri": registered.model_uri,
+        "promoted": registered.promoted,
+        "promotion": registered.reason,
+        "rows": prepared.counts(),
+    }

@@ -19,19 +19,15 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from pref_core.config import RunConfig
-from pref_core.teachers import read_teacher_probs
+from pref_core.fold_data import TeacherMismatchError, check_teacher_leak, check_teacher_split, teacher_dir_file
 from pref_core.labels import LABEL_COLUMNS
+from pref_core.teachers import read_teacher_probs
 
 TRAIN_PREDICTIONS = "train_predictions.parquet"
 
 
-class TeacherMismatchError(ValueError):
-    """The teacher cannot serve this student without leaking its validation rows; one line says why."""
-
-
 def check_teacher_run(config: RunConfig, train_hash: str, client) -> None:
-    """Refuse a distill.teacher_run whose fold assignment (data hash, cv.n_folds, cv.seed) differs from
-    this run's, or that did not write its folds' training-row predictions."""
+    """Refuse a distill.teacher_run that split other data or other folds, or has no per-fold soft labels."""
     from mlflow.exceptions import MlflowException
 
     run_id = config.distill.teacher_run
@@ -40,20 +36,7 @@ def check_teacher_run(config: RunConfig, train_hash: str, client) -> None:
     except MlflowException:
         raise TeacherMismatchError(f"distill.teacher_run: no run {run_id!r} in {client.tracking_uri}; give the "
                                    "parent run id of the teacher's cv-training (see the MLflow UI)") from None
-    params, tags = run.data.params, run.data.tags
-    problems = []
-    if tags.get("arena_pref.train_hash") != train_hash:
-        problems.append(f"its data hash {tags.get('arena_pref.train_hash', '?')[:12]} differs from this run's "
-                        f"{train_hash[:12]} (train it on the same data.train_csv)")
-    for field, value in (("cv.n_folds", config.cv.n_folds), ("cv.seed", config.cv.seed)):
-        if params.get(field) != str(value):
-            problems.append(f"its {field}={params.get(field)} differs from this run's {value}")
-    if params.get("train.predict_train_rows") not in ("True", "true"):
-        problems.append("it ran without train.predict_train_rows=true, so it has no per-fold soft labels")
-    if problems:
-        raise TeacherMismatchError(f"distill.teacher_run={run_id}: " + "; ".join(problems)
-                                   + "; fold k's soft labels must come from a teacher that never saw fold k's "
-                                   "validation rows")
+    check_teacher_split(run_id, run.data.params, run.data.tags, train_hash, config.cv.n_folds, config.cv.seed)
 
 
 def _teacher_fold_run(client, teacher_run: str, fold: int) -> str:
@@ -69,11 +52,8 @@ def _teacher_fold_run(client, teacher_run: str, fold: int) -> str:
 
 
 def teacher_frame(config: RunConfig, fold: int, train_hash: str, val_ids: Sequence[str], client) -> Optional[pd.DataFrame]:
-    """The soft labels fold `fold` of this run may read (frame of read_teacher_probs), or None without a teacher.
-
-    Refuses a per-fold teacher file that holds any of the fold's validation ids: such a file was made for
-    another split, and its model may have trained on them.
-    """
+    """The soft labels fold `fold` of this run may read (frame of read_teacher_probs), or None without a
+    teacher; a per-fold file holding any of the fold's validation ids is refused (check_teacher_leak)."""
     distill = config.distill
     if distill.teacher_csv is not None:
         return read_teacher_probs(distill.teacher_csv)
@@ -84,17 +64,11 @@ def teacher_frame(config: RunConfig, fold: int, train_hash: str, val_ids: Sequen
             path = Path(client.download_artifacts(run_id, TRAIN_PREDICTIONS, tmp))
             teacher, source = read_teacher_probs(path), f"distill.teacher_run={distill.teacher_run} (fold run {run_id})"
     elif distill.teacher_dir is not None:
-        candidates = [Path(distill.teacher_dir) / f"fold_{fold}{suffix}" for suffix in (".csv", ".parquet")]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
+        path = teacher_dir_file(distill.teacher_dir, fold)
         teacher, source = read_teacher_probs(path), f"distill.teacher_dir: {path}"
     else:
         return None
-    leaked = sorted(set(teacher["id"]) & {str(i) for i in val_ids})
-    if leaked:
-        raise TeacherMismatchError(
-            f"{source}: holds soft labels for {len(leaked)} of fold {fold}'s validation rows (first id {leaked[0]}); "
-            "its teacher used another fold split: train it with the same data, cv.n_folds and cv.seed"
-        )
+    check_teacher_leak(teacher, val_ids, fold, source)
     return teacher
 
 

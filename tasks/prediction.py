@@ -9,7 +9,7 @@ from typing import Optional
 
 from prefect import task
 
-from arena_pref.tasks.evaluation import validate_submission
+from pref_core.submission import validate_submission
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 from arena_pref.tasks.tracking import default_tracking_uri
 

@@ -18,8 +18,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pref_core import data as core_data
-from pref_core import folds as core_folds
+from pref_core.data import hash_file, read_arena_csv, write_rejected
+from pref_core.folds import make_folds
 from pref_core import tokenization
 from pref_core.config import RunConfig
 from pref_core.progress import console_note
@@ -102,7 +102,7 @@ def _atomic_write_parquet(frame: pd.DataFrame, dest: Path) -> None:
 def ingest(config: RunConfig, kind: str) -> IngestOutput:
     """Validate one Kaggle CSV (train or test) and store its parsed rows as parquet, keyed by the file's hash."""
     source = Path(config.data.train_csv if kind == "train" else config.data.test_csv)
-    data_hash = core_data.hash_file(source)
+    data_hash = hash_file(source)
     folder = workspace.ingest_dir(config, data_hash)
     parsed_path, meta_path = folder / f"{kind}.parquet", folder / f"{kind}.json"
     rejected_path = folder / f"{kind}_rejected.csv"
@@ -114,11 +114,11 @@ def ingest(config: RunConfig, kind: str) -> IngestOutput:
             LOGGER.info("ingest %s: %s already validated (hash %s), reusing", kind, source, data_hash[:12])
             return IngestOutput(**{**meta, "source": str(source), "reused": True})
 
-    result = core_data.read_arena_csv(source, kind=kind, max_bad_fraction=config.data.max_bad_fraction)
+    result = read_arena_csv(source, kind=kind, max_bad_fraction=config.data.max_bad_fraction)
     _atomic_write_parquet(result.frame, parsed_path)
     has_rejected = result.n_rejected > 0
     if has_rejected:
-        core_data.write_rejected(result.rejected, rejected_path)
+        write_rejected(result.rejected, rejected_path)
         LOGGER.warning(
             "ingest %s: %d of %d rows rejected (data.max_bad_fraction=%s); reasons in %s",
             kind, result.n_rejected, result.n_read, config.data.max_bad_fraction, rejected_path,
@@ -150,7 +150,7 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     sources = [*config.data.extra_csvs, *config.data.extra_pairs]
     if not sources:
         return None
-    hashes = [core_data.hash_file(p) for p in sources]
+    hashes = [hash_file(p) for p in sources]
     key = workspace.hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
     folder = workspace.ingest_dir(config, f"extra-{key}")
     parsed_path, meta_path, rejected_path = folder / "extra.parquet", folder / "extra.json", folder / "extra_rejected.csv"
@@ -161,7 +161,7 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     frames, rejected, n_read = [], [], 0
     for index, path in enumerate(sources):
         if index < len(config.data.extra_csvs):
-            result = core_data.read_arena_csv(path, kind="train", max_bad_fraction=config.data.max_bad_fraction)
+            result = read_arena_csv(path, kind="train", max_bad_fraction=config.data.max_bad_fraction)
         else:
             result = extra_data.read_pairs(path, seed=config.data.extra_seed, max_bad_fraction=config.data.max_bad_fraction)
         name = extra_data.source_name(path, index)
@@ -173,7 +173,7 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     _atomic_write_parquet(combined, parsed_path)
     rejected_frame = pd.concat(rejected, ignore_index=True)
     if len(rejected_frame):
-        core_data.write_rejected(rejected_frame, rejected_path)
+        write_rejected(rejected_frame, rejected_path)
     LOGGER.info("ingest extra: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     out = IngestOutput(
         kind="extra", source=";".join(str(p) for p in sources), data_hash=f"extra-{key}",
@@ -253,6 +253,6 @@ def write_fold_table(config: RunConfig, train: IngestOutput, run_key: str) -> st
     if dest.exists():
         return str(dest)
     frame = pd.read_parquet(train.parsed_path)
-    table = core_folds.make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
+    table = make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
     _atomic_write_parquet(table, dest)
     return str(dest)

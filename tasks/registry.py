@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from pref_core import promotion
 from pref_core.config import RunConfig, dump_config
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
@@ -80,15 +81,15 @@ def build_bundle(
 
 def write_class_prior(prepared: PreparedInputs, bundle: Path) -> Path:
     """class_prior.json: the training class shares, which an exported bundle gives a test row it cannot read."""
-    import numpy as np
     import pandas as pd
 
     from pref_core.labels import LABEL_COLUMNS
+    from pref_core.submission import class_prior
 
     labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
-    prior = np.bincount(labels, minlength=len(LABEL_COLUMNS)) / len(labels)
     path = bundle / "class_prior.json"
-    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": prior.tolist(), "n_train": int(len(labels))}))
+    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": class_prior(labels).tolist(),
+                                "n_train": int(len(labels))}))
     return path
 
 
@@ -102,25 +103,8 @@ def _champion(client: MlflowClient, name: str):
 def decide_promotion(client: MlflowClient, name: str, version) -> tuple[bool, str]:
     """Compare `version` with the current champion on the same data and rows; return (promote?, reason)."""
     champion = _champion(client, name)
-    if champion is None:
-        return True, "no champion yet"
-    if str(champion.version) == str(version.version):
-        return False, "already champion"
-    theirs, ours = champion.tags, version.tags
-    if theirs.get("data_hash") != ours.get("data_hash"):
-        return False, (
-            f"not compared: champion v{champion.version} was trained on data {theirs.get('data_hash', '?')[:12]}, "
-            f"this version on {ours.get('data_hash', '?')[:12]}; promote by hand with `arena-pref promote {version.version}`"
-        )
-    if theirs.get("n_oof") != ours.get("n_oof"):
-        return False, (
-            f"not compared: champion v{champion.version} was evaluated on {theirs.get('n_oof')} OOF rows, "
-            f"this version on {ours.get('n_oof')} (different folds); promote by hand if intended"
-        )
-    best, new = float(theirs["oof_log_loss"]), float(ours["oof_log_loss"])
-    if new < best:
-        return True, f"oof_log_loss {new:.5f} beats champion v{champion.version} ({best:.5f})"
-    return False, f"oof_log_loss {new:.5f} does not beat champion v{champion.version} ({best:.5f})"
+    return promotion.decide_promotion(version.version, version.tags, champion.version if champion else None,
+                                      champion.tags if champion else {})
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:

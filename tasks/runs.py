@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from prefect import task
 
@@ -20,12 +20,16 @@ LOGGER = logging.getLogger(__name__)
 
 @task(name="resolve-config", **TASK_DEFAULTS)
 def resolve_config(
-    config: Optional[RunConfig], config_path: Optional[str], overrides: list[str], fold_execution: Optional[str]
+    config: Optional[RunConfig], config_path: Optional[str], overrides: Optional[list[str]],
+    fold_execution: Optional[str], fields: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
-    """The run's config: a RunConfig given as is, or a YAML path (relative to the project) plus `key=value` overrides."""
+    """The run's config: a RunConfig given as is, or a YAML path (relative to the project), then the
+    `key=value` overrides, then `fields` (dotted name -> value; None leaves the field alone), then
+    `fold_execution` as cv.execution."""
     if (config is None) == (config_path is None):
         raise ConfigError(["pass exactly one of `config` (a RunConfig) and `config_path` (a YAML file)"])
-    extra = list(overrides) + ([f"cv.execution={fold_execution}"] if fold_execution else [])
+    extra = [*(overrides or []), *(f"{k}={v}" for k, v in (fields or {}).items() if v is not None)]
+    extra += [f"cv.execution={fold_execution}"] if fold_execution else []
     if config_path is not None:
         path = Path(config_path)
         if not path.is_absolute() and not path.exists():

@@ -13,17 +13,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
-from prefect import Task, get_run_logger, task
+from prefect import Flow, get_run_logger, task
 from prefect.client.orchestration import get_client as get_prefect_client
-from prefect.context import FlowRunContext, TaskRunContext
+from prefect.context import TagsContext, TaskRunContext
+from prefect.flow_engine import run_flow_in_subprocess
 from prefect.settings import get_current_settings
-from prefect.states import Completed, Failed, Pending
+from prefect.states import Failed
 
+from pref_core import fold_data
 from pref_core import training as core_training
 from pref_core.config import RunConfig
-from pref_core.progress import CONSOLE_FD_ENV, FoldProgressCallback, inherited_fds
+from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
 from arena_pref.tasks import distillation, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
@@ -68,24 +69,8 @@ def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
     return run.info.run_id
 
 
-def _select_fold(dataset, folds_path: str, fold: int):
-    table = pd.read_parquet(folds_path)
-    val_ids = set(table.loc[table["fold"] == fold, "id"].astype(str))
-    is_val = np.fromiter((i in val_ids for i in dataset["id"]), dtype=bool, count=len(dataset))
-    return dataset.select(np.flatnonzero(~is_val)), dataset.select(np.flatnonzero(is_val))
-
-
-@task(name="fit-fold", **TASK_DEFAULTS)
-def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldOutput:
-    """Train (or resume, or reuse) one fold, predict the test set with it, and log everything to its run."""
-    from pref_core.tokenization import load_token_cache
-
-    logger = get_run_logger()
-    client = tracking.get_client(config)
-    folder = workspace.fold_dir(config, prepared.run_key, fold)
-    marker = folder / "result.json"
-    if force and folder.exists():
-        shutil.rmtree(folder)
+def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
+    """Count this attempt on the fold's run and say where it runs; returns the attempt number (1, 2, ...)."""
     attempt = int(client.get_run(mlflow_run_id).data.tags.get("arena_pref.attempt", "0")) + 1
     tracking.set_tags(client, mlflow_run_id, {
         "arena_pref.attempt": attempt, "arena_pref.fold_dir": folder,
@@ -94,7 +79,19 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),
     })
+    return attempt
 
+
+@task(name="fit-fold", **TASK_DEFAULTS)
+def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldOutput:
+    """Train (or resume, or reuse) one fold, predict the test set with it, and log everything to its run."""
+    logger = get_run_logger()
+    client = tracking.get_client(config)
+    folder = workspace.fold_dir(config, prepared.run_key, fold)
+    marker = folder / "result.json"
+    if force and folder.exists():
+        shutil.rmtree(folder)
+    attempt = _tag_attempt(client, mlflow_run_id, folder)
     if marker.exists():
         logger.info("fold %d: finished earlier in %s, reusing it (pass force=True to retrain)", fold, folder)
         output = FoldOutput(**json.loads(marker.read_text()))
@@ -102,68 +99,81 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.reused": "true"})
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        train_ds, val_ds = _select_fold(load_token_cache(prepared.train_tokens.path), prepared.folds_path, fold)
-        if prepared.extra_tokens:  # extra rows train every fold and are never validated on
-            from datasets import concatenate_datasets
-
-            train_ds = concatenate_datasets([train_ds, load_token_cache(prepared.extra_tokens.path)])
-        teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
-        if teacher is not None:
-            from pref_core.teachers import attach_teacher_probs
-
-            train_ds = attach_teacher_probs(train_ds, teacher)
-        logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
-                    prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
-        # The test set is predicted by the trained model in memory: no second load of the base.
-        test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
-        monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
-        try:
-            with monitor:
-                if config.train.num_processes > 1:
-                    result = _train_fold_in_processes(
-                        config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
-                        folder, mlflow_run_id, prepared.base_model,
-                    )
-                else:
-                    result = core_training.fine_tune_fold(
-                        config, train_ds, val_ds, folder,
-                        callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id),
-                                   FoldProgressCallback(f"fold {fold}")],
-                        name_or_path=prepared.base_model, test_ds=test_ds,
-                    )
-        except core_training.FoldOutOfMemoryError as err:
-            raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
-        if result.resumed_from:
-            logger.info("fold %d: resumed from %s", fold, result.resumed_from)
-            tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
-        if config.train.predict_train_rows:  # the per-fold soft labels of a student (distill.teacher_run)
-            distillation.predict_train_rows(config, result.adapter_dir, prepared.base_model, train_ds,
-                                            folder / distillation.TRAIN_PREDICTIONS)
-        test_predictions = str(result.test_predictions_path) if result.test_predictions_path else None
-        output = FoldOutput(
-            fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
-            val_predictions=str(result.val_predictions_path), test_predictions=test_predictions,
-            metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
-        )
+        output = _train_new_fold(config, fold, mlflow_run_id, prepared, folder, client, attempt)
         marker.write_text(json.dumps(asdict(output), indent=2))
+    _log_fold_outputs(client, fold, output)
+    logger.info("fold %d: val_log_loss=%.4f", fold, output.metrics.get("val_log_loss", float("nan")))
+    return output
 
+
+def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, client):
+    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels (pref_core.fold_data)."""
+    from pref_core.tokenization import load_token_cache
+
+    train_ds, val_ds = fold_data.split_fold(load_token_cache(prepared.train_tokens.path),
+                                            pd.read_parquet(prepared.folds_path), fold)
+    extra_ds = load_token_cache(prepared.extra_tokens.path) if prepared.extra_tokens else None
+    teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
+    train_ds = fold_data.fold_train_set(train_ds, extra_ds, teacher)
+    # The test set is predicted by the trained model in memory: no second load of the base.
+    test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
+    return train_ds, val_ds, test_ds
+
+
+def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, folder: Path,
+                    client, attempt: int) -> FoldOutput:
+    logger = get_run_logger()
+    train_ds, val_ds, test_ds = _fold_datasets(config, fold, prepared, client)
+    logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
+                prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
+    monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
     try:
-        tracking.log_metrics(client, mlflow_run_id, output.metrics)
-        client.log_artifacts(mlflow_run_id, output.adapter_dir, artifact_path="adapter")
-        client.log_artifact(mlflow_run_id, output.val_predictions)
+        with monitor:
+            if config.train.num_processes > 1:
+                result = _train_fold_in_processes(
+                    config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
+                    folder, mlflow_run_id, prepared.base_model,
+                )
+            else:
+                result = core_training.fine_tune_fold(
+                    config, train_ds, val_ds, folder,
+                    callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
+                    name_or_path=prepared.base_model, test_ds=test_ds,
+                )
+    except core_training.FoldOutOfMemoryError as err:
+        raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
+    if result.resumed_from:
+        logger.info("fold %d: resumed from %s", fold, result.resumed_from)
+        tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
+    if config.train.predict_train_rows:  # the per-fold soft labels of a student (distill.teacher_run)
+        distillation.predict_train_rows(config, result.adapter_dir, prepared.base_model, train_ds,
+                                        folder / distillation.TRAIN_PREDICTIONS)
+    return FoldOutput(
+        fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
+        val_predictions=str(result.val_predictions_path),
+        test_predictions=str(result.test_predictions_path) if result.test_predictions_path else None,
+        metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
+    )
+
+
+def _log_fold_outputs(client, fold: int, output: FoldOutput) -> None:
+    """Metrics, adapter and predictions to the fold's run, then close it; a failure here loses nothing."""
+    run_id = output.mlflow_run_id
+    try:
+        tracking.log_metrics(client, run_id, output.metrics)
+        client.log_artifacts(run_id, output.adapter_dir, artifact_path="adapter")
+        client.log_artifact(run_id, output.val_predictions)
         if output.test_predictions:
-            client.log_artifact(mlflow_run_id, output.test_predictions)
+            client.log_artifact(run_id, output.test_predictions)
         if (Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS).is_file():
-            client.log_artifact(mlflow_run_id, str(Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS))
-        client.set_terminated(mlflow_run_id, "FINISHED")
+            client.log_artifact(run_id, str(Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS))
+        client.set_terminated(run_id, "FINISHED")
     except Exception as err:
         raise FoldFailedError(
             f"fold {fold}: training finished but logging to MLflow ({client.tracking_uri}) failed: {err}. "
             f"Nothing is lost: the adapter is in {output.adapter_dir} and the validation predictions in "
             f"{output.val_predictions}; rerun the same command to log them (the fold is reused, not retrained)."
         ) from err
-    logger.info("fold %d: val_log_loss=%.4f", fold, output.metrics.get("val_log_loss", float("nan")))
-    return output
 
 
 ERROR_TAG = "arena_pref.error"
@@ -222,6 +232,7 @@ def _train_fold_in_processes(
     # torchrun's workers do not inherit the console descriptor; under its number they would draw into
     # whatever they opened (it was the SQLite tracking store). Their bars go to stderr, the log.
     env.pop(CONSOLE_FD_ENV, None)
+    env.pop(CONSOLE_PATH_ENV, None)
     proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env=env)
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise FoldFailedError(
@@ -246,38 +257,16 @@ def _fold_flow_parameters(config: RunConfig, fold: int, mlflow_run_id: str, trai
     }
 
 
-def _create_linked_flow_run(flow, parameters: dict, name: str, dynamic_key: str):
-    """Create a flow run that the Prefect UI shows as a subflow of the current task.
-
-    The run is then executed by a separate `python -m prefect.flow_engine`
-    process; the link goes through a placeholder task run created by API, the
-    way `run_deployment(as_subflow=True)` does it.
-    """
-    task_ctx = TaskRunContext.get()
-    flow_ctx = FlowRunContext.get()
-    parent_flow_run_id = task_ctx.task_run.flow_run_id if task_ctx else flow_ctx.flow_run.id
-    with get_prefect_client(sync_client=True) as client:
-        placeholder = client.create_task_run(
-            task=Task(name=name, fn=lambda: None), flow_run_id=parent_flow_run_id,
-            dynamic_key=dynamic_key, task_inputs={}, state=Pending(),
-        )
-        flow_run = client.create_flow_run(flow, parameters=parameters, parent_task_run_id=placeholder.id, name=name)
-    return flow_run, placeholder
-
-
 def _prefect_child_env() -> dict[str, str]:
-    """Settings a child process needs to talk to the same Prefect API as this one.
+    """What a child process needs to talk to the same Prefect API as this one.
 
-    Without a configured server Prefect runs a temporary one for this
-    process; the child must use it too rather than start a second one. The
-    client's public `api_url` is that server's address.
+    Without a configured server Prefect runs a temporary one for this process; the child must use it too
+    rather than start a second one. The client's public `api_url` is that server's address.
     """
-    settings = get_current_settings()
-    env = {k: str(v) for k, v in settings.to_environment_variables(exclude_unset=True).items()}
-    if not settings.api.url:
-        with get_prefect_client(sync_client=True) as client:
-            env["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
-    return env
+    if get_current_settings().api.url:
+        return {}
+    with get_prefect_client(sync_client=True) as client:
+        return {"PREFECT_API_URL": str(client.api_url).rstrip("/")}
 
 
 def _retry_killed_fold(task, task_run, state) -> bool:
@@ -293,63 +282,72 @@ def _retry_killed_fold(task, task_run, state) -> bool:
 
 @task(name="train-fold-process", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_killed_fold, **TASK_DEFAULTS)
 def run_fold_in_subprocess(
-    config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False,
+    fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False,
     slots: Optional[DeviceSlots] = None,
 ) -> str:
-    """Run the `train-fold` flow for one fold in a fresh process (its CUDA memory is freed when it exits).
+    """Run `fold_flow` (the `train-fold` flow, given by the calling flow) for one fold in a fresh process:
+    its CUDA memory is freed when it exits. The fold's flow run is a child of this task run in the UI.
 
     With `slots` (cv.max_parallel), the process gets a free device slot of its own for as long as it runs.
     """
     if slots is None:
-        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=None)
+        return _run_fold_process(fold_flow, config, fold, mlflow_run_id, train_hash, force, slot=None)
     with slots.take() as slot:
-        return _run_fold_process(config, fold, mlflow_run_id, train_hash, force, slot=slot)
+        return _run_fold_process(fold_flow, config, fold, mlflow_run_id, train_hash, force, slot=slot)
 
 
-def _run_fold_process(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool,
-                      slot: Optional[str]) -> str:
-    from arena_pref.flows.train_fold import train_fold
-
+def _run_fold_process(fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str,
+                      force: bool, slot: Optional[str]) -> str:
     logger = get_run_logger()
-    attempt = (TaskRunContext.get().task_run.run_count or 1)
+    task_run = TaskRunContext.get().task_run
+    attempt = task_run.run_count or 1
     name = f"fold-{fold}" if attempt <= 1 else f"fold-{fold}-attempt-{attempt}"
-    flow_run, placeholder = _create_linked_flow_run(
-        train_fold, _fold_flow_parameters(config, fold, mlflow_run_id, train_hash, force and attempt <= 1),
-        name=name, dynamic_key=f"{name}-{mlflow_run_id[:8]}",
-    )
+    parameters = _fold_flow_parameters(config, fold, mlflow_run_id, train_hash, force and attempt <= 1)
+    with get_prefect_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(fold_flow, parameters=parameters, parent_task_run_id=task_run.id, name=name)
     env = {
-        **os.environ,
         **_prefect_child_env(),
-        "PREFECT__FLOW_RUN_ID": str(flow_run.id),
-        # The Trainer must never open MLflow runs of its own.
-        "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        "DISABLE_MLFLOW_INTEGRATION": "TRUE",  # the Trainer must never open MLflow runs of its own
+        **console_child_env(),  # the progress bar's way to the console
         **(slot_environment(slot) if slot is not None else {}),
     }
     if slot is not None:
         tracking.set_tags(tracking.get_client(config), mlflow_run_id, {TAG_DEVICE: slot})
     logger.info("fold %d: starting process for flow run %s (%s)%s", fold, flow_run.name, flow_run.id,
                 f" on device {slot}" if slot is not None else "")
-    proc = subprocess.run(
-        [sys.executable, "-m", "prefect.flow_engine", "arena_pref.flows.train_fold:train_fold"],
-        env=env, cwd=str(tracking.PROJECT_ROOT), pass_fds=inherited_fds(),  # the console, for its progress bar
-    )
+    # The parent's context stays here: the fold's run is linked through parent_task_run_id, and a
+    # serialized parent flow context would carry this process's settings (its temporary API server).
+    process = run_flow_in_subprocess(fold_flow, flow_run=flow_run, parameters=parameters, env=env,
+                                     context={"tags_context": TagsContext.get().serialize()})
+    process.join()
     with get_prefect_client(sync_client=True) as client:
-        ok = proc.returncode == 0
-        client.set_task_run_state(placeholder.id, Completed() if ok else Failed(), force=True)
-        if not ok:
-            final = client.read_flow_run(flow_run.id)
-            how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
-            if final.state is not None and not final.state.is_final():
-                client.set_flow_run_state(flow_run.id, Failed(message=how), force=True)
-            recorded = recorded_fold_error(config, mlflow_run_id) if proc.returncode > 0 else None
-            if recorded:  # e.g. CUDA out of memory: the fold's own line says what to change
-                raise FoldFailedError(f"{recorded}; flow run '{flow_run.name}' ({flow_run.id}), MLflow run {mlflow_run_id}")
-            error = FoldProcessKilledError if proc.returncode < 0 else FoldFailedError
-            raise error(
-                f"fold {fold} failed ({how}) in flow run '{flow_run.name}' ({flow_run.id}); "
-                f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."
-            )
+        state = client.read_flow_run(flow_run.id).state
+    # The process exits 0 when the flow failed inside it: its run's state is what says how it went.
+    if process.exitcode != 0 or state is None or not state.is_completed():
+        _raise_fold_process_failed(config, fold, flow_run, mlflow_run_id, process.exitcode, state)
     return str(flow_run.id)
+
+
+def _raise_fold_process_failed(config: RunConfig, fold: int, flow_run, mlflow_run_id: str, exitcode: int, state) -> None:
+    """Mark the fold's flow run failed if its process could not, and raise the error that says why:
+    FoldProcessKilledError (retried: it resumes) for a signal, FoldFailedError otherwise."""
+    if exitcode < 0:
+        how = f"killed by signal {-exitcode}"
+    elif exitcode > 0:
+        how = f"exit code {exitcode}"
+    else:
+        how = f"{state.name if state else 'no state'}: {(state.message if state else '') or 'no message'}"
+    if state is None or not state.is_final():
+        with get_prefect_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Failed(message=how), force=True)
+    recorded = recorded_fold_error(config, mlflow_run_id) if exitcode >= 0 else None
+    if recorded:  # e.g. CUDA out of memory: the fold's own line says what to change
+        raise FoldFailedError(f"{recorded}; flow run '{flow_run.name}' ({flow_run.id}), MLflow run {mlflow_run_id}")
+    error = FoldProcessKilledError if exitcode < 0 else FoldFailedError
+    raise error(
+        f"fold {fold} failed ({how}) in flow run '{flow_run.name}' ({flow_run.id}); "
+        f"MLflow run {mlflow_run_id}. See that flow run's logs; rerunning resumes from its last checkpoint."
+    )
 
 
 @task(name="train-fold-deployment", **TASK_DEFAULTS)

@@ -60,7 +60,7 @@ def test_temperature_applies_to_each_fold_model_before_averaging():
 
     from pref_core.ensemble import average_probabilities
     from pref_core.labels import LABEL_COLUMNS
-    from arena_pref.tasks.evaluation import average_fold_predictions
+    from pref_core.submission import average_fold_predictions
 
     rng = np.random.default_rng(0)
     k, n, noise, scale = 5, 4000, 0.75, 1.5

@@ -49,6 +49,13 @@ def test_two_fold_processes_overlap_on_their_own_slots_and_match_a_sequential_ru
     first, second = sorted(children.values(), key=lambda r: r.start_time)
     assert all(r.state.is_completed() for r in children.values())
     assert second.start_time < first.end_time, "the two fold processes did not overlap in time"
+    # The UI shows each fold's run under the task run that started its process, inside the parent flow run.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        parents = [prefect.read_task_run(r.parent_task_run_id) for r in children.values()]
+    assert {t.name.rsplit("-", 1)[0] for t in parents} == {"train-fold-process"}
+    assert len({t.flow_run_id for t in parents}) == 1 and len({t.id for t in parents}) == 2
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tags = {k: client.get_run(run_id).data.tags for k, run_id in parallel["fold_run_ids"].items()}

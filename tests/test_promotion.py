@@ -1,0 +1,32 @@
+"""Champion/challenger decisions (pref_core.promotion) from tags alone."""
+
+from __future__ import annotations
+
+from pref_core.promotion import decide_promotion
+
+CHAMPION = {"oof_log_loss": "0.950000", "data_hash": "abc123abc123ff", "n_oof": "1000"}
+
+
+def test_the_first_version_becomes_champion():
+    assert decide_promotion("1", CHAMPION, None, {}) == (True, "no champion yet")
+
+
+def test_a_lower_log_loss_on_the_same_rows_wins():
+    promoted, reason = decide_promotion("2", {**CHAMPION, "oof_log_loss": "0.940000"}, "1", CHAMPION)
+    assert promoted and reason == "oof_log_loss 0.94000 beats champion v1 (0.95000)"
+
+
+def test_an_equal_log_loss_does_not_win():
+    promoted, reason = decide_promotion("2", CHAMPION, "1", CHAMPION)
+    assert not promoted and "does not beat champion v1" in reason
+
+
+def test_other_data_or_other_rows_are_not_compared():
+    promoted, reason = decide_promotion("2", {**CHAMPION, "data_hash": "zzz", "oof_log_loss": "0.1"}, "1", CHAMPION)
+    assert not promoted and reason.startswith("not compared") and "arena-pref promote 2" in reason
+    promoted, reason = decide_promotion("2", {**CHAMPION, "n_oof": "500", "oof_log_loss": "0.1"}, "1", CHAMPION)
+    assert not promoted and "500" in reason and "1000" in reason
+
+
+def test_the_champion_itself_is_not_promoted_again():
+    assert decide_promotion("1", CHAMPION, "1", CHAMPION) == (False, "already champion")
