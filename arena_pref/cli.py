@@ -161,7 +161,7 @@ def preflight(config) -> None:
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
-        from pref_core.data import read_teacher_probs
+        from pref_core.teachers import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path)
@@ -316,7 +316,8 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
 
     import mlflow
 
-    from pref_core.base_model import BaseModelError, check_base_available
+    from pref_core.base_fingerprint import check_base_available
+    from pref_core.base_model import BaseModelError
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
     from arena_pref.tasks.tracking import default_tracking_uri
 

@@ -66,9 +66,9 @@ def estimate_token_lengths(
     """(n,) token length of each row after the seed truncation policy, for a Llama-3-like tokenizer.
 
     Mirrors pref_core.prompts.PromptEncoder._fit for one turn: the whole row when it fits, else each
-    part cut to its seed cap (pref_core.prompts.scale_seed_caps of the budget left by the template).
+    part cut to its seed cap (pref_core.truncation.scale_seed_caps of the budget left by the template).
     """
-    from pref_core.prompts import scale_seed_caps
+    from pref_core.truncation import scale_seed_caps
 
     parts = np.maximum(1, np.ceil(char_lengths / chars_per_token)).astype(np.int64)  # (n, 3) tokens
     budget = max_length - TEMPLATE_TOKENS

@@ -33,7 +33,7 @@ MANIFEST_FILE = "manifest.json"
 BASE_MODEL_DIR = "base_model"
 # What the bundle's predict.py imports: pure modules only (a test runs them with pydantic/datasets blocked).
 CODE_MODULES = ("__init__", "backbone", "bundle", "calibration", "choices", "data", "ensemble", "inference", "labels",
-                "losses", "metrics", "modeling", "progress", "prompts")
+                "losses", "metrics", "modeling", "problems", "progress", "prompts", "truncation")
 # The base model's config fields that must match for the adapters to fit it.
 ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size",
                        "num_attention_heads", "num_key_value_heads", "intermediate_size")

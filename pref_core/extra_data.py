@@ -17,9 +17,10 @@ from typing import Optional, Sequence, Union
 
 import pandas as pd
 
-from pref_core.data import DataValidationError, IngestResult, Problem, validate_arena_frame
+from pref_core.data import IngestResult, validate_arena_frame
 from pref_core.folds import prompt_group_key
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.labels import INDEX_A, INDEX_B, LABEL_COLUMNS, TURN_COLUMNS
+from pref_core.problems import DataValidationError, Problem, ProblemCollector
 
 # HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ..." repeated; the speaker tags start a line.
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -49,13 +50,11 @@ def pair_to_arena(chosen: str, rejected: str, chosen_on_a: bool) -> dict:
     if len(humans) != len(shared) + 1:
         raise ValueError("turns must alternate Human/Assistant, one assistant answer per human turn")
     a_last, b_last = (good[-1][1], bad[-1][1]) if chosen_on_a else (bad[-1][1], good[-1][1])
+    cells = (humans, shared + [a_last], shared + [b_last])
+    winner = INDEX_A if chosen_on_a else INDEX_B
     return {
-        "prompt": json.dumps(humans, ensure_ascii=False),
-        "response_a": json.dumps(shared + [a_last], ensure_ascii=False),
-        "response_b": json.dumps(shared + [b_last], ensure_ascii=False),
-        "winner_model_a": 1 if chosen_on_a else 0,
-        "winner_model_b": 0 if chosen_on_a else 1,
-        "winner_tie": 0,
+        **{c: json.dumps(turns, ensure_ascii=False) for c, turns in zip(TURN_COLUMNS, cells)},
+        **{c: int(k == winner) for k, c in enumerate(LABEL_COLUMNS)},
     }
 
 
@@ -70,38 +69,36 @@ def read_pairs(path: Union[str, Path], seed: int = 0, max_bad_fraction: float = 
     handled by the same `max_bad_fraction` policy as the main data.
     """
     path = Path(path)
-    rng = random.Random(seed)
-    rows, problems = [], []
     stem = path.name.split(".")[0]
+    collector = ProblemCollector(lambda number: f"{stem}:{number}")  # rows are named by their line number
+    rows, n_read = _convert_pairs(path, stem, random.Random(seed), collector.report)
+    if n_read == 0:
+        raise DataValidationError(path, f"{path}: no pairs found", [Problem(None, None, "the file holds no JSON lines")])
+    collector.check_bad_share(n_read, max_bad_fraction, path, str(path), noun="pairs")
+    result = validate_arena_frame(pd.DataFrame(rows), kind="train", max_bad_fraction=max_bad_fraction, source=str(path))
+    rejected = pd.concat([collector.rejected_frame(), result.rejected], ignore_index=True)
+    return IngestResult(frame=result.frame, rejected=rejected, n_read=n_read, n_kept=len(result.frame),
+                        n_rejected=n_read - len(result.frame))
+
+
+def _convert_pairs(path: Path, stem: str, rng: random.Random, report) -> tuple[list[dict], int]:
+    """(arena rows of the good lines, number of non-blank lines); bad lines are reported by line number."""
+    rows, n_read = [], 0
     with _open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             chosen_on_a = rng.random() < 0.5  # drawn for every line, so a bad line does not shift the others
             if not line.strip():
                 continue
-            row_id = f"{stem}:{number}"
+            n_read += 1
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict) or not isinstance(record.get("chosen"), str) \
                         or not isinstance(record.get("rejected"), str):
                     raise ValueError('each line must be a JSON object with string fields "chosen" and "rejected"')
-                rows.append({"id": row_id, **pair_to_arena(record["chosen"], record["rejected"], chosen_on_a)})
+                rows.append({"id": f"{stem}:{number}", **pair_to_arena(record["chosen"], record["rejected"], chosen_on_a)})
             except ValueError as err:  # json.JSONDecodeError is a ValueError
-                problems.append(Problem(row_id, "chosen/rejected", f"{err}; fix: see the HH-RLHF transcript format"))
-    n_read = len(rows) + len(problems)
-    if n_read == 0:
-        raise DataValidationError(path, f"{path}: no pairs found", [Problem(None, None, "the file holds no JSON lines")])
-    if problems and len(problems) / n_read > max_bad_fraction:
-        raise DataValidationError(
-            path, f"{path}: {len(problems)} of {n_read} pairs are invalid, more than data.max_bad_fraction="
-            f"{max_bad_fraction}", problems,
-        )
-    result = validate_arena_frame(pd.DataFrame(rows), kind="train", max_bad_fraction=max_bad_fraction, source=str(path))
-    rejected = pd.concat([
-        pd.DataFrame([(p.row_id, p.column, p.reason) for p in problems], columns=["id", "column", "reason"]),
-        result.rejected,
-    ], ignore_index=True)
-    return IngestResult(frame=result.frame, rejected=rejected, n_read=n_read, n_kept=len(result.frame),
-                        n_rejected=n_read - len(result.frame))
+                report(number, "chosen/rejected", f"{err}; fix: see the HH-RLHF transcript format")
+    return rows, n_read
 
 
 def deduplicate_extra(extra: pd.DataFrame, main: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -128,7 +125,7 @@ def combine_extra(frames: Sequence[tuple[str, pd.DataFrame]], main: pd.DataFrame
         piece["id"] = f"extra:{name}:" + piece["id"].astype(str)
         pieces.append(piece)
         counts[f"n_extra_{name}"] = len(piece)
-    columns = ["id", "prompt", "response_a", "response_b", *LABEL_COLUMNS, "label"]
+    columns = ["id", *TURN_COLUMNS, *LABEL_COLUMNS, "label"]
     combined = pd.concat([p[columns] for p in pieces], ignore_index=True) if pieces else pd.DataFrame(columns=columns)
     kept, dropped = deduplicate_extra(combined, main)
     counts["n_extra_duplicates_dropped"] = dropped
@@ -147,7 +144,7 @@ def write_arena_csv(frame: pd.DataFrame, path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = pd.DataFrame({"id": frame["id"].astype(str)})
-    for column in ("prompt", "response_a", "response_b"):
+    for column in TURN_COLUMNS:
         out[column] = [json.dumps(list(turns), ensure_ascii=False) for turns in frame[column]]
     for column in LABEL_COLUMNS:
         if column in frame.columns:

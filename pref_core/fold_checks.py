@@ -60,7 +60,7 @@ def check_train_inputs(config: RunConfig, train_ds) -> None:
     if config.distill.enabled and "teacher_probs" not in train_ds.column_names:
         problems.append(
             f"distill.teacher_csv={str(config.distill.teacher_csv)!r} is set but the train dataset has no "
-            "'teacher_probs' column; attach it with pref_core.data.attach_teacher_probs(train_ds, "
+            "'teacher_probs' column; attach it with pref_core.teachers.attach_teacher_probs(train_ds, "
             "read_teacher_probs(distill.teacher_csv)), or set distill.teacher_csv=null"
         )
     if problems:

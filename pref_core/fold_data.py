@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from pref_core.data import attach_teacher_probs
+from pref_core.teachers import attach_teacher_probs
 
 
 class TeacherMismatchError(ValueError):

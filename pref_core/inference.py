@@ -23,7 +23,7 @@ class PreferenceCollator:
 
     Right padding; the model finds each row's last real token from the attention mask. Rows with a
     ``label`` column (>= 0) also produce ``labels``. `input_column` picks ``input_ids`` or ``input_ids_swap``.
-    Training rows with a teacher (data.attach_teacher_probs) also produce ``teacher_probs`` (batch, 3) float32
+    Training rows with a teacher (teachers.attach_teacher_probs) also produce ``teacher_probs`` (batch, 3) float32
     and ``has_teacher`` (batch,) bool, for the distillation loss of trainer.PreferenceTrainer.
     """
 

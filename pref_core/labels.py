@@ -1,8 +1,8 @@
-"""The three preference classes, defined once for the whole project.
+"""The arena columns and the three preference classes, defined once for the whole project.
 
-Every module that needs the label columns, their order or the a/b exchange
-imports them from here (the 2nd-place LMSYS code defined them three times and
-paid for it in subtle column-order bugs).
+Every module that needs the column names (turns, models, labels), the label
+order or the a/b exchange imports them from here (the 2nd-place LMSYS code
+defined them three times and paid for it in subtle column-order bugs).
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:  # pandas is only needed for the type hints here
     import pandas as pd
 
+# The cells that hold JSON lists of turns, in the order a prompt template reads them.
+TURN_COLUMNS: tuple[str, str, str] = ("prompt", "response_a", "response_b")
+MODEL_COLUMNS: tuple[str, str] = ("model_a", "model_b")
+
 # Order matters: column k of every (n, 3) probability matrix is LABEL_COLUMNS[k].
 LABEL_COLUMNS: tuple[str, str, str] = ("winner_model_a", "winner_model_b", "winner_tie")
+ALL_LABELS_COLUMN = "+".join(LABEL_COLUMNS)  # the `column` of a problem about the three labels together
 LABEL_TO_INDEX: dict[str, int] = {name: i for i, name in enumerate(LABEL_COLUMNS)}
 INDEX_A, INDEX_B, INDEX_TIE = 0, 1, 2
 NUM_CLASSES = len(LABEL_COLUMNS)
@@ -23,9 +28,9 @@ SWAP_PERMUTATION: tuple[int, int, int] = (INDEX_B, INDEX_A, INDEX_TIE)
 
 # Pairs of columns that `swap` exchanges (when present in the frame).
 _SWAP_COLUMN_PAIRS: tuple[tuple[str, str], ...] = (
-    ("response_a", "response_b"),
-    ("model_a", "model_b"),
-    ("winner_model_a", "winner_model_b"),
+    (TURN_COLUMNS[1], TURN_COLUMNS[2]),
+    MODEL_COLUMNS,
+    (LABEL_COLUMNS[INDEX_A], LABEL_COLUMNS[INDEX_B]),
 )
 
 

@@ -14,8 +14,7 @@ import pandas as pd
 
 from pref_core import metrics, plots
 from pref_core.calibration import apply_temperature, fit_temperature
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.prompts import PARTS
+from pref_core.labels import LABEL_COLUMNS, TURN_COLUMNS
 
 OOF_COLUMNS = ("id", "fold", *LABEL_COLUMNS, "label")
 
@@ -91,7 +90,7 @@ def score_oof(oof: pd.DataFrame, calibration_method: str) -> OOFScores:
 def text_lengths(frame: pd.DataFrame, ids: pd.Series) -> np.ndarray:
     """(n,) characters of prompt + both responses per row of `frame` (parsed turns, before any truncation),
     in the order of `ids`."""
-    total = sum(frame[c].map(lambda turns: sum(len(t) for t in turns if t)) for c in PARTS)
+    total = sum(frame[c].map(lambda turns: sum(len(t) for t in turns if t)) for c in TURN_COLUMNS)
     return pd.Series(total.to_numpy(), index=frame["id"].astype(str)).loc[ids.astype(str)].to_numpy()
 
 

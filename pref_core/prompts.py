@@ -1,4 +1,4 @@
-"""Prompt templates and token-budget truncation: one arena row -> the model's input ids.
+"""Prompt templates: one arena row -> the model's input ids (token-budget truncation: `pref_core.truncation`).
 
 An example is a sequence of *segments*: fixed text of the template (headers,
 separators, the closing question) and *content pieces* (one turn of the prompt
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pref_core.choices import TEMPLATES
+from pref_core.labels import LABEL_COLUMNS, TURN_COLUMNS, get_label_token_ids
+from pref_core.truncation import SEED_CAPS, truncate_pieces
 
 if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
     from pref_core.config import PromptConfig
@@ -32,11 +34,6 @@ NULL_TURN = "[null]"
 
 CLOSING_QUESTION = "\n\n---------\nWhich is the better response for the prompt ? a or b or tie ?\n\nAnswer: "
 
-# Seed caps (prompt, response_a, response_b) for the last turn, in tokens, headers included. The seed
-# policy applies them as they are; seed_capped scales them down to the budget left by the template.
-SEED_CAPS: tuple[int, int, int] = (256, 512, 512)
-
-PARTS: tuple[str, str, str] = ("prompt", "response_a", "response_b")
 _HEADERS = ("<prompt>:", "\n\n<response_a>:", "\n\n<response_b>:")
 
 Turns = Sequence[Optional[str]]
@@ -103,39 +100,6 @@ def build_prompt(
                 out.append(_piece_text(turns[i], i, template))
     out.append(CLOSING_QUESTION)
     return "".join(out)
-
-
-def scale_seed_caps(budget: int) -> tuple[int, int, int]:
-    """SEED_CAPS shrunk proportionally so that they add up to at most `budget` tokens."""
-    total = sum(SEED_CAPS)
-    if budget >= total:
-        return SEED_CAPS
-    return tuple(cap * budget // total for cap in SEED_CAPS)  # type: ignore[return-value]
-
-
-def split_proportionally(lengths: Sequence[int], budget: int) -> list[int]:
-    """Token budget per piece, summing to min(budget, sum(lengths)); no piece gets more than its length.
-
-    Half the budget first guarantees every piece up to budget / (2 * pieces)
-    tokens, so a short prompt next to a 5,000-token answer is not cut to
-    nothing; the rest is split in proportion to what each piece still lacks.
-    Largest-remainder rounding hands out the tokens the floors leave over.
-    Example: lengths [10, 1000, 3000], budget 600 -> floor 100 -> base
-    [10, 100, 100], the other 390 split 900:2900 -> [10, 192, 398].
-    """
-    total = sum(lengths)
-    if total <= budget:
-        return list(lengths)
-    floor = budget // (2 * len(lengths))
-    base = [min(n, floor) for n in lengths]
-    rest = budget - sum(base)
-    lacking = [n - b for n, b in zip(lengths, base)]
-    lacking_total = sum(lacking)  # > rest because sum(lengths) > budget
-    shares = [n * rest // lacking_total for n in lacking]
-    by_remainder = sorted(range(len(lengths)), key=lambda j: (-(lacking[j] * rest % lacking_total), j))
-    for j in by_remainder[: rest - sum(shares)]:
-        shares[j] += 1
-    return [b + extra for b, extra in zip(base, shares)]
 
 
 @dataclass
@@ -232,7 +196,7 @@ class PromptEncoder:
         for j, i in enumerate(over):
             parts[i] = [ids[:cap] for ids, cap in zip(last[3 * j : 3 * j + 3], SEED_CAPS)]
         return [
-            EncodedExample([("bos", self._bos), *zip(PARTS, part), ("closing", self._closing)], n)
+            EncodedExample([("bos", self._bos), *zip(TURN_COLUMNS, part), ("closing", self._closing)], n)
             for part, n in zip(parts, before)
         ]
 
@@ -274,35 +238,12 @@ class PromptEncoder:
     def _fit(self, pieces: list[list[list[int]]]) -> EncodedExample:
         max_length = self.prompt_config.max_length
         n_turns = len(pieces[0])
-        content = [sum(len(p) for p in part) for part in zip(*pieces)]  # tokens per turn
-        n_untruncated = self._overhead(0, n_turns) + sum(content)
-        first = 0
+        n_untruncated = self._overhead(0, n_turns) + sum(len(p) for part in pieces for p in part)
         if n_untruncated <= max_length:
             return EncodedExample(self._assemble(pieces, 0), n_untruncated)
         # seed with multi_turn acts as seed_capped: the seed's exact algorithm is defined for its own layout.
         policy = "seed_capped" if self.prompt_config.truncation == "seed" else self.prompt_config.truncation
-        if policy == "seed_capped":
-            first = n_turns - 1  # only the last turn of each cell
-        else:  # proportional: drop the oldest turns while the rest does not fit
-            while first < n_turns - 1 and self._overhead(first, n_turns) + sum(content[first:]) > max_length:
-                first += 1
-        budget = max_length - self._overhead(first, n_turns)
-        if budget < 0:
-            raise ValueError(
-                f"prompt.max_length={max_length} is too small: the template's fixed text alone "
-                f"(BOS, headers, closing question) takes {max_length - budget} tokens with this tokenizer; "
-                f"raise prompt.max_length to at least {max_length - budget + 16}"
-            )
-        kept = [part[first:] for part in pieces]  # kept[k][j]: part k, j-th kept turn
-        if policy == "seed_capped":
-            caps = scale_seed_caps(budget)
-            limits = [[caps[k]] for k in range(3)]  # one kept turn per part
-        else:
-            flat_lengths = [len(p) for part in kept for p in part]
-            shares = split_proportionally(flat_lengths, budget)
-            m = n_turns - first
-            limits = [shares[k * m : (k + 1) * m] for k in range(3)]
-        cut = [[p[:limit] for p, limit in zip(part, part_limits)] for part, part_limits in zip(kept, limits)]
+        first, cut = truncate_pieces(pieces, lambda first: self._overhead(first, n_turns), max_length, policy)
         return EncodedExample(self._assemble(cut, first), n_untruncated)
 
     def _assemble(self, pieces: list[list[list[int]]], first: int) -> list[Segment]:
@@ -310,15 +251,15 @@ class PromptEncoder:
         out: list[Segment] = [("bos", self._bos)]
         if self.prompt_config.template == "seed":
             for k, (header, part) in enumerate(zip(self._headers, pieces)):
-                out.append((f"{PARTS[k]} header", header))
-                out.extend((f"{PARTS[k]} turn {first + j + 1}", piece) for j, piece in enumerate(part))
+                out.append((f"{TURN_COLUMNS[k]} header", header))
+                out.extend((f"{TURN_COLUMNS[k]} turn {first + j + 1}", piece) for j, piece in enumerate(part))
         else:
             for j in range(len(pieces[0])):
                 out.append((f"turn {first + j + 1} header", self._fixed_ids(_turn_header(first + j, first=j == 0))))
                 for k in range(3):
                     if k:
-                        out.append((f"{PARTS[k]} header", self._headers[k]))
-                    out.append((f"{PARTS[k]} turn {first + j + 1}", pieces[k][j]))
+                        out.append((f"{TURN_COLUMNS[k]} header", self._headers[k]))
+                    out.append((f"{TURN_COLUMNS[k]} turn {first + j + 1}", pieces[k][j]))
         out.append(("closing", self._closing))
         return out
 
@@ -345,7 +286,7 @@ def encode_example(
       the budget is smaller, so that the example fits max_length;
     - ``proportional``: drop the oldest turns while the rest does not fit,
       then cut each remaining piece (head kept) in proportion to its length,
-      short pieces kept whole (see `split_proportionally`).
+      short pieces kept whole (see `pref_core.truncation.split_proportionally`).
     For many rows use `PromptEncoder.encode_batch` (one batched tokenizer call).
     """
     return PromptEncoder(tokenizer, prompt_config).encode(prompt_turns, response_a_turns, response_b_turns)
@@ -360,9 +301,7 @@ def explain_rows(tokenizer, frame, prompt_config: PromptConfig, head: str, label
     "Answer: "); ``label_token_ids`` (label column -> id whose logit the label_token head reads, None
     for the classifier head); ``label`` (the row's label column, train rows only).
     """
-    from pref_core.labels import LABEL_COLUMNS, get_label_token_ids
-
-    rows = list(zip(frame["prompt"], frame["response_a"], frame["response_b"]))
+    rows = list(zip(*(frame[c] for c in TURN_COLUMNS)))
     examples, _ = PromptEncoder(tokenizer, prompt_config).explain_batch(rows)
     label_ids = dict(zip(LABEL_COLUMNS, get_label_token_ids(tokenizer, label_tokens))) if head == "label_token" else None
     labels = frame["label"].tolist() if "label" in frame.columns else [None] * len(frame)

@@ -17,7 +17,7 @@ from typing import Optional, Union
 import pandas as pd
 
 from pref_core.config import PromptConfig
-from pref_core.data import TURN_COLUMNS
+from pref_core.labels import TURN_COLUMNS
 from pref_core.prompts import PromptEncoder
 from pref_core.publish import publishing_dir
 
@@ -35,7 +35,6 @@ _MAP_BATCH_SIZE = 1000
 _META_FILE = "arena_pref_cache.json"
 
 
-
 def load_tokenizer(name_or_path: Union[str, Path], revision: Optional[str] = None):
     """The base model's tokenizer, with a pad token (Llama 3 ships none; padded positions are masked anyway)."""
     from transformers import AutoTokenizer
@@ -44,6 +43,7 @@ def load_tokenizer(name_or_path: Union[str, Path], revision: Optional[str] = Non
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
 
 @dataclass
 class CacheResult:
@@ -110,7 +110,7 @@ class _Tokenize:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         if self._encoder is None:
             self._encoder = PromptEncoder(self.tokenizer, self.prompt_config)
-        rows = list(zip(batch["prompt"], batch["response_a"], batch["response_b"]))
+        rows = list(zip(*(batch[c] for c in TURN_COLUMNS)))
         # The swapped view reuses the pieces' token ids (equal to encoding labels.swap(frame); tested).
         ids, ids_swap = self._encoder.encode_batch_with_swap(rows, with_swap=self.with_swap)
         out = {"input_ids": ids, "length": [len(x) for x in ids]}
@@ -141,44 +141,48 @@ def tokenize_frame(
         raise ValueError(
             f"tokenize_frame: the frame lacks column(s) {missing}; pass the frame of data.read_arena_csv"
         )
-    labels = frame["label"].astype("int64").tolist() if "label" in frame.columns else [-1] * len(frame)
-    source = datasets.Dataset.from_dict(
-        {
-            "id": frame["id"].astype(str).tolist(),
-            **{c: frame[c].tolist() for c in TURN_COLUMNS},
-            "label": labels,
-        },
-        features=datasets.Features(
-            {
-                "id": datasets.Value("string"),
-                **{c: datasets.List(datasets.Value("string")) for c in TURN_COLUMNS},
-                "label": datasets.Value("int64"),
-            }
-        ),
-    )
+    features, order = _output_features(with_swap)
+    if len(frame) == 0:  # map() skips empty datasets and would leave the output columns out
+        return datasets.Dataset.from_dict({c: [] for c in order}, features=features)
     num_proc = default_num_proc(len(frame)) if num_proc is None else num_proc
     num_proc = max(1, min(num_proc, len(frame)))
-    out_features = {
-        "id": datasets.Value("string"),
-        "label": datasets.Value("int64"),
-        "input_ids": datasets.List(datasets.Value("int32")),
-        "length": datasets.Value("int32"),
-    }
-    if with_swap:
-        out_features.update(input_ids_swap=datasets.List(datasets.Value("int32")), length_swap=datasets.Value("int32"))
-    order = ["id", "input_ids", "length", "label"] + (["input_ids_swap", "length_swap"] if with_swap else [])
-    if len(frame) == 0:  # map() skips empty datasets and would leave the output columns out
-        return datasets.Dataset.from_dict({c: [] for c in order}, features=datasets.Features(out_features))
-    dataset = source.map(
+    dataset = _source_dataset(frame).map(
         _Tokenize(tokenizer, prompt_config, with_swap),
         batched=True,
         batch_size=_MAP_BATCH_SIZE,
         num_proc=num_proc if num_proc > 1 else None,
         remove_columns=list(TURN_COLUMNS),
-        features=datasets.Features(out_features),
+        features=features,
         desc="tokenizing",
     )
     return dataset.select_columns(order)
+
+
+def _source_dataset(frame: pd.DataFrame):
+    """The frame's ids, turn lists and labels (-1 for test rows) as a `datasets.Dataset`."""
+    import datasets
+
+    labels = frame["label"].astype("int64").tolist() if "label" in frame.columns else [-1] * len(frame)
+    return datasets.Dataset.from_dict(
+        {"id": frame["id"].astype(str).tolist(), **{c: frame[c].tolist() for c in TURN_COLUMNS}, "label": labels},
+        features=datasets.Features({
+            "id": datasets.Value("string"),
+            **{c: datasets.List(datasets.Value("string")) for c in TURN_COLUMNS},
+            "label": datasets.Value("int64"),
+        }),
+    )
+
+
+def _output_features(with_swap: bool):
+    """(features, column order) of a tokenized dataset."""
+    import datasets
+
+    ids, length = datasets.List(datasets.Value("int32")), datasets.Value("int32")
+    features = {"id": datasets.Value("string"), "label": datasets.Value("int64"), "input_ids": ids, "length": length}
+    if with_swap:
+        features.update(input_ids_swap=ids, length_swap=length)
+    order = ["id", "input_ids", "length", "label"] + (["input_ids_swap", "length_swap"] if with_swap else [])
+    return datasets.Features(features), order
 
 
 def hash_ids(ids) -> str:
@@ -221,13 +225,8 @@ def build_token_cache(
         dataset = tokenize_frame(frame, tokenizer, prompt_config, with_swap=with_swap, num_proc=num_proc)
         dataset.save_to_disk(str(tmp))
         meta = {
-            "key": key,
-            "n_rows": len(dataset),
-            "ids_sha256": ids_hash,
-            "data_hash": data_hash,
-            "prompt": prompt_config.model_dump(mode="json"),
-            "with_swap": with_swap,
-            "format_version": FORMAT_VERSION,
+            "key": key, "n_rows": len(dataset), "ids_sha256": ids_hash, "data_hash": data_hash,
+            "prompt": prompt_config.model_dump(mode="json"), "with_swap": with_swap, "format_version": FORMAT_VERSION,
         }
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return CacheResult(path=target, key=key, hit=False, n_rows=meta["n_rows"])

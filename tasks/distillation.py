@@ -19,9 +19,9 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from pref_core.config import RunConfig
-from pref_core.data import read_teacher_probs
 from pref_core.fold_data import TeacherMismatchError, check_teacher_leak, check_teacher_split, teacher_dir_file
 from pref_core.labels import LABEL_COLUMNS
+from pref_core.teachers import read_teacher_probs
 
 TRAIN_PREDICTIONS = "train_predictions.parquet"
 

@@ -19,7 +19,7 @@ from prefect import task
 from pref_core.oof import assemble_oof, oof_figures, score_oof, text_lengths
 from pref_core.submission import average_fold_predictions, class_prior, fill_missing_with_prior, validate_submission
 from pref_core.config import RunConfig
-from pref_core.prompts import PARTS
+from pref_core.labels import TURN_COLUMNS
 from arena_pref.tasks import tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
@@ -52,7 +52,7 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
     predictions = _read_fold_tables(client, fold_run_ids, "val_predictions.parquet")
     fold_log_loss = {fold: float(client.get_run(run_id).data.metrics["val_log_loss"])
                      for fold, run_id in sorted(fold_run_ids.items())}
-    parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *PARTS])
+    parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *TURN_COLUMNS])
     oof = assemble_oof(predictions, parsed, pd.read_parquet(prepared.folds_path))
     scores = score_oof(oof, config.calibration.method)
 

@@ -34,7 +34,7 @@ def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Op
     fingerprint in the bundle; default: the recorded folder or Hub id at its commit."""
     import json
 
-    from pref_core.base_model import locate_base
+    from pref_core.base_fingerprint import locate_base
     from pref_core.data import read_arena_csv
     from arena_pref.tasks.pyfunc_model import predict_parsed
 

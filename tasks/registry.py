@@ -42,9 +42,9 @@ class RegistrationOutput:
 
 def fingerprint_base_model(name_or_path: str, revision: Optional[str]) -> dict:
     """Where the base weights come from: a Hub base as id + the commit it resolved to, a local folder as its
-    path + content hash (pref_core.base_model.fingerprint_base), so that another machine finds, or checks,
+    path + content hash (pref_core.base_fingerprint.fingerprint_base), so that another machine finds, or checks,
     the same weights."""
-    from pref_core.base_model import fingerprint_base
+    from pref_core.base_fingerprint import fingerprint_base
 
     return fingerprint_base(name_or_path, revision)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.base_model import BaseModelError, check_runtime, hash_folder, hub_reference, resolve_base_model
+from pref_core.base_fingerprint import hash_folder
+from pref_core.base_model import BaseModelError, check_runtime, hub_reference, resolve_base_model
 from pref_core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,7 +245,7 @@ def _tiny_base(folder: Path, tokenizer) -> Path:
 def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer):
     import shutil
 
-    from pref_core.base_model import fingerprint_base, locate_base
+    from pref_core.base_fingerprint import fingerprint_base, locate_base
 
     base = _tiny_base(tmp_path / "train-machine" / "base", tiny_tokenizer)
     fingerprint = fingerprint_base(str(base))
@@ -265,7 +266,7 @@ def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer
 
 
 def test_hub_base_fingerprint_is_id_and_commit_and_missing_names_base_model_option(tmp_path):
-    from pref_core.base_model import fingerprint_base, locate_base
+    from pref_core.base_fingerprint import fingerprint_base, locate_base
 
     sha = "b" * 40
     snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / sha

@@ -15,13 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from pref_core.config import parse_config
-from pref_core.data import DataValidationError, attach_teacher_probs, read_arena_csv, read_teacher_probs
+from pref_core.data import DataValidationError, read_arena_csv
 from pref_core.inference import PreferenceCollator
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.losses import distillation_loss
 from pref_core.modeling import build_model
 from pref_core.prompts import CLOSING_QUESTION
 from pref_core.synthetic import write_synthetic_csvs
+from pref_core.teachers import attach_teacher_probs, read_teacher_probs
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
 from pref_core.trainer import build_trainer

@@ -15,9 +15,8 @@ from pref_core.prompts import (
     PromptEncoder,
     build_prompt,
     encode_example,
-    scale_seed_caps,
-    split_proportionally,
 )
+from pref_core.truncation import scale_seed_caps, split_proportionally
 
 TEMPLATES = ("seed", "multi_turn")
 # Policies that keep every example within max_length (seed, the notebook's own, may exceed it: test_seed_exact.py).
