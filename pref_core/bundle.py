@@ -28,6 +28,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
+from pref_core.choices import QUANTIZATIONS
+
 BUNDLE_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 BASE_MODEL_DIR = "base_model"
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta-swap", choices=["config", "on", "off"], default="config",
                         help="also read every row with responses a and b exchanged and average (2x time)")
     parser.add_argument("--max-length", type=int, default=None, help="override prompt.max_length (tokens per row)")
-    parser.add_argument("--quantization", choices=["config", "none", "8bit", "4bit"], default="config",
+    parser.add_argument("--quantization", choices=["config", *QUANTIZATIONS], default="config",
                         help="load the base with bitsandbytes 8-bit or 4-bit (CUDA)")
     parser.add_argument("--batch-size", type=int, default=None, help="override train.eval_batch_size")
     parser.add_argument("--skip-base-hash", action="store_true",

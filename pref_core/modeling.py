@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pref_core.backbone import load_backbone, resolve_load_device
+from pref_core.choices import Head, require_choice
 from pref_core.labels import NUM_CLASSES, get_label_token_ids
 from pref_core.losses import preference_loss
 
@@ -84,8 +85,7 @@ class PreferenceModel(nn.Module):
         pad_token_id: Optional[int] = None,
     ):
         super().__init__()
-        if head not in ("label_token", "classifier"):
-            raise ValueError(f"model.head: got {head!r}; use 'label_token' or 'classifier'")
+        require_choice("model.head", head, Head)
         self.backbone = backbone
         self.head = head
         self.pad_token_id = pad_token_id

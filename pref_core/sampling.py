@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, get_args
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -16,16 +16,14 @@ from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from pref_core.config import TrainConfig
+from pref_core.choices import SWAP_MODES, SwapMode, require_choice
 from pref_core.labels import swap_label_index, swap_probabilities
 
-# train.swap's choices, read from the config's own Literal.
-SWAP_MODES: tuple[str, ...] = get_args(TrainConfig.model_fields["swap"].annotation)
+__all__ = ["SWAP_MODES", "EpochSeededSampler", "SwapViewDataset", "check_swap_mode", "dataset_lengths"]
 
 
 def check_swap_mode(swap: str) -> None:
-    if swap not in SWAP_MODES:
-        raise ValueError(f"train.swap: got {swap!r}; use one of {list(SWAP_MODES)}")
+    require_choice("train.swap", swap, SwapMode)
 
 
 def dataset_lengths(dataset) -> list[int]:

@@ -18,7 +18,7 @@ from pref_core.prompts import (
 )
 from pref_core.truncation import scale_seed_caps, split_proportionally
 
-TEMPLATES = ("seed", "multi_turn")
+from pref_core.choices import TEMPLATES
 # Policies that keep every example within max_length (seed, the notebook's own, may exceed it: test_seed_exact.py).
 POLICIES = ("seed_capped", "proportional")
 
