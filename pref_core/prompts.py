@@ -36,6 +36,12 @@ CLOSING_QUESTION = "\n\n---------\nWhich is the better response for the prompt ?
 
 _HEADERS = ("<prompt>:", "\n\n<response_a>:", "\n\n<response_b>:")
 
+
+def template_texts() -> list[str]:
+    """The fixed text every encoded row carries (closing question, turn headers), for training a tokenizer
+    that must know it: the tiny demo model's BPE learns its merges from these plus the data."""
+    return [CLOSING_QUESTION, " ".join(header.strip() for header in _HEADERS)]
+
 Turns = Sequence[Optional[str]]
 Segment = tuple[str, list[int]]  # (what it is, its token ids)
 

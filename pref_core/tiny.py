@@ -10,7 +10,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import pandas as pd
+
+from pref_core.labels import TURN_COLUMNS
+from pref_core.prompts import template_texts
+
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def tokenizer_corpus(frame: pd.DataFrame, limit: int = 5000) -> list[str]:
+    """Texts the tiny tokenizer learns from: the prompt template's fixed text, then every non-empty turn of the
+    first `limit` parsed rows (list-of-turns cells), column by column."""
+    texts = template_texts()
+    for column in TURN_COLUMNS:
+        for turns in frame[column].head(limit):
+            texts.extend(turn for turn in turns if turn)
+    return texts
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, extra_tokens: Iterable[str] = ("a", "b", "tie")):

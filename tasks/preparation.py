@@ -24,7 +24,7 @@ from pref_core import tokenization
 from pref_core.config import RunConfig
 from pref_core.progress import console_note
 from pref_core.publish import publishing_dir, publishing_file
-from pref_core.tiny import build_tiny_checkpoint
+from pref_core.tiny import build_tiny_checkpoint, tokenizer_corpus
 from arena_pref.tasks import workspace
 from arena_pref.tasks.retry import retry_on_io
 
@@ -184,16 +184,6 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     return out
 
 
-def _tiny_training_texts(frame: pd.DataFrame, limit: int = 5000) -> list[str]:
-    from pref_core.prompts import CLOSING_QUESTION
-
-    texts = [CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:"]
-    for column in ("prompt", "response_a", "response_b"):
-        for turns in frame[column].head(limit):
-            texts.extend(t for t in turns if t)
-    return texts
-
-
 @task(name="prepare-base-model", **TASK_DEFAULTS)
 def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     """The base model's location: the configured hub id/folder, a GGUF package converted once, or the
@@ -220,7 +210,7 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     with publishing_dir(target) as staging:
         tiny = config.model.tiny
         build_tiny_checkpoint(
-            _tiny_training_texts(frame), staging,
+            tokenizer_corpus(frame), staging,
             hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
             intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
         )

@@ -123,11 +123,11 @@ def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> t
 @pytest.mark.slow
 def test_hub_id_from_a_prepopulated_cache_trains_one_fold_without_the_hub(tmp_path, synthetic_csvs):
     from pref_core.data import read_arena_csv
-    from arena_pref.tasks.preparation import _tiny_training_texts
+    from pref_core.tiny import tokenizer_corpus
 
     repo_id = "arena-test/tiny-llama"
     train_csv, _ = synthetic_csvs
-    texts = _tiny_training_texts(read_arena_csv(train_csv, "train").frame)
+    texts = tokenizer_corpus(read_arena_csv(train_csv, "train").frame)
     snapshot, commit = _write_cached_tiny_model(tmp_path / "hf-home", repo_id, texts)
     with fake_hub(None) as endpoint:  # HF_HUB_OFFLINE unset and the Hub unreachable: the cache serves
         result = run_cli([
