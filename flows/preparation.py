@@ -7,11 +7,9 @@ shared data location.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pref_core.config import RunConfig, require_train_csv
-from pref_core.data import hash_file
-from arena_pref.tasks import preparation, workspace
+from pref_core.run_key import compute_run_key, teacher_hashes
+from arena_pref.tasks import preparation
 from arena_pref.tasks.preparation import PreparedInputs
 
 
@@ -21,13 +19,11 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
     test = preparation.ingest(config, "test") if config.data.test_csv else None
     extra = preparation.ingest_extra(config, train)
     base_model = preparation.prepare_base_model(config, train)
-    run_key = workspace.compute_run_key(config, {
+    run_key = compute_run_key(config, {
         "train": train.data_hash,
         "test": test.data_hash if test else None,
         "extra": extra.data_hash if extra else None,
-        "teacher": hash_file(config.distill.teacher_csv) if config.distill.teacher_csv else None,
-        "teacher_dir": workspace.hash_json(sorted((p.name, hash_file(p)) for p in Path(config.distill.teacher_dir).glob("fold_*")))
-        if config.distill.teacher_dir else None,
+        **teacher_hashes(config),
     })
     # Training reads the swapped view for swap augmentation, inference for swap TTA.
     train_swap = config.train.tta_swap or config.train.swap != "none"

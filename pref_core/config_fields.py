@@ -1,6 +1,6 @@
 """The run config's schema read as data: each dotted field with its type, default, description and marks.
 
-`arena-pref config fields` prints `describe_fields()`; tasks/workspace.py leaves `result_neutral_fields()`
+`arena-pref config fields` prints `describe_fields()`; pref_core/run_key.py leaves `result_neutral_fields()`
 out of the run key.
 """
 

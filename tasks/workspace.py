@@ -7,39 +7,18 @@ output_dir/
   runs/<run_key>/                one CV configuration: folds table, fold_<k>/ checkpoints and adapters,
                                  oof_predictions.parquet, submission.csv
 
-`run_key` hashes the resolved config (less its result-neutral fields) and
-the data hashes, so reruns of the same setup find their finished folds and
-concurrent runs of different setups never share a folder.
+`run_key` (pref_core.run_key) hashes the resolved config, less its result-neutral
+fields, and the data hashes, so reruns of the same setup find their finished folds
+and concurrent runs of different setups never share a folder.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Optional
 
 from pref_core.config import RunConfig
-from pref_core.config_fields import result_neutral_fields
-
-
-def hash_json(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def compute_run_key(config: RunConfig, input_hashes: dict[str, Optional[str]]) -> str:
-    """Hash of what a CV run computes: the config less its result-neutral fields (paths, tracking, execution;
-    marked in pref_core/config.py) and the content of every input file."""
-    tree = config.model_dump(mode="json")
-    for dotted in result_neutral_fields():
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for part in parents:  # a field inside an unset optional section (model.tiny: null) has nothing to drop
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return hash_json({"config": tree, "inputs": input_hashes})
+from pref_core.run_key import hash_json
 
 
 # A GPU worker may keep its caches and checkpoints in a scratch folder of its own (set by

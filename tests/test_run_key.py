@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arena_pref.tasks.workspace import compute_run_key
+from pref_core.run_key import compute_run_key
 from pref_core.config import load_config
 from pref_core.config_fields import describe_fields, result_neutral_fields
 
@@ -54,3 +54,26 @@ def test_result_neutral_fields_do_not_change_the_key_and_others_do(tmp_path):
     assert compute_run_key(moved, INPUTS) == key
     assert compute_run_key(load_config(tiny, ["train.learning_rate=1e-4"]), INPUTS) != key
     assert compute_run_key(load_config(tiny, ["distill.teacher_run=abc"]), INPUTS) != key
+
+
+def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_dir(tmp_path):
+    from pref_core.run_key import hash_json, teacher_hashes
+
+    tiny = ROOT / "configs" / "tiny.yaml"
+    assert teacher_hashes(load_config(tiny)) == {"teacher": None, "teacher_dir": None}
+    teachers = tmp_path / "teachers"
+    teachers.mkdir()
+    (teachers / "fold_0.csv").write_text("id\n1\n")
+    (teachers / "fold_1.csv").write_text("id\n2\n")
+    (teachers / "notes.txt").write_text("not a fold file")
+    csv = tmp_path / "teacher.csv"
+    csv.write_text("id\n3\n")
+    config = load_config(tiny, [f"distill.teacher_dir={teachers}"])
+    sha = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+    expected_dir = hash_json([["fold_0.csv", sha("id\n1\n")], ["fold_1.csv", sha("id\n2\n")]])
+    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    (teachers / "notes.txt").write_text("edited")  # not a fold file: same key
+    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    (teachers / "fold_1.csv").write_text("id\n9\n")
+    assert teacher_hashes(config)["teacher_dir"] != expected_dir
+    assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]))["teacher"] == sha("id\n3\n")
