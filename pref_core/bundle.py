@@ -29,13 +29,14 @@ from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 from pref_core.choices import QUANTIZATIONS
+from pref_core.data import hash_file
 
 BUNDLE_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
 BASE_MODEL_DIR = "base_model"
 # What the bundle's predict.py imports: pure modules only (a test runs them with pydantic/datasets blocked).
 CODE_MODULES = ("__init__", "backbone", "bundle", "calibration", "choices", "data", "ensemble", "inference", "labels",
-                "losses", "metrics", "modeling", "problems", "progress", "prompts", "truncation")
+                "losses", "metrics", "modeling", "problems", "progress", "prompts", "submission", "truncation")
 # The base model's config fields that must match for the adapters to fit it.
 ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size",
                        "num_attention_heads", "num_key_value_heads", "intermediate_size")
@@ -48,16 +49,6 @@ class BundleError(ValueError):
 
 
 # -- files and hashes --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundle_files(bundle_dir: Path) -> list[str]:
@@ -87,7 +78,7 @@ def describe_base_model(base_dir: Path) -> dict[str, Any]:
     weight_files = [p for p in sorted(base_dir.rglob("*"))
                     if p.is_file() and (p.name == "config.json" or p.name.endswith(_BASE_WEIGHT_SUFFIXES))]
     for path in weight_files:
-        digest.update(f"{path.relative_to(base_dir).as_posix()}\0{sha256_file(path)}\n".encode())
+        digest.update(f"{path.relative_to(base_dir).as_posix()}\0{hash_file(path)}\n".encode())
     return {"architecture": architecture, "content_sha256": digest.hexdigest(),
             "files": [p.relative_to(base_dir).as_posix() for p in weight_files]}
 
@@ -98,7 +89,7 @@ def write_manifest(bundle_dir: Path, base_model: dict, base_description: Optiona
         "base_model": base_model,
         "base_description": base_description,
         **extra,
-        "files": {rel: sha256_file(bundle_dir / rel) for rel in bundle_files(bundle_dir)},
+        "files": {rel: hash_file(bundle_dir / rel) for rel in bundle_files(bundle_dir)},
     }
     path = bundle_dir / MANIFEST_FILE
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -121,7 +112,7 @@ def verify_bundle(bundle_dir: Path) -> dict:
         file = bundle_dir / rel
         if not file.is_file():
             raise BundleError(f"bundle file {rel} is missing (listed in {MANIFEST_FILE}); re-upload the whole bundle")
-        if sha256_file(file) != expected:
+        if hash_file(file) != expected:
             raise BundleError(f"bundle file {rel} does not match its sha256 in {MANIFEST_FILE} (corrupted or "
                               "replaced); re-export or re-upload the bundle")
     extra = sorted(set(bundle_files(bundle_dir)) - set(listed))
@@ -266,21 +257,23 @@ def all_test_ids(test_csv: Path) -> list[str]:
 
 
 def assemble_submission(ids: Sequence[str], predicted_ids: Sequence[str], probs, prior):
-    """One row per id of `ids` (file order): the prediction where there is one, else the class prior.
-    Checks every id once and every row summing to 1."""
+    """One row per id of `ids` (file order): the prediction where there is one, else the class prior; each row
+    renormalized in float64 so it sums to 1 as written, then checked as the training pipeline checks its own."""
     import numpy as np
     import pandas as pd
 
     from pref_core.labels import LABEL_COLUMNS
+    from pref_core.submission import fill_missing_with_prior, validate_submission
 
-    table = dict(zip(predicted_ids, np.asarray(probs, dtype=np.float64)))
-    prior = np.asarray(prior, dtype=np.float64)
-    rows = np.stack([table.get(i, prior) for i in ids]) if ids else np.empty((0, len(LABEL_COLUMNS)))
-    rows = rows / rows.sum(axis=1, keepdims=True)
-    out = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
-    out.insert(0, "id", list(ids))
-    if out["id"].duplicated().any() or not np.isfinite(rows).all() or not np.allclose(rows.sum(axis=1), 1.0):
-        raise BundleError("internal check failed: the submission has a duplicated id or a row that does not sum to 1")
+    predicted = pd.DataFrame(np.asarray(probs, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS)), columns=list(LABEL_COLUMNS))
+    predicted.insert(0, "id", [str(i) for i in predicted_ids])
+    out, _ = fill_missing_with_prior(predicted, ids, np.asarray(prior, dtype=np.float64))
+    values = out[list(LABEL_COLUMNS)].to_numpy(dtype=np.float64)
+    out[list(LABEL_COLUMNS)] = values / values.sum(axis=1, keepdims=True)
+    try:
+        validate_submission(out, ids)
+    except ValueError as error:
+        raise BundleError(f"internal check failed: {error}") from None
     return out
 
 

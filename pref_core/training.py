@@ -9,7 +9,8 @@
 4. validate (`validate_fold`, `validate_with_tta`): metrics ``val_log_loss`` / ``val_accuracy``, seen by the
    caller's callbacks in ``on_evaluate`` and ``on_log``;
 5. save (`save_fold`): held-out predictions and the final adapter;
-6. predict (`predict_test_rows`): the test rows, with the trained model still in memory.
+6. predict (`predict_rows`): the test rows and, with train.predict_train_rows, the fold's own training rows (a
+   student's per-fold soft labels), with the trained model still in memory: the base is never loaded again.
 
 What a step sees (train.swap, distill) is decided by sampling, losses and trainer.PreferenceTrainer; validation
 and inference never see it.
@@ -21,6 +22,7 @@ Layout of `output_dir`::
     val_predictions.parquet          id, winner_model_a, winner_model_b, winner_tie, label
     test_predictions.parquet         id, winner_model_a, winner_model_b, winner_tie (when a test set is given:
                                      predicted by the trained model in memory, no reload of the base)
+    train_predictions.parquet        the same for the fold's training rows (train.predict_train_rows)
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 VAL_PREDICTIONS_FILE = "val_predictions.parquet"
 TEST_PREDICTIONS_FILE = "test_predictions.parquet"
+TRAIN_PREDICTIONS_FILE = "train_predictions.parquet"
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -76,6 +79,7 @@ class FoldResult:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: Optional[str] = None
     test_predictions_path: Optional[Path] = None
+    train_predictions_path: Optional[Path] = None  # with train.predict_train_rows
 
 
 # -- out of memory --------------------------------------------------------------------------------------------------
@@ -193,7 +197,7 @@ def fine_tune_fold(
             return _train_fold(config, train_ds, val_ds, output_dir, callbacks, name_or_path, test_ds, progress)
         except torch.cuda.OutOfMemoryError:
             trainer = progress["trainer"]
-            shape = trainer.last_batch_shape if trainer is not None and progress["phase"] != "test prediction" else None
+            shape = trainer.last_batch_shape if trainer is not None and not progress["phase"].endswith("prediction") else None
             message = describe_out_of_memory(config, progress["phase"], shape)
             # The traceback goes to a file, the console gets the one line.
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -228,13 +232,17 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     test_path = None
     if test_ds is not None:
         progress["phase"] = "test prediction"
-        test_path = predict_test_rows(fold, config, test_ds, output_dir / TEST_PREDICTIONS_FILE)
+        test_path = predict_rows(fold, config, test_ds, output_dir / TEST_PREDICTIONS_FILE)
+    train_path = None
+    if config.train.predict_train_rows:
+        progress["phase"] = "train-row prediction"
+        train_path = predict_rows(fold, config, train_ds, output_dir / TRAIN_PREDICTIONS_FILE)
     logger.info(
         "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
         metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
     )
     return FoldResult(adapter_dir=adapter_dir, val_predictions_path=predictions_path, metrics=metrics,
-                      resumed_from=resumed_from, test_predictions_path=test_path)
+                      resumed_from=resumed_from, test_predictions_path=test_path, train_predictions_path=train_path)
 
 
 @dataclass
@@ -333,14 +341,14 @@ def save_fold(fold: FoldSetup, output_dir: Path, val_ds, probabilities: np.ndarr
     return predictions_path, adapter_dir
 
 
-def predict_test_rows(fold: FoldSetup, config: RunConfig, test_ds, path: Path) -> Path:
-    """Predict `test_ds` with the trained model in memory (train.tta_swap: both orders) and write it to `path`."""
+def predict_rows(fold: FoldSetup, config: RunConfig, dataset, path: Path) -> Path:
+    """Predict `dataset` with the trained model in memory (train.tta_swap: both orders) and write it to `path`."""
     pad_token_id, pad_to_multiple_of = resolve_padding(fold.tokenizer)
     probabilities = predict_probabilities(
-        fold.trainer.model, test_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+        fold.trainer.model, dataset, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
         pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,
     )
-    return write_predictions(path, test_ds["id"], probabilities)
+    return write_predictions(path, dataset["id"], probabilities)
 
 
 def write_predictions(path: Path, ids, probabilities: np.ndarray, labels: Optional[np.ndarray] = None) -> Path:

@@ -20,10 +20,11 @@ import pandas as pd
 
 from pref_core.config import RunConfig
 from pref_core.fold_data import TeacherMismatchError, check_teacher_leak, check_teacher_split, teacher_dir_file
-from pref_core.labels import LABEL_COLUMNS
 from pref_core.teachers import read_teacher_probs
+from pref_core.training import TRAIN_PREDICTIONS_FILE
 
-TRAIN_PREDICTIONS = "train_predictions.parquet"
+# The artifact a teacher fold logs its training-row predictions as (pref_core.training writes it).
+TRAIN_PREDICTIONS = TRAIN_PREDICTIONS_FILE
 
 
 def check_teacher_run(config: RunConfig, train_hash: str, client) -> None:
@@ -70,19 +71,3 @@ def teacher_frame(config: RunConfig, fold: int, train_hash: str, val_ids: Sequen
         return None
     check_teacher_leak(teacher, val_ids, fold, source)
     return teacher
-
-
-def predict_train_rows(config: RunConfig, adapter_dir: Path, base_model: str, train_ds, dest: Path) -> Path:
-    """The fold model's probabilities on the fold's own training rows (the student's soft labels for that fold)."""
-    from pref_core.inference import predict_probabilities
-    from pref_core.modeling import load_preference_model
-    from pref_core.training import torch_cpu_threads
-
-    with torch_cpu_threads(config.train.cpu_threads):
-        model, tokenizer = load_preference_model(config, adapter_dir, name_or_path=base_model)
-        probs = predict_probabilities(model, train_ds, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
-                        pad_token_id=tokenizer.pad_token_id)
-    frame = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
-    frame.insert(0, "id", list(train_ds["id"]))
-    frame.to_parquet(dest, index=False)
-    return dest

@@ -52,6 +52,7 @@ class FoldOutput:
     test_predictions: Optional[str]
     metrics: dict
     reused: bool = False
+    train_predictions: Optional[str] = None  # with train.predict_train_rows
 
 
 @task(name="open-fold-run", **TASK_DEFAULTS)
@@ -145,13 +146,11 @@ def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: 
     if result.resumed_from:
         logger.info("fold %d: resumed from %s", fold, result.resumed_from)
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
-    if config.train.predict_train_rows:  # the per-fold soft labels of a student (distill.teacher_run)
-        distillation.predict_train_rows(config, result.adapter_dir, prepared.base_model, train_ds,
-                                        folder / distillation.TRAIN_PREDICTIONS)
     return FoldOutput(
         fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
         val_predictions=str(result.val_predictions_path),
         test_predictions=str(result.test_predictions_path) if result.test_predictions_path else None,
+        train_predictions=str(result.train_predictions_path) if result.train_predictions_path else None,
         metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
     )
 
@@ -165,8 +164,8 @@ def _log_fold_outputs(client, fold: int, output: FoldOutput) -> None:
         client.log_artifact(run_id, output.val_predictions)
         if output.test_predictions:
             client.log_artifact(run_id, output.test_predictions)
-        if (Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS).is_file():
-            client.log_artifact(run_id, str(Path(output.fold_dir) / distillation.TRAIN_PREDICTIONS))
+        if output.train_predictions:  # the per-fold soft labels of a student (distill.teacher_run)
+            client.log_artifact(run_id, output.train_predictions)
         client.set_terminated(run_id, "FINISHED")
     except Exception as err:
         raise FoldFailedError(
@@ -244,6 +243,7 @@ def _train_fold_in_processes(
         adapter_dir=Path(payload["adapter_dir"]), val_predictions_path=Path(payload["val_predictions_path"]),
         metrics=payload["metrics"], resumed_from=payload["resumed_from"],
         test_predictions_path=Path(payload["test_predictions_path"]) if payload.get("test_predictions_path") else None,
+        train_predictions_path=Path(payload["train_predictions_path"]) if payload.get("train_predictions_path") else None,
     )
 
 
