@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pref_core.labels import NUM_CLASSES
+from pref_core.labels import NUM_CLASSES, TURN_COLUMNS
 
 
 def _texts(frame: pd.DataFrame, column: str) -> list[str]:
@@ -29,11 +29,11 @@ def tfidf_logreg_oof(frame: pd.DataFrame, folds: pd.DataFrame, seed: int = 0) ->
 
     def fit_predict(train: pd.DataFrame, val: pd.DataFrame) -> np.ndarray:
         vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000, ngram_range=(1, 2))
-        vectorizer.fit(_texts(train, "prompt") + _texts(train, "response_a") + _texts(train, "response_b"))
+        vectorizer.fit([text for column in TURN_COLUMNS for text in _texts(train, column)])
 
         def features(part: pd.DataFrame):
-            p, a, b = (vectorizer.transform(_texts(part, c)) for c in ("prompt", "response_a", "response_b"))
-            lengths = np.log1p([[len(x), len(y)] for x, y in zip(_texts(part, "response_a"), _texts(part, "response_b"))])
+            p, a, b = (vectorizer.transform(_texts(part, c)) for c in TURN_COLUMNS)
+            lengths = np.log1p([[len(x), len(y)] for x, y in zip(*(_texts(part, c) for c in TURN_COLUMNS[1:]))])
             extra = sparse.csr_matrix(np.c_[lengths[:, 0] - lengths[:, 1], lengths.sum(axis=1)])
             return sparse.hstack([p, a - b, a + b, extra]).tocsr()  # (rows, 3 * vocab + 2)
 

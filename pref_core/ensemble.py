@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
+from pref_core.labels import TURN_COLUMNS
+
 if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
     from pref_core.config import RunConfig
 
@@ -42,7 +44,7 @@ def encode_frame(frame, tokenizer, prompt_config, with_swap: bool = False, batch
     from pref_core.prompts import PromptEncoder
 
     encoder = PromptEncoder(tokenizer, prompt_config)
-    rows = list(zip(frame["prompt"], frame["response_a"], frame["response_b"]))
+    rows = list(zip(*(frame[column] for column in TURN_COLUMNS)))
     ids: list[list[int]] = []
     ids_swap: Optional[list[list[int]]] = [] if with_swap else None
     for start in range(0, len(rows), batch_rows):

@@ -21,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 import pandas as pd
 
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.labels import LABEL_COLUMNS, MODEL_COLUMNS, TURN_COLUMNS
 
 MARKER_WORD = "zebra"
 LABEL_SHARES = (0.35, 0.34, 0.31)  # a, b, tie: roughly the real competition's shares
@@ -136,11 +136,8 @@ def make_synthetic_frames(
     train = pd.DataFrame(
         {
             "id": ids[:n_train],
-            "model_a": [r["models"][0] for r in train_rows],
-            "model_b": [r["models"][1] for r in train_rows],
-            "prompt": [dump(r["prompt"]) for r in train_rows],
-            "response_a": [dump(r["response_a"]) for r in train_rows],
-            "response_b": [dump(r["response_b"]) for r in train_rows],
+            **{c: [r["models"][k] for r in train_rows] for k, c in enumerate(MODEL_COLUMNS)},
+            **{c: [dump(r[c]) for r in train_rows] for c in TURN_COLUMNS},
             **{c: [int(r["label"] == k) for r in train_rows] for k, c in enumerate(LABEL_COLUMNS)},
         }
     )
@@ -148,9 +145,9 @@ def make_synthetic_frames(
     test = pd.DataFrame(
         {
             "id": ids[n_train:],
-            **{c: [dump(r[c]) for r in test_rows] for c in ("prompt", "response_a", "response_b")},
+            **{c: [dump(r[c]) for r in test_rows] for c in TURN_COLUMNS},
         },
-        columns=["id", "prompt", "response_a", "response_b"],
+        columns=["id", *TURN_COLUMNS],
     )
     return train, test
 

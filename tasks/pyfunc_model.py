@@ -25,13 +25,13 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.labels import LABEL_COLUMNS, TURN_COLUMNS
 
 BUNDLE_ARTIFACT = "bundle"
 # Kaggle test.csv in, sample_submission.csv out. Kaggle ids are integers, other files' ids strings: `id`
 # takes either (AnyType), and the output keeps the input's ids as they came.
 MODEL_SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("string", name) for name in ("prompt", "response_a", "response_b"))]),
+    inputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("string", name) for name in TURN_COLUMNS)]),
     outputs=Schema([ColSpec(AnyType(), "id"), *(ColSpec("double", name) for name in LABEL_COLUMNS)]),
 )
 
