@@ -16,10 +16,20 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
+def _all_subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand, nested ones under their full name ("config show")."""
+    found = {}
+    for name, sub in _subparsers(parser).items():
+        found[prefix + name] = sub
+        found.update(_all_subcommands(sub, prefix + name + " "))
+    return found
+
+
 def test_every_option_has_help_with_its_default():
     parser = cli.build_parser()
-    subcommands = _subparsers(parser)
-    assert {"demo", "train", "validate", "models", "promote", "predict", "stack", "ui"} <= set(subcommands)
+    subcommands = _all_subcommands(parser)
+    assert {"demo", "train", "validate", "models", "promote", "predict", "show-prompt", "export", "stack", "ui",
+            "config", "config show", "config fields"} <= set(subcommands)
     for name, sub in subcommands.items():
         formatter = sub._get_formatter()
         for action in sub._actions:
