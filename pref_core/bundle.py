@@ -248,14 +248,6 @@ def _parse_devices(spec: str) -> list[str]:
     return devices
 
 
-def all_test_ids(test_csv: Path) -> list[str]:
-    """Every distinct id of the test file, in file order, as written there."""
-    import pandas as pd
-
-    ids = pd.read_csv(test_csv, dtype=str, keep_default_na=False, usecols=["id"], encoding="utf-8-sig")["id"]
-    return list(dict.fromkeys(ids.tolist()))
-
-
 def assemble_submission(ids: Sequence[str], predicted_ids: Sequence[str], probs, prior):
     """One row per id of `ids` (file order): the prediction where there is one, else the class prior; each row
     renormalized in float64 so it sums to 1 as written, then checked as the training pipeline checks its own."""
@@ -281,6 +273,7 @@ def run(args) -> dict:
     """predict.py's work; returns a summary. Raises BundleError/DataValidationError for user errors."""
     from pref_core.data import read_arena_csv, write_rejected
     from pref_core.ensemble import predict_frame_probabilities
+    from pref_core.submission import test_file_ids
 
     bundle_dir = Path(__file__).resolve().parents[1]
     manifest = verify_bundle(bundle_dir)
@@ -304,7 +297,7 @@ def run(args) -> dict:
     probs = predict_frame_probabilities(config, adapter_dirs(bundle_dir), test.frame, base_model=str(base_dir),
                                         temperature=temperature, devices=devices, progress=args.progress)
     seconds = time.perf_counter() - start
-    submission = assemble_submission(all_test_ids(test_csv), test.frame["id"].tolist(), probs, prior)
+    submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
     out.parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(out, index=False)
     if test.n_rejected:

@@ -5,7 +5,8 @@ Pure pandas/numpy; the caller reads the fold tables and writes the file.
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,13 @@ from pref_core.ensemble import average_probabilities
 from pref_core.labels import LABEL_COLUMNS
 
 SUBMISSION_COLUMNS = ("id", *LABEL_COLUMNS)
+
+
+def test_file_ids(test_csv: Union[str, Path]) -> list[str]:
+    """Every distinct id of the test file, in file order, as written there: the rows Kaggle scores, including
+    those ingest rejected."""
+    ids = pd.read_csv(test_csv, dtype=str, keep_default_na=False, usecols=["id"], encoding="utf-8-sig")["id"]
+    return list(dict.fromkeys(ids.tolist()))
 
 
 def average_fold_predictions(frames: Sequence[pd.DataFrame], test_ids: Sequence[str], temperature: float = 1.0) -> pd.DataFrame:

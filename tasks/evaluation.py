@@ -17,7 +17,9 @@ import pandas as pd
 from prefect import task
 
 from pref_core.oof import assemble_oof, oof_figures, score_oof, text_lengths
-from pref_core.submission import average_fold_predictions, class_prior, fill_missing_with_prior, validate_submission
+from pref_core.submission import (average_fold_predictions, class_prior, fill_missing_with_prior, test_file_ids,
+                                  validate_submission)
+from pref_core.training import TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 from pref_core.config import RunConfig
 from pref_core.labels import TURN_COLUMNS
 from arena_pref.tasks import tracking, workspace
@@ -49,7 +51,7 @@ def _read_fold_tables(client, fold_run_ids: dict[int, str], name: str) -> dict[i
 def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs) -> OOFOutput:
     """Join the folds' validation predictions, check coverage, compute OOF metrics, log table and plots."""
     client = tracking.get_client(config)
-    predictions = _read_fold_tables(client, fold_run_ids, "val_predictions.parquet")
+    predictions = _read_fold_tables(client, fold_run_ids, VAL_PREDICTIONS_FILE)
     fold_log_loss = {fold: float(client.get_run(run_id).data.metrics["val_log_loss"])
                      for fold, run_id in sorted(fold_run_ids.items())}
     parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *TURN_COLUMNS])
@@ -78,8 +80,7 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
 def _fill_rejected_with_prior(submission: pd.DataFrame, prepared: PreparedInputs) -> tuple[pd.DataFrame, list[str]]:
     """Rows that ingest rejected (allowed by data.max_bad_fraction) get the training class prior, loudly,
     instead of going missing."""
-    all_ids = pd.read_csv(prepared.test.source, dtype=str, keep_default_na=False, usecols=["id"],
-                          encoding="utf-8-sig")["id"].tolist()
+    all_ids = test_file_ids(prepared.test.source)
     prior = class_prior(pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"])
     full, filled = fill_missing_with_prior(submission, all_ids, prior)
     LOGGER.warning("submission: %d test rows were rejected at ingest (see %s); they get the class prior %s",
@@ -96,7 +97,7 @@ def make_submission(
         return None
     client = tracking.get_client(config)
     test_ids = pd.read_parquet(prepared.test.parsed_path, columns=["id"])["id"].astype(str).tolist()
-    frames = list(_read_fold_tables(client, fold_run_ids, "test_predictions.parquet").values())
+    frames = list(_read_fold_tables(client, fold_run_ids, TEST_PREDICTIONS_FILE).values())
     submission = average_fold_predictions(frames, test_ids, oof.temperature)
     if prepared.test.n_rejected:
         submission, test_ids = _fill_rejected_with_prior(submission, prepared)

@@ -49,3 +49,13 @@ def test_a_bad_submission_is_refused_with_what_is_wrong(change, problem):
     good = _frame(["a", "b"], [[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
     with pytest.raises(ValueError, match=f"invalid submission: .*{problem}"):
         validate_submission(change(good), ["a", "b"])
+
+
+def test_test_file_ids_keeps_file_order_once_each_with_a_bom_and_unreadable_rows(tmp_path):
+    from pref_core.submission import test_file_ids
+
+    path = tmp_path / "test.csv"
+    # A byte-order mark before the header, an id repeated, and a row whose cells no parser would accept.
+    path.write_bytes('\ufeffid,prompt,response_a,response_b\n007,"[""a""]","[""b""]","[""c""]"\n'
+                     '3,"[""cut","x","y"\n007,"[""a""]","[""b""]","[""c""]"\n'.encode("utf-8"))
+    assert test_file_ids(path) == ["007", "3"]
