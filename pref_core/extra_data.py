@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import pandas as pd
 
-from pref_core.data import IngestResult, validate_arena_frame
+from pref_core.data import IngestResult, read_arena_csv, validate_arena_frame
 from pref_core.folds import prompt_group_key
 from pref_core.labels import INDEX_A, INDEX_B, LABEL_COLUMNS, TURN_COLUMNS
 from pref_core.problems import DataValidationError, Problem, ProblemCollector
@@ -131,6 +131,30 @@ def combine_extra(frames: Sequence[tuple[str, pd.DataFrame]], main: pd.DataFrame
     counts["n_extra_duplicates_dropped"] = dropped
     counts["n_extra_kept"] = len(kept)
     return kept, counts
+
+
+def read_extra_sources(extra_csvs: Sequence[Union[str, Path]], extra_pairs: Sequence[Union[str, Path]],
+                       main: pd.DataFrame, seed: int = 0, max_bad_fraction: float = 0.0) -> tuple[IngestResult, dict]:
+    """Every extra source read and combined (data.extra_csvs as arena CSVs, then data.extra_pairs as pairs),
+    deduplicated against `main`'s prompts (`combine_extra`).
+
+    Returns (result, counts): result.frame the kept rows; result.rejected each source's rejected rows with a
+    `source` column; result.n_read the rows read over all sources; counts as `combine_extra`'s.
+    """
+    frames, rejected, n_read = [], [], 0
+    for index, path in enumerate([*extra_csvs, *extra_pairs]):
+        if index < len(extra_csvs):
+            result = read_arena_csv(path, kind="train", max_bad_fraction=max_bad_fraction)
+        else:
+            result = read_pairs(path, seed=seed, max_bad_fraction=max_bad_fraction)
+        frames.append((source_name(path, index), result.frame))
+        rejected.append(result.rejected.assign(source=str(path)))
+        n_read += result.n_read
+    combined, counts = combine_extra(frames, main)
+    rejected_frame = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame()
+    # n_rejected counts the rows rejected and those dropped as duplicates of a main prompt.
+    return IngestResult(frame=combined, rejected=rejected_frame, n_read=n_read, n_kept=len(combined),
+                        n_rejected=n_read - len(combined)), counts
 
 
 def source_name(path: Union[str, Path], index: Optional[int] = None) -> str:

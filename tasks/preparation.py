@@ -158,27 +158,17 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
         LOGGER.info("ingest extra: %d sources already prepared (key %s), reusing", len(sources), key)
         return IngestOutput(**{**json.loads(meta_path.read_text()), "reused": True})
 
-    frames, rejected, n_read = [], [], 0
-    for index, path in enumerate(sources):
-        if index < len(config.data.extra_csvs):
-            result = read_arena_csv(path, kind="train", max_bad_fraction=config.data.max_bad_fraction)
-        else:
-            result = extra_data.read_pairs(path, seed=config.data.extra_seed, max_bad_fraction=config.data.max_bad_fraction)
-        name = extra_data.source_name(path, index)
-        frames.append((name, result.frame))
-        rejected.append(result.rejected.assign(source=str(path)))
-        n_read += result.n_read
     main = pd.read_parquet(train.parsed_path, columns=["prompt"])
-    combined, counts = extra_data.combine_extra(frames, main)
-    _atomic_write_parquet(combined, parsed_path)
-    rejected_frame = pd.concat(rejected, ignore_index=True)
-    if len(rejected_frame):
-        write_rejected(rejected_frame, rejected_path)
+    result, counts = extra_data.read_extra_sources(config.data.extra_csvs, config.data.extra_pairs, main,
+                                                   config.data.extra_seed, config.data.max_bad_fraction)
+    _atomic_write_parquet(result.frame, parsed_path)
+    if len(result.rejected):
+        write_rejected(result.rejected, rejected_path)
     LOGGER.info("ingest extra: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     out = IngestOutput(
         kind="extra", source=";".join(str(p) for p in sources), data_hash=f"extra-{key}",
-        parsed_path=str(parsed_path), rejected_path=str(rejected_path) if len(rejected_frame) else None,
-        n_read=n_read, n_kept=len(combined), n_rejected=n_read - len(combined),
+        parsed_path=str(parsed_path), rejected_path=str(rejected_path) if len(result.rejected) else None,
+        n_read=result.n_read, n_kept=result.n_kept, n_rejected=result.n_rejected,
     )
     meta_path.write_text(json.dumps({k: v for k, v in asdict(out).items() if k != "reused"}))
     return out

@@ -87,6 +87,27 @@ def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
     assert not kept["id"].str.contains("near-").any()
 
 
+def test_extra_sources_are_read_in_order_with_their_rejected_rows_and_counts(tmp_path, train_frame):
+    from pref_core.extra_data import read_extra_sources
+
+    main = train_frame.iloc[2:4]
+    main_prompts = set(map(tuple, main["prompt"]))
+    others = train_frame[[tuple(p) not in main_prompts for p in train_frame["prompt"]]].head(3)
+    csv = write_arena_csv(pd.concat([main, others]), tmp_path / "more.csv")
+    pairs = tmp_path / "pairs.jsonl.gz"
+    lines = [json.dumps({"chosen": _transcript(f"q{i}", "good"), "rejected": _transcript(f"q{i}", "bad")}) for i in range(4)]
+    lines[1] = "{not json"
+    with gzip.open(pairs, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    result, counts = read_extra_sources([csv], [pairs], main, seed=0, max_bad_fraction=0.5)
+    # 5 arena rows (2 share a main prompt) + 4 pair lines (1 unreadable): 9 read, 6 kept.
+    assert (result.n_read, result.n_kept, result.n_rejected) == (9, 6, 3)
+    assert counts == {"n_extra_more-0": 5, "n_extra_pairs-1": 3, "n_extra_duplicates_dropped": 2, "n_extra_kept": 6}
+    assert result.frame["id"].str.startswith("extra:more-0:").sum() == 3
+    assert result.frame["id"].str.startswith("extra:pairs-1:").sum() == 3
+    assert result.rejected["source"].tolist() == [str(pairs)]
+
+
 @pytest.mark.slow
 def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_path, synthetic_csvs):
     from mlflow import MlflowClient
