@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from pref_core.base_model import (
     COMMIT_SHA, CONFIG_FILE, BaseModelError, download_base_model, hub_reachable, hub_reference, is_local_reference,
 )
+
+if TYPE_CHECKING:
+    from pref_core.config import RunConfig
 
 
 def hash_folder(folder: Union[str, Path], chunk_size: int = 1 << 20) -> str:
@@ -46,6 +49,15 @@ def fingerprint_base(name_or_path: str, revision: Optional[str] = None) -> dict:
         return {"kind": "hub", "name_or_path": name_or_path, "revision": revision, "commit": commit}
     return {"kind": "local", "name_or_path": str(Path(name_or_path).resolve()), "revision": None,
             "content_sha256": hash_folder(name_or_path)}
+
+
+def pin_base_in_config(config: RunConfig, fingerprint: dict) -> RunConfig:
+    """`config` with its model section naming the fingerprinted base: a Hub base by id at the commit it resolved
+    to (not this machine's cache folder), a folder by its path; no tiny-model or GGUF build left to redo."""
+    update = {"name_or_path": fingerprint["name_or_path"], "tiny": None, "gguf": None}
+    if fingerprint["kind"] == "hub" and fingerprint.get("commit"):
+        update["revision"] = fingerprint["commit"]
+    return config.model_copy(update={"model": config.model.model_copy(update=update)})
 
 
 def locate_base(fingerprint: dict, override: Optional[str] = None) -> str:

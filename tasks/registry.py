@@ -13,13 +13,13 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
 from pref_core import promotion
+from pref_core.base_fingerprint import fingerprint_base, pin_base_in_config
 from pref_core.config import RunConfig, dump_config
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
@@ -40,15 +40,6 @@ class RegistrationOutput:
     reason: str
 
 
-def fingerprint_base_model(name_or_path: str, revision: Optional[str]) -> dict:
-    """Where the base weights come from: a Hub base as id + the commit it resolved to, a local folder as its
-    path + content hash (pref_core.base_fingerprint.fingerprint_base), so that another machine finds, or checks,
-    the same weights."""
-    from pref_core.base_fingerprint import fingerprint_base
-
-    return fingerprint_base(name_or_path, revision)
-
-
 def _pip_requirements() -> list[str]:
     import importlib.metadata as md
 
@@ -66,14 +57,10 @@ def build_bundle(
         downloaded = Path(client.download_artifacts(run_id, "adapter", str(dest / "adapters" / f".fold_{fold}")))
         downloaded.rename(dest / "adapters" / f"fold_{fold}")
         (dest / "adapters" / f".fold_{fold}").rmdir()
-    # The bundle loads its base from the resolved location: no tiny-model rebuild, no data needed. A Hub base
-    # is named by id at its resolved commit (not this machine's cache folder).
-    fingerprint = fingerprint_base_model(base_model, config.model.revision)
-    model_update = {"name_or_path": fingerprint["name_or_path"], "tiny": None, "gguf": None}
-    if fingerprint["kind"] == "hub" and fingerprint.get("commit"):
-        model_update["revision"] = fingerprint["commit"]
-    resolved = config.model_copy(update={"model": config.model.model_copy(update=model_update)})
-    dump_config(resolved, dest / "config.yaml")
+    # The bundle loads its base from where the weights were fingerprinted (Hub id + commit, or folder + content
+    # hash), so another machine finds or checks the same weights: no tiny-model rebuild, no data needed.
+    fingerprint = fingerprint_base(base_model, config.model.revision)
+    dump_config(pin_base_in_config(config, fingerprint), dest / "config.yaml")
     (dest / "base_model.json").write_text(json.dumps(fingerprint, indent=2))
     (dest / "calibration.json").write_text(json.dumps({"method": config.calibration.method, "temperature": temperature}))
     return dest

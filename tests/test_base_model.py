@@ -317,3 +317,16 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     assert str(tmp_path / "gone") in err and "--base-model PATH" in err and "Traceback" not in stderr
     assert cli.main([*args, "--base-model", str(tmp_path / "nowhere")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_the_bundle_config_names_the_fingerprinted_base_and_builds_nothing():
+    from pref_core.base_fingerprint import pin_base_in_config
+
+    tiny = load_config(ROOT / "configs" / "tiny.yaml")
+    assert tiny.model.tiny is not None
+    local = pin_base_in_config(tiny, {"kind": "local", "name_or_path": "/models/tiny", "content_sha256": "ab"})
+    assert (local.model.name_or_path, local.model.tiny, local.model.gguf) == ("/models/tiny", None, None)
+    assert local.model.revision == tiny.model.revision and local.train == tiny.train
+    hub = pin_base_in_config(tiny, {"kind": "hub", "name_or_path": "org/model", "commit": "c" * 40})
+    assert (hub.model.name_or_path, hub.model.revision) == ("org/model", "c" * 40)
+    assert tiny.model.tiny is not None  # the run's own config is left as it was
