@@ -272,6 +272,10 @@ class CVConfig(_Section):
         "CUDA device (1 on CPU). Does not change results.",
     )
 
+    def fold_indices(self) -> list[int]:
+        """The folds this run trains: cv.folds, or every fold of cv.n_folds."""
+        return list(self.folds) if self.folds is not None else list(range(self.n_folds))
+
 
 class DistillConfig(_Section):
     """Soft labels from a teacher: loss = hard_weight * CE(labels) + kl_weight * KL(teacher || student)."""

@@ -72,6 +72,11 @@ def test_overrides_are_parsed_as_yaml():
     assert TINY == {"model": {"tiny": {}}}  # the input dict is not changed
 
 
+def test_fold_indices_are_the_chosen_folds_or_all_of_them():
+    assert parse_config(apply_overrides(TINY, ["cv.n_folds=3"])).cv.fold_indices() == [0, 1, 2]
+    assert parse_config(apply_overrides(TINY, ["cv.n_folds=3", "cv.folds=[2, 0]"])).cv.fold_indices() == [2, 0]
+
+
 def test_override_fills_a_null_section():
     config = parse_config(apply_overrides({"model": {"tiny": None}}, ["model.tiny.hidden_size=32"]))
     assert config.model.tiny.hidden_size == 32
