@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="submission.csv", help="where the submission goes")
     predict.add_argument("--tracking-uri", default=None,
                          help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                            "mlflow/mlflow.db in the project folder)")
+                              "mlflow/mlflow.db in the project folder)")
     predict.add_argument("--base-model", default=None, metavar="PATH",
                          help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
@@ -572,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "
                              "with the mean weight delta (K times faster)")
     export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
-    export.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                            "mlflow/mlflow.db in the project folder)")
+    export.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+                             "mlflow/mlflow.db in the project folder)")
     export.set_defaults(func=cmd_export)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
