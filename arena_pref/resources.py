@@ -11,7 +11,8 @@ The shipped files are package data (`arena_pref/project_files/`; in a checkout, 
 files): the recipes `configs/*.yaml`, `prefect.yaml` and the MLflow launcher `mlflow/launch.sh`. The folder
 has no `__init__.py`: its `mlflow/` is data and never an importable package that could shadow mlflow.
 
-Standard library only (the CLI reads it before anything heavy is imported), but for the error of find_config.
+Standard library only, so the CLI reads it before anything heavy is imported (find_config imports
+pref_core's ConfigError only to raise it).
 """
 
 from __future__ import annotations
