@@ -7,17 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.arena-pref-installed
 TORCH_VERSION ?= 2.13.0
 
-export DO_NOT_TRACK := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export TOKENIZERS_PARALLELISM := false
-export DISABLE_MLFLOW_INTEGRATION := TRUE
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+# No environment exports here: the CLI, tests/conftest.py, the smoke run and the benchmarks set their own
+# defaults (arena_pref/environment.py), so that `make X` and the command it runs behave the same. The demo,
+# tests, smoke run and benchmarks are offline; other commands leave Hub access to the user's environment.
 
 .PHONY: install demo test smoke-real clean
-
-# The demo, the tests, the smoke run and the benchmarks use offline models only: no Hub for them. Other
-# commands leave Hub access (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME) to the user's environment.
-demo test smoke-real bench bench-gpu: export HF_HUB_OFFLINE := 1
 
 install: $(STAMP)
 

@@ -12,29 +12,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = PROJECT_ROOT / "configs"
-
-# Quiet defaults, set before prefect, mlflow or transformers are imported. Hub access (HF_HUB_OFFLINE,
-# HF_TOKEN, HF_HOME, HF_ENDPOINT) is the user's choice and passes through unchanged.
-_ENV_DEFAULTS = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    # Prefect's temporary server gets 20 s to start by default; a busy machine needs more.
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
+from arena_pref import environment
 
 
 class UserError(Exception):
     """An error the user can fix; printed as is, exit code 2."""
-
-
-def _apply_env_defaults() -> None:
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -57,9 +39,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # -- commands -----------------------------------------------------------------
 
 def _load(config_path: str | Path, overrides: Sequence[str]):
+    """The config a --config names: the file, else the shipped recipe of that name (arena_pref.resources)."""
+    from arena_pref.resources import find_config
     from pref_core.config import load_config
 
-    return load_config(config_path, overrides)
+    return load_config(find_config(config_path), overrides)
 
 
 def registry_decision(result: dict) -> str:
@@ -404,7 +388,7 @@ def cmd_export(args) -> int:
 def cmd_stack(args) -> int:
     from arena_pref import stack
 
-    state_dir = Path(args.state_dir)
+    state_dir = Path(args.state_dir) if args.state_dir else None
     if args.action == "up":
         state = stack.up(state_dir, gpus=args.gpus, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
         print("\n".join(stack.status(state_dir)))
@@ -421,8 +405,13 @@ def cmd_stack(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    launcher = PROJECT_ROOT / "mlflow" / "launch.sh"
-    os.execv("/bin/bash", ["bash", str(launcher), "--host", args.host, "--port", str(args.port)])
+    from arena_pref import resources
+
+    launcher = resources.shipped_file("mlflow/launch.sh")
+    # The store is the project folder's (never the installed package's); mlflow is the one beside this python.
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    os.execve("/bin/bash", ["bash", str(launcher), "--store", str(resources.store_dir()), "--host", args.host,
+                            "--port", str(args.port)], env)
     return 0  # not reached: the launcher replaces this process
 
 
@@ -516,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show every log line here (default: progress bars and a summary; the rest goes to a log file)")
 
     demo = sub.add_parser("demo", help="synthetic data + tiny offline model + full 5-fold cv-training")
-    demo.add_argument("--config", default=str(CONFIG_DIR / "tiny.yaml"), help="YAML recipe")
+    demo.add_argument("--config", default="configs/tiny.yaml", help="YAML recipe (a shipped one when no such file here)")
     demo.add_argument("--output-dir", default="outputs/demo", help="data, caches, runs and logs of the demo")
     demo.add_argument("--n-train", type=int, default=1000, help="synthetic train rows")
     demo.add_argument("--n-test", type=int, default=200, help="synthetic test rows")
@@ -524,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     demo.add_argument("--shuffle-labels", action="store_true", help="leakage check: OOF should stay near the prior")
     add_overrides(demo)
-    demo.set_defaults(func=cmd_demo)
+    # The demo's model is built offline: no Hub. Every other command leaves Hub access to the user.
+    demo.set_defaults(func=cmd_demo, environment=environment.OFFLINE_RUN)
 
     train = sub.add_parser("train", help="run cv-training locally", description="Run cv-training locally: "
                            "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
@@ -543,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add_registry(p):
         p.add_argument("--name", default="arena-pref", help="registered model name (tracking.registered_model)")
         p.add_argument("--tracking-uri", default=None,
-                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
+                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+                            "mlflow/mlflow.db in the project folder)")
 
     models = sub.add_parser("models", help="registered versions, aliases and metrics")
     add_registry(models)
@@ -559,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--test-csv", required=True, help="Kaggle-format test.csv")
     predict.add_argument("--out", default="submission.csv", help="where the submission goes")
     predict.add_argument("--tracking-uri", default=None,
-                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
+                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+                              "mlflow/mlflow.db in the project folder)")
     predict.add_argument("--base-model", default=None, metavar="PATH",
                          help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
@@ -580,13 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "
                              "with the mean weight delta (K times faster)")
     export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
-    export.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else mlflow/mlflow.db)")
+    export.add_argument("--tracking-uri", default=None,
+                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+                             "mlflow/mlflow.db in the project folder)")
     export.set_defaults(func=cmd_export)
 
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
     stack.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the services")
     stack.add_argument("--gpus", type=int, default=None, help="fold workers (default: visible GPUs)")
-    stack.add_argument("--state-dir", default=str(PROJECT_ROOT / ".stack"), help="pid files and logs of the services")
+    stack.add_argument("--state-dir", default=None,
+                       help="pid files and logs of the services (default: .stack in the project folder: "
+                            "$ARENA_PREF_ROOT, the checkout, else the current folder)")
     stack.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
     stack.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port")
     stack.set_defaults(func=cmd_stack)
@@ -601,9 +597,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def apply_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The command's environment defaults (arena_pref.environment): the product's, and offline for the demo
+    only. Before prefect, mlflow or transformers are imported: they read these at import time."""
+    return environment.apply_defaults(*getattr(args, "environment", environment.PRODUCT))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _apply_env_defaults()
     args = build_parser().parse_args(argv)
+    apply_environment(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -19,15 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
+from arena_pref.environment import NO_PROGRESS_BARS
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV
-
-# Library progress bars only clutter the log file; the console has its own bars.
-_QUIET_ENV = {
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-}
 
 
 def log_file_path(output_root: Path, command: str) -> Path:
@@ -88,7 +81,7 @@ def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Console]:
     )
     log_file = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 (closed below)
     old_std = sys.stdout, sys.stderr
-    old_env = {key: os.environ.get(key) for key in (*_QUIET_ENV, CONSOLE_FD_ENV, CONSOLE_PATH_ENV)}
+    old_env = {key: os.environ.get(key) for key in (*NO_PROGRESS_BARS, CONSOLE_FD_ENV, CONSOLE_PATH_ENV)}
     handlers = _std_handlers()
     old_streams = {}
     try:
@@ -97,7 +90,8 @@ def quiet_run(log_path: Path, verbose: bool = False) -> Iterator[Console]:
         sys.stdout = sys.stderr = log_file
         for handler in handlers:
             old_streams[handler] = _set_handler_stream(handler, log_file)
-        os.environ.update(_QUIET_ENV)
+        # Forced for the run, not defaulted: library bars only clutter the log file (restored below).
+        os.environ.update(NO_PROGRESS_BARS)
         os.environ[CONSOLE_FD_ENV] = str(saved_err)
         # Fold processes inherit no descriptor (multiprocessing spawn): they open the console by path.
         console_path = Path(f"/proc/{os.getpid()}/fd/{saved_err}")

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from arena_pref import environment, resources
 
 
 def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Path:
@@ -60,15 +59,14 @@ def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
 
 
 def main(argv=None) -> int:
-    for key, value in {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DISABLE_MLFLOW_INTEGRATION": "TRUE", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
-        os.environ.setdefault(key, value)
+    # Offline: the model comes from a PyPI package, never the Hub.
+    environment.apply_defaults(*environment.OFFLINE_RUN, environment.NO_PROGRESS_BARS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="chosen/rejected JSON lines (HH-RLHF) or an arena CSV")
     parser.add_argument("--n-pairs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "smollm2-135m.yaml"))
-    parser.add_argument("--output-dir", default=str(PROJECT_ROOT / "outputs" / "smoke-real"))
+    parser.add_argument("--config", default="configs/smollm2-135m.yaml")
+    parser.add_argument("--output-dir", default=str(resources.project_root() / "outputs" / "smoke-real"))
     parser.add_argument("--heads", nargs="+", default=["label_token", "classifier"])
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
     train_csv = prepare_data(args.data, args.n_pairs, args.seed, out_dir)
     results = []
     for head in args.heads:
-        config = load_config(args.config, [f"data.train_csv={train_csv}", f"output_dir={out_dir}",
+        config = load_config(resources.find_config(args.config), [f"data.train_csv={train_csv}", f"output_dir={out_dir}",
                                            f"model.head={head}", "tracking.experiment=smoke-real",
                                            "tracking.registered_model=arena-pref-smoke-real", *args.set])
         preflight(config)

@@ -5,8 +5,9 @@
   - the MLflow tracking server (mlflow/launch.sh settings: one worker, proxied artifacts),
   - one orchestration worker (pool `arena-orchestration`, runs the parent flows),
   - N GPU workers (pool `arena-gpu`, `--limit 1` each, CUDA_VISIBLE_DEVICES=i, a scratch folder each),
-then creates the pools and deploys prefect.yaml. `down` stops exactly the process groups that
-`up` recorded; `status` prints their health and URLs. Logs go to the git-ignored state folder.
+then creates the pools and deploys the local deployments of prefect.yaml. `down` stops exactly the
+process groups that `up` recorded; `status` prints their health and URLs. The state folder (default
+`.stack` in the project folder, arena_pref.resources) holds logs, pid files and the Prefect database.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_STATE_DIR = PROJECT_ROOT / ".stack"
+from arena_pref import environment, resources
+
 ORCHESTRATION_POOL = "arena-orchestration"
 GPU_POOL = "arena-gpu"
 LOCAL_DEPLOYMENTS = ("cv-training/gpu", "train-fold/gpu", "predict/local")
@@ -91,20 +92,35 @@ def _wait_http(url: str, timeout_s: float, what: str, log: Path) -> None:
 
 
 def base_env(state: StackState) -> dict[str, str]:
-    """The servers' and workers' environment: ours, plus the stack's URLs and quiet settings. Hub settings
-    (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT) come from the user's environment unchanged."""
-    env = dict(os.environ)
+    """The servers' and workers' environment: ours, the product's defaults (arena_pref.environment; no bars
+    in their logs) and the stack's URLs and project folder. Hub settings (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE,
+    HF_ENDPOINT) come from the user's environment unchanged."""
+    env = environment.child_env(*environment.PRODUCT, environment.NO_PROGRESS_BARS)
     env.update({
         "PREFECT_API_URL": state.prefect_api_url,
         "MLFLOW_TRACKING_URI": state.mlflow_url,
-        "ARENA_PREF_ROOT": str(PROJECT_ROOT),
-        "DO_NOT_TRACK": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DISABLE_MLFLOW_INTEGRATION": "TRUE",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        resources.ROOT_ENV: str(resources.project_root()),
     })
     return env
+
+
+def write_deployments(state_dir: Path) -> Path:
+    """state_dir/prefect.yaml: the shipped prefect.yaml with module entrypoints (`flows/cv_training.py:cv_training`
+    -> `arena_pref.flows.cv_training:cv_training`), which Prefect imports from the installed package: after
+    `pip install` there is no flows/ folder. `up` deploys its LOCAL_DEPLOYMENTS; their pull step runs them
+    in $ARENA_PREF_ROOT, the project folder."""
+    import yaml
+
+    spec = yaml.safe_load(resources.shipped_file("prefect.yaml").read_text(encoding="utf-8"))
+    deployments = []
+    for deployment in spec["deployments"]:
+        script, function = deployment["entrypoint"].rsplit(":", 1)
+        module = "arena_pref." + script.removesuffix(".py").replace("/", ".")
+        deployments.append({**deployment, "entrypoint": f"{module}:{function}"})
+    path = Path(state_dir) / "prefect.yaml"
+    header = "# Written by `arena-pref stack up` from the shipped prefect.yaml (module entrypoints); edits are lost.\n"
+    path.write_text(header + yaml.safe_dump({**spec, "deployments": deployments}, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -> int:
@@ -113,7 +129,7 @@ def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -
     with open(log, "ab") as handle:
         # A new session: its own process group, so `down` can stop it and all its children by PID,
         # and the process does not inherit our terminal's signals.
-        proc = subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, stdout=handle, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, env=env, cwd=resources.project_root(), stdout=handle, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     state.processes[name] = proc.pid
     state.save()
@@ -121,7 +137,7 @@ def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -
 
 
 def _run(argv: list[str], env: dict[str, str], what: str) -> None:
-    result = subprocess.run(argv, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    result = subprocess.run(argv, env=env, cwd=resources.project_root(), capture_output=True, text=True)
     if result.returncode != 0:
         raise StackError(f"{what} failed ({' '.join(argv[:4])} ...):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
@@ -135,9 +151,10 @@ def count_gpus() -> int:
         return 0
 
 
-def up(state_dir: Path = DEFAULT_STATE_DIR, gpus: Optional[int] = None, prefect_port: int = 4200,
+def up(state_dir: Optional[Path] = None, gpus: Optional[int] = None, prefect_port: int = 4200,
        mlflow_port: int = 5000, mlflow_store: Optional[Path] = None, deploy: bool = True) -> StackState:
-    state_dir = Path(state_dir).resolve()
+    """Start the stack; `state_dir` and `mlflow_store` default to .stack and mlflow in the project folder."""
+    state_dir = Path(state_dir or resources.stack_state_dir()).resolve()
     existing = StackState.load(state_dir)
     if existing and any(_alive(pid) for pid in existing.processes.values()):
         raise StackError(f"a stack is already running (see `arena-pref stack status --state-dir {state_dir}`)")
@@ -157,7 +174,7 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, gpus: Optional[int] = None, prefect_
         prefect_env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home")}
         _spawn(state, "prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
                                          "--port", str(prefect_port)], prefect_env)
-        store = Path(mlflow_store).resolve() if mlflow_store else PROJECT_ROOT / "mlflow"
+        store = Path(mlflow_store or resources.store_dir()).resolve()
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
         _spawn(state, "mlflow-server", [
             _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
@@ -170,8 +187,8 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, gpus: Optional[int] = None, prefect_
             _run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env, f"creating pool {pool}")
         if deploy:
             # Only the deployments of the local pools: the */k8s ones need a Kubernetes work pool.
-            _run([_bin("prefect"), "--no-prompt", "deploy", *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name))],
-                 env, "deploying prefect.yaml")
+            _run([_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(write_deployments(state_dir)),
+                  *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name))], env, "deploying prefect.yaml")
         _spawn(state, "worker-orchestration", [_bin("prefect"), "worker", "start", "--pool", ORCHESTRATION_POOL,
                                                "--name", "orchestration", "--type", "process"], env)
         for i in range(n_gpus):
@@ -185,9 +202,9 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, gpus: Optional[int] = None, prefect_
     return state
 
 
-def down(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 20.0) -> list[str]:
+def down(state_dir: Optional[Path] = None, timeout_s: float = 20.0) -> list[str]:
     """Stop exactly the process groups `up` recorded: SIGTERM, then SIGKILL after `timeout_s`."""
-    state = StackState.load(Path(state_dir).resolve())
+    state = StackState.load(Path(state_dir or resources.stack_state_dir()).resolve())
     if state is None:
         return []
     stopped = []
@@ -210,8 +227,8 @@ def down(state_dir: Path = DEFAULT_STATE_DIR, timeout_s: float = 20.0) -> list[s
     return stopped
 
 
-def status(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
-    state = StackState.load(Path(state_dir).resolve())
+def status(state_dir: Optional[Path] = None) -> list[str]:
+    state = StackState.load(Path(state_dir or resources.stack_state_dir()).resolve())
     if state is None or not state.processes:
         return ["no stack running (start one with `arena-pref stack up`)"]
     lines = [f"Prefect UI/API: {state.prefect_api_url.removesuffix('/api')}  (export PREFECT_API_URL={state.prefect_api_url})",

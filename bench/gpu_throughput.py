@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.lengths import sample_token_lengths
+from arena_pref import environment
 from bench.report import Verdict, print_table, save_results
 
 NAME = "gpu_throughput"
@@ -613,7 +613,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    environment.apply_defaults(*environment.OFFLINE_RUN)
     print(measure(parse_args(argv)).to_json_line())
 
 

@@ -9,12 +9,12 @@ only the order of the rows differs. Throughput counts real (non-pad) tokens. Sid
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from arena_pref import environment, resources
 from bench.report import Verdict, print_table, save_results
 from bench.timing import median, spread, time_call_detailed
 
@@ -62,7 +62,7 @@ def measure(args) -> Verdict:
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
     frame = make_realistic_frame(args.rows, seed=args.seed)
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml",
+    config = load_config(resources.shipped_file("configs/tiny.yaml"),
                          [f"prompt.max_length={args.max_length}"])
     with tempfile.TemporaryDirectory() as tmp:
         texts = [build_prompt(p, a, b) for p, a, b in zip(frame["prompt"][:1000], frame["response_a"][:1000],
@@ -122,7 +122,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    environment.apply_defaults(*environment.OFFLINE_RUN)
     print(measure(parse_args(argv)).to_json_line())
 
 

@@ -26,16 +26,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-for _key, _value in (("DO_NOT_TRACK", "true"), ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
-                     ("DISABLE_MLFLOW_INTEGRATION", "TRUE"), ("HF_HUB_OFFLINE", "1")):
-    os.environ.setdefault(_key, _value)  # before prefect / transformers are imported
+from arena_pref import environment
 
+environment.apply_defaults(*environment.OFFLINE_RUN)  # before prefect / transformers are imported
+
+from arena_pref import resources  # noqa: E402
 from bench.report import Verdict, print_table, save_results  # noqa: E402
 from bench.timing import cpu_seconds_with_children, median, time_call_detailed  # noqa: E402
 
 NAME = "orchestration"
 GOAL = 1.2  # flow wall time at most 1.2x the direct calls'
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args):
@@ -51,7 +51,7 @@ def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args
         "train.save_steps=100000",  # checkpoints are the same on both sides; keep them out of the picture
         *args.set,
     ]
-    return load_config(PROJECT_ROOT / "configs" / "tiny.yaml", overrides)
+    return load_config(resources.shipped_file("configs/tiny.yaml"), overrides)
 
 
 def tiny_training_texts(frame) -> list[str]:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
+from arena_pref import environment
 from bench.report import RESULTS_DIR, format_table
 
 # (name, module, arguments): the order is cheapest-to-understand first; orchestration is the long one.
@@ -34,8 +34,7 @@ def run_benchmark(name: str, module: str, arguments: list[str]) -> dict:
     """Run one benchmark module; returns its verdict (the last JSON line it printed) plus seconds taken."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS_DIR / f"{name}.log"
-    env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DISABLE_MLFLOW_INTEGRATION": "TRUE", "HF_HUB_OFFLINE": "1"}
+    env = environment.child_env(*environment.OFFLINE_RUN)  # offline models only: no Hub
     print(f"\n##### {name}: {sys.executable} -m {module} {' '.join(arguments)}", flush=True)
     start = time.perf_counter()
     verdict = None

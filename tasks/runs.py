@@ -11,6 +11,7 @@ from typing import Any, Optional
 from prefect import task
 
 from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+from arena_pref import resources
 from arena_pref.tasks import tracking
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from arena_pref.tasks.retry import retry_on_io
@@ -23,7 +24,8 @@ def resolve_config(
     config: Optional[RunConfig], config_path: Optional[str], overrides: Optional[list[str]],
     fold_execution: Optional[str], fields: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
-    """The run's config: a RunConfig given as is, or a YAML path (relative to the project), then the
+    """The run's config: a RunConfig given as is, or a YAML path (here, else in the project folder, else a shipped
+    recipe: arena_pref.resources.find_config), then the
     `key=value` overrides, then `fields` (dotted name -> value; None leaves the field alone), then
     `fold_execution` as cv.execution."""
     if (config is None) == (config_path is None):
@@ -31,10 +33,7 @@ def resolve_config(
     extra = [*(overrides or []), *(f"{k}={v}" for k, v in (fields or {}).items() if v is not None)]
     extra += [f"cv.execution={fold_execution}"] if fold_execution else []
     if config_path is not None:
-        path = Path(config_path)
-        if not path.is_absolute() and not path.exists():
-            path = tracking.PROJECT_ROOT / path
-        return load_config(path, extra)
+        return load_config(resources.find_config(config_path), extra)
     return parse_config(apply_overrides(config.model_dump(mode="json"), extra)) if extra else config
 
 

@@ -22,14 +22,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
+from arena_pref import resources
 from pref_core.config import RunConfig
 
 LOGGER = logging.getLogger(__name__)
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The local store `mlflow/launch.sh` serves; also the embedded default when no server runs.
-LOCAL_STORE_DIR = PROJECT_ROOT / "mlflow"
-SERVER_STATE_FILE = LOCAL_STORE_DIR / "server.json"
 
 TAG_FOLD = "arena_pref.fold"
 TAG_KIND = "arena_pref.kind"
@@ -42,18 +38,24 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached; raised before any training starts."""
 
 
+def local_store_dir() -> Path:
+    """The local store `arena-pref ui` serves, also the embedded default when no server runs: mlflow/ in the
+    project folder (arena_pref.resources: the checkout or the current folder, never site-packages)."""
+    return resources.store_dir()
+
+
 def local_store_uri() -> str:
-    return f"sqlite:///{(LOCAL_STORE_DIR / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{(local_store_dir() / 'mlflow.db').as_posix()}"
 
 
 def local_artifact_root() -> Path:
-    return LOCAL_STORE_DIR / "artifacts"
+    return local_store_dir() / "artifacts"
 
 
 def running_local_server_url() -> Optional[str]:
     """URL of the server started by `arena-pref ui`/`mlflow/launch.sh` when it is alive, else None."""
     try:
-        state = json.loads(SERVER_STATE_FILE.read_text())
+        state = json.loads((local_store_dir() / "server.json").read_text())
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None
@@ -120,9 +122,13 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
 
 
 def git_commit() -> Optional[str]:
+    """The commit of the checkout the code runs from; None for an installed package (its version is the record)."""
+    checkout = resources.checkout_root()
+    if checkout is None:
+        return None
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=5, check=True
         )
     except (OSError, subprocess.SubprocessError):
         return None

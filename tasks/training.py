@@ -26,6 +26,7 @@ from pref_core.training import FoldOutOfMemoryError, FoldResult, fine_tune_fold
 from pref_core.config import RunConfig
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
+from arena_pref import resources
 from arena_pref.tasks import distillation, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 
@@ -232,7 +233,8 @@ def _train_fold_in_processes(
     # whatever they opened (it was the SQLite tracking store). Their bars go to stderr, the log.
     env.pop(CONSOLE_FD_ENV, None)
     env.pop(CONSOLE_PATH_ENV, None)
-    proc = subprocess.run(command, cwd=str(tracking.PROJECT_ROOT), env=env)
+    # From the checkout, `-m arena_pref...` finds the package without an install; installed, any folder does.
+    proc = subprocess.run(command, cwd=str(resources.checkout_root() or resources.project_root()), env=env)
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise FoldFailedError(
             f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-# Offline, quiet, and no stray MLflow runs opened by the Trainer.
-for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_key, _value)
+from arena_pref import environment
+
+# Offline, quiet, and no stray MLflow runs opened by the Trainer (arena_pref.environment).
+environment.apply_defaults(*environment.OFFLINE_RUN, environment.NO_PROGRESS_BARS)
 
 # Prefect's console log handler keeps the sys.stderr it finds when its logging is first set up;
 # setting it up here binds it to the session's stream, not to a test's capsys buffer that closes.

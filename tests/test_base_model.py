@@ -212,7 +212,7 @@ def test_cli_leaves_hub_settings_to_the_user(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_user_token")
     monkeypatch.setenv("HF_HOME", "/data/hf")
-    cli._apply_env_defaults()
+    cli.apply_environment(cli.build_parser().parse_args(["train", "--config", "configs/tiny.yaml"]))
     assert "HF_HUB_OFFLINE" not in os.environ
     assert (os.environ["HF_TOKEN"], os.environ["HF_HOME"]) == ("hf_user_token", "/data/hf")
 
