@@ -179,14 +179,14 @@ def check_split(config, parsed_path) -> None:
 
 def run_training(config, force: bool = False, verbose: bool = True, command: str = "train") -> dict:
     """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
-    from arena_pref import console as run_console
+    from arena_pref import console
     from arena_pref.tasks import workspace
 
     preflight(config)
-    log_path = run_console.log_file_path(workspace.output_root(config), command)
+    log_path = console.log_file_path(workspace.output_root(config), command)
     if not verbose:
         print(f"log: {log_path}  (-v shows it here)", flush=True)
-    with run_console.quiet_run(log_path, verbose=verbose) as console:
+    with console.quiet_run(log_path, verbose=verbose) as user_console:
         from arena_pref.flows.cv_training import cv_training
         from arena_pref.tasks.tracking import resolve_tracking_uri
 
@@ -194,9 +194,9 @@ def run_training(config, force: bool = False, verbose: bool = True, command: str
             result = cv_training(config, force=force)
         except BaseException:
             if not verbose:
-                console.err.write(f"the run failed; full log: {log_path}\n")
+                user_console.err.write(f"the run failed; full log: {log_path}\n")
             raise
-        _print_summary(result, resolve_tracking_uri(config), console)
+        _print_summary(result, resolve_tracking_uri(config), user_console)
     if not verbose:
         # Prefect stops its temporary server at exit and says so; atexit runs this first (last in, first out).
         import atexit
@@ -492,18 +492,22 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arena-pref", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    p.add_argument("--force", action="store_true", help="retrain folds that an identical earlier run finished")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show every log line here (default: progress bars and a summary; the rest goes to a log file)")
 
-    def add_overrides(p):
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
-        p.add_argument("--force", action="store_true", help="retrain folds that an identical earlier run finished")
-        p.add_argument("-v", "--verbose", action="store_true",
-                       help="show every log line here (default: progress bars and a summary; the rest goes to a log file)")
 
+def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+                        "mlflow/mlflow.db in the project folder)")
+
+
+def _add_run_commands(sub) -> None:
+    """demo, train, validate, show-prompt: the commands that read data."""
     demo = sub.add_parser("demo", help="synthetic data + tiny offline model + full 5-fold cv-training")
     demo.add_argument("--config", default="configs/tiny.yaml", help="YAML recipe (a shipped one when no such file here)")
     demo.add_argument("--output-dir", default="outputs/demo", help="data, caches, runs and logs of the demo")
@@ -512,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--signal", type=float, default=0.9, help="share of rows that follow the learnable rule")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     demo.add_argument("--shuffle-labels", action="store_true", help="leakage check: OOF should stay near the prior")
-    add_overrides(demo)
+    _add_overrides(demo)
     # The demo's model is built offline: no Hub. Every other command leaves Hub access to the user.
     demo.set_defaults(func=cmd_demo, environment=environment.OFFLINE_RUN)
 
@@ -520,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
                            epilog=TRAIN_EXAMPLES)
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
-    add_overrides(train)
+    _add_overrides(train)
     train.set_defaults(func=cmd_train)
 
     validate = sub.add_parser("validate", help="check a Kaggle-format CSV; one line per problem")
@@ -530,11 +534,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="share of bad rows that still counts as readable (1: list them all)")
     validate.set_defaults(func=cmd_validate)
 
+    show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
+    show.add_argument("--config", required=True, help="YAML recipe whose template, truncation and tokenizer to use")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field, e.g. --set prompt.max_length=512 (repeatable)")
+    show.add_argument("--id", action="append", required=True, metavar="ROW_ID",
+                      help="a row id of data.train_csv or data.test_csv (repeatable)")
+    show.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    show.set_defaults(func=cmd_show_prompt)
+
+
+def _add_registry_commands(sub) -> None:
+    """models, promote, predict, export: the commands on registered models."""
+
     def add_registry(p):
         p.add_argument("--name", default="arena-pref", help="registered model name (tracking.registered_model)")
-        p.add_argument("--tracking-uri", default=None,
-                       help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                            "mlflow/mlflow.db in the project folder)")
+        _add_tracking_uri(p)
 
     models = sub.add_parser("models", help="registered versions, aliases and metrics")
     add_registry(models)
@@ -549,21 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", default="models:/arena-pref@champion", help="registered model URI")
     predict.add_argument("--test-csv", required=True, help="Kaggle-format test.csv")
     predict.add_argument("--out", default="submission.csv", help="where the submission goes")
-    predict.add_argument("--tracking-uri", default=None,
-                         help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                              "mlflow/mlflow.db in the project folder)")
+    _add_tracking_uri(predict)
     predict.add_argument("--base-model", default=None, metavar="PATH",
                          help="a local copy of the base model (checked against the one the model was trained on)")
     predict.set_defaults(func=cmd_predict)
-
-    show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
-    show.add_argument("--config", required=True, help="YAML recipe whose template, truncation and tokenizer to use")
-    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config field, e.g. --set prompt.max_length=512 (repeatable)")
-    show.add_argument("--id", action="append", required=True, metavar="ROW_ID",
-                      help="a row id of data.train_csv or data.test_csv (repeatable)")
-    show.add_argument("--json", action="store_true", help="one JSON list instead of text")
-    show.set_defaults(func=cmd_show_prompt)
 
     export = sub.add_parser("export", help="write a registered model as an offline bundle (a Kaggle dataset)")
     export.add_argument("model_uri", nargs="?", default="models:/arena-pref@champion", help="registered model URI")
@@ -572,11 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "
                              "with the mean weight delta (K times faster)")
     export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
-    export.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                             "mlflow/mlflow.db in the project folder)")
+    _add_tracking_uri(export)
     export.set_defaults(func=cmd_export)
 
+
+def _add_service_commands(sub) -> None:
+    """stack, ui: the local servers."""
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
     stack.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the services")
     stack.add_argument("--gpus", type=int, default=None, help="fold workers (default: visible GPUs)")
@@ -591,6 +596,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind")
     ui.add_argument("--port", type=int, default=5000, help="port to bind")
     ui.set_defaults(func=cmd_ui)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arena-pref", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_commands(sub)
+    _add_registry_commands(sub)
+    _add_service_commands(sub)
     add_config_commands(sub)
     for subparser in sub.choices.values():  # also the subcommands added above by other modules' entries
         subparser.formatter_class = HelpFormatter
