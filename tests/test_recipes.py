@@ -21,6 +21,7 @@ from pref_core.folds import make_folds, prompt_group_key
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.prompts import explain_rows
 from pref_core.trainer import build_training_arguments, resolve_mixed_precision
+from tests import factories
 from tests.test_seed_exact import frame_of, generated_rows, seed_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,21 +31,13 @@ WINNERS = ["gemma2-9b-cls.yaml", "llama3-8b-cls.yaml"]
 INPUTS = {"train": "0123456789abcdef", "test": None, "extra": None, "teacher": None, "teacher_dir": None}
 # The tiny base these tests build a recipe's model on: the recipe's LoRA and head, a 2-layer Llama underneath.
 ON_TINY = ["model.quantization=none", "model.dtype=fp32"]
-TEXTS = [
-    "<prompt>: which river is longest ? <response_a>: the nile is long <response_b>: the amazon carries more water",
-    "Which is the better response for the prompt ? a or b or tie ? Answer: tie",
-    "the cat sat on the mat and the dog ran to the garden while the sun was bright",
-] * 20
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from pref_core.tiny import build_tiny_checkpoint
-
-    folder = build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("base"), hidden_size=32, intermediate_size=64,
-                                   vocab_size=400)
+    folder = factories.tiny_base(tmp_path_factory.mktemp("base"))
     return folder, AutoTokenizer.from_pretrained(folder)
 
 

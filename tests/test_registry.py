@@ -56,10 +56,6 @@ def test_versions_on_other_data_or_rows_are_not_compared(client):
 
 # -- the registered pyfunc loads and predicts without unpickling anything ------------------------------------------
 
-TEXTS = [
-    "<prompt>: which river is longest ? <response_a>: the nile is long <response_b>: the amazon carries more water",
-    "Which is the better response for the prompt ? a or b or tie ? Answer: tie",
-] * 20
 
 
 def _echo_model():
@@ -86,9 +82,9 @@ def registered(tmp_path, synthetic_frames):
     from arena_pref.tasks.registry import register_model
     from pref_core.config import parse_config
     from pref_core.modeling import build_model, save_adapter
-    from pref_core.tiny import build_tiny_checkpoint
+    from tests.factories import tiny_base
 
-    base = build_tiny_checkpoint(TEXTS, tmp_path / "base", hidden_size=32, intermediate_size=64, vocab_size=400)
+    base = tiny_base(tmp_path / "base")
     tokenizer = AutoTokenizer.from_pretrained(base)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = parse_config({
