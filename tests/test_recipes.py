@@ -287,14 +287,11 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     teacher_csv = tmp_path / "teacher.csv"
     teacher.to_csv(teacher_csv, index=False)
 
-    root = Path(__file__).resolve().parents[1]
-    config = load_config(root / "configs" / "tiny.yaml", [
-        f"data.train_csv={synthetic_csvs[0]}", f"data.test_csv={synthetic_csvs[1]}",
-        f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "model.head=classifier", "train.swap=both", "train.tta_swap=true", "prompt.template=multi_turn",
-        "prompt.truncation=proportional", f"distill.teacher_csv={teacher_csv}", "distill.kl_weight=0.5",
-        "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
-    ])
+    config = factories.tiny_recipe_config(
+        tmp_path, synthetic_csvs[0], "model.head=classifier", "train.swap=both", "train.tta_swap=true",
+        "prompt.template=multi_turn", "prompt.truncation=proportional", f"distill.teacher_csv={teacher_csv}",
+        "distill.kl_weight=0.5", "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
+        test_csv=synthetic_csvs[1])
     result = cv_training(config)
     client = MlflowClient(config.tracking.uri)
     parent = client.get_run(result["parent_run_id"])
