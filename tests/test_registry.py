@@ -57,13 +57,12 @@ def test_versions_on_other_data_or_rows_are_not_compared(client):
 # -- the registered pyfunc loads and predicts without unpickling anything ------------------------------------------
 
 
-
 def _echo_model():
     """A model saved the unsafe way: python_model=<object>, which MLflow cloudpickles."""
     import mlflow
 
     class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
             return model_input
 
     return Echo()
@@ -121,7 +120,6 @@ def registered(tmp_path, synthetic_frames):
             "test": synthetic_frames[1].head(6)}
 
 
-@pytest.mark.filterwarnings("ignore:.*Add type hints to the `predict` method:UserWarning")
 def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(registered, monkeypatch):
     import pickle
 
