@@ -19,20 +19,16 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.config import load_config
 from pref_core.synthetic import write_synthetic_csvs
+from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path: Path, name: str, train_csv: Path, execution: str):
-    return load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={train_csv}", f"output_dir={tmp_path / name}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.experiment={name}",
-        f"tracking.registered_model={name}", f"cv.execution={execution}", "cv.folds=[0]",
-        "train.num_epochs=3", "train.save_steps=3", "train.save_total_limit=5", "train.per_device_batch_size=8",
-    ])
+    return tiny_recipe_config(tmp_path, train_csv, f"cv.execution={execution}", "cv.folds=[0]", "train.num_epochs=3",
+                              "train.save_steps=3", "train.save_total_limit=5", "train.per_device_batch_size=8",
+                              name=name)
 
 
 def _kill_after_first_checkpoint(config, killed: dict, timeout_s: float = 300) -> None:

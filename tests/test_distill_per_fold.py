@@ -3,25 +3,19 @@ fold k's validation rows (teacher run -> student run on the tiny model, and the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.config import ConfigError, load_config
+from pref_core.config import ConfigError
 from pref_core.labels import LABEL_COLUMNS
 from arena_pref.tasks import distillation
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.factories import tiny_recipe_config
 
 
 def tiny(tmp_path, synthetic_csvs, *extra):
-    return load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={synthetic_csvs[0]}", f"output_dir={tmp_path / 'out'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "cv.execution=in_process", "cv.folds=[0, 1]",
-        "train.num_epochs=1", *extra,
-    ])
+    return tiny_recipe_config(tmp_path, synthetic_csvs[0], "cv.execution=in_process", "cv.folds=[0, 1]",
+                              "train.num_epochs=1", *extra)
 
 
 def probs_frame(ids, seed=0):

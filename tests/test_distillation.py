@@ -14,19 +14,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.config import parse_config
-from pref_core.data import DataValidationError, read_arena_csv
+from pref_core.data import DataValidationError
 from pref_core.inference import PreferenceCollator
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.losses import distillation_loss
 from pref_core.modeling import build_model
-from pref_core.prompts import CLOSING_QUESTION
-from pref_core.synthetic import write_synthetic_csvs
 from pref_core.teachers import attach_teacher_probs, read_teacher_probs
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.tokenization import tokenize_frame
 from pref_core.trainer import build_trainer
 from pref_core.training import fine_tune_fold, load_training_tokenizer
+from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 LN3 = math.log(3.0)
 SUM_COLUMN = "+".join(LABEL_COLUMNS)
@@ -195,31 +191,16 @@ def test_attach_teacher_probs_marks_rows_without_teacher():
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir) of synthetic rows that all follow the marker rule."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("distill_fold")
-    train_csv, _ = write_synthetic_csvs(folder / "data", n_train=200, n_test=0, signal=1.0, seed=2)
-    frame = read_arena_csv(train_csv, "train").frame
-    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c] for t in turns if t]
-    base = build_tiny_checkpoint(texts, folder / "tiny", hidden_size=64, intermediate_size=128, vocab_size=600)
-    dataset = tokenize_frame(frame, AutoTokenizer.from_pretrained(base), make_config().prompt, with_swap=True)
-    return dataset.select(range(50, 200)), dataset.select(range(50)), base
+    return tiny_fold_data(tmp_path_factory.mktemp("distill_fold"), make_config().prompt, n_train=200, n_val=50, seed=2,
+                          hidden_size=64, intermediate_size=128, vocab_size=600)
 
 
 def make_config(distill: dict | None = None, **train):
-    return parse_config(
-        {
-            "model": {"tiny": {}, "head": "classifier", "dtype": "fp32"},
-            "prompt": {"max_length": 192, "truncation": "seed_capped"},  # every example within 192 tokens
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
-            "train": {
-                "learning_rate": 3e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-                "warmup_steps": 5, "optim": "adamw_torch", "mixed_precision": "no", "eval_batch_size": 64,
-                "logging_steps": 10, "save_steps": 1000, "seed": 0, **train,
-            },
-            "distill": distill or {},
-        }
-    )
+    return tiny_config(
+        "classifier", prompt={"max_length": 192, "truncation": "seed_capped"},  # every example within 192 tokens
+        lora={"r": 8, "alpha": 16}, distill=distill or {}, **{
+            **CPU_TRAIN, "learning_rate": 3e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
+            "warmup_steps": 5, "eval_batch_size": 64, "logging_steps": 10, "seed": 0, **train})
 
 
 def teacher_frame(dataset, confidence: float, shift: int = 0) -> pd.DataFrame:

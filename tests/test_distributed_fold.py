@@ -27,24 +27,19 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.config import load_config
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.synthetic import write_synthetic_csvs
+from tests.factories import tiny_recipe_config
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-5
 
 
 def _config(tmp_path: Path, name: str, csvs: tuple[Path, Path], *extra: str):
     train_csv, test_csv = csvs  # the test rows are predicted by rank 0, with a progress bar
-    return load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={tmp_path / name}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.experiment={name}",
-        f"tracking.registered_model={name}", "cv.execution=in_process", "cv.folds=[0]",
-        "train.num_epochs=1", "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2",
-        "train.save_steps=1000", "train.max_steps=9", *extra,
-    ])
+    return tiny_recipe_config(tmp_path, train_csv, "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
+                              "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2",
+                              "train.save_steps=1000", "train.max_steps=9", *extra, name=name, test_csv=test_csv)
 
 
 @pytest.fixture(scope="module")

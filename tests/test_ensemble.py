@@ -19,20 +19,16 @@ from pref_core.ensemble import (
 )
 from pref_core.inference import predict_token_ids
 from pref_core.modeling import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
-from pref_core.tiny import build_tiny_checkpoint
+from tests.factories import TINY_TEXTS, tiny_base, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
-TEXTS = [
-    "<prompt>: which river is longest ? <response_a>: the nile is long <response_b>: the amazon carries more water",
-    "Which is the better response for the prompt ? a or b or tie ? Answer: tie",
-    "the cat sat on the mat and the dog ran to the garden while the sun was bright",
-] * 20
+TEXTS = TINY_TEXTS
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=400)
+    return tiny_base(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +39,7 @@ def tokenizer(tiny_dir):
 
 
 def make_config(head: str, tta_swap: bool = False):
-    return parse_config({
-        "model": {"tiny": {"hidden_size": 32}, "head": head, "dtype": "fp32"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"seed": 0, "eval_batch_size": 4, "tta_swap": tta_swap},
-    })
+    return tiny_config(head, model={"tiny": {"hidden_size": 32}}, seed=0, eval_batch_size=4, tta_swap=tta_swap)
 
 
 def make_fold_adapters(config, tokenizer, tiny_dir, out, n_folds=3):

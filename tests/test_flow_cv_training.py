@@ -9,27 +9,16 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pref_core.config import load_config
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.synthetic import write_synthetic_csvs
+from tests.factories import tiny_recipe_config
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _tiny_config(tmp_path: Path, train_csv: Path, test_csv: Path | None, *extra: str):
-    overrides = [
-        f"data.train_csv={train_csv}",
-        f"output_dir={tmp_path / 'out'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "tracking.experiment=flow-test",
-        "train.num_epochs=1",
-        "train.save_steps=1000",
-        *extra,
-    ]
-    if test_csv is not None:
-        overrides.append(f"data.test_csv={test_csv}")
-    return load_config(ROOT / "configs" / "tiny.yaml", overrides)
+    return tiny_recipe_config(tmp_path, train_csv, "tracking.experiment=flow-test", "train.num_epochs=1",
+                              "train.save_steps=1000", *extra, test_csv=test_csv)
 
 
 @pytest.fixture(scope="module")

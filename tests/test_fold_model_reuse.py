@@ -8,37 +8,26 @@ import pandas as pd
 import pytest
 
 from pref_core import modeling
-from pref_core.config import parse_config
 from pref_core.data import read_arena_csv
 from pref_core.inference import predict_probabilities
 from pref_core.labels import LABEL_COLUMNS
-from pref_core.prompts import CLOSING_QUESTION
-from pref_core.synthetic import write_synthetic_csvs
-from pref_core.tiny import build_tiny_checkpoint
 from pref_core.tokenization import tokenize_frame
 from pref_core.training import TEST_PREDICTIONS_FILE, fine_tune_fold
+from tests.factories import CPU_TRAIN, synthetic_train, tiny_base_for, tiny_config
 
 
 def _config(head: str, tta_swap: bool):
-    return parse_config({
-        "model": {"tiny": {}, "head": head, "dtype": "fp32"},
-        "prompt": {"max_length": 128},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"learning_rate": 2e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-                  "max_steps": 6, "warmup_steps": 0, "optim": "adamw_torch", "mixed_precision": "no",
-                  "eval_batch_size": 16, "save_steps": 1000, "seed": 0, "tta_swap": tta_swap},
-    })
+    return tiny_config(head, prompt={"max_length": 128}, **CPU_TRAIN, learning_rate=2e-3, per_device_batch_size=8,
+                       gradient_accumulation_steps=1, max_steps=6, warmup_steps=0, eval_batch_size=16, seed=0,
+                       tta_swap=tta_swap)
 
 
 @pytest.mark.parametrize(("head", "tta_swap"), [("label_token", False), ("classifier", True)])
 def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, head, tta_swap):
     from transformers import AutoTokenizer
 
-    train_csv, test_csv = write_synthetic_csvs(tmp_path / "data", n_train=96, n_test=24, signal=1.0, seed=0)
-    frame = read_arena_csv(train_csv, "train").frame
-    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c] for t in turns if t]
-    base = build_tiny_checkpoint(texts, tmp_path / "tiny", hidden_size=32, num_layers=1, num_heads=2,
-                                 intermediate_size=64, vocab_size=600)
+    frame, test_csv = synthetic_train(tmp_path, n_train=96, seed=0, n_test=24)
+    base = tiny_base_for(frame, tmp_path, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=600)
     tokenizer = AutoTokenizer.from_pretrained(base)
     config = _config(head, tta_swap)
     dataset = tokenize_frame(frame, tokenizer, config.prompt, with_swap=True)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from pref_core.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
-from pref_core.config import parse_config
 from pref_core.labels import NUM_CLASSES, get_label_token_ids
 from pref_core.losses import preference_loss
 from pref_core.modeling import (
@@ -29,23 +28,19 @@ from pref_core.modeling import (
     save_adapter,
     unwrap_preference_model,
 )
-from pref_core.tiny import build_tiny_checkpoint
+from tests.factories import TINY_TEXTS, tiny_base, tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
     "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
 )
 
-TEXTS = [
-    "<prompt>: which river is longest ? <response_a>: the nile is long <response_b>: the amazon carries more water",
-    "Which is the better response for the prompt ? a or b or tie ? Answer: tie",
-    "the cat sat on the mat and the dog ran to the garden while the sun was bright",
-] * 20
+TEXTS = TINY_TEXTS
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=400)
+    return tiny_base(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +51,7 @@ def tokenizer(tiny_dir):
 
 
 def make_config(head: str = "label_token", **train):
-    return parse_config(
-        {
-            "model": {"tiny": {"hidden_size": 32}, "head": head, "dtype": "fp32"},
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-            "train": {"seed": 0, **train},
-        }
-    )
+    return tiny_config(head, model={"tiny": {"hidden_size": 32}}, seed=0, **train)
 
 
 def encode(tokenizer, texts):

@@ -7,33 +7,18 @@ import pytest
 import torch
 
 from pref_core import trainer, training
-from pref_core.config import parse_config
-from pref_core.data import read_arena_csv
-from pref_core.prompts import CLOSING_QUESTION
-from pref_core.synthetic import write_synthetic_csvs
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.tokenization import tokenize_frame
+from tests.factories import tiny_config, tiny_fold_data
 
 
 @pytest.fixture(scope="module")
 def tiny_fold(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("oom")
-    train_csv, _ = write_synthetic_csvs(folder / "data", n_train=40, n_test=0, signal=1.0, seed=0)
-    frame = read_arena_csv(train_csv, "train").frame
-    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c]
-                                  for t in turns if t]
-    base = build_tiny_checkpoint(texts, folder / "tiny", hidden_size=32, num_layers=1, num_heads=2,
-                                 intermediate_size=64, vocab_size=600)
-    config = parse_config({
-        "model": {"tiny": {}, "dtype": "fp32"}, "prompt": {"max_length": 96},
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"per_device_batch_size": 4, "gradient_accumulation_steps": 3, "max_steps": 2, "warmup_steps": 0,
-                  "optim": "adamw_torch", "mixed_precision": "no", "eval_batch_size": 8, "save_steps": 1000},
-    })
-    dataset = tokenize_frame(frame, AutoTokenizer.from_pretrained(base), config.prompt)
-    return config, dataset.select(range(8, 40)), dataset.select(range(8)), base
+    config = tiny_config(prompt={"max_length": 96}, lora={"r": 2, "alpha": 4}, per_device_batch_size=4,
+                         gradient_accumulation_steps=3, max_steps=2, warmup_steps=0, optim="adamw_torch",
+                         mixed_precision="no", eval_batch_size=8, save_steps=1000)
+    train_ds, val_ds, base = tiny_fold_data(tmp_path_factory.mktemp("oom"), config.prompt, n_train=40, n_val=8, seed=0,
+                                            with_swap=False, hidden_size=32, num_layers=1, num_heads=2,
+                                            intermediate_size=64, vocab_size=600)
+    return config, train_ds, val_ds, base
 
 
 def _raise_oom(*args, **kwargs):

@@ -9,21 +9,16 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pref_core.config import load_config
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.synthetic import write_synthetic_csvs
+from tests.factories import tiny_recipe_config
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, name: str, train_csv: Path, *extra: str):
-    return load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={train_csv}", f"output_dir={tmp_path / name}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"tracking.experiment={name}",
-        f"tracking.registered_model={name}", "cv.folds=[0, 1]", "train.num_epochs=1", "train.save_steps=1000",
-        *extra,
-    ])
+    return tiny_recipe_config(tmp_path, train_csv, "cv.folds=[0, 1]", "train.num_epochs=1", "train.save_steps=1000",
+                              *extra, name=name)
 
 
 def _child_flow_runs(fold_run_ids: dict[int, str]):

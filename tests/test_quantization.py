@@ -17,12 +17,12 @@ from datasets import Dataset
 from safetensors.torch import load_file
 
 from pref_core.backbone import load_backbone
-from pref_core.config import parse_config
 from pref_core.inference import predict_probabilities
 from pref_core.labels import LABEL_COLUMNS
 from pref_core.modeling import load_preference_model
 from pref_core.tiny import build_tiny_checkpoint
 from pref_core.training import fine_tune_fold
+from tests.factories import tiny_config
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -49,14 +49,9 @@ def tiny(tmp_path_factory):
 
 
 def make_config(quantization: str, head: str = "label_token"):
-    return parse_config(
-        {
-            "model": {"tiny": {}, "head": head, "dtype": "fp32", "quantization": quantization},
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-            "train": {"max_steps": 2, "per_device_batch_size": 4, "learning_rate": 1e-2, "warmup_steps": 0,
-                      "optim": "adamw_torch", "mixed_precision": "no", "save_steps": 2, "eval_batch_size": 8},
-        }
-    )
+    return tiny_config(head, model={"quantization": quantization}, max_steps=2, per_device_batch_size=4,
+                       learning_rate=1e-2, warmup_steps=0, optim="adamw_torch", mixed_precision="no", save_steps=2,
+                       eval_batch_size=8)
 
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])

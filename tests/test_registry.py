@@ -1,6 +1,9 @@
-"""Promotion rules of the model registry, on a temporary SQLite store (no training needed)."""
+"""The model registry: promotion rules on a temporary SQLite store, and the registered pyfunc loading and
+predicting with every unpickler refusing."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -49,3 +52,128 @@ def test_versions_on_other_data_or_rows_are_not_compared(client):
     other_rows = _version(client, 0.50, n_oof=40)
     ok, reason = decide_promotion(client, NAME, other_rows)
     assert not ok and "40" in reason and "100" in reason
+
+
+# -- the registered pyfunc loads and predicts without unpickling anything ------------------------------------------
+
+
+def _echo_model():
+    """A model saved the unsafe way: python_model=<object>, which MLflow cloudpickles."""
+    import mlflow
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
+            return model_input
+
+    return Echo()
+
+
+@pytest.fixture
+def registered(tmp_path, synthetic_frames):
+    """Two fold adapters (untrained but non-zero) over a tiny base, registered by the registry task itself."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer
+
+    from arena_pref.tasks.evaluation import OOFOutput
+    from arena_pref.tasks.registry import register_model
+    from pref_core.config import parse_config
+    from pref_core.modeling import build_model, save_adapter
+    from tests.factories import tiny_base
+
+    base = tiny_base(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = parse_config({
+        "model": {"name_or_path": str(base), "head": "classifier", "dtype": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+        "prompt": {"max_length": 64},
+        "train": {"seed": 0, "eval_batch_size": 4, "tta_swap": True},
+        "tracking": {"uri": uri, "registered_model": NAME, "experiment": "registry-test"},
+        "output_dir": str(tmp_path / "out"),
+    })
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("registry-test")
+    adapters, fold_runs = [], {}
+    for fold in range(2):
+        model = build_model(config, tokenizer, base)
+        generator = torch.Generator().manual_seed(10 + fold)
+        with torch.no_grad():  # LoRA B starts at zero: make the folds differ from the base and each other
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+        adapters.append(save_adapter(model, tmp_path / "adapters" / f"fold_{fold}", tokenizer))
+        run = client.create_run(experiment)
+        client.log_artifacts(run.info.run_id, str(adapters[-1]), "adapter")
+        fold_runs[fold] = run.info.run_id
+    parsed = tmp_path / "train.parquet"
+    pd.DataFrame({"label": [0, 1, 2, 0]}).to_parquet(parsed)
+    prepared = SimpleNamespace(base_model=str(base), train=SimpleNamespace(parsed_path=str(parsed)),
+                               train_hash="d1", run_key="k1")
+    oof = OOFOutput(oof_path="", metrics={"oof_log_loss": 0.9, "n_oof": 4}, fold_log_loss={}, temperature=1.5)
+    parent = client.create_run(experiment).info.run_id
+    result = register_model.fn(config, parent, fold_runs, prepared, oof)
+    client.set_terminated(parent)
+    return {"uri": uri, "model_uri": result.model_uri, "config": config, "adapters": adapters, "base": base,
+            "test": synthetic_frames[1].head(6)}
+
+
+def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(registered, monkeypatch):
+    import pickle
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from pref_core.data import validate_arena_frame
+    from pref_core.ensemble import predict_frame_probabilities
+    from pref_core.labels import LABEL_COLUMNS
+
+    calls = []
+
+    def refuse(name):
+        def _refused(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} called while loading or using the registered model")
+        return _refused
+
+    targets = [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]
+    try:
+        import cloudpickle
+
+        targets += [(cloudpickle, "load"), (cloudpickle, "loads")]
+    except ImportError:
+        pass
+    mlflow.set_tracking_uri(registered["uri"])
+    with monkeypatch.context() as patch:
+        for module, attr in targets:
+            patch.setattr(module, attr, refuse(f"{module.__name__}.{attr}"))
+        model = mlflow.pyfunc.load_model(registered["model_uri"])
+        predicted = model.predict(registered["test"])
+    assert calls == []
+
+    # The refusal is real: a pyfunc logged as a Python object (cloudpickled) does not load under it.
+    with mlflow.start_run():
+        pickled = mlflow.pyfunc.log_model(name="pickled", python_model=_echo_model())
+    with monkeypatch.context() as patch:
+        for module, attr in targets:
+            patch.setattr(module, attr, refuse(f"{module.__name__}.{attr}"))
+        with pytest.raises(Exception):
+            mlflow.pyfunc.load_model(pickled.model_uri)
+    assert calls
+
+    # It predicts with the registered adapters and calibration: the same numbers as the fold ensemble itself.
+    frame = validate_arena_frame(registered["test"], kind="test", max_bad_fraction=0.0, source="test").frame
+    expected = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
+                                           base_model=str(registered["base"]), temperature=1.5)
+    assert predicted["id"].tolist() == registered["test"]["id"].tolist()
+    np.testing.assert_allclose(predicted[list(LABEL_COLUMNS)].to_numpy(), expected, atol=1e-5)
+    uncalibrated = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
+                                               base_model=str(registered["base"]), temperature=1.0)
+    assert not np.allclose(uncalibrated, expected, atol=1e-4)  # the temperature really is applied
+
+    # What MLflow stored is the model's code and its bundle: no pickled object anywhere in the artifact.
+    local = Path(mlflow.artifacts.download_artifacts(registered["model_uri"]))
+    assert not [p for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".bin", ".pt", ".pth"}]

@@ -16,6 +16,7 @@ import pytest
 
 from arena_pref import stack
 from pref_core.synthetic import write_synthetic_csvs
+from tests import servers
 
 pytestmark = pytest.mark.slow
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +31,13 @@ def test_cv_training_deployment_on_two_workers(tmp_path):
     state = stack.up(state_dir, gpus=2, prefect_port=0, mlflow_port=0, mlflow_store=tmp_path / "mlflow")
     pids = dict(state.processes)
     try:
+        if servers.has_proc_net():  # the servers and workers `up` started listen on loopback only
+            listening = servers.listening_addresses([p for pid in pids.values() for p in servers.group_pids(pid)])
+            ports = {int(url.split(":")[2].split("/")[0]) for url in (state.prefect_api_url, state.mlflow_url)}
+            assert ports <= {port for _, port in listening}, listening
+            assert all(servers.is_loopback(address) for address, _ in listening), listening
+            for address in servers.non_loopback_ipv4():
+                assert all(servers.refuses(address, port) for port in ports), f"the stack answers on {address}"
         env = stack.base_env(state)
         overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={tmp_path / 'parent'}",
                      "tracking.experiment=e2e", "tracking.registered_model=arena-pref-e2e", "train.num_epochs=1"]

@@ -16,16 +16,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.config import parse_config
-from pref_core.data import read_arena_csv
 from pref_core.labels import swap_label_index
-from pref_core.prompts import CLOSING_QUESTION
-from pref_core.synthetic import write_synthetic_csvs
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.tokenization import tokenize_frame
 from pref_core.sampling import EpochSeededSampler, SwapViewDataset
 from pref_core.trainer import build_trainer
 from pref_core.training import fine_tune_fold, load_training_tokenizer
+from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
@@ -34,30 +29,14 @@ ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir): synthetic rows tokenized with the swapped view, a tiny model."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("swap_fold")
-    train_csv, _ = write_synthetic_csvs(folder / "data", n_train=160, n_test=0, signal=1.0, seed=1)
-    frame = read_arena_csv(train_csv, "train").frame
-    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c] for t in turns if t]
-    base = build_tiny_checkpoint(texts, folder / "tiny", hidden_size=32, intermediate_size=64, vocab_size=600)
-    dataset = tokenize_frame(frame, AutoTokenizer.from_pretrained(base), make_config().prompt, with_swap=True)
-    return dataset.select(range(40, 160)), dataset.select(range(40)), base
+    return tiny_fold_data(tmp_path_factory.mktemp("swap_fold"), make_config().prompt, n_train=160, n_val=40, seed=1,
+                          hidden_size=32, intermediate_size=64, vocab_size=600)
 
 
 def make_config(lora: dict | None = None, **train):
-    return parse_config(
-        {
-            "model": {"tiny": {}, "head": "classifier", "dtype": "fp32"},
-            "prompt": {"max_length": 192},
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear", **(lora or {})},
-            "train": {
-                "learning_rate": 2e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
-                "warmup_steps": 2, "optim": "adamw_torch", "mixed_precision": "no", "eval_batch_size": 64,
-                "logging_steps": 2, "save_steps": 1000, "seed": 0, **train,
-            },
-        }
-    )
+    return tiny_config("classifier", prompt={"max_length": 192}, lora={"r": 8, "alpha": 16, **(lora or {})}, **{
+        **CPU_TRAIN, "learning_rate": 2e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+        "warmup_steps": 2, "eval_batch_size": 64, "logging_steps": 2, "seed": 0, **train})
 
 
 def traced_dataset(n: int = N_TRACED) -> Dataset:

@@ -12,18 +12,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.config import parse_config
-from pref_core.data import read_arena_csv
 from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
 from pref_core.metrics import compute_log_loss
-from pref_core.prompts import CLOSING_QUESTION
-from pref_core.synthetic import write_synthetic_csvs
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.tokenization import tokenize_frame
 from pref_core.fold_checks import check_fold_dataset
 from pref_core.sampling import EpochSeededSampler
 from pref_core.trainer import resolve_mixed_precision, resolve_optim
 from pref_core.training import find_resumable_checkpoint, fine_tune_fold
+from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -40,31 +35,14 @@ def fold_data(tmp_path_factory):
 
     signal=1.0: every row follows the marker rule, so a model that learns it gets far below ln 3.
     """
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("fold_data")
-    train_csv, _ = write_synthetic_csvs(folder / "data", n_train=N_ROWS, n_test=0, signal=1.0, seed=0)
-    frame = read_arena_csv(train_csv, "train").frame
-    texts = [CLOSING_QUESTION] + [t for c in ("prompt", "response_a", "response_b") for turns in frame[c] for t in turns if t]
-    base = build_tiny_checkpoint(texts, folder / "tiny", hidden_size=64, intermediate_size=128, vocab_size=1000)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    dataset = tokenize_frame(frame, tokenizer, make_config().prompt, with_swap=True)
-    return dataset.select(range(N_VAL, N_ROWS)), dataset.select(range(N_VAL)), base
+    return tiny_fold_data(tmp_path_factory.mktemp("fold_data"), make_config().prompt, n_train=N_ROWS, n_val=N_VAL,
+                          seed=0, hidden_size=64, intermediate_size=128, vocab_size=1000)
 
 
 def make_config(head: str = "label_token", lora: dict | None = None, **train):
-    return parse_config(
-        {
-            "model": {"tiny": {}, "head": head, "dtype": "fp32"},
-            "prompt": {"max_length": 256},
-            "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear", **(lora or {})},
-            "train": {
-                "learning_rate": 2e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-                "warmup_steps": 10, "optim": "adamw_torch", "mixed_precision": "no", "eval_batch_size": 32,
-                "logging_steps": 10, "save_steps": 1000, "seed": 0, **train,
-            },
-        }
-    )
+    return tiny_config(head, prompt={"max_length": 256}, lora={"r": 16, "alpha": 32, **(lora or {})}, **{
+        **CPU_TRAIN, "learning_rate": 2e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
+        "warmup_steps": 10, "eval_batch_size": 32, "logging_steps": 10, "seed": 0, **train})
 
 
 class ParameterSnapshots(TrainerCallback):
