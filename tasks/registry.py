@@ -87,7 +87,7 @@ def _champion(client: MlflowClient, name: str):
         return None
 
 
-def decide_promotion(client: MlflowClient, name: str, version) -> tuple[bool, str]:
+def compare_with_champion(client: MlflowClient, name: str, version) -> tuple[bool, str]:
     """Compare `version` with the current champion on the same data and rows; return (promote?, reason)."""
     champion = _champion(client, name)
     return promotion.decide_promotion(version.version, version.tags, champion.version if champion else None,
@@ -139,7 +139,7 @@ def register_model(
                                           model_id=getattr(info, "model_id", None))
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     version = client.get_model_version(name, version.version)
-    promoted, reason = decide_promotion(client, name, version)
+    promoted, reason = compare_with_champion(client, name, version)
     if promoted:
         promote(client, name, version.version, reason)
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arena_pref.tasks.workspace import compute_run_key
+from pref_core.run_key import compute_run_key
 from pref_core.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
 from pref_core.config import dump_config, load_config
 from pref_core.folds import make_folds, prompt_group_key
@@ -65,7 +65,7 @@ def test_every_recipe_validates_and_survives_a_dump_and_reload(path, tmp_path):
 
 def test_recipe_run_keys_are_the_same_in_another_process_and_differ_between_recipes():
     keys = {p.name: compute_run_key(load_config(p), INPUTS) for p in CONFIGS}
-    script = ("import json, sys; from pathlib import Path; from arena_pref.tasks.workspace import compute_run_key; "
+    script = ("import json, sys; from pathlib import Path; from pref_core.run_key import compute_run_key; "
               "from pref_core.config import load_config; inputs = json.loads(sys.argv[1]); "
               "print(json.dumps({p.name: compute_run_key(load_config(p), inputs) "
               "for p in sorted(Path(sys.argv[2]).glob('*.yaml'))}))")
@@ -207,13 +207,7 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
     np.testing.assert_allclose(with_tta, (plain + mirrored) / 2, atol=1e-5)
 
 
-SEED_CALIBRATION_GAP = pytest.mark.xfail(strict=True, reason=(
-    "README's option table gives the seed recipe calibration.method=none (the notebook did not calibrate), but "
-    "configs/seed-llama3-8b.yaml sets no calibration section, so it resolves to the default, temperature"))
-
-
-@pytest.mark.parametrize("name, calibrated", [(w, True) for w in WINNERS]
-                         + [pytest.param("seed-llama3-8b.yaml", False, marks=SEED_CALIBRATION_GAP)])
+@pytest.mark.parametrize("name, calibrated", [(w, True) for w in WINNERS] + [("seed-llama3-8b.yaml", False)])
 def test_recipe_fits_a_temperature_only_where_documented(name, calibrated):
     import numpy as np
     import pandas as pd

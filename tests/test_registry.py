@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from arena_pref.tasks.registry import CHAMPION, decide_promotion, promote
+from arena_pref.tasks.registry import CHAMPION, compare_with_champion, promote
 
 NAME = "arena-pref-test"
 
@@ -28,29 +28,29 @@ def _version(client, oof: float, data_hash: str = "d1", n_oof: int = 100):
 
 def test_first_version_becomes_champion(client):
     first = _version(client, 0.95)
-    assert decide_promotion(client, NAME, first) == (True, "no champion yet")
+    assert compare_with_champion(client, NAME, first) == (True, "no champion yet")
 
 
 def test_better_version_on_same_data_is_promoted_worse_is_not(client):
     first = _version(client, 0.95)
     promote(client, NAME, first.version, "first")
     better = _version(client, 0.93)
-    ok, reason = decide_promotion(client, NAME, better)
+    ok, reason = compare_with_champion(client, NAME, better)
     assert ok and "beats champion v1" in reason
     promote(client, NAME, better.version, reason)
     assert client.get_model_version_by_alias(NAME, CHAMPION).version == better.version
     worse = _version(client, 0.94)
-    ok, reason = decide_promotion(client, NAME, worse)
+    ok, reason = compare_with_champion(client, NAME, worse)
     assert not ok and "does not beat champion v2" in reason
 
 
 def test_versions_on_other_data_or_rows_are_not_compared(client):
     promote(client, NAME, _version(client, 0.95).version, "first")
     other_data = _version(client, 0.50, data_hash="d2")
-    ok, reason = decide_promotion(client, NAME, other_data)
+    ok, reason = compare_with_champion(client, NAME, other_data)
     assert not ok and "trained on data d1" in reason and "arena-pref promote" in reason
     other_rows = _version(client, 0.50, n_oof=40)
-    ok, reason = decide_promotion(client, NAME, other_rows)
+    ok, reason = compare_with_champion(client, NAME, other_rows)
     assert not ok and "40" in reason and "100" in reason
 
 
