@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,19 +73,17 @@ def test_the_unsafe_call_finder_finds_what_it_looks_for(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not servers.has_proc_net(), reason="reads listening sockets from /proc/net (Linux)")
 def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
-    """`arena-pref ui` with its defaults, through the real launcher script (a copy, so that its database, log and
-    server.json land in a temporary folder, not in the checkout): every socket its process group listens on is
-    loopback, and this machine's other addresses are refused."""
-    (tmp_path / "mlflow").mkdir()
-    shutil.copy2(ROOT / "mlflow" / "launch.sh", tmp_path / "mlflow" / "launch.sh")
+    """`arena-pref ui` with its defaults, through the shipped launcher, with the project folder
+    (ARENA_PREF_ROOT) a temporary one so that its database, log and server.json land there, not in the
+    checkout: every socket its process group listens on is loopback, and this machine's other addresses are
+    refused."""
     port = servers.free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", DO_NOT_TRACK="true",
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", DO_NOT_TRACK="true", ARENA_PREF_ROOT=str(tmp_path),
                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    # cmd_ui execs <PROJECT_ROOT>/mlflow/launch.sh, which execs mlflow: one pid, its own process group.
-    script = ("import sys; from pathlib import Path; import arena_pref.cli as cli; "
-              "cli.PROJECT_ROOT = Path(sys.argv[1]); sys.exit(cli.main(['ui', '--port', sys.argv[2]]))")
+    # cmd_ui execs the launcher, which execs mlflow: one pid, its own process group.
+    script = "import sys; import arena_pref.cli as cli; sys.exit(cli.main(['ui', '--port', sys.argv[1]]))"
     log = open(tmp_path / "ui.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(port)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port)], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         up = servers.wait_http_ok(f"http://127.0.0.1:{port}/health", 180, lambda: proc.poll() is None)
