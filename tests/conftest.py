@@ -48,6 +48,22 @@ def train_frame(synthetic_csvs):
     return read_arena_csv(synthetic_csvs[0], "train").frame
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny offline Llama base folder (tests.factories.tiny_base), one per test module."""
+    from tests.factories import tiny_base
+
+    return tiny_base(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    """The tokenizer saved with `tiny_dir`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(train_frame):
     """A byte-level BPE tokenizer (vocab 1000) trained offline on the synthetic prompts."""

@@ -19,23 +19,11 @@ from pref_core.ensemble import (
 )
 from pref_core.inference import predict_token_ids
 from pref_core.modeling import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
-from tests.factories import TINY_TEXTS, tiny_base, tiny_config
+from tests.factories import TINY_TEXTS, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 TEXTS = TINY_TEXTS
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 def make_config(head: str, tta_swap: bool = False):

@@ -28,7 +28,7 @@ from pref_core.modeling import (
     save_adapter,
     unwrap_preference_model,
 )
-from tests.factories import TINY_TEXTS, tiny_base, tiny_config
+from tests.factories import TINY_TEXTS, tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -36,18 +36,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 TEXTS = TINY_TEXTS
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 def make_config(head: str = "label_token", **train):

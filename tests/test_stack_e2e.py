@@ -7,7 +7,6 @@ parent needs from a fold has to travel through MLflow, as it would across machin
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
