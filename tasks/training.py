@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ import pandas as pd
 from prefect import Flow, get_run_logger, task
 from prefect.client.orchestration import get_client as get_prefect_client
 from prefect.context import TagsContext, TaskRunContext
+from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_in_subprocess
 from prefect.settings import get_current_settings
 from prefect.states import Failed
@@ -306,6 +308,7 @@ def _run_fold_process(fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_
     name = f"fold-{fold}" if attempt <= 1 else f"fold-{fold}-attempt-{attempt}"
     parameters = _fold_flow_parameters(config, fold, mlflow_run_id, train_hash, force and attempt <= 1)
     with get_prefect_client(sync_client=True) as client:
+        _wait_for_task_run_record(client, task_run.id)
         flow_run = client.create_flow_run(fold_flow, parameters=parameters, parent_task_run_id=task_run.id, name=name)
     env = {
         **_prefect_child_env(),
@@ -328,6 +331,21 @@ def _run_fold_process(fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_
     if process.exitcode != 0 or state is None or not state.is_completed():
         _raise_fold_process_failed(config, fold, flow_run, mlflow_run_id, process.exitcode, state)
     return str(flow_run.id)
+
+
+def _wait_for_task_run_record(client, task_run_id, timeout_s: float = 120.0) -> None:
+    """Wait until the API has this task run's record. Task runs reach the server as events, written a moment
+    later; a flow run created with the task run as its parent before then is refused (409, foreign key)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.read_task_run(task_run_id)
+            return
+        except ObjectNotFound:
+            if time.monotonic() > deadline:
+                raise FoldFailedError(f"task run {task_run_id} was not recorded by the Prefect API within {timeout_s:.0f} s; "
+                                      "check that the Prefect server is healthy, then rerun (finished folds are reused)") from None
+            time.sleep(0.25)
 
 
 def _raise_fold_process_failed(config: RunConfig, fold: int, flow_run, mlflow_run_id: str, exitcode: int, state) -> None:

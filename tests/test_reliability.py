@@ -141,3 +141,37 @@ def test_rejected_test_rows_still_get_a_submission_row(prefect_harness, tmp_path
     parent = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"])
     assert parent.data.metrics["n_test_prior_filled"] == 1
     assert "rejected" in {a.path for a in MlflowClient(config.tracking.uri).list_artifacts(result["parent_run_id"])}
+
+
+def test_a_fold_flow_run_waits_until_the_api_has_recorded_its_parent_task_run(monkeypatch):
+    """Task runs reach the Prefect API as events, written a moment later; the fold's flow run names its task run
+    as parent, which the API refuses (409) until the record exists. The launcher waits for it."""
+    from uuid import uuid4
+
+    from prefect.exceptions import ObjectNotFound
+
+    from arena_pref.tasks import training
+
+    class SlowRecorder:
+        """read_task_run: not found twice, then found."""
+
+        def __init__(self):
+            self.reads = 0
+
+        def read_task_run(self, task_run_id):
+            self.reads += 1
+            if self.reads < 3:
+                raise ObjectNotFound(http_exc=Exception("404"))
+            return {"id": task_run_id}
+
+    monkeypatch.setattr(training.time, "sleep", lambda seconds: None)
+    client = SlowRecorder()
+    training._wait_for_task_run_record(client, uuid4())
+    assert client.reads == 3
+
+    class NeverRecorded(SlowRecorder):
+        def read_task_run(self, task_run_id):
+            raise ObjectNotFound(http_exc=Exception("404"))
+
+    with pytest.raises(training.FoldFailedError, match=r"not recorded by the Prefect API within 0 s; check"):
+        training._wait_for_task_run_record(NeverRecorded(), uuid4(), timeout_s=0.0)
