@@ -517,8 +517,8 @@ def _add_run_commands(sub) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     demo.add_argument("--shuffle-labels", action="store_true", help="leakage check: OOF should stay near the prior")
     _add_overrides(demo)
-    # The demo's model is built offline: no Hub. Every other command leaves Hub access to the user.
-    demo.set_defaults(func=cmd_demo, environment=environment.OFFLINE_RUN)
+    # The demo builds its model locally, so it needs no Hub; like every command it leaves Hub access to the user.
+    demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="run cv-training locally", description="Run cv-training locally: "
                            "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
@@ -612,9 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_environment(args: argparse.Namespace) -> dict[str, str]:
-    """The command's environment defaults (arena_pref.environment): the product's, and offline for the demo
-    only. Before prefect, mlflow or transformers are imported: they read these at import time."""
-    return environment.apply_defaults(*getattr(args, "environment", environment.PRODUCT))
+    """Every command's environment defaults (arena_pref.environment.PRODUCT; Hub access stays the user's), set
+    before prefect, mlflow or transformers are imported: they read these at import time."""
+    return environment.apply_defaults(*environment.PRODUCT)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -5,9 +5,10 @@ process (before prefect, mlflow or transformers are imported: they read several 
 `child_env` returns an environment for a subprocess. Both fill only what is unset: a value the user
 exported always wins.
 
-Hub access (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME, HF_ENDPOINT) is the user's choice in the product: only the
-demo, the tests, the smoke run and the benchmarks add OFFLINE (their models are built or shipped offline).
-`train`, `predict`, the stack and its workers must reach the Hub on a user's GPU box.
+Hub access (HF_HUB_OFFLINE, HF_TOKEN, HF_HOME, HF_ENDPOINT) is the user's choice: no group here sets it, so
+`train`, `predict`, the stack and its workers reach the Hub on a user's GPU box. The demo needs no Hub (its
+model is built locally); the tests (tests/conftest.py), the Makefile's demo/test/smoke/bench targets and the
+benchmarks set HF_HUB_OFFLINE themselves.
 
 This module imports nothing outside the standard library: `bench/gpu_check.py` reads it under the GPU
 machine's bare python3, where the project's dependencies may be missing.
@@ -48,15 +49,8 @@ NO_PROGRESS_BARS = MappingProxyType({
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 })
 
-# No Hub access at all. Only for the demo, tests, smoke run and benchmarks; never for the product itself.
-OFFLINE = MappingProxyType({
-    "HF_HUB_OFFLINE": "1",
-})
-
 # What every `arena-pref` command, the stack's servers and workers get.
 PRODUCT = (TELEMETRY, LIBRARIES, SLOW_START)
-# What the demo, the tests, the smoke run and the benchmarks get: the product's, and offline.
-OFFLINE_RUN = (*PRODUCT, OFFLINE)
 
 
 def _merged(groups: tuple[Mapping[str, str], ...]) -> dict[str, str]:

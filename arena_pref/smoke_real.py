@@ -60,7 +60,7 @@ def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
 
 def main(argv=None) -> int:
     # Offline: the model comes from a PyPI package, never the Hub.
-    environment.apply_defaults(*environment.OFFLINE_RUN, environment.NO_PROGRESS_BARS)
+    environment.apply_defaults(*environment.PRODUCT, environment.NO_PROGRESS_BARS)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="chosen/rejected JSON lines (HH-RLHF) or an arena CSV")
     parser.add_argument("--n-pairs", type=int, default=200)

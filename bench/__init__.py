@@ -4,3 +4,11 @@
 one JSON line per benchmark; `python -m bench.gpu_throughput` (`make bench-gpu`) needs CUDA.
 Results (every repeat, machine description) land in bench/results/ (git-ignored).
 """
+
+from types import MappingProxyType
+
+from arena_pref.environment import PRODUCT
+
+# The benchmarks' models are built locally or shipped in packages: no Hub for them (the product never sets it).
+OFFLINE = MappingProxyType({"HF_HUB_OFFLINE": "1"})
+BENCH_ENVIRONMENT = (*PRODUCT, OFFLINE)

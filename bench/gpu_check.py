@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 # Standard library only, like this script: it runs under the GPU machine's bare python3 from the checkout.
-from arena_pref.environment import OFFLINE_RUN, child_env
+from arena_pref.environment import child_env
+from bench import BENCH_ENVIRONMENT
 from bench.report import format_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,7 +250,7 @@ def main(argv=None) -> int:
     # --wheels names.
     wheel_folder = args.wheels if args.wheels is not None else (None if args.small else ROOT / ".whl")
 
-    env = {**child_env(*OFFLINE_RUN), "PYTHONUNBUFFERED": "1",
+    env = {**child_env(*BENCH_ENVIRONMENT), "PYTHONUNBUFFERED": "1",
            "ARENA_PREF_GPU_MEASUREMENTS": str(out / MEASUREMENTS_FILE)}
     python_path = [str(ROOT)]
     steps: dict[str, dict] = {}

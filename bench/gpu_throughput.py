@@ -44,6 +44,7 @@ import numpy as np
 
 from bench.lengths import sample_token_lengths
 from arena_pref import environment
+from bench import BENCH_ENVIRONMENT
 from bench.report import Verdict, print_table, save_results
 
 NAME = "gpu_throughput"
@@ -613,7 +614,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    environment.apply_defaults(*environment.OFFLINE_RUN)
+    environment.apply_defaults(*BENCH_ENVIRONMENT)
     print(measure(parse_args(argv)).to_json_line())
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from arena_pref import environment, resources
+from bench import BENCH_ENVIRONMENT
 from bench.report import Verdict, print_table, save_results
 from bench.timing import median, spread, time_call_detailed
 
@@ -122,7 +123,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-    environment.apply_defaults(*environment.OFFLINE_RUN)
+    environment.apply_defaults(*BENCH_ENVIRONMENT)
     print(measure(parse_args(argv)).to_json_line())
 
 

@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 
 from arena_pref import environment
+from bench import BENCH_ENVIRONMENT
 
-environment.apply_defaults(*environment.OFFLINE_RUN)  # before prefect / transformers are imported
+environment.apply_defaults(*BENCH_ENVIRONMENT)  # before prefect / transformers are imported
 
 from arena_pref import resources  # noqa: E402
 from bench.report import Verdict, print_table, save_results  # noqa: E402

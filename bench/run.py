@@ -17,6 +17,7 @@ import sys
 import time
 
 from arena_pref import environment
+from bench import BENCH_ENVIRONMENT
 from bench.report import RESULTS_DIR, format_table
 
 # (name, module, arguments): the order is cheapest-to-understand first; orchestration is the long one.
@@ -34,7 +35,7 @@ def run_benchmark(name: str, module: str, arguments: list[str]) -> dict:
     """Run one benchmark module; returns its verdict (the last JSON line it printed) plus seconds taken."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS_DIR / f"{name}.log"
-    env = environment.child_env(*environment.OFFLINE_RUN)  # offline models only: no Hub
+    env = environment.child_env(*BENCH_ENVIRONMENT)  # offline models only: no Hub
     print(f"\n##### {name}: {sys.executable} -m {module} {' '.join(arguments)}", flush=True)
     start = time.perf_counter()
     verdict = None

@@ -9,8 +9,10 @@ import pytest
 
 from arena_pref import environment
 
-# Offline, quiet, and no stray MLflow runs opened by the Trainer (arena_pref.environment).
-environment.apply_defaults(*environment.OFFLINE_RUN, environment.NO_PROGRESS_BARS)
+# Quiet, no stray MLflow runs opened by the Trainer (arena_pref.environment), and offline: tests build their
+# models in memory or from packages, never from the Hub (the product itself never sets HF_HUB_OFFLINE).
+environment.apply_defaults(*environment.PRODUCT, environment.NO_PROGRESS_BARS)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Prefect's console log handler keeps the sys.stderr it finds when its logging is first set up;
 # setting it up here binds it to the session's stream, not to a test's capsys buffer that closes.

@@ -1,8 +1,9 @@
-"""Environment defaults (arena_pref.environment): set only what is unset; offline for the demo, never for `train`."""
+"""Environment defaults (arena_pref.environment): set only what is unset; no command takes the Hub away."""
 
 from __future__ import annotations
 
 import os
+from types import MappingProxyType
 
 import pytest
 
@@ -14,9 +15,10 @@ PRODUCT_KEYS = {key for group in environment.PRODUCT for key in group}
 @pytest.fixture
 def clean_env(monkeypatch):
     """This process without any variable of any group (the test session sets them; monkeypatch restores them)."""
-    for group in (*environment.OFFLINE_RUN, environment.NO_PROGRESS_BARS):
+    for group in (*environment.PRODUCT, environment.NO_PROGRESS_BARS):
         for key in group:
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return monkeypatch
 
 
@@ -27,50 +29,50 @@ def test_apply_defaults_fills_the_missing_and_keeps_the_users_values(clean_env):
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
     assert set(applied) == ({*environment.TELEMETRY, *environment.LIBRARIES} - {"DO_NOT_TRACK"})
-    assert "HF_HUB_OFFLINE" not in os.environ  # a group not asked for stays out
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ  # a group not asked for stays out
 
 
 def test_child_env_adds_defaults_without_touching_this_process_or_the_base(clean_env):
-    base = {"PATH": "/usr/bin", "HF_HUB_OFFLINE": "0"}
-    env = environment.child_env(*environment.OFFLINE_RUN, base=base)
-    assert env["HF_HUB_OFFLINE"] == "0"  # the base's value wins over the group's
+    base = {"PATH": "/usr/bin", "DO_NOT_TRACK": "false"}
+    env = environment.child_env(*environment.PRODUCT, base=base)
+    assert env["DO_NOT_TRACK"] == "false"  # the base's value wins over the group's
     assert env["PATH"] == "/usr/bin" and PRODUCT_KEYS <= set(env)
-    assert base == {"PATH": "/usr/bin", "HF_HUB_OFFLINE": "0"}
+    assert base == {"PATH": "/usr/bin", "DO_NOT_TRACK": "false"}
     assert not PRODUCT_KEYS & set(os.environ)
     clean_env.setenv("ONLY_HERE", "1")
-    assert environment.child_env(environment.OFFLINE)["ONLY_HERE"] == "1"  # default base: this process
+    assert environment.child_env(environment.TELEMETRY)["ONLY_HERE"] == "1"  # default base: this process
 
 
 def test_groups_are_read_only_and_must_be_groups():
     with pytest.raises(TypeError):
-        environment.OFFLINE["HF_HUB_OFFLINE"] = "0"  # type: ignore[index]
+        environment.TELEMETRY["DO_NOT_TRACK"] = "false"  # type: ignore[index]
     with pytest.raises(TypeError, match="not a mapping"):
-        environment.apply_defaults("OFFLINE")  # type: ignore[arg-type]
+        environment.apply_defaults("TELEMETRY")  # type: ignore[arg-type]
 
 
-def test_no_product_group_takes_the_hub_away():
-    """On a user's GPU box the Hub must work: only OFFLINE_RUN (demo, tests, smoke, benchmarks) is offline."""
-    assert "HF_HUB_OFFLINE" not in PRODUCT_KEYS
-    assert environment.OFFLINE in environment.OFFLINE_RUN
+def test_no_group_takes_the_hub_away():
+    """On a user's GPU box the Hub must work: no group of the product sets any Hub variable."""
+    groups = [value for value in vars(environment).values() if isinstance(value, MappingProxyType)]
+    assert environment.TELEMETRY in groups and environment.NO_PROGRESS_BARS in groups
+    hub = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT", "HF_HOME", "HF_TOKEN"}
+    assert not hub & {key for group in groups for key in group}
 
 
-@pytest.mark.parametrize("command, offline", [
-    (["demo"], "1"),
-    (["train", "--config", "configs/tiny.yaml"], None),
-    (["predict", "--test-csv", "test.csv"], None),
-    (["stack", "status"], None),
+@pytest.mark.parametrize("command", [
+    ["demo"], ["train", "--config", "configs/tiny.yaml"], ["predict", "--test-csv", "test.csv"], ["stack", "status"],
 ])
-def test_the_demo_is_offline_and_the_product_commands_are_not(clean_env, command, offline):
+def test_commands_get_the_product_defaults_and_leave_the_hub_alone(clean_env, command):
     from arena_pref import cli
 
     cli.apply_environment(cli.build_parser().parse_args(command))
-    assert os.environ.get("HF_HUB_OFFLINE") == offline
+    assert "HF_HUB_OFFLINE" not in os.environ
     assert all(os.environ.get(key) == value for group in environment.PRODUCT for key, value in group.items())
 
 
-def test_the_demo_keeps_a_users_hub_setting(clean_env):
+def test_a_users_hub_setting_reaches_every_command(clean_env):
     from arena_pref import cli
 
-    clean_env.setenv("HF_HUB_OFFLINE", "0")
-    cli.apply_environment(cli.build_parser().parse_args(["demo"]))
-    assert os.environ["HF_HUB_OFFLINE"] == "0"
+    for value in ("0", "1"):
+        clean_env.setenv("HF_HUB_OFFLINE", value)
+        cli.apply_environment(cli.build_parser().parse_args(["demo"]))
+        assert os.environ["HF_HUB_OFFLINE"] == value
