@@ -29,7 +29,6 @@ from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 from pref_core.choices import QUANTIZATIONS
-from pref_core.data import hash_file
 
 BUNDLE_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
@@ -67,6 +66,8 @@ def describe_base_model(base_dir: Path) -> dict[str, Any]:
     """Architecture fields of a base model folder and a content hash of its config and weight files."""
     import hashlib
 
+    from pref_core.data import hash_file  # here, not at import: predict.py --help needs no pandas
+
     config_file = base_dir / "config.json"
     if not config_file.is_file():
         raise BundleError(f"{base_dir}: no config.json; point at the folder of the base model (its config.json, "
@@ -84,6 +85,8 @@ def describe_base_model(base_dir: Path) -> dict[str, Any]:
 
 
 def write_manifest(bundle_dir: Path, base_model: dict, base_description: Optional[dict], extra: dict) -> Path:
+    from pref_core.data import hash_file
+
     manifest = {
         "format": BUNDLE_FORMAT,
         "base_model": base_model,
@@ -98,6 +101,8 @@ def write_manifest(bundle_dir: Path, base_model: dict, base_description: Optiona
 
 def verify_bundle(bundle_dir: Path) -> dict:
     """The manifest, after checking that every file it lists is there with its sha256 and nothing was added."""
+    from pref_core.data import hash_file
+
     path = bundle_dir / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(f"{bundle_dir}: no {MANIFEST_FILE}; this is not a folder written by `arena-pref export`")

@@ -42,6 +42,7 @@ def template_texts() -> list[str]:
     that must know it: the tiny demo model's BPE learns its merges from these plus the data."""
     return [CLOSING_QUESTION, " ".join(header.strip() for header in _HEADERS)]
 
+
 Turns = Sequence[Optional[str]]
 Segment = tuple[str, list[int]]  # (what it is, its token ids)
 

@@ -2,7 +2,7 @@
 validation rows.
 
 Teacher side: a CV run with ``train.predict_train_rows: true`` predicts, in each fold, that fold's
-training rows with the fold's model (TRAIN_PREDICTIONS, logged to the fold's MLflow run). Student side:
+training rows with the fold's model (pref_core.training.TRAIN_PREDICTIONS_FILE, logged to the fold's MLflow run). Student side:
 ``distill.teacher_run`` names that run; fold k pulls the teacher's fold-k file, after checking that both
 runs split the same data the same way. ``distill.teacher_dir`` holds the same per-fold files
 (``fold_<k>.csv``) for teachers trained elsewhere. ``distill.teacher_csv`` (one file for every fold) is
@@ -22,9 +22,6 @@ from pref_core.config import RunConfig
 from pref_core.fold_data import TeacherMismatchError, check_teacher_leak, check_teacher_split, teacher_dir_file
 from pref_core.teachers import read_teacher_probs
 from pref_core.training import TRAIN_PREDICTIONS_FILE
-
-# The artifact a teacher fold logs its training-row predictions as (pref_core.training writes it).
-TRAIN_PREDICTIONS = TRAIN_PREDICTIONS_FILE
 
 
 def check_teacher_run(config: RunConfig, train_hash: str, client) -> None:
@@ -62,7 +59,7 @@ def teacher_frame(config: RunConfig, fold: int, train_hash: str, val_ids: Sequen
         check_teacher_run(config, train_hash, client)
         run_id = _teacher_fold_run(client, distill.teacher_run, fold)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(client.download_artifacts(run_id, TRAIN_PREDICTIONS, tmp))
+            path = Path(client.download_artifacts(run_id, TRAIN_PREDICTIONS_FILE, tmp))
             teacher, source = read_teacher_probs(path), f"distill.teacher_run={distill.teacher_run} (fold run {run_id})"
     elif distill.teacher_dir is not None:
         path = teacher_dir_file(distill.teacher_dir, fold)

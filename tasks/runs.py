@@ -24,10 +24,9 @@ def resolve_config(
     config: Optional[RunConfig], config_path: Optional[str], overrides: Optional[list[str]],
     fold_execution: Optional[str], fields: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
-    """The run's config: a RunConfig given as is, or a YAML path (here, else in the project folder, else a shipped
-    recipe: arena_pref.resources.find_config), then the
-    `key=value` overrides, then `fields` (dotted name -> value; None leaves the field alone), then
-    `fold_execution` as cv.execution."""
+    """The run's config: a RunConfig given as is, or a YAML path (here, else in the project folder, else a
+    shipped recipe: arena_pref.resources.find_config), then the `key=value` overrides, then `fields` (dotted
+    name -> value; None leaves the field alone), then `fold_execution` as cv.execution."""
     if (config is None) == (config_path is None):
         raise ConfigError(["pass exactly one of `config` (a RunConfig) and `config_path` (a YAML file)"])
     extra = [*(overrides or []), *(f"{k}={v}" for k, v in (fields or {}).items() if v is not None)]

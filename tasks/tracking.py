@@ -38,24 +38,20 @@ class TrackingUnavailableError(RuntimeError):
     """The MLflow tracking store cannot be reached; raised before any training starts."""
 
 
-def local_store_dir() -> Path:
-    """The local store `arena-pref ui` serves, also the embedded default when no server runs: mlflow/ in the
-    project folder (arena_pref.resources: the checkout or the current folder, never site-packages)."""
-    return resources.store_dir()
-
-
+# The local store (`arena-pref ui` serves it; the embedded default when no server runs) is
+# resources.store_dir(): mlflow/ in the project folder, never site-packages.
 def local_store_uri() -> str:
-    return f"sqlite:///{(local_store_dir() / 'mlflow.db').as_posix()}"
+    return f"sqlite:///{(resources.store_dir() / 'mlflow.db').as_posix()}"
 
 
 def local_artifact_root() -> Path:
-    return local_store_dir() / "artifacts"
+    return resources.store_dir() / "artifacts"
 
 
 def running_local_server_url() -> Optional[str]:
     """URL of the server started by `arena-pref ui`/`mlflow/launch.sh` when it is alive, else None."""
     try:
-        state = json.loads((local_store_dir() / "server.json").read_text())
+        state = json.loads((resources.store_dir() / "server.json").read_text())
         os.kill(int(state["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return None

@@ -9,6 +9,7 @@ import pytest
 
 from pref_core.config import ConfigError
 from pref_core.labels import LABEL_COLUMNS
+from pref_core.training import TRAIN_PREDICTIONS_FILE
 from arena_pref.tasks import distillation
 from tests.factories import tiny_recipe_config
 
@@ -67,7 +68,7 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
     client = MlflowClient(teacher_config.tracking.uri)
     teacher_files = {}
     for fold, run_id in teacher["fold_run_ids"].items():
-        path = client.download_artifacts(run_id, distillation.TRAIN_PREDICTIONS, str(tmp_path / f"t{fold}"))
+        path = client.download_artifacts(run_id, TRAIN_PREDICTIONS_FILE, str(tmp_path / f"t{fold}"))
         teacher_files[int(fold)] = pd.read_parquet(path)
 
     read: dict[int, pd.DataFrame] = {}
