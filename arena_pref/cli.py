@@ -612,9 +612,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_environment(args: argparse.Namespace) -> dict[str, str]:
-    """Every command's environment defaults (arena_pref.environment.PRODUCT; Hub access stays the user's), set
-    before prefect, mlflow or transformers are imported: they read these at import time."""
-    return environment.apply_defaults(*environment.PRODUCT)
+    """Every command's environment defaults (arena_pref.environment.PRODUCT; Hub access stays the user's) and
+    Prefect's local history in the project folder, set before prefect, mlflow or transformers are imported:
+    they read these at import time."""
+    from arena_pref import resources
+
+    return environment.apply_defaults(*environment.PRODUCT, environment.local_prefect(resources.project_root()))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,6 +17,7 @@ machine's bare python3, where the project's dependencies may be missing.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Optional
 
@@ -51,6 +52,22 @@ NO_PROGRESS_BARS = MappingProxyType({
 
 # What every `arena-pref` command, the stack's servers and workers get.
 PRODUCT = (TELEMETRY, LIBRARIES, SLOW_START)
+
+
+def local_prefect(project_root: Path, base: Optional[Mapping[str, str]] = None) -> Mapping[str, str]:
+    """Prefect's local history with the project: PREFECT_HOME = <project folder>/.prefect, beside the MLflow
+    store, so two projects on one machine never share run history in ~/.prefect/prefect.db (the temporary
+    server's database lives in PREFECT_HOME). Nothing when the user chose a Prefect server (PREFECT_API_URL) or
+    a home (PREFECT_HOME). The user's profiles (a Prefect Cloud login, a `prefect config set`) stay in use:
+    PREFECT_PROFILES_PATH keeps pointing at ~/.prefect/profiles.toml when that file exists."""
+    env = os.environ if base is None else base
+    if env.get("PREFECT_API_URL") or env.get("PREFECT_HOME"):
+        return MappingProxyType({})
+    group = {"PREFECT_HOME": str(Path(project_root) / ".prefect")}
+    user_profiles = Path("~/.prefect/profiles.toml").expanduser()
+    if user_profiles.is_file():
+        group["PREFECT_PROFILES_PATH"] = str(user_profiles)
+    return MappingProxyType(group)
 
 
 def _merged(groups: tuple[Mapping[str, str], ...]) -> dict[str, str]:

@@ -13,12 +13,19 @@
 set -euo pipefail
 DIR="${1:-.whl}"
 PYTHON="${PYTHON:-python3}"
-# Versions of the project's own venv (pyproject.toml ranges), so the GPU run tests what CI tests.
-PACKAGES=(
-  bitsandbytes==0.50.2 transformers==5.24.0 peft==0.21.2
-  datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+# The versions are requirements.lock's, so the GPU run tests what CI tests (a name missing from the lock stops here).
+NAMES=(
+  bitsandbytes transformers peft
+  datasets dill multiprocess
+  pydantic pydantic-core annotated-types typing-inspection typing-extensions
 )
+LOCK="$(dirname "$0")/../requirements.lock"
+PACKAGES=()
+for name in "${NAMES[@]}"; do
+  pin="$(grep -i -E "^${name}==" "$LOCK" || true)"
+  [[ -n "$pin" ]] || { echo "gpu_wheels: $name is not in $LOCK; run \`make lock\`" >&2; exit 2; }
+  PACKAGES+=("$pin")
+done
 # shellcheck disable=SC2206
 PACKAGES+=(${EXTRA:-})
 mkdir -p "$DIR"

@@ -76,3 +76,36 @@ def test_a_users_hub_setting_reaches_every_command(clean_env):
         clean_env.setenv("HF_HUB_OFFLINE", value)
         cli.apply_environment(cli.build_parser().parse_args(["demo"]))
         assert os.environ["HF_HUB_OFFLINE"] == value
+
+
+def test_prefect_history_lives_in_the_project_folder_unless_the_user_chose(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert environment.local_prefect(tmp_path / "proj", base={}) == {"PREFECT_HOME": str(tmp_path / "proj" / ".prefect")}
+    assert environment.local_prefect(tmp_path / "proj", base={"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) == {}
+    assert environment.local_prefect(tmp_path / "proj", base={"PREFECT_HOME": "/elsewhere"}) == {}
+    profiles = tmp_path / "home" / ".prefect" / "profiles.toml"
+    profiles.parent.mkdir(parents=True)
+    profiles.write_text('active = "default"\n')
+    assert environment.local_prefect(tmp_path / "proj", base={})["PREFECT_PROFILES_PATH"] == str(profiles)
+
+
+def test_a_local_flow_run_writes_its_history_beside_the_project_store(tmp_path):
+    """A real flow under the CLI's environment: the temporary server's database is <project>/.prefect/prefect.db,
+    and the user's ~/.prefect stays untouched."""
+    import subprocess
+    import sys
+
+    home, project = tmp_path / "home", tmp_path / "project"
+    home.mkdir()
+    project.mkdir()
+    script = (
+        "import argparse; from arena_pref.cli import apply_environment; apply_environment(argparse.Namespace())\n"
+        "from prefect import flow\n"
+        "@flow\ndef hello(): return 1\n"
+        "assert hello() == 1\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(HOME=str(home), ARENA_PREF_ROOT=str(project))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=240)
+    assert (project / ".prefect" / "prefect.db").is_file()
+    assert not (home / ".prefect" / "prefect.db").exists()
