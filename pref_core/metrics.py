@@ -36,14 +36,19 @@ def _as_probs(probs, n: int) -> np.ndarray:
     return arr
 
 
-def compute_log_loss(labels, probs, eps: float = 1e-15) -> float:
-    """Mean -ln p[label] after clipping to [eps, 1-eps] and renormalizing each row (as Kaggle scores it)."""
+def row_log_losses(labels, probs, eps: float = 1e-15) -> np.ndarray:
+    """(n,) -ln p[label] of each row after clipping to [eps, 1-eps] and renormalizing it (as Kaggle scores it)."""
     y = _as_indices(labels)
-    if y.size == 0:
-        raise ValueError("log loss of zero rows is undefined")
     p = np.clip(_as_probs(probs, len(y)), eps, 1 - eps)
     p = p / p.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(p[np.arange(len(y)), y])))
+    return -np.log(p[np.arange(len(y)), y])
+
+
+def compute_log_loss(labels, probs, eps: float = 1e-15) -> float:
+    """Mean of row_log_losses: the competition's multi-class log loss."""
+    if np.asarray(labels).size == 0:
+        raise ValueError("log loss of zero rows is undefined")
+    return float(np.mean(row_log_losses(labels, probs, eps)))
 
 
 def compute_accuracy(labels, probs) -> float:
