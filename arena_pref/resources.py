@@ -7,9 +7,9 @@ artifacts, server.json), the stack's state (`.stack/`) and what workers run in. 
   2. else the checkout when the code runs from one (pyproject.toml, prefect.yaml and flows/ beside the package),
   3. else the current folder: after `pip install`, the package lives in site-packages, where nothing is written.
 
-The shipped files are package data (`arena_pref/project_files/`; in a checkout, links to the top-level
-files): the recipes `configs/*.yaml`, `prefect.yaml` and the MLflow launcher `mlflow/launch.sh`. The folder
-has no `__init__.py`: its `mlflow/` is data and never an importable package that could shadow mlflow.
+The shipped files are the recipes `configs/*.yaml`, `prefect.yaml` and the MLflow launcher `mlflow/launch.sh`:
+in a checkout the top-level files themselves, in an installed package its data under `arena_pref/project_files/`
+(pyproject.toml maps them there). That folder has no `__init__.py`: its `mlflow/` is data, never a package.
 
 Standard library only, so the CLI reads it before anything heavy is imported (find_config imports
 pref_core's ConfigError only to raise it).
@@ -23,15 +23,21 @@ from typing import Optional, Union
 
 ROOT_ENV = "ARENA_PREF_ROOT"
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_FILES = PACKAGE_DIR / "project_files"
 # What makes the package's parent folder a checkout (site-packages has none of them).
 _CHECKOUT_MARKERS = ("pyproject.toml", "prefect.yaml", "flows")
 
 
+def _is_checkout(folder: Path) -> bool:
+    return all((folder / marker).exists() for marker in _CHECKOUT_MARKERS)
+
+
 def checkout_root() -> Optional[Path]:
     """The source checkout the package is imported from (also an editable install), else None."""
-    candidate = PACKAGE_DIR.parent
-    return candidate if all((candidate / marker).exists() for marker in _CHECKOUT_MARKERS) else None
+    return PACKAGE_DIR.parent if _is_checkout(PACKAGE_DIR.parent) else None
+
+
+# Where the shipped files are: the checkout's top level, else the installed package's data.
+PROJECT_FILES = PACKAGE_DIR.parent if _is_checkout(PACKAGE_DIR.parent) else PACKAGE_DIR / "project_files"
 
 
 def project_root() -> Path:

@@ -5,7 +5,7 @@
   - the MLflow tracking server (mlflow/launch.sh settings: one worker, proxied artifacts),
   - one orchestration worker (pool `arena-orchestration`, runs the parent flows),
   - N GPU workers (pool `arena-gpu`, `--limit 1` each, CUDA_VISIBLE_DEVICES=i, a scratch folder each),
-then creates the pools and deploys the local deployments of prefect.yaml. `down` stops exactly the
+then creates the pools and deploys the local deployments of the shipped prefect.yaml. `down` stops exactly the
 process groups that `up` recorded; `status` prints their health and URLs. The state folder (default
 `.stack` in the project folder, arena_pref.resources) holds logs, pid files and the Prefect database.
 """
@@ -104,25 +104,6 @@ def base_env(state: StackState) -> dict[str, str]:
     return env
 
 
-def write_deployments(state_dir: Path) -> Path:
-    """state_dir/prefect.yaml: the shipped prefect.yaml with module entrypoints (`flows/cv_training.py:cv_training`
-    -> `arena_pref.flows.cv_training:cv_training`), which Prefect imports from the installed package: after
-    `pip install` there is no flows/ folder. `up` deploys its LOCAL_DEPLOYMENTS; their pull step runs them
-    in $ARENA_PREF_ROOT, the project folder."""
-    import yaml
-
-    spec = yaml.safe_load(resources.shipped_file("prefect.yaml").read_text(encoding="utf-8"))
-    deployments = []
-    for deployment in spec["deployments"]:
-        script, function = deployment["entrypoint"].rsplit(":", 1)
-        module = "arena_pref." + script.removesuffix(".py").replace("/", ".")
-        deployments.append({**deployment, "entrypoint": f"{module}:{function}"})
-    path = Path(state_dir) / "prefect.yaml"
-    header = "# Written by `arena-pref stack up` from the shipped prefect.yaml (module entrypoints); edits are lost.\n"
-    path.write_text(header + yaml.safe_dump({**spec, "deployments": deployments}, sort_keys=False), encoding="utf-8")
-    return path
-
-
 def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -> int:
     log = Path(state.state_dir, "logs", f"{name}.log")
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +168,8 @@ def up(state_dir: Optional[Path] = None, gpus: Optional[int] = None, prefect_por
             _run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env, f"creating pool {pool}")
         if deploy:
             # Only the deployments of the local pools: the */k8s ones need a Kubernetes work pool.
-            _run([_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(write_deployments(state_dir)),
+            # The shipped prefect.yaml: module entrypoints, which Prefect imports from the installed package.
+            _run([_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(resources.shipped_file("prefect.yaml")),
                   *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name))], env, "deploying prefect.yaml")
         _spawn(state, "worker-orchestration", [_bin("prefect"), "worker", "start", "--pool", ORCHESTRATION_POOL,
                                                "--name", "orchestration", "--type", "process"], env)

@@ -235,8 +235,8 @@ def _train_fold_in_processes(
     # whatever they opened (it was the SQLite tracking store). Their bars go to stderr, the log.
     env.pop(CONSOLE_FD_ENV, None)
     env.pop(CONSOLE_PATH_ENV, None)
-    # From the checkout, `-m arena_pref...` finds the package without an install; installed, any folder does.
-    proc = subprocess.run(command, cwd=str(resources.checkout_root() or resources.project_root()), env=env)
+    # `-m arena_pref.tasks.fold_worker` is the installed name (editable or not), found from any folder.
+    proc = subprocess.run(command, cwd=str(resources.project_root()), env=env)
     if proc.returncode != 0 or not (work / RESULT_FILE).is_file():
         raise FoldFailedError(
             f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "

@@ -103,3 +103,16 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=240):  # a loaded 2-core machine needs >60 s
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a project module was imported under two names (e.g. `tasks.x` and
+    `arena_pref.tasks.x`): two copies of one module, whose exceptions miss each other's `except` clauses."""
+    import sys
+
+    from tests.imports import duplicate_module_names
+
+    duplicates = duplicate_module_names(sys.modules)
+    if duplicates:
+        print(f"\nproject modules imported under two names: {duplicates}", file=sys.stderr)
+        session.exitstatus = 1

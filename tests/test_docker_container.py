@@ -67,7 +67,7 @@ def test_train_fold_docker_container_has_one_gpu_the_env_the_volume_and_the_flow
     monkeypatch.setenv("ARENA_PREF_IMAGE", "registry.example/arena-pref:1.2")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.internal")
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    (deployment,) = [d for d in deployments if (d["name"], d["entrypoint"]) == ("docker", "flows/train_fold.py:train_fold")]
+    (deployment,) = [d for d in deployments if (d["name"], d["entrypoint"]) == ("docker", "arena_pref.flows.train_fold:train_fold")]
     assert deployment["work_pool"]["name"] == "arena-gpu-docker"
     # What `prefect deploy` stores: {{ $VAR }} placeholders resolved from the deployer's environment.
     job_variables = apply_values(deployment["work_pool"]["job_variables"], {})

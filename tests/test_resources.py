@@ -80,18 +80,19 @@ def test_the_cli_and_the_flow_load_a_shipped_recipe(installed):
     assert resolve_config.fn(None, "configs/tiny.yaml", ["cv.n_folds=4"], None).cv.n_folds == 4
 
 
-def test_the_stack_deploys_module_entrypoints_prefect_can_load(tmp_path):
+def test_the_shipped_deployments_have_module_entrypoints_prefect_can_load():
+    """prefect.yaml names flows by module (arena_pref.flows.x:f), as Prefect imports them from the installed
+    package; `stack up` deploys that file as it is."""
     from prefect.flows import load_flow_from_entrypoint
 
     from arena_pref import stack
 
-    written = yaml.safe_load(stack.write_deployments(tmp_path).read_text())
     shipped = yaml.safe_load(resources.shipped_file("prefect.yaml").read_text())
-    assert [d["name"] for d in written["deployments"]] == [d["name"] for d in shipped["deployments"]]
     loaded = set()
-    for deployment in written["deployments"]:
+    for deployment in shipped["deployments"]:
         assert deployment["entrypoint"].startswith("arena_pref.flows.") and ".py" not in deployment["entrypoint"]
         flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+        assert flow.fn.__module__ == deployment["entrypoint"].split(":")[0]
         loaded.add(f"{flow.name}/{deployment['name']}")
     assert set(stack.LOCAL_DEPLOYMENTS) <= loaded
 
@@ -113,15 +114,17 @@ def test_the_wheel_ships_the_project_files_and_no_top_level_tasks_or_flows(wheel
                                                                    if n.startswith(f"{files}configs/")}
     assert {"arena_pref/tasks/tracking.py", "arena_pref/flows/cv_training.py"} <= names
     assert not [n for n in names if n.split("/")[0] in ("tasks", "flows", "mlflow", "configs")]
-    assert not [n for n in names if n.endswith(("mlflow.db", "server.json", "__init__.py"))
-                and n.startswith(files)]  # no store, and no package that could shadow mlflow
+    assert not [n for n in names if n.endswith(("mlflow.db", "server.json", ".py"))
+                and n.startswith(files)]  # no store, and no module or package (none could shadow mlflow)
 
 
 INSTALLED_PROBE = """
 import json, sys
 import mlflow
 from arena_pref import resources
+import arena_pref.flows.cv_training, arena_pref.tasks.training
 print(json.dumps({"package": resources.PACKAGE_DIR.as_posix(), "mlflow": mlflow.__file__,
+                  "flows": arena_pref.flows.cv_training.__file__, "tasks": arena_pref.tasks.training.__file__,
                   "root": str(resources.project_root()), "tiny": str(resources.find_config("configs/tiny.yaml")),
                   "launcher": str(resources.shipped_file("mlflow/launch.sh"))}))
 """
@@ -141,3 +144,5 @@ def test_the_installed_wheel_runs_from_an_empty_folder(wheel, tmp_path):
     assert found["root"] == str(empty)  # the stores land here, not in site-packages
     assert found["tiny"].startswith(str(target)) and found["launcher"].startswith(str(target))
     assert not found["mlflow"].startswith(str(target))  # the shipped mlflow/ folder is data, never the package
+    assert found["flows"] == (target / "arena_pref" / "flows" / "cv_training.py").as_posix()
+    assert found["tasks"] == (target / "arena_pref" / "tasks" / "training.py").as_posix()
