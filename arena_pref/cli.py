@@ -39,8 +39,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # -- commands -----------------------------------------------------------------
 
 def _load(config_path: str | Path, overrides: Sequence[str]):
-    """The config a --config names: the file, else the shipped recipe of that name (arena_pref.resources)."""
-    from arena_pref.resources import find_config
+    """The config a --config names: the file, else the shipped recipe of that name (arena_pref.tasks.resources)."""
+    from arena_pref.tasks.resources import find_config
     from pref_core.config import load_config
 
     return load_config(find_config(config_path), overrides)
@@ -405,7 +405,7 @@ def cmd_stack(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from arena_pref import resources
+    from arena_pref.tasks import resources
 
     launcher = resources.shipped_file("mlflow/launch.sh")
     # The store is the project folder's (never the installed package's); mlflow is the one beside this python.
@@ -615,7 +615,7 @@ def apply_environment(args: argparse.Namespace) -> dict[str, str]:
     """Every command's environment defaults (arena_pref.environment.PRODUCT; Hub access stays the user's) and
     Prefect's local history in the project folder, set before prefect, mlflow or transformers are imported:
     they read these at import time."""
-    from arena_pref import resources
+    from arena_pref.tasks import resources
 
     return environment.apply_defaults(*environment.PRODUCT, environment.local_prefect(resources.project_root()))
 

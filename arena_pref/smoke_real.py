@@ -15,7 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from arena_pref import environment, resources
+from arena_pref import environment
+from arena_pref.tasks import resources
 
 
 def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Path:

@@ -7,7 +7,7 @@
   - N GPU workers (pool `arena-gpu`, `--limit 1` each, CUDA_VISIBLE_DEVICES=i, a scratch folder each),
 then creates the pools and deploys the local deployments of the shipped prefect.yaml. `down` stops exactly the
 process groups that `up` recorded; `status` prints their health and URLs. The state folder (default
-`.stack` in the project folder, arena_pref.resources) holds logs, pid files and the Prefect database.
+`.stack` in the project folder, arena_pref.tasks.resources) holds logs, pid files and the Prefect database.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from arena_pref import environment, resources
+from arena_pref import environment
+from arena_pref.tasks import resources
 
 ORCHESTRATION_POOL = "arena-orchestration"
 GPU_POOL = "arena-gpu"

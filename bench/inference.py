@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from arena_pref import environment, resources
+from arena_pref import environment
+from arena_pref.tasks import resources
 from bench import BENCH_ENVIRONMENT
 from bench.report import Verdict, print_table, save_results
 from bench.timing import median, spread, time_call_detailed

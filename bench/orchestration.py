@@ -31,7 +31,7 @@ from bench import BENCH_ENVIRONMENT
 
 environment.apply_defaults(*BENCH_ENVIRONMENT)  # before prefect / transformers are imported
 
-from arena_pref import resources  # noqa: E402
+from arena_pref.tasks import resources  # noqa: E402
 from bench.report import Verdict, print_table, save_results  # noqa: E402
 from bench.timing import cpu_seconds_with_children, median, time_call_detailed  # noqa: E402
 

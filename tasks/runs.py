@@ -11,7 +11,7 @@ from typing import Any, Optional
 from prefect import task
 
 from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
-from arena_pref import resources
+from arena_pref.tasks import resources
 from arena_pref.tasks import tracking
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from arena_pref.tasks.retry import retry_on_io
@@ -25,7 +25,7 @@ def resolve_config(
     fold_execution: Optional[str], fields: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
     """The run's config: a RunConfig given as is, or a YAML path (here, else in the project folder, else a
-    shipped recipe: arena_pref.resources.find_config), then the `key=value` overrides, then `fields` (dotted
+    shipped recipe: arena_pref.tasks.resources.find_config), then the `key=value` overrides, then `fields` (dotted
     name -> value; None leaves the field alone), then `fold_execution` as cv.execution."""
     if (config is None) == (config_path is None):
         raise ConfigError(["pass exactly one of `config` (a RunConfig) and `config_path` (a YAML file)"])

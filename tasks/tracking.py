@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
-from arena_pref import resources
+from arena_pref.tasks import resources
 from pref_core.config import RunConfig
 
 LOGGER = logging.getLogger(__name__)

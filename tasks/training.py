@@ -28,7 +28,7 @@ from pref_core.training import FoldOutOfMemoryError, FoldResult, fine_tune_fold
 from pref_core.config import RunConfig
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
 from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
-from arena_pref import resources
+from arena_pref.tasks import resources
 from arena_pref.tasks import distillation, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 

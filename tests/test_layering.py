@@ -1,4 +1,4 @@
-"""The layers import downwards only: flows -> tasks -> pref_core, and only public Prefect APIs."""
+"""The layers import downwards only: app (arena_pref) -> flows -> tasks -> pref_core, and only public Prefect APIs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = [p for folder in ("pref_core", "tasks", "flows", "arena_pref") for p in sorted((ROOT / folder).glob("*.py"))
-           if not (folder == "arena_pref" and p.is_symlink())]
+PRODUCT = [p for folder in ("pref_core", "tasks", "flows", "arena_pref") for p in sorted((ROOT / folder).rglob("*.py"))]
 
 
 def _imports(path: Path) -> list[tuple[int, str, list[str]]]:
@@ -29,6 +28,23 @@ def test_no_task_imports_a_flow():
     found = [f"{_where(path, line)}: {module}" for path in sorted((ROOT / "tasks").glob("*.py"))
              for line, module, _ in _imports(path) if module.split(".")[:2] in (["arena_pref", "flows"], ["flows"])]
     assert not found, "tasks must not import flows (pass the flow object from the flow instead):\n" + "\n".join(found)
+
+
+def _layer(module: str) -> str:
+    """The layer a module name belongs to: core, tasks, flows, app, or other (third-party, standard library)."""
+    parts = module.split(".")
+    if parts[0] == "pref_core":
+        return "core"
+    if parts[0] == "arena_pref":
+        return parts[1] if len(parts) > 1 and parts[1] in ("tasks", "flows") else "app"
+    return "other"
+
+
+def test_tasks_and_flows_import_nothing_of_the_app():
+    found = [f"{_where(path, line)}: {module}" for folder in ("tasks", "flows") for path in sorted((ROOT / folder).glob("*.py"))
+             for line, module, names in _imports(path)
+             if _layer(module) == "app" and not (module == "arena_pref" and set(names) <= {"tasks", "flows"})]
+    assert not found, "the app (the CLI, the stack, export) sits above tasks and flows:\n" + "\n".join(found)
 
 
 def test_pref_core_imports_no_layer_above_it():

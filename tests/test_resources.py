@@ -1,4 +1,4 @@
-"""Where things are (arena_pref.resources): the project folder, the shipped files, and the wheel that ships them."""
+"""Where things are (arena_pref.tasks.resources): the project folder, the shipped files, and the wheel that ships them."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arena_pref import resources
+from arena_pref.tasks import resources
 from pref_core.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def installed(monkeypatch, tmp_path):
     and an empty current folder."""
     site = tmp_path / "site-packages" / "arena_pref"
     site.mkdir(parents=True)
-    monkeypatch.setattr(resources, "PACKAGE_DIR", site)
+    monkeypatch.setattr(resources, "BASE_DIR", site)
     monkeypatch.delenv(resources.ROOT_ENV, raising=False)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -121,9 +121,9 @@ def test_the_wheel_ships_the_project_files_and_no_top_level_tasks_or_flows(wheel
 INSTALLED_PROBE = """
 import json, sys
 import mlflow
-from arena_pref import resources
+from arena_pref.tasks import resources
 import arena_pref.flows.cv_training, arena_pref.tasks.training
-print(json.dumps({"package": resources.PACKAGE_DIR.as_posix(), "mlflow": mlflow.__file__,
+print(json.dumps({"package": resources.BASE_DIR.as_posix(), "mlflow": mlflow.__file__,
                   "flows": arena_pref.flows.cv_training.__file__, "tasks": arena_pref.tasks.training.__file__,
                   "root": str(resources.project_root()), "tiny": str(resources.find_config("configs/tiny.yaml")),
                   "launcher": str(resources.shipped_file("mlflow/launch.sh"))}))

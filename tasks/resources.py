@@ -4,15 +4,16 @@ The project folder holds what runs write by default: the local MLflow store (`ml
 artifacts, server.json), the stack's state (`.stack/`) and what workers run in. It is
 
   1. $ARENA_PREF_ROOT when set (the stack sets it for its servers and workers),
-  2. else the checkout when the code runs from one (pyproject.toml, prefect.yaml and flows/ beside the package),
+  2. else the checkout when the code runs from one (pyproject.toml, prefect.yaml and flows/ beside tasks/),
   3. else the current folder: after `pip install`, the package lives in site-packages, where nothing is written.
 
 The shipped files are the recipes `configs/*.yaml`, `prefect.yaml` and the MLflow launcher `mlflow/launch.sh`:
 in a checkout the top-level files themselves, in an installed package its data under `arena_pref/project_files/`
 (pyproject.toml maps them there). That folder has no `__init__.py`: its `mlflow/` is data, never a package.
 
-Standard library only, so the CLI reads it before anything heavy is imported (find_config imports
-pref_core's ConfigError only to raise it).
+It sits in the tasks layer, which reads it (the store, the recipes a flow parameter names), and the app above
+uses it too. Standard library only, so the CLI reads it before anything heavy is imported (find_config
+imports pref_core's ConfigError only to raise it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Optional, Union
 
 ROOT_ENV = "ARENA_PREF_ROOT"
-PACKAGE_DIR = Path(__file__).resolve().parent
-# What makes the package's parent folder a checkout (site-packages has none of them).
+# The folder that holds this module's package (tasks/): the installed `arena_pref` package, or the checkout
+# itself when the code runs from one (also an editable install).
+BASE_DIR = Path(__file__).resolve().parents[1]
+# What makes that folder a checkout (site-packages has none of them).
 _CHECKOUT_MARKERS = ("pyproject.toml", "prefect.yaml", "flows")
 
 
@@ -33,11 +36,11 @@ def _is_checkout(folder: Path) -> bool:
 
 def checkout_root() -> Optional[Path]:
     """The source checkout the package is imported from (also an editable install), else None."""
-    return PACKAGE_DIR.parent if _is_checkout(PACKAGE_DIR.parent) else None
+    return BASE_DIR if _is_checkout(BASE_DIR) else None
 
 
 # Where the shipped files are: the checkout's top level, else the installed package's data.
-PROJECT_FILES = PACKAGE_DIR.parent if _is_checkout(PACKAGE_DIR.parent) else PACKAGE_DIR / "project_files"
+PROJECT_FILES = BASE_DIR if _is_checkout(BASE_DIR) else BASE_DIR / "project_files"
 
 
 def project_root() -> Path:
