@@ -20,16 +20,16 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from pref_core.config import ConfigError
-    from pref_core.data import DataValidationError
-    from pref_core.oof import IncompleteOOFError
+    from pref_core.config.schema import ConfigError
+    from pref_core.data.arena import DataValidationError
+    from pref_core.evaluate.oof import IncompleteOOFError
     from arena_pref.tasks.tracking import TrackingUnavailableError
     from arena_pref.tasks.training import FoldFailedError
-    from pref_core.fold_data import TeacherMismatchError
+    from pref_core.data.fold_rows import TeacherMismatchError
     from arena_pref.export import ExportError
     from arena_pref.stack import StackError
-    from pref_core.base_model import BaseModelError
-    from pref_core.bundle import BundleError
+    from pref_core.model.source import BaseModelError
+    from pref_core.kaggle.bundle import BundleError
 
     return (UserError, StackError, ExportError, BundleError, BaseModelError, ConfigError, DataValidationError,
             TrackingUnavailableError, FoldFailedError, IncompleteOOFError, TeacherMismatchError, FileNotFoundError,
@@ -41,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _load(config_path: str | Path, overrides: Sequence[str]):
     """The config a --config names: the file, else the shipped recipe of that name (arena_pref.tasks.resources)."""
     from arena_pref.tasks.resources import find_config
-    from pref_core.config import load_config
+    from pref_core.config.schema import load_config
 
     return load_config(find_config(config_path), overrides)
 
@@ -108,14 +108,15 @@ def check_base_model(config) -> None:
     Fallbacks the run will take (flash-attn missing) are printed as warnings."""
     import logging
 
-    from pref_core.base_model import BaseModelError, check_runtime, resolve_base_model
+    from pref_core.model.source import BaseModelError, resolve_base_model
+    from pref_core.train.checks import MachineError, check_runtime
 
     try:
         if config.model.name_or_path is not None:
             source = resolve_base_model(config.model.name_or_path, config.model.revision)
             logging.getLogger(__name__).info("base model: %s", source)
         warnings = check_runtime(config)
-    except BaseModelError as err:
+    except (BaseModelError, MachineError) as err:
         raise UserError(str(err)) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -125,7 +126,7 @@ def preflight(config) -> None:
     """Everything that can fail fast, checked before Prefect starts: the base model, writable output,
     reachable tracking store, valid data. A bad file is reported here in one line per problem, with no
     orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
-    from pref_core.config import require_train_csv
+    from pref_core.config.schema import require_train_csv
 
     require_train_csv(config)
     check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports
@@ -145,12 +146,12 @@ def preflight(config) -> None:
     if config.data.test_csv is not None:
         preparation.ingest.fn(config, "test")
     if config.distill.teacher_csv is not None:
-        from pref_core.teachers import read_teacher_probs
+        from pref_core.data.teachers import read_teacher_probs
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path)
     if config.cv.execution == "subprocess":
-        from pref_core.devices import plan_device_slots
+        from pref_core.train.devices import plan_device_slots
 
         try:
             plan_device_slots(config.cv.max_parallel, config.train.num_processes)
@@ -167,7 +168,7 @@ def check_split(config, parsed_path) -> None:
     split works but scores poorly (a missing or rare class, tiny validation sets)."""
     import pandas as pd
 
-    from pref_core.folds import SplitError, check_splittable
+    from pref_core.data.folds import SplitError, check_splittable
 
     try:
         warnings = check_splittable(pd.read_parquet(parsed_path, columns=["id", "prompt", "label"]), config.cv.n_folds)
@@ -213,7 +214,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pref_core.synthetic import shuffle_labels, write_synthetic_csvs
+    from pref_core.data.synthetic import shuffle_labels, write_synthetic_csvs
 
     out = Path(args.output_dir).resolve()
     data_dir = out / "data"
@@ -234,8 +235,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from pref_core.data import read_arena_csv
-    from pref_core.metrics import count_classes
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.evaluate.metrics import count_classes
 
     result = read_arena_csv(args.path, kind=args.kind, max_bad_fraction=args.max_bad_fraction)
     print(f"{args.path}: {result.n_read} rows read, {result.n_kept} valid, {result.n_rejected} rejected ({args.kind} file)")
@@ -300,8 +301,8 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
 
     import mlflow
 
-    from pref_core.base_fingerprint import check_base_available
-    from pref_core.base_model import BaseModelError
+    from pref_core.model.fingerprint import check_base_available
+    from pref_core.model.source import BaseModelError
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
     from arena_pref.tasks.tracking import default_tracking_uri
 
@@ -334,11 +335,11 @@ def cmd_show_prompt(args) -> int:
 
     import pandas as pd
 
-    from pref_core.prompts import explain_rows
-    from pref_core.tokenization import load_tokenizer
+    from pref_core.text.prompts import explain_rows
+    from pref_core.text.tokenization import load_tokenizer
     from arena_pref.tasks import preparation
 
-    from pref_core.config import require_train_csv
+    from pref_core.config.schema import require_train_csv
 
     config = _load(args.config, args.set)
     if config.model.tiny is not None:
@@ -417,7 +418,7 @@ def cmd_ui(args) -> int:
 
 def cmd_config_show(args) -> int:
     """The resolved, validated config as YAML: defaults filled in, overrides applied."""
-    from pref_core.config import config_yaml
+    from pref_core.config.schema import config_yaml
 
     print(config_yaml(_load(args.config, args.set)), end="")
     return 0
@@ -427,7 +428,7 @@ def cmd_config_fields(args) -> int:
     """Every leaf field of the config: dotted name, type, default, then its description, indented."""
     import textwrap
 
-    from pref_core.config_fields import describe_fields
+    from pref_core.config.fields import describe_fields
 
     prefix = (args.prefix or "").rstrip(".")
     docs = [d for d in describe_fields() if not prefix or d.name == prefix or d.name.startswith(prefix + ".")]

@@ -2,7 +2,7 @@
 
 The bundle holds the fold adapters (or one averaged adapter), the resolved config, calibration, class prior,
 label token ids, the inference code (pref_core's pure modules, copied verbatim) and a `predict.py` that
-needs only torch, transformers, peft, pandas and numpy; see pref_core/bundle.py for the layout.
+needs only torch, transformers, peft, pandas and numpy; see pref_core/kaggle/bundle.py for the layout.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bundled pref_core, not an installed one
 
-from pref_core.bundle import main  # noqa: E402
+from pref_core.kaggle.bundle import main  # noqa: E402
 
 if __name__ == "__main__":  # worker processes (one per device) re-import this file
     sys.exit(main())
@@ -34,13 +34,16 @@ class ExportError(ValueError):
 
 
 def _copy_code(dest: Path) -> None:
+    """pref_core's modules that predict.py imports (CODE_MODULES), each with its subpackage's __init__.py."""
     import pref_core
-    from pref_core.bundle import CODE_MODULES
+    from pref_core.kaggle.bundle import CODE_MODULES
 
     source = Path(pref_core.__file__).resolve().parent
-    (dest / "pref_core").mkdir()
     for name in CODE_MODULES:
-        shutil.copy2(source / f"{name}.py", dest / "pref_core" / f"{name}.py")
+        module = Path(f"{name}.py")
+        for relative in (module, module.parent / "__init__.py"):  # pref_core/__init__.py for a top-level module
+            (dest / "pref_core" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, dest / "pref_core" / relative)
     (dest / "predict.py").write_text(PREDICT_PY, encoding="utf-8")
 
 
@@ -48,7 +51,7 @@ def _class_prior(registered: Path) -> dict:
     path = registered / "class_prior.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.labels import LABEL_COLUMNS
 
     # Versions registered before class_prior.json existed: a uniform prior, said so in the file.
     return {"columns": list(LABEL_COLUMNS), "prior": [1 / 3] * 3, "n_train": None,
@@ -58,7 +61,7 @@ def _class_prior(registered: Path) -> dict:
 def _describe_base(base_dir: Optional[Path], name_or_path: str) -> Optional[dict]:
     """Architecture and content hash of the base, where a local copy is at hand (else None: predict.py then
     checks that the folder it is given has a config.json, nothing more)."""
-    from pref_core.bundle import describe_base_model
+    from pref_core.kaggle.bundle import describe_base_model
 
     for candidate in (base_dir, Path(name_or_path)):
         if candidate is not None and (candidate / "config.json").is_file():
@@ -127,8 +130,8 @@ def export_bundle(
     base_model_dir: Optional[str | Path] = None,
 ) -> Path:
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
-    from pref_core.averaging import average_adapters
-    from pref_core.bundle import BASE_MODEL_DIR, write_manifest
+    from pref_core.model.averaging import average_adapters
+    from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
     from pref_core.publish import publishing_dir
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle

@@ -20,9 +20,9 @@ from arena_pref.tasks import resources
 
 
 def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Path:
-    from pref_core.data import read_arena_csv
-    from pref_core.extra_data import read_pairs, write_arena_csv
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.extra import read_pairs, write_arena_csv
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     if data is None:
         train, _ = write_synthetic_csvs(out_dir / "data", n_train=n_pairs, n_test=10, signal=0.9, seed=seed)
@@ -37,14 +37,14 @@ def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Pa
 
 
 def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
-    """The class prior and TF-IDF + logistic regression on the folds the heads used (pref_core.folds,
+    """The class prior and TF-IDF + logistic regression on the folds the heads used (pref_core.data.folds,
     the same deterministic split as the flow's make-folds), fit on each fold's training rows."""
     import numpy as np
 
-    from pref_core.baselines import prior_oof, tfidf_logreg_oof
-    from pref_core.data import read_arena_csv
-    from pref_core.folds import make_folds
-    from pref_core.metrics import compute_log_loss
+    from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.folds import make_folds
+    from pref_core.evaluate.metrics import compute_log_loss
 
     frame = read_arena_csv(train_csv, kind="train", max_bad_fraction=config.data.max_bad_fraction).frame
     folds = make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     from arena_pref.cli import preflight
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config import load_config
+    from pref_core.config.schema import load_config
 
     out_dir = Path(args.output_dir).resolve()
     train_csv = prepare_data(args.data, args.n_pairs, args.seed, out_dir)

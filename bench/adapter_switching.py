@@ -1,4 +1,4 @@
-"""Benchmark: a 5-fold prediction with one base load and switched adapters (pref_core.ensemble) against one
+"""Benchmark: a 5-fold prediction with one base load and switched adapters (pref_core.predict.ensemble) against one
 base load per fold (the ensemble before issue 13/15), on a random Llama of >= 500M parameters saved to disk.
 
 Both sides predict the same rows with the same five LoRA adapters (label_token head, r=16 on every
@@ -31,7 +31,7 @@ def build_base(out_dir: Path, layers: int, hidden: int, vocab: int) -> tuple[Pat
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pref_core.tiny import train_tokenizer
+    from pref_core.model.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=400)
     config = LlamaConfig(
@@ -51,7 +51,7 @@ def build_base(out_dir: Path, layers: int, hidden: int, vocab: int) -> tuple[Pat
 
 
 def make_config(base_dir: Path):
-    from pref_core.config import parse_config
+    from pref_core.config.schema import parse_config
 
     return parse_config({
         "model": {"name_or_path": str(base_dir), "head": "label_token", "dtype": "fp32"},
@@ -64,7 +64,7 @@ def build_adapters(config, base_dir: Path, out: Path, n_folds: int) -> list[Path
     import torch
     from transformers import AutoTokenizer
 
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.model.preference import build_model, save_adapter
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = build_model(config, tokenizer, base_dir)
@@ -82,9 +82,9 @@ def build_adapters(config, base_dir: Path, out: Path, n_folds: int) -> list[Path
 
 
 def per_fold_reloads(config, adapter_dirs, ids) -> list[np.ndarray]:
-    """Before: pref_core.ensemble.predict_with_adapters as it was, one base load per fold."""
-    from pref_core.inference import predict_token_ids
-    from pref_core.modeling import load_preference_model
+    """Before: pref_core.predict.ensemble.predict_with_adapters as it was, one base load per fold."""
+    from pref_core.predict.inference import predict_token_ids
+    from pref_core.model.preference import load_preference_model
 
     outputs = []
     for adapter_dir in adapter_dirs:
@@ -97,8 +97,8 @@ def per_fold_reloads(config, adapter_dirs, ids) -> list[np.ndarray]:
 
 
 def one_base(config, adapter_dirs, ids) -> list[np.ndarray]:
-    """After: one base load, the adapters switched (pref_core.ensemble.predict_fold_probabilities)."""
-    from pref_core.ensemble import predict_fold_probabilities
+    """After: one base load, the adapters switched (pref_core.predict.ensemble.predict_fold_probabilities)."""
+    from pref_core.predict.ensemble import predict_fold_probabilities
 
     outputs, _ = predict_fold_probabilities(config, adapter_dirs, ids, devices=["cpu"])
     gc.collect()

@@ -4,7 +4,7 @@
 Trains the tiny recipe (configs/tiny.yaml, 5 folds, in-process) with the cv-training flow on synthetic rows,
 registers it (SQLite store in a temporary folder), exports both bundles with `arena-pref export`, then
 predicts held-out rows that training never saw with each bundle's config and adapters through
-pref_core.ensemble.predict_frame_probabilities (what the bundle's predict.py runs), sides alternating.
+pref_core.predict.ensemble.predict_frame_probabilities (what the bundle's predict.py runs), sides alternating.
 
     python -m bench.fold_averaging --train 700 --heldout 300 --repeats 3
 """
@@ -35,12 +35,12 @@ def main(argv=None) -> int:
 
     from arena_pref.cli import main as cli_main
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.bundle import adapter_dirs, read_bundle_config
-    from pref_core.config import load_config
-    from pref_core.data import read_arena_csv
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.metrics import compute_log_loss
-    from pref_core.synthetic import make_synthetic_frames
+    from pref_core.kaggle.bundle import adapter_dirs, read_bundle_config
+    from pref_core.config.schema import load_config
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.predict.ensemble import predict_frame_probabilities
+    from pref_core.evaluate.metrics import compute_log_loss
+    from pref_core.data.synthetic import make_synthetic_frames
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,9 +11,9 @@ per micro-batch, three-class loss on the label logits.
   prepare_model_for_kbit_training (fp32 norms, embeddings and LM head; gradient checkpointing), fp16
   autocast with a GradScaler, full (batch, seq, vocab) logits upcast and shifted as the HF causal-LM loss
   does, label logits gathered at the label position; random batches (no length grouping), batch 2.
-* ours: bf16 base, pref_core.modeling.PreferenceModel (label_token head: the last real token's hidden
+* ours: bf16 base, pref_core.model.preference.PreferenceModel (label_token head: the last real token's hidden
   state times three rows of the LM head), bf16 autocast, length-grouped batches from
-  pref_core.sampling.EpochSeededSampler, padding to a multiple of 8 as fine_tune_fold does on CUDA, batch 4.
+  pref_core.train.sampling.EpochSeededSampler, padding to a multiple of 8 as fine_tune_fold does on CUDA, batch 4.
 
 Throughput counts real (non-pad) tokens. MFU = useful model FLOPs / (time x the GPU's dense bf16 peak),
 useful FLOPs per row of length L = 2 x (2 N L) for the frozen linears (forward + input gradients, no
@@ -27,7 +27,7 @@ After the alternating blocks the seed's model is freed and ours (the same model,
 the headroom is (`--headroom`, on by default): rows of realistic lengths at max_length 2048 with the seed's
 batch, then with the largest batch that fits (found by probing one training step on full-length rows at
 doubling, then bisected, batch sizes until the allocator runs out of memory; capped by `--max-batch`).
-Then it times `pref_core.inference.predict` on `--predict-rows` (1,000) realistic rows, with and without
+Then it times `pref_core.predict.inference.predict` on `--predict-rows` (1,000) realistic rows, with and without
 swap TTA (`--predict`, on by default). `make gpu-check` (bench/gpu_check.py) runs all of this on a GPU.
 """
 
@@ -149,12 +149,12 @@ def build_seed_side(config_kwargs: dict, device, batches: list) -> Side:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from pref_core.losses import preference_loss
-    from pref_core.modeling import last_token_indices
+    from pref_core.model.losses import preference_loss
+    from pref_core.model.preference import last_token_indices
 
     model = build_llama(config_kwargs, torch.float16, device)
     quantize_linears_8bit(model, device)
-    # Checkpointing set up as pref_core.backbone.load_backbone does (non-reentrant); peft would go through a
+    # Checkpointing set up as pref_core.model.backbone.load_backbone does (non-reentrant); peft would go through a
     # deprecated transformers API to do the same.
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -182,11 +182,11 @@ def build_seed_side(config_kwargs: dict, device, batches: list) -> Side:
 
 
 def build_our_side(config_kwargs: dict, device, batches: list) -> Side:
-    """bf16 base, PreferenceModel label_token head, LoRA as pref_core.modeling.build_model applies it."""
+    """bf16 base, PreferenceModel label_token head, LoRA as pref_core.model.preference.build_model applies it."""
     import torch
     from peft import get_peft_model
 
-    from pref_core.modeling import PreferenceModel
+    from pref_core.model.preference import PreferenceModel
 
     backbone = build_llama(config_kwargs, torch.bfloat16, device)
     backbone.requires_grad_(False)
@@ -210,8 +210,8 @@ def make_batches(lengths: np.ndarray, batch_size: int, grouped: bool, n_batches:
     """`n_batches` batches drawn at random positions of one epoch in the training sampler's order."""
     import torch
 
-    from pref_core.inference import PreferenceCollator
-    from pref_core.sampling import EpochSeededSampler
+    from pref_core.predict.inference import PreferenceCollator
+    from pref_core.train.sampling import EpochSeededSampler
 
     order = list(EpochSeededSampler(lengths.tolist(), batch_size=batch_size, seed=seed, group_by_length=grouped))
     epoch = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -353,7 +353,7 @@ def profile_step(side: Side, batch: dict, device, row_limit: int = 15) -> dict:
 
 
 class ColumnRows:
-    """The part of a datasets.Dataset that pref_core.inference.predict reads, over plain lists: used only
+    """The part of a datasets.Dataset that pref_core.predict.inference.predict reads, over plain lists: used only
     when datasets cannot be imported (the GPU image lacks it unless its wheel was brought)."""
 
     def __init__(self, columns: dict):
@@ -397,8 +397,8 @@ def make_prediction_rows(n: int, max_length: int, vocab: int, seed: int):
 
 
 def measure_prediction(side: Side, args, config, device) -> dict:
-    """Rows/s of pref_core.inference.predict on realistic rows, without and with swap TTA."""
-    from pref_core.inference import predict_probabilities
+    """Rows/s of pref_core.predict.inference.predict on realistic rows, without and with swap TTA."""
+    from pref_core.predict.inference import predict_probabilities
 
     dataset, kind = make_prediction_rows(args.predict_rows, args.max_length, config.vocab_size, args.seed + 7)
     pad = 8 if device.type == "cuda" else None
@@ -593,7 +593,7 @@ def parse_args(argv=None):
     parser.add_argument("--headroom-steps", type=int, default=None, help="timed steps per batch (default 6, 2 with --small)")
     parser.add_argument("--max-batch", type=int, default=None, help="largest batch probed (default 64, 8 with --small)")
     parser.add_argument("--predict", action=argparse.BooleanOptionalAction, default=True,
-                        help="time pref_core.inference.predict on realistic rows, with and without swap TTA")
+                        help="time pref_core.predict.inference.predict on realistic rows, with and without swap TTA")
     parser.add_argument("--predict-rows", type=int, default=None, help="default 1000, 100 with --small")
     parser.add_argument("--predict-batch", type=int, default=None, help="default 16, 8 with --small")
     parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,

@@ -1,4 +1,4 @@
-"""Benchmark 5: inference throughput, length-sorted batches (pref_core.inference.predict) against input order.
+"""Benchmark 5: inference throughput, length-sorted batches (pref_core.predict.inference.predict) against input order.
 
 The tiny model of configs/tiny.yaml (random 2-layer Llama + LoRA, label_token head) reads rows of
 realistic lengths (bench.lengths, tokenized with its own byte-level BPE at max_length 1024). Both sides
@@ -25,10 +25,10 @@ GOAL = 1.0  # length-sorted must beat input order
 
 
 def predict_in_input_order(model, dataset, batch_size: int, pad_token_id: int) -> np.ndarray:
-    """pref_core.inference.predict's loop without its longest-first sort: batches in dataset order."""
+    """pref_core.predict.inference.predict's loop without its longest-first sort: batches in dataset order."""
     import torch
 
-    from pref_core.inference import PreferenceCollator
+    from pref_core.predict.inference import PreferenceCollator
 
     collate = PreferenceCollator(pad_token_id)
     rows = dataset.select_columns(["input_ids"])
@@ -53,13 +53,13 @@ def measure(args) -> Verdict:
     import torch
 
     from bench.lengths import make_realistic_frame
-    from pref_core.config import load_config
-    from pref_core.inference import predict_probabilities
-    from pref_core.modeling import build_model
-    from pref_core.prompts import build_prompt
-    from pref_core.tiny import build_tiny_checkpoint
-    from pref_core.tokenization import tokenize_frame
-    from pref_core.training import load_training_tokenizer
+    from pref_core.config.schema import load_config
+    from pref_core.predict.inference import predict_probabilities
+    from pref_core.model.preference import build_model
+    from pref_core.text.prompts import build_prompt
+    from pref_core.model.tiny import build_tiny_checkpoint
+    from pref_core.text.tokenization import tokenize_frame
+    from pref_core.train.fold import load_training_tokenizer
 
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()

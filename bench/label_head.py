@@ -7,7 +7,7 @@ a tiny hidden size) that needs a gradient, as it would inside a LoRA model, and 
 * seed: ``logits = lm_head(hidden)`` over every position -> (2, 1024, 128256), ``.float()`` as
   LlamaForCausalLM does, the shifted ``logits[:, :-1].contiguous()`` copy of the HF causal-LM loss,
   then the 3 label logits gathered at the label position.
-* ours: pref_core.modeling.PreferenceModel with head=label_token (the real forward: last real token
+* ours: pref_core.model.preference.PreferenceModel with head=label_token (the real forward: last real token
   from the mask, ``hidden_last @ lm_head.weight[label_ids].T``), around a 1-layer Llama whose decoder
   returns the given hidden states.
 
@@ -79,8 +79,8 @@ def build_head_only_backbone(lm_head, hidden_size: int, vocab: int):
 def make_seed_step(lm_head, attention_mask, labels, label_token_ids):
     """The seed's head: full logits over every position, upcast, shifted copy, gather at the label."""
     import torch
-    from pref_core.losses import preference_loss
-    from pref_core.modeling import last_token_indices
+    from pref_core.model.losses import preference_loss
+    from pref_core.model.preference import last_token_indices
 
     label_ids = torch.tensor(label_token_ids)
     # Shifted logits at t predict token t+1: the label word's position minus one.
@@ -102,7 +102,7 @@ def make_seed_step(lm_head, attention_mask, labels, label_token_ids):
 def make_our_step(lm_head, attention_mask, labels, label_token_ids, hidden_size: int, vocab: int):
     """Ours: pref_core's PreferenceModel (label_token head) forward and loss, then backward."""
     import torch
-    from pref_core.modeling import PreferenceModel
+    from pref_core.model.preference import PreferenceModel
 
     backbone = build_head_only_backbone(lm_head, hidden_size, vocab)
     model = PreferenceModel(backbone, "label_token", label_token_ids)

@@ -49,8 +49,8 @@ def measure(folder: Path, side: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pref_core.config import ModelConfig
-    from pref_core.backbone import load_backbone
+    from pref_core.config.schema import ModelConfig
+    from pref_core.model.backbone import load_backbone
 
     model_config = ModelConfig(name_or_path=str(folder), dtype="bf16")
     before_kb = _status_kb("VmRSS")

@@ -40,7 +40,7 @@ GOAL = 1.2  # flow wall time at most 1.2x the direct calls'
 
 
 def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args):
-    from pref_core.config import load_config
+    from pref_core.config.schema import load_config
 
     overrides = [
         f"data.train_csv={train_csv}",
@@ -57,7 +57,7 @@ def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args
 
 def tiny_training_texts(frame) -> list[str]:
     """The texts the flow trains the tiny tokenizer on (as arena_pref.tasks.preparation does: template text + turns)."""
-    from pref_core.prompts import CLOSING_QUESTION
+    from pref_core.text.prompts import CLOSING_QUESTION
 
     texts = [CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:"]
     for column in ("prompt", "response_a", "response_b"):
@@ -74,13 +74,14 @@ def run_direct(config) -> dict:
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from pref_core.data import hash_file, read_arena_csv
-    from pref_core.folds import make_folds
-    from pref_core.labels import LABEL_COLUMNS
-    from pref_core.metrics import compute_log_loss
-    from pref_core.tiny import build_tiny_checkpoint
-    from pref_core.tokenization import build_token_cache, load_token_cache
-    from pref_core.training import fine_tune_fold
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.hashing import hash_file
+    from pref_core.data.folds import make_folds
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.evaluate.metrics import compute_log_loss
+    from pref_core.model.tiny import build_tiny_checkpoint
+    from pref_core.text.tokenization import build_token_cache, load_token_cache
+    from pref_core.train.fold import fine_tune_fold
 
     steps: dict[str, float] = {}
     clock = time.perf_counter()
@@ -232,14 +233,14 @@ def measure(args) -> Verdict:
 
     import torch
 
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # fold processes (cv.execution=subprocess) too
 
     # Import everything both sides use before timing: neither side pays first-import costs.
     import arena_pref.flows.cv_training  # noqa: F401
-    import pref_core.training  # noqa: F401
+    import pref_core.train.fold  # noqa: F401
     import peft  # noqa: F401
 
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))

@@ -1,8 +1,8 @@
 """Benchmark 2: share of padded positions over an epoch, length-grouped batches against random ones.
 
-Uses the training code's own sampler (pref_core.sampling.EpochSeededSampler, built exactly as
+Uses the training code's own sampler (pref_core.train.sampling.EpochSeededSampler, built exactly as
 PreferenceTrainer._get_train_sampler builds it: mega-batches for per_device x accumulation rows) and the
-collator's padding rule (pref_core.inference.PreferenceCollator: pad to the batch's longest row, rounded
+collator's padding rule (pref_core.predict.inference.PreferenceCollator: pad to the batch's longest row, rounded
 up to a multiple of 8 on CUDA). Token lengths are those of bench.lengths: the real sample's uncut
 character lengths, resampled, at ~4 characters per Llama-3 token, seed truncation at max_length 1024.
 Nothing is tokenized; the numbers are exact for the given lengths.
@@ -35,7 +35,7 @@ def padded_width(batch_lengths: np.ndarray, pad_to_multiple_of: Optional[int]) -
 def measure_padding(lengths: np.ndarray, per_device: int, accumulation: int, grouped: bool,
                     epoch: int = 0, seed: int = 42, pad_to_multiple_of: Optional[int] = None) -> dict:
     """Padded share of all positions the model computes over one epoch, in the Trainer's batch order."""
-    from pref_core.sampling import EpochSeededSampler
+    from pref_core.train.sampling import EpochSeededSampler
 
     # As PreferenceTrainer._get_train_sampler: mega-batches sized for one optimizer step.
     sampler = EpochSeededSampler(lengths.tolist(), batch_size=per_device * accumulation, seed=seed, group_by_length=grouped)
@@ -51,7 +51,7 @@ def measure_padding(lengths: np.ndarray, per_device: int, accumulation: int, gro
 
 
 def measure(args) -> Verdict:
-    from pref_core.sampling import EpochSeededSampler  # noqa: F401 (import cost outside the loops)
+    from pref_core.train.sampling import EpochSeededSampler  # noqa: F401 (import cost outside the loops)
 
     _, source = load_char_lengths()
     chars = sample_char_lengths(args.rows, seed=args.seed)

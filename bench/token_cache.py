@@ -1,15 +1,15 @@
 """Benchmark 3: tokenize-and-cache throughput, cold and warm, against the raw fast tokenizer (the limit).
 
-* limit: the Rust backend's ``encode_batch_fast`` over the fully formatted texts (pref_core.prompts.
+* limit: the Rust backend's ``encode_batch_fast`` over the fully formatted texts (pref_core.text.prompts.
   build_prompt, seed template), 1,000 texts per call, ids materialised as Python lists. Formatting is
   done beforehand and not timed: this is the cost of turning those bytes into ids, nothing else.
-* ours, cold: pref_core.tokenization.build_token_cache into an empty folder (Arrow conversion, piece
+* ours, cold: pref_core.text.tokenization.build_token_cache into an empty folder (Arrow conversion, piece
   tokenization, seed truncation to max_length, datasets.map, save_to_disk, hashes).
 * ours, warm: build_token_cache finding that folder (a cache hit) + load_token_cache.
 
 The rows are synthetic with realistic lengths (bench.lengths: the real sample's uncut lengths,
 ~3,300 characters per row on average). The tokenizer is a byte-level BPE trained offline with
-pref_core.tiny.train_tokenizer. Cold sides alternate (limit, ours, limit, ours, ...).
+pref_core.model.tiny.train_tokenizer. Cold sides alternate (limit, ours, limit, ours, ...).
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ def measure(args) -> Verdict:
     import datasets
 
     from bench.lengths import make_realistic_frame
-    from pref_core.config import PromptConfig
-    from pref_core.prompts import build_prompt
-    from pref_core.tiny import train_tokenizer
-    from pref_core.tokenization import build_token_cache, load_token_cache
+    from pref_core.config.schema import PromptConfig
+    from pref_core.text.prompts import build_prompt
+    from pref_core.model.tiny import train_tokenizer
+    from pref_core.text.tokenization import build_token_cache, load_token_cache
 
     datasets.disable_progress_bars()  # one bar per map call would drown the tables
     frame = make_realistic_frame(args.rows, seed=args.seed)

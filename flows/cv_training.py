@@ -11,8 +11,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from pref_core.config import RunConfig
-from pref_core.devices import DeviceSlots, plan_device_slots
+from pref_core.config.schema import RunConfig
+from pref_core.train.devices import DeviceSlots, plan_device_slots
 from arena_pref.tasks import artifacts, evaluation, registry, runs, training
 
 

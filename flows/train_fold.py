@@ -6,7 +6,7 @@
 from prefect import flow
 
 from arena_pref.flows.preparation import prepare_inputs
-from pref_core.config import RunConfig
+from pref_core.config.schema import RunConfig
 from arena_pref.tasks.training import fit_fold
 
 

@@ -10,7 +10,7 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from pref_core.config import RunConfig
+from pref_core.config.schema import RunConfig
 from arena_pref.tasks import tracking
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 

@@ -2,7 +2,7 @@
 
 Fold outputs are read back from MLflow, not from the fold's disk: a fold may
 have run on another machine that shares only the tracking server. The
-assembly, scoring and checks are pref_core.oof and pref_core.submission.
+assembly, scoring and checks are pref_core.evaluate.oof and pref_core.predict.submission.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Optional
 import pandas as pd
 from prefect import task
 
-from pref_core.oof import assemble_oof, oof_figures, score_oof, text_lengths
-from pref_core.submission import (average_fold_predictions, class_prior, fill_missing_with_prior, test_file_ids,
+from pref_core.evaluate.oof import assemble_oof, oof_figures, score_oof, text_lengths
+from pref_core.predict.submission import (average_fold_predictions, class_prior, fill_missing_with_prior, test_file_ids,
                                   validate_submission)
-from pref_core.training import TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
-from pref_core.config import RunConfig
-from pref_core.labels import TURN_COLUMNS
+from pref_core.train.fold import TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
+from pref_core.config.schema import RunConfig
+from pref_core.data.labels import TURN_COLUMNS
 from arena_pref.tasks import tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 

@@ -34,9 +34,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.cuda.set_device(local_rank)
     from datasets import load_from_disk
 
-    from pref_core.training import fine_tune_fold
-    from pref_core.config import parse_config
-    from pref_core.fold_checks import is_main_process
+    from pref_core.train.fold import fine_tune_fold
+    from pref_core.config.schema import parse_config
+    from pref_core.train.checks import is_main_process
 
     config = parse_config(spec["config"])
     callbacks = []
@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "arena_pref.distributed_restarts": restarts,
         })
         callbacks.append(tracking.MlflowFoldCallback(client, spec["mlflow_run_id"]))
-    from pref_core.tokenization import load_token_cache
+    from pref_core.text.tokenization import load_token_cache
 
     test_ds = load_token_cache(spec["test"]) if spec.get("test") else None
     result = fine_tune_fold(

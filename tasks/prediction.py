@@ -9,7 +9,7 @@ from typing import Optional
 
 from prefect import task
 
-from pref_core.submission import validate_submission
+from pref_core.predict.submission import validate_submission
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 from arena_pref.tasks.tracking import default_tracking_uri
 
@@ -34,8 +34,8 @@ def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Op
     fingerprint in the bundle; default: the recorded folder or Hub id at its commit."""
     import json
 
-    from pref_core.base_fingerprint import locate_base
-    from pref_core.data import read_arena_csv
+    from pref_core.model.fingerprint import locate_base
+    from pref_core.data.arena import read_arena_csv
     from arena_pref.tasks.pyfunc_model import predict_parsed
 
     tracking_uri = tracking_uri or default_tracking_uri()

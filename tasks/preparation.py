@@ -18,13 +18,14 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pref_core.data import hash_file, read_arena_csv, write_rejected
-from pref_core.folds import make_folds
-from pref_core import tokenization
-from pref_core.config import RunConfig
+from pref_core.data.arena import read_arena_csv, write_rejected
+from pref_core.hashing import hash_file, hash_json
+from pref_core.data.folds import make_folds
+from pref_core.text import tokenization
+from pref_core.config.schema import RunConfig
 from pref_core.progress import console_note
 from pref_core.publish import publishing_dir, publishing_file
-from pref_core.tiny import build_tiny_checkpoint, tokenizer_corpus
+from pref_core.model.tiny import build_tiny_checkpoint, tokenizer_corpus
 from arena_pref.tasks import workspace
 from arena_pref.tasks.retry import retry_on_io
 
@@ -145,13 +146,13 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     The result counts as one more input file: keyed by the hashes of every source, the main data
     and the side-assignment seed.
     """
-    from pref_core import extra_data
+    from pref_core.data.extra import read_extra_sources
 
     sources = [*config.data.extra_csvs, *config.data.extra_pairs]
     if not sources:
         return None
     hashes = [hash_file(p) for p in sources]
-    key = workspace.hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
+    key = hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
     folder = workspace.ingest_dir(config, f"extra-{key}")
     parsed_path, meta_path, rejected_path = folder / "extra.parquet", folder / "extra.json", folder / "extra_rejected.csv"
     if meta_path.exists() and parsed_path.exists():
@@ -159,7 +160,7 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
         return IngestOutput(**{**json.loads(meta_path.read_text()), "reused": True})
 
     main = pd.read_parquet(train.parsed_path, columns=["prompt"])
-    result, counts = extra_data.read_extra_sources(config.data.extra_csvs, config.data.extra_pairs, main,
+    result, counts = read_extra_sources(config.data.extra_csvs, config.data.extra_pairs, main,
                                                    config.data.extra_seed, config.data.max_bad_fraction)
     _atomic_write_parquet(result.frame, parsed_path)
     if len(result.rejected):
@@ -179,16 +180,16 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     """The base model's location: the configured hub id/folder, a GGUF package converted once, or the
     tiny model built (once) from the train texts."""
     if config.model.gguf is not None:
-        from pref_core.gguf import convert_gguf, find_package_file
+        from pref_core.model.gguf import convert_gguf, find_package_file
 
         source = find_package_file(config.model.gguf.package, config.model.gguf.file)
-        target = workspace.output_root(config) / "models" / f"gguf-{workspace.hash_json([str(source.name), source.stat().st_size])}"
+        target = workspace.output_root(config) / "models" / f"gguf-{hash_json([str(source.name), source.stat().st_size])}"
         if not (target / "config.json").exists():
             LOGGER.info("converting %s to a Hugging Face folder at %s (once)", source, target)
         return str(convert_gguf(source, target))
     if config.model.tiny is None:
         # A Hub id becomes its cache snapshot (downloaded here once): folds load from disk, never the network.
-        from pref_core.base_model import download_base_model
+        from pref_core.model.source import download_base_model
 
         return download_base_model(str(config.model.name_or_path), config.model.revision)
     target = workspace.tiny_model_dir(config, train.data_hash)

@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from pref_core import promotion
-from pref_core.base_fingerprint import fingerprint_base, pin_base_in_config
-from pref_core.config import RunConfig, dump_config
+from pref_core.evaluate import promotion
+from pref_core.model.fingerprint import fingerprint_base, pin_base_in_config
+from pref_core.config.schema import RunConfig, dump_config
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
@@ -70,8 +70,8 @@ def write_class_prior(prepared: PreparedInputs, bundle: Path) -> Path:
     """class_prior.json: the training class shares, which an exported bundle gives a test row it cannot read."""
     import pandas as pd
 
-    from pref_core.labels import LABEL_COLUMNS
-    from pref_core.submission import class_prior
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.predict.submission import class_prior
 
     labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
     path = bundle / "class_prior.json"

@@ -90,7 +90,7 @@ def find_config(path: Union[str, Path]) -> Path:
             return in_project
         if given.parent in (Path("."), Path("configs")) and given.name in shipped_recipes():
             return shipped_recipes()[given.name]
-    from pref_core.config import ConfigError  # only now: this module stays standard library for the CLI's start
+    from pref_core.config.schema import ConfigError  # only now: this module stays standard library for the CLI's start
 
     names = ", ".join(f"configs/{name}" for name in shipped_recipes()) or "none"
     raise ConfigError([f"config file {str(path)!r} not found (looked here, in {project_root()} and among the "

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from prefect import task
 
-from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig, apply_overrides, load_config, parse_config
 from arena_pref.tasks import resources
 from arena_pref.tasks import tracking
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
 from arena_pref.tasks import resources
-from pref_core.config import RunConfig
+from pref_core.config.schema import RunConfig
 
 LOGGER = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from prefect.flow_engine import run_flow_in_subprocess
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 
-from pref_core import fold_data
-from pref_core.training import FoldOutOfMemoryError, FoldResult, fine_tune_fold
-from pref_core.config import RunConfig
+from pref_core.data import fold_rows
+from pref_core.train.fold import FoldOutOfMemoryError, FoldResult, fine_tune_fold
+from pref_core.config.schema import RunConfig
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
-from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
+from pref_core.train.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
 from arena_pref.tasks import resources
 from arena_pref.tasks import distillation, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
@@ -111,14 +111,14 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
 
 
 def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, client):
-    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels (pref_core.fold_data)."""
-    from pref_core.tokenization import load_token_cache
+    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels (pref_core.data.fold_rows)."""
+    from pref_core.text.tokenization import load_token_cache
 
-    train_ds, val_ds = fold_data.split_fold(load_token_cache(prepared.train_tokens.path),
+    train_ds, val_ds = fold_rows.split_fold(load_token_cache(prepared.train_tokens.path),
                                             pd.read_parquet(prepared.folds_path), fold)
     extra_ds = load_token_cache(prepared.extra_tokens.path) if prepared.extra_tokens else None
     teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
-    train_ds = fold_data.fold_train_set(train_ds, extra_ds, teacher)
+    train_ds = fold_rows.fold_train_set(train_ds, extra_ds, teacher)
     # The test set is predicted by the trained model in memory: no second load of the base.
     test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
     return train_ds, val_ds, test_ds

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.base_fingerprint import hash_folder
-from pref_core.base_model import BaseModelError, check_runtime, hub_reference, resolve_base_model
-from pref_core.config import load_config
+from pref_core.model.fingerprint import hash_folder
+from pref_core.model.source import BaseModelError, hub_reference, resolve_base_model
+from pref_core.train.checks import MachineError, check_runtime
+from pref_core.config.schema import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_ID = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -108,7 +109,7 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
 
 def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> tuple[Path, str]:
     """The tiny model in the Hub cache layout (models--org--name/{refs/main, snapshots/<sha>/})."""
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
@@ -122,8 +123,8 @@ def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> t
 
 @pytest.mark.slow
 def test_hub_id_from_a_prepopulated_cache_trains_one_fold_without_the_hub(tmp_path, synthetic_csvs):
-    from pref_core.data import read_arena_csv
-    from pref_core.tiny import tokenizer_corpus
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.model.tiny import tokenizer_corpus
 
     repo_id = "arena-test/tiny-llama"
     train_csv, _ = synthetic_csvs
@@ -185,22 +186,22 @@ def test_hash_folder_changes_with_content_not_with_location(tmp_path):
 
 
 def _config(**model):
-    from pref_core.config import parse_config
+    from pref_core.config.schema import parse_config
 
     optim = model.pop("optim", "auto")
     return parse_config({"model": {"name_or_path": "x/y", **model}, "train": {"optim": optim}})
 
 
 def test_runtime_check_names_bitsandbytes_cuda_and_flash_attn(monkeypatch):
-    import pref_core.base_model as base_model
+    import pref_core.train.checks as checks
 
-    with pytest.raises(BaseModelError, match="model.quantization=8bit needs a CUDA GPU"):
+    with pytest.raises(MachineError, match="model.quantization=8bit needs a CUDA GPU"):
         check_runtime(_config(quantization="8bit"), cuda_available=False)
-    with pytest.raises(BaseModelError, match="train.optim=adamw_8bit needs a CUDA GPU"):
+    with pytest.raises(MachineError, match="train.optim=adamw_8bit needs a CUDA GPU"):
         check_runtime(_config(optim="adamw_8bit"), cuda_available=False)
     assert check_runtime(_config(quantization="4bit"), cuda_available=True) == []
-    monkeypatch.setattr(base_model, "_installed", lambda module: module not in ("bitsandbytes", "flash_attn"))
-    with pytest.raises(BaseModelError, match=r"needs bitsandbytes.*arena-pref\[gpu\]"):
+    monkeypatch.setattr(checks, "_installed", lambda module: module not in ("bitsandbytes", "flash_attn"))
+    with pytest.raises(MachineError, match=r"needs bitsandbytes.*arena-pref\[gpu\]"):
         check_runtime(_config(quantization="4bit"), cuda_available=True)
     (warning,) = check_runtime(_config(attn_implementation="flash_attention_2"), cuda_available=True)
     assert "flash-attn" in warning and "using sdpa" in warning
@@ -245,7 +246,7 @@ def _tiny_base(folder: Path, tokenizer) -> Path:
 def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer):
     import shutil
 
-    from pref_core.base_fingerprint import fingerprint_base, locate_base
+    from pref_core.model.fingerprint import fingerprint_base, locate_base
 
     base = _tiny_base(tmp_path / "train-machine" / "base", tiny_tokenizer)
     fingerprint = fingerprint_base(str(base))
@@ -266,7 +267,7 @@ def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer
 
 
 def test_hub_base_fingerprint_is_id_and_commit_and_missing_names_base_model_option(tmp_path):
-    from pref_core.base_fingerprint import fingerprint_base, locate_base
+    from pref_core.model.fingerprint import fingerprint_base, locate_base
 
     sha = "b" * 40
     snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / sha
@@ -320,7 +321,7 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
 
 
 def test_the_bundle_config_names_the_fingerprinted_base_and_builds_nothing():
-    from pref_core.base_fingerprint import pin_base_in_config
+    from pref_core.model.fingerprint import pin_base_in_config
 
     tiny = load_config(ROOT / "configs" / "tiny.yaml")
     assert tiny.model.tiny is not None

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from arena_pref import cli
-from pref_core.config import load_config, parse_config
-from pref_core.config_fields import describe_fields
+from pref_core.config.schema import load_config, parse_config
+from pref_core.config.fields import describe_fields
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -58,7 +58,7 @@ def test_fields_of_one_section_or_field(capsys):
 
 
 def test_a_missing_train_csv_is_one_message_everywhere(capsys):
-    from pref_core.config import ConfigError, require_train_csv
+    from pref_core.config.schema import ConfigError, require_train_csv
 
     config = load_config(TINY)
     with pytest.raises(ConfigError) as info:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig, apply_overrides, dump_config, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": {"tiny": {}}}
@@ -124,7 +124,7 @@ def test_run_config_is_the_single_schema():
 def test_every_field_has_a_description():
     from pydantic import BaseModel
 
-    from pref_core.config_fields import describe_fields, iter_fields
+    from pref_core.config.fields import describe_fields, iter_fields
 
     leaves = dict(iter_fields())
     assert {"train.learning_rate", "model.tiny.hidden_size", "output_dir"} <= set(leaves)
@@ -137,7 +137,7 @@ def test_every_field_has_a_description():
 
 
 def test_describe_fields_gives_type_and_default():
-    from pref_core.config_fields import describe_fields
+    from pref_core.config.fields import describe_fields
 
     docs = {doc.name: doc for doc in describe_fields()}
     assert (docs["prompt.template"].type, docs["prompt.template"].default) == ("seed | multi_turn", '"seed"')
@@ -149,8 +149,8 @@ def test_describe_fields_gives_type_and_default():
 def test_choice_fields_read_their_values_from_choices():
     from typing import get_args
 
-    from pref_core import choices
-    from pref_core.config_fields import iter_fields
+    from pref_core.config import choices
+    from pref_core.config.fields import iter_fields
 
     fields = dict(iter_fields())
     for name, alias in [("prompt.template", choices.Template), ("prompt.truncation", choices.Truncation),
@@ -167,7 +167,7 @@ def test_choice_fields_read_their_values_from_choices():
 
 
 def test_require_choice_names_the_field_the_value_and_the_choices():
-    from pref_core.choices import SwapMode, require_choice
+    from pref_core.config.choices import SwapMode, require_choice
 
     assert require_choice("train.swap", "both", SwapMode) == "both"
     with pytest.raises(ValueError, match=r"^train.swap: got 'twice'; use one of 'none', 'random', 'both'$"):
@@ -226,7 +226,7 @@ def test_rules_run_when_the_config_is_validated_directly():
 
 
 def test_max_steps_is_optional_not_a_sentinel(tmp_path):
-    from pref_core.trainer import build_training_arguments
+    from pref_core.train.trainer import build_training_arguments
 
     assert parse_config(TINY).train.max_steps is None
     assert build_training_arguments(parse_config(TINY), tmp_path).max_steps == -1  # transformers: train by epochs

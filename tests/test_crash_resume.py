@@ -19,7 +19,7 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow

@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pref_core.data import (
+from pref_core.data.arena import (
     DataValidationError,
     Problem,
-    hash_file,
     parse_turns,
     read_arena_csv,
     validate_arena_frame,
     write_rejected,
 )
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.hashing import hash_file
 
 TRAIN_HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *LABEL_COLUMNS]
 

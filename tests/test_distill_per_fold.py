@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.config import ConfigError
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.training import TRAIN_PREDICTIONS_FILE
+from pref_core.config.schema import ConfigError
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.train.fold import TRAIN_PREDICTIONS_FILE
 from arena_pref.tasks import distillation
 from tests.factories import tiny_recipe_config
 

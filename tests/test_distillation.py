@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.data import DataValidationError
-from pref_core.inference import PreferenceCollator
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.losses import distillation_loss
-from pref_core.modeling import build_model
-from pref_core.teachers import attach_teacher_probs, read_teacher_probs
-from pref_core.trainer import build_trainer
-from pref_core.training import fine_tune_fold, load_training_tokenizer
+from pref_core.data.arena import DataValidationError
+from pref_core.predict.inference import PreferenceCollator
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.model.losses import distillation_loss
+from pref_core.model.preference import build_model
+from pref_core.data.teachers import attach_teacher_probs, read_teacher_probs
+from pref_core.train.trainer import build_trainer
+from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
 from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 LN3 = math.log(3.0)
@@ -253,7 +253,7 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
     losses = {}
     for name, shift in (("true", 0), ("wrong", 1)):
         teacher = teacher_frame(train_ds, 0.9, shift=shift).iloc[30:]
-        with caplog.at_level(logging.INFO, logger="pref_core.fold_checks"):
+        with caplog.at_level(logging.INFO, logger="pref_core.train.checks"):
             result = fine_tune_fold(config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name,
                                 name_or_path=base)
         losses[name] = result.metrics["val_log_loss"]

@@ -1,4 +1,4 @@
-"""train.distributed=fsdp: the Trainer arguments it builds (pref_core.distributed), read back by the real
+"""train.distributed=fsdp: the Trainer arguments it builds (pref_core.train.distributed), read back by the real
 transformers TrainingArguments and accelerate FSDP plugin on CPU.
 
 accelerate runs FSDP only on accelerators (AcceleratorState takes the FSDP path for multi-GPU types only; a
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pref_core import distributed
-from pref_core.config import ConfigError, load_config
+from pref_core.train import distributed
+from pref_core.config.schema import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_a_4bit_base_is_stored_in_the_compute_dtype_under_fsdp():
 
 
 def test_a_cpu_fold_with_fsdp_stops_where_its_training_arguments_are_built(monkeypatch, tmp_path):
-    from pref_core.trainer import build_training_arguments
+    from pref_core.train.trainer import build_training_arguments
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # one of the fold's two torchrun processes
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -109,12 +109,12 @@ def test_a_cpu_fold_with_fsdp_stops_where_its_training_arguments_are_built(monke
 def test_the_preflight_refuses_fsdp_before_any_work(monkeypatch):
     """The CLI's runtime check (run before the output folder, tracking store or Prefect exist) says the
     same one line as the Trainer arguments would, inside the fold's processes, much later."""
-    from pref_core.base_model import BaseModelError, check_runtime
+    from pref_core.train.checks import MachineError, check_runtime
 
     monkeypatch.delenv(distributed.EXPERIMENTAL_ENV, raising=False)
     config = _config("train.num_processes=2", "train.distributed=fsdp")
-    with pytest.raises(BaseModelError, match=r"train.distributed=fsdp needs CUDA GPUs.*set train.distributed=ddp"):
+    with pytest.raises(MachineError, match=r"train.distributed=fsdp needs CUDA GPUs.*set train.distributed=ddp"):
         check_runtime(config, cuda_available=False)
-    with pytest.raises(BaseModelError, match=r"train.distributed=fsdp is not finished.*ARENA_PREF_FSDP_EXPERIMENTAL=1"):
+    with pytest.raises(MachineError, match=r"train.distributed=fsdp is not finished.*ARENA_PREF_FSDP_EXPERIMENTAL=1"):
         check_runtime(config, cuda_available=True)
     assert check_runtime(_config("train.num_processes=2"), cuda_available=False) == []

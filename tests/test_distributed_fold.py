@@ -27,8 +27,8 @@ import pytest
 from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow

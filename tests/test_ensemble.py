@@ -8,17 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pref_core.modeling as modeling
-from pref_core.config import parse_config
-from pref_core.ensemble import (
+import pref_core.model.preference as modeling
+from pref_core.config.schema import parse_config
+from pref_core.predict.ensemble import (
     average_probabilities,
     encode_frame,
     predict_fold_probabilities,
     predict_with_adapters,
     split_rows,
 )
-from pref_core.inference import predict_token_ids
-from pref_core.modeling import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
+from pref_core.predict.inference import predict_token_ids
+from pref_core.model.preference import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
 from tests.factories import TINY_TEXTS, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -134,7 +134,7 @@ def test_two_worker_devices_equal_one_device_and_split_the_rows(tiny_dir, tokeni
 
 
 def test_encode_frame_gives_the_token_cache_ids(train_frame, tiny_tokenizer):
-    from pref_core.tokenization import tokenize_frame
+    from pref_core.text.tokenization import tokenize_frame
 
     config = parse_config({"model": {"tiny": {"hidden_size": 32}}, "prompt": {"max_length": 96}})
     frame = train_frame.head(25)

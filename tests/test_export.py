@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from arena_pref.cli import main as cli_main
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS
 from tests.test_flow_cv_training import _tiny_config
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def _record():
 def champion(prefect_harness, tmp_path_factory):
     """A 2-fold tiny champion (classifier head, swap TTA) registered on a temporary SQLite store."""
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     tmp = tmp_path_factory.mktemp("champion")
     train_csv, test_csv = write_synthetic_csvs(tmp / "data", n_train=120, n_test=30, signal=0.9, seed=5)
@@ -103,7 +103,7 @@ def test_bundle_predict_equals_arena_pref_predict_without_the_project_stack(cham
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["folds"] == "ensemble" and manifest["n_fold_adapters"] == 2
     assert {"predict.py", "README.md", "config.yaml", "calibration.json", "class_prior.json", "label_tokens.json",
-            "adapters/fold_0/adapter_model.safetensors", "pref_core/bundle.py"} <= set(manifest["files"]) | {"manifest.json"}
+            "adapters/fold_0/adapter_model.safetensors", "pref_core/kaggle/bundle.py"} <= set(manifest["files"]) | {"manifest.json"}
     assert manifest["base_description"]["architecture"]["model_type"] == "llama"
 
     record = tmp_path / "imports"
@@ -156,7 +156,7 @@ def _one_line_exit_2(done: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_env, tmp_path):
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     bundle = export(champion, tmp_path / "bundle")
     base = base_model_dir(bundle)

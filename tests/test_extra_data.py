@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pref_core.data import DataValidationError, read_arena_csv
-from pref_core.extra_data import combine_extra, pair_to_arena, read_pairs, split_transcript, write_arena_csv
+from pref_core.data.arena import DataValidationError, read_arena_csv
+from pref_core.data.extra import combine_extra, pair_to_arena, read_pairs, split_transcript, write_arena_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_pairs_dev.jsonl.gz"
@@ -88,7 +88,7 @@ def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
 
 
 def test_extra_sources_are_read_in_order_with_their_rejected_rows_and_counts(tmp_path, train_frame):
-    from pref_core.extra_data import read_extra_sources
+    from pref_core.data.extra import read_extra_sources
 
     main = train_frame.iloc[2:4]
     main_prompts = set(map(tuple, main["prompt"]))
@@ -113,7 +113,7 @@ def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_pat
     from mlflow import MlflowClient
 
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config import load_config
+    from pref_core.config.schema import load_config
 
     main = read_arena_csv(synthetic_csvs[0], "train").frame
     extra_csv = write_arena_csv(main.head(40).assign(id=lambda f: "x" + f["id"]), tmp_path / "extra.csv")  # duplicates

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core import modeling
-from pref_core.data import read_arena_csv
-from pref_core.inference import predict_probabilities
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.tokenization import tokenize_frame
-from pref_core.training import TEST_PREDICTIONS_FILE, fine_tune_fold
+from pref_core.model import preference
+from pref_core.data.arena import read_arena_csv
+from pref_core.predict.inference import predict_probabilities
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.text.tokenization import tokenize_frame
+from pref_core.train.fold import TEST_PREDICTIONS_FILE, fine_tune_fold
 from tests.factories import CPU_TRAIN, synthetic_train, tiny_base_for, tiny_config
 
 
@@ -34,8 +34,8 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     test_ds = tokenize_frame(read_arena_csv(test_csv, "test").frame, tokenizer, config.prompt, with_swap=True)
 
     loads = []
-    real_load = modeling.load_backbone
-    monkeypatch.setattr(modeling, "load_backbone", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    real_load = preference.load_backbone
+    monkeypatch.setattr(preference, "load_backbone", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     result = fine_tune_fold(config, dataset.select(range(24, 96)), dataset.select(range(24)), tmp_path / "fold",
                         name_or_path=base, test_ds=test_ds)
     assert len(loads) == 1  # training and the test predictions share one base
@@ -43,6 +43,6 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     saved = pd.read_parquet(result.test_predictions_path)
     assert saved["id"].tolist() == list(test_ds["id"])
 
-    model, reloaded_tokenizer = modeling.load_preference_model(config, result.adapter_dir, name_or_path=base)
+    model, reloaded_tokenizer = preference.load_preference_model(config, result.adapter_dir, name_or_path=base)
     reference = predict_probabilities(model, test_ds, batch_size=16, tta_swap=tta_swap, pad_token_id=reloaded_tokenizer.pad_token_id)
     np.testing.assert_allclose(saved[list(LABEL_COLUMNS)].to_numpy(), reference, atol=1e-5)

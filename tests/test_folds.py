@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.folds import load_folds, make_folds, prompt_group_key, save_folds
+from pref_core.data.folds import load_folds, make_folds, prompt_group_key, save_folds
 
 
 def test_prompt_group_key_is_canonical():

@@ -8,11 +8,11 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from pref_core.config import parse_config
-from pref_core.inference import PreferenceCollator, predict_probabilities
-from pref_core.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
-from pref_core.modeling import build_model
-from pref_core.tiny import build_tiny_checkpoint
+from pref_core.config.schema import parse_config
+from pref_core.predict.inference import PreferenceCollator, predict_probabilities
+from pref_core.data.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
+from pref_core.model.preference import build_model
+from pref_core.model.tiny import build_tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.

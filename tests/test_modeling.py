@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
-from pref_core.labels import NUM_CLASSES, get_label_token_ids
-from pref_core.losses import preference_loss
-from pref_core.modeling import (
+from pref_core.model.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
+from pref_core.data.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.model.losses import preference_loss
+from pref_core.model.preference import (
     PREFERENCE_HEAD_FILE,
     PreferenceModel,
     build_model,
@@ -343,6 +343,6 @@ def test_auto_dtype_is_fp32_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn may be usable on a GPU")
 def test_flash_attention_falls_back_to_sdpa_with_a_log_line(caplog):
     model_config = make_config().model.model_copy(update={"attn_implementation": "flash_attention_2"})
-    with caplog.at_level("WARNING", logger="pref_core.backbone"):
+    with caplog.at_level("WARNING", logger="pref_core.model.backbone"):
         assert resolve_attn_implementation(model_config) == "sdpa"
     assert "flash_attention_2" in caplog.text

@@ -1,4 +1,4 @@
-"""OOF assembly and scoring (pref_core.oof), on hand-built tables: no Prefect, no MLflow."""
+"""OOF assembly and scoring (pref_core.evaluate.oof), on hand-built tables: no Prefect, no MLflow."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.oof import OOF_COLUMNS, IncompleteOOFError, assemble_oof, oof_figures, score_oof, text_lengths
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.evaluate.oof import OOF_COLUMNS, IncompleteOOFError, assemble_oof, oof_figures, score_oof, text_lengths
 
 
 def _predictions(ids, probs, echoed_label=None):

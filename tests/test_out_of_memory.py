@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pref_core import trainer, training
+from pref_core.train import fold, trainer
 from tests.factories import tiny_config, tiny_fold_data
 
 
@@ -36,13 +36,13 @@ def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix
 
     monkeypatch.setattr(trainer.PreferenceTrainer, "training_step", step)
     monkeypatch.setattr(trainer.PreferenceTrainer, "compute_loss", _raise_oom)
-    with pytest.raises(training.FoldOutOfMemoryError) as err:
-        training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
+    with pytest.raises(fold.FoldOutOfMemoryError) as err:
+        fold.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base)
     message = str(err.value)
     rows, length = shapes[-1]
     assert "\n" not in message
     assert f"during training at batch size {rows} (rows), sequence length {length}" in message
-    for key in training.MEMORY_KEYS:
+    for key in fold.MEMORY_KEYS:
         assert key in message
     assert "now 4" in message and "now 3" in message  # current per-device batch and accumulation
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained traceback to print
@@ -52,10 +52,10 @@ def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix
 
 def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_path, monkeypatch):
     config, train_ds, val_ds, base = tiny_fold
-    monkeypatch.setattr(training, "predict_probabilities", _raise_oom)
-    with pytest.raises(training.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
+    monkeypatch.setattr(fold, "predict_probabilities", _raise_oom)
+    with pytest.raises(fold.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
                                                             r"\(train.eval_batch_size\), sequence length 96"):
-        training.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
+        fold.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
 
 
 def test_fold_out_of_memory_is_a_user_error_of_the_cli():

@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from pref_core.backbone import resolve_dtype
-from pref_core.config import ModelConfig, TrainConfig
-from pref_core.modeling import PreferenceModel
-from pref_core.trainer import resolve_mixed_precision, resolve_optim
+from pref_core.model.backbone import resolve_dtype
+from pref_core.config.schema import ModelConfig, TrainConfig
+from pref_core.model.preference import PreferenceModel
+from pref_core.train.trainer import resolve_mixed_precision, resolve_optim
 
 LABEL_IDS = [5, 6, 7]
 TARGET_LOGITS = torch.tensor([21.30, 20.95, 19.60], dtype=torch.float64)  # the example
@@ -99,6 +99,6 @@ def test_auto_optimizer_falls_back_with_a_warning_without_bitsandbytes(fake_gpu,
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
-    with caplog.at_level(logging.WARNING, logger="pref_core.trainer"):
+    with caplog.at_level(logging.WARNING, logger="pref_core.train.trainer"):
         assert resolve_optim(TrainConfig()) == "adamw_torch"
     assert "bitsandbytes is not installed" in caplog.text

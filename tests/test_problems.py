@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pref_core.problems import DataValidationError, ProblemCollector
+from pref_core.data.problems import DataValidationError, ProblemCollector
 
 
 def test_problems_come_out_in_row_order_with_their_row_names():

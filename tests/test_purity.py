@@ -31,7 +31,7 @@ def test_importing_pref_core_does_not_import_prefect_or_mlflow():
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "pref_core.data" in result.stdout and "pref_core.tokenization" in result.stdout
+    assert "pref_core.data.arena" in result.stdout and "pref_core.text.tokenization" in result.stdout
 
 
 # A string that starts like an absolute path: /x, ~/x, C:\x (docstrings are prose and never do).
@@ -62,4 +62,4 @@ def test_no_eval_or_exec():
 
 
 def test_the_scans_see_the_package():
-    assert {p.name for p in SOURCES} >= {"data.py", "prompts.py", "tokenization.py", "folds.py", "metrics.py"}
+    assert {p.name for p in SOURCES} >= {"arena.py", "prompts.py", "tokenization.py", "folds.py", "metrics.py"}

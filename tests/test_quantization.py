@@ -16,12 +16,12 @@ import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from pref_core.backbone import load_backbone
-from pref_core.inference import predict_probabilities
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.modeling import load_preference_model
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.training import fine_tune_fold
+from pref_core.model.backbone import load_backbone
+from pref_core.predict.inference import predict_probabilities
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.model.preference import load_preference_model
+from pref_core.model.tiny import build_tiny_checkpoint
+from pref_core.train.fold import fine_tune_fold
 from tests.factories import tiny_config
 
 bnb = pytest.importorskip("bitsandbytes")

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pref_core.run_key import compute_run_key
-from pref_core.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
-from pref_core.config import dump_config, load_config
-from pref_core.folds import make_folds, prompt_group_key
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.prompts import explain_rows
-from pref_core.trainer import build_training_arguments, resolve_mixed_precision
+from pref_core.config.run_key import compute_run_key
+from pref_core.model.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
+from pref_core.config.schema import dump_config, load_config
+from pref_core.data.folds import make_folds, prompt_group_key
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.text.prompts import explain_rows
+from pref_core.train.trainer import build_training_arguments, resolve_mixed_precision
 from tests import factories
 from tests.test_seed_exact import frame_of, generated_rows, seed_reference
 
@@ -65,8 +65,8 @@ def test_every_recipe_validates_and_survives_a_dump_and_reload(path, tmp_path):
 
 def test_recipe_run_keys_are_the_same_in_another_process_and_differ_between_recipes():
     keys = {p.name: compute_run_key(load_config(p), INPUTS) for p in CONFIGS}
-    script = ("import json, sys; from pathlib import Path; from pref_core.run_key import compute_run_key; "
-              "from pref_core.config import load_config; inputs = json.loads(sys.argv[1]); "
+    script = ("import json, sys; from pathlib import Path; from pref_core.config.run_key import compute_run_key; "
+              "from pref_core.config.schema import load_config; inputs = json.loads(sys.argv[1]); "
               "print(json.dumps({p.name: compute_run_key(load_config(p), inputs) "
               "for p in sorted(Path(sys.argv[2]).glob('*.yaml'))}))")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(INPUTS), str(ROOT / "configs")], cwd=ROOT,
@@ -106,8 +106,8 @@ def test_seed_recipe_tokenizes_as_the_seed_notebook(tiny_tokenizer, prefix_space
 
 
 def test_seed_recipe_builds_lora_on_q_k_v_with_the_label_token_head(tiny_base):
-    from pref_core.labels import get_label_token_ids
-    from pref_core.modeling import build_model, unwrap_preference_model
+    from pref_core.data.labels import get_label_token_ids
+    from pref_core.model.preference import build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
     model = build_model(load_config(SEED, ON_TINY), tokenizer, base)
@@ -164,7 +164,7 @@ def test_seed_recipe_folds_five_ways_grouped_by_prompt(train_frame):
 def test_winner_recipe_builds_a_classifier_with_lora_on_every_linear_layer(name, tiny_base):
     from torch import nn
 
-    from pref_core.modeling import CLASSIFIER_NAME, build_model, unwrap_preference_model
+    from pref_core.model.preference import CLASSIFIER_NAME, build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
     model = build_model(load_config(ROOT / "configs" / name, ON_TINY), tokenizer, base)
@@ -185,8 +185,8 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
     """Swap TTA: the recipe's prediction is the mean of the row and its a/b-swapped copy read back."""
     import numpy as np
 
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.predict.ensemble import predict_frame_probabilities
+    from pref_core.model.preference import build_model, save_adapter
 
     base, tokenizer = tiny_base
     config = load_config(ROOT / "configs" / name, ON_TINY)
@@ -212,7 +212,7 @@ def test_recipe_fits_a_temperature_only_where_documented(name, calibrated):
     import numpy as np
     import pandas as pd
 
-    from pref_core.oof import score_oof
+    from pref_core.evaluate.oof import score_oof
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
@@ -270,8 +270,8 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     from mlflow import MlflowClient
 
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.data import read_arena_csv
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.labels import LABEL_COLUMNS
 
     train = read_arena_csv(synthetic_csvs[0], "train").frame
     probs = np.full((len(train), 3), 0.1)

@@ -79,8 +79,8 @@ def registered(tmp_path, synthetic_frames):
 
     from arena_pref.tasks.evaluation import OOFOutput
     from arena_pref.tasks.registry import register_model
-    from pref_core.config import parse_config
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.config.schema import parse_config
+    from pref_core.model.preference import build_model, save_adapter
     from tests.factories import tiny_base
 
     base = tiny_base(tmp_path / "base")
@@ -127,9 +127,9 @@ def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(regis
     import numpy as np
     import torch
 
-    from pref_core.data import validate_arena_frame
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.arena import validate_arena_frame
+    from pref_core.predict.ensemble import predict_frame_probabilities
+    from pref_core.data.labels import LABEL_COLUMNS
 
     calls = []
 

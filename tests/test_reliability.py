@@ -13,8 +13,8 @@ import pytest
 from mlflow import MlflowClient
 
 from arena_pref import cli
-from pref_core.config import load_config
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.config.schema import load_config
+from pref_core.data.synthetic import write_synthetic_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -122,7 +122,7 @@ def test_concurrent_runs_share_output_root_and_store_without_collisions(tmp_path
 def test_rejected_test_rows_still_get_a_submission_row(prefect_harness, tmp_path, small_csvs):
     """Under a lenient policy a broken test row is quarantined, but the submission keeps its id (class prior)."""
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.labels import LABEL_COLUMNS
 
     test = pd.read_csv(small_csvs[1], dtype=str, keep_default_na=False)
     test.loc[3, "prompt"] = '["cut off'

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from arena_pref.tasks import resources
-from pref_core.config import ConfigError, load_config
+from pref_core.config.schema import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +113,8 @@ def test_the_wheel_ships_the_project_files_and_no_top_level_tasks_or_flows(wheel
     assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == {n.removeprefix(f"{files}configs/") for n in names
                                                                    if n.startswith(f"{files}configs/")}
     assert {"arena_pref/tasks/tracking.py", "arena_pref/flows/cv_training.py"} <= names
+    wings = {p.parent.name for p in (ROOT / "pref_core").glob("*/__init__.py")}
+    assert {f"pref_core/{wing}/__init__.py" for wing in wings} <= names  # every wing is in pyproject's list
     assert not [n for n in names if n.split("/")[0] in ("tasks", "flows", "mlflow", "configs")]
     assert not [n for n in names if n.endswith(("mlflow.db", "server.json", ".py"))
                 and n.startswith(files)]  # no store, and no module or package (none could shadow mlflow)

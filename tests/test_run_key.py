@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.run_key import compute_run_key
-from pref_core.config import load_config
-from pref_core.config_fields import describe_fields, result_neutral_fields
+from pref_core.config.run_key import compute_run_key
+from pref_core.config.schema import load_config
+from pref_core.config.fields import describe_fields, result_neutral_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 # The list tasks/workspace.py kept by hand before the schema carried the mark.
@@ -57,7 +57,8 @@ def test_result_neutral_fields_do_not_change_the_key_and_others_do(tmp_path):
 
 
 def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_dir(tmp_path):
-    from pref_core.run_key import hash_json, teacher_hashes
+    from pref_core.config.run_key import teacher_hashes
+    from pref_core.hashing import hash_json
 
     tiny = ROOT / "configs" / "tiny.yaml"
     assert teacher_hashes(load_config(tiny)) == {"teacher": None, "teacher_dir": None}

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pref_core import plots
-from pref_core.config import ConfigError, load_config
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.evaluate import plots
+from pref_core.config.schema import ConfigError, load_config
+from pref_core.data.synthetic import write_synthetic_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_top_class_calibration_counts_confidence_and_accuracy():
 
 
 def test_report_to_passes_through_and_refuses_mlflow(tmp_path):
-    from pref_core.trainer import build_training_arguments
+    from pref_core.train.trainer import build_training_arguments
 
     default = load_config(ROOT / "configs" / "tiny.yaml")
     assert build_training_arguments(default, tmp_path).report_to in ([], ["none"], "none")
@@ -78,7 +78,7 @@ def finished_run(prefect_harness, tmp_path_factory):
 
 
 def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finished_run):
-    from pref_core.data import hash_file
+    from pref_core.hashing import hash_file
 
     config, result, train_csv = finished_run
     client = MlflowClient(config.tracking.uri)

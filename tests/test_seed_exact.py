@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pref_core.config import PromptConfig
-from pref_core.data import read_arena_csv
-from pref_core.prompts import PromptEncoder, explain_rows
+from pref_core.config.schema import PromptConfig
+from pref_core.data.arena import read_arena_csv
+from pref_core.text.prompts import PromptEncoder, explain_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = PromptConfig(template="seed", truncation="seed", max_length=1024)
@@ -124,7 +124,7 @@ def test_real_rows_id_for_id(tokenizer, real_train_csv):
 def test_show_prompt_cli_gives_the_seeds_ids(tmp_path):
     """`arena-pref show-prompt --json` with the tiny config (tokenizer built from the train texts) on
     generated rows, against the reference with the same tokenizer; an unknown id is one line, exit 2."""
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.labels import LABEL_COLUMNS
     from transformers import AutoTokenizer
 
     raw = generated_rows(40, seed=3)

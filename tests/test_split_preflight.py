@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from arena_pref import cli
-from pref_core.data import read_arena_csv
-from pref_core.folds import SplitError, check_splittable
-from pref_core.synthetic import make_synthetic_frames
+from pref_core.data.arena import read_arena_csv
+from pref_core.data.folds import SplitError, check_splittable
+from pref_core.data.synthetic import make_synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

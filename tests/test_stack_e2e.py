@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from arena_pref import stack
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests import servers
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The submission (pref_core.submission): averaging, prior fill and the checks, on hand-built tables."""
+"""The submission (pref_core.predict.submission): averaging, prior fill and the checks, on hand-built tables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.submission import average_fold_predictions, class_prior, fill_missing_with_prior, validate_submission
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.predict.submission import average_fold_predictions, class_prior, fill_missing_with_prior, validate_submission
 
 
 def _frame(ids, probs):
@@ -52,7 +52,7 @@ def test_a_bad_submission_is_refused_with_what_is_wrong(change, problem):
 
 
 def test_test_file_ids_keeps_file_order_once_each_with_a_bom_and_unreadable_rows(tmp_path):
-    from pref_core.submission import test_file_ids
+    from pref_core.predict.submission import test_file_ids
 
     path = tmp_path / "test.csv"
     # A byte-order mark before the header, an id repeated, and a row whose cells no parser would accept.

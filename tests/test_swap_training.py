@@ -16,10 +16,10 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.labels import swap_label_index
-from pref_core.sampling import EpochSeededSampler, SwapViewDataset
-from pref_core.trainer import build_trainer
-from pref_core.training import fine_tune_fold, load_training_tokenizer
+from pref_core.data.labels import swap_label_index
+from pref_core.train.sampling import EpochSeededSampler, SwapViewDataset
+from pref_core.train.trainer import build_trainer
+from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
 from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 N_TRACED = 24  # rows of the traced dataset
@@ -69,7 +69,7 @@ def expected_label(row: int, swapped: bool) -> int:
 @pytest.fixture(scope="module")
 def traced_trainer_factory(fold_data, tmp_path_factory):
     """build_trainer(config, ...) on the traced rows, with the fold's tiny model (never run on them)."""
-    from pref_core.modeling import build_model
+    from pref_core.model.preference import build_model
 
     _, val_ds, base = fold_data
     tokenizer = load_training_tokenizer(make_config(), base)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pref_core.prompts import CLOSING_QUESTION, build_prompt
-from pref_core.tiny import tokenizer_corpus, train_tokenizer
+from pref_core.text.prompts import CLOSING_QUESTION, build_prompt
+from pref_core.model.tiny import tokenizer_corpus, train_tokenizer
 
 
 def test_corpus_is_template_text_then_non_empty_turns_column_by_column():

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-import pref_core.tokenization as tokenization
-from pref_core.config import PromptConfig
-from pref_core.labels import swap
-from pref_core.prompts import PromptEncoder
-from pref_core.tiny import train_tokenizer
-from pref_core.tokenization import (
+import pref_core.text.tokenization as tokenization
+from pref_core.config.schema import PromptConfig
+from pref_core.data.labels import swap
+from pref_core.text.prompts import PromptEncoder
+from pref_core.model.tiny import train_tokenizer
+from pref_core.text.tokenization import (
     FORMAT_VERSION,
     build_token_cache,
     compute_cache_key,

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
-from pref_core.metrics import compute_log_loss
-from pref_core.fold_checks import check_fold_dataset
-from pref_core.sampling import EpochSeededSampler
-from pref_core.trainer import resolve_mixed_precision, resolve_optim
-from pref_core.training import find_resumable_checkpoint, fine_tune_fold
+from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.evaluate.metrics import compute_log_loss
+from pref_core.train.checks import check_fold_dataset
+from pref_core.train.sampling import EpochSeededSampler
+from pref_core.train.trainer import resolve_mixed_precision, resolve_optim
+from pref_core.train.fold import find_resumable_checkpoint, fine_tune_fold
 from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 pytestmark = pytest.mark.filterwarnings(
@@ -208,7 +208,7 @@ def test_auto_optimizer_and_precision_on_cpu():
 
 
 def test_cpu_threads_apply_only_inside_the_block():
-    from pref_core.training import torch_cpu_threads
+    from pref_core.train.fold import torch_cpu_threads
 
     before = torch.get_num_threads()
     with torch_cpu_threads(2):

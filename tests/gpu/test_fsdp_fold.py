@@ -5,7 +5,7 @@ check the arguments: tests/test_distributed.py). Two torchrun processes train th
 (FSDP2, a unit per decoder layer) on the same rows per optimizer step as one process; the fold must end
 with one adapter and validation log loss within TOLERANCE of the 1-process fold. TOLERANCE is not measured
 yet (no machine with two GPUs has run this): fp32 weights, so only the order of the sharded reductions
-differs. Expected to fail until pref_core.training gathers the sharded adapter and predicts on every rank
+differs. Expected to fail until pref_core.train.fold gathers the sharded adapter and predicts on every rank
 (it saves and predicts on rank 0 alone today), which is why FSDP sits behind ARENA_PREF_FSDP_EXPERIMENTAL.
 
 This file is also the torchrun entry point of its processes (`python tests/gpu/test_fsdp_fold.py SPEC`):
@@ -46,9 +46,9 @@ def _fold(spec: dict) -> dict:
     """Train one fold in this process (one of torchrun's when WORLD_SIZE > 1) and return rank 0's metrics."""
     from datasets import load_from_disk
 
-    from pref_core.config import parse_config
-    from pref_core.fold_checks import is_main_process
-    from pref_core.training import fine_tune_fold
+    from pref_core.config.schema import parse_config
+    from pref_core.train.checks import is_main_process
+    from pref_core.train.fold import fine_tune_fold
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -63,7 +63,7 @@ def test_two_gpu_fsdp_fold_matches_one_process(tmp_path):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(TEXTS, tmp_path / "tiny", hidden_size=64, intermediate_size=128, vocab_size=300)
     tokenizer = AutoTokenizer.from_pretrained(folder)

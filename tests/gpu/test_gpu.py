@@ -19,8 +19,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pref_core.config import parse_config
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.config.schema import parse_config
+from pref_core.data.labels import LABEL_COLUMNS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -36,7 +36,7 @@ def tiny(tmp_path_factory):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     folder = build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128, vocab_size=300)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -61,10 +61,10 @@ def make_config(quantization: str, head: str):
 
 @pytest.mark.parametrize(("quantization", "head"), [("none", "label_token"), ("4bit", "classifier"), ("4bit", "label_token")])
 def test_cuda_training_step(tiny, tmp_path, quantization, head):
-    from pref_core.inference import predict_probabilities
-    from pref_core.modeling import load_preference_model
-    from pref_core.trainer import build_training_arguments, resolve_optim
-    from pref_core.training import fine_tune_fold
+    from pref_core.predict.inference import predict_probabilities
+    from pref_core.model.preference import load_preference_model
+    from pref_core.train.trainer import build_training_arguments, resolve_optim
+    from pref_core.train.fold import fine_tune_fold
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -89,9 +89,9 @@ def test_cuda_training_step(tiny, tmp_path, quantization, head):
 def test_label_token_head_matches_full_logits_in_bf16(tiny):
     from transformers import AutoTokenizer
 
-    from pref_core.labels import get_label_token_ids
-    from pref_core.backbone import load_backbone
-    from pref_core.modeling import build_preference_model
+    from pref_core.data.labels import get_label_token_ids
+    from pref_core.model.backbone import load_backbone
+    from pref_core.model.preference import build_preference_model
 
     folder, _ = tiny
     config = make_config("none", "label_token")
@@ -182,7 +182,7 @@ def make_gpu_config(head: str = "label_token", precision: str = "bf16", quantiza
 def test_heads_learn_in_half_precision(tiny, tmp_path, head, precision):
     """Each head, weights and autocast in bf16 or fp16 (fp16: with the GradScaler): loss goes down, every LoRA
     tensor (and the classifier head) moves, every base tensor stays."""
-    from pref_core.training import fine_tune_fold
+    from pref_core.train.fold import fine_tune_fold
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -202,9 +202,9 @@ def test_heads_learn_in_half_precision(tiny, tmp_path, head, precision):
 def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precision):
     """bitsandbytes base weights and bitsandbytes 8-bit AdamW (the seed's optimizer), built as fine_tune_fold builds
     them: training steps run, LoRA moves, the quantized base does not."""
-    from pref_core.modeling import build_model
-    from pref_core.trainer import build_trainer
-    from pref_core.training import load_training_tokenizer
+    from pref_core.model.preference import build_model
+    from pref_core.train.trainer import build_trainer
+    from pref_core.train.fold import load_training_tokenizer
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -229,9 +229,9 @@ def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precis
 def test_saved_adapter_reloads_to_identical_predictions(tiny, tmp_path, head):
     """fp32 on CUDA: two reloads of the saved adapter predict bit-identically, and equal what the fold predicted
     with the model it trained."""
-    from pref_core.inference import predict_probabilities
-    from pref_core.modeling import load_preference_model
-    from pref_core.training import fine_tune_fold
+    from pref_core.predict.inference import predict_probabilities
+    from pref_core.model.preference import load_preference_model
+    from pref_core.train.fold import fine_tune_fold
 
     folder, dataset = tiny
     config = make_gpu_config(head, "fp32", max_steps=6)
@@ -253,7 +253,7 @@ def test_resume_from_checkpoint_within_tolerance(tiny, tmp_path):
     within RESUME_*_ATOL of an uninterrupted one. The measured gaps go into gpu-check's summary."""
     from safetensors.torch import load_file
 
-    from pref_core.training import fine_tune_fold
+    from pref_core.train.fold import fine_tune_fold
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -281,10 +281,10 @@ def test_resume_from_checkpoint_within_tolerance(tiny, tmp_path):
 
 def test_fold_ensemble_over_one_base(tiny, tmp_path):
     """Two fold adapters over one base on CUDA: the ensemble equals the mean of each adapter's own predictions."""
-    from pref_core.ensemble import average_probabilities, predict_with_adapters
-    from pref_core.inference import predict_probabilities
-    from pref_core.modeling import load_preference_model
-    from pref_core.training import fine_tune_fold
+    from pref_core.predict.ensemble import average_probabilities, predict_with_adapters
+    from pref_core.predict.inference import predict_probabilities
+    from pref_core.model.preference import load_preference_model
+    from pref_core.train.fold import fine_tune_fold
 
     folder, dataset = tiny
     val = dataset.select(range(40, 60))
@@ -309,9 +309,9 @@ def test_label_logits_are_fp32_and_equal_an_fp32_reference(tiny):
     next-token logits."""
     from transformers import AutoTokenizer
 
-    from pref_core.labels import get_label_token_ids
-    from pref_core.backbone import load_backbone
-    from pref_core.modeling import build_preference_model, last_token_indices
+    from pref_core.data.labels import get_label_token_ids
+    from pref_core.model.backbone import load_backbone
+    from pref_core.model.preference import build_preference_model, last_token_indices
 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("bf16 needs an Ampere or newer GPU")
@@ -347,7 +347,7 @@ class AllocateTooMuch(TrainerCallback):
 
 def test_cuda_out_of_memory_becomes_a_one_line_message(tiny, tmp_path):
     """An OOM during a fold surfaces as the project's one-line error (what to lower), not a CUDA traceback."""
-    import pref_core.training as training
+    import pref_core.train.fold as training
 
     error_type = training.FoldOutOfMemoryError
     folder, dataset = tiny

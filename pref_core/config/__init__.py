@@ -1,0 +1,1 @@
+"""The run configuration: the schema (`RunConfig`), its cross-field rules, the fields as data, every choice's allowed values, the run key."""
