@@ -13,27 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from arena_pref import environment
-
-
-class UserError(Exception):
-    """An error the user can fix; printed as is, exit code 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pref_core.config.schema import ConfigError
-    from pref_core.data.arena import DataValidationError
-    from pref_core.evaluate.oof import IncompleteOOFError
-    from arena_pref.tasks.tracking import TrackingUnavailableError
-    from arena_pref.tasks.training import FoldFailedError
-    from pref_core.data.fold_rows import TeacherMismatchError
-    from arena_pref.export import ExportError
-    from arena_pref.stack import StackError
-    from pref_core.model.source import BaseModelError
-    from pref_core.kaggle.bundle import BundleError
-
-    return (UserError, StackError, ExportError, BundleError, BaseModelError, ConfigError, DataValidationError,
-            TrackingUnavailableError, FoldFailedError, IncompleteOOFError, TeacherMismatchError, FileNotFoundError,
-            PermissionError)
+from pref_core.errors import UserError
 
 
 # -- commands -----------------------------------------------------------------
@@ -108,17 +88,13 @@ def check_base_model(config) -> None:
     Fallbacks the run will take (flash-attn missing) are printed as warnings."""
     import logging
 
-    from pref_core.model.source import BaseModelError, resolve_base_model
-    from pref_core.train.checks import MachineError, check_runtime
+    from pref_core.model.source import resolve_base_model
+    from pref_core.train.checks import check_runtime
 
-    try:
-        if config.model.name_or_path is not None:
-            source = resolve_base_model(config.model.name_or_path, config.model.revision)
-            logging.getLogger(__name__).info("base model: %s", source)
-        warnings = check_runtime(config)
-    except (BaseModelError, MachineError) as err:
-        raise UserError(str(err)) from None
-    for warning in warnings:
+    if config.model.name_or_path is not None:
+        source = resolve_base_model(config.model.name_or_path, config.model.revision)
+        logging.getLogger(__name__).info("base model: %s", source)
+    for warning in check_runtime(config):
         print(f"warning: {warning}", file=sys.stderr)
 
 
@@ -168,12 +144,9 @@ def check_split(config, parsed_path) -> None:
     split works but scores poorly (a missing or rare class, tiny validation sets)."""
     import pandas as pd
 
-    from pref_core.data.folds import SplitError, check_splittable
+    from pref_core.data.folds import check_splittable
 
-    try:
-        warnings = check_splittable(pd.read_parquet(parsed_path, columns=["id", "prompt", "label"]), config.cv.n_folds)
-    except SplitError as err:
-        raise UserError(str(err)) from None
+    warnings = check_splittable(pd.read_parquet(parsed_path, columns=["id", "prompt", "label"]), config.cv.n_folds)
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
 
@@ -302,7 +275,6 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
     import mlflow
 
     from pref_core.model.fingerprint import check_base_available
-    from pref_core.model.source import BaseModelError
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
     from arena_pref.tasks.tracking import default_tracking_uri
 
@@ -314,10 +286,7 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
             fingerprint = json.loads(Path(path).read_text())
         except Exception:  # noqa: BLE001 (an unknown model or store: the flow's own error names it)
             return
-    try:
-        check_base_available(fingerprint, base_model)
-    except BaseModelError as err:
-        raise UserError(str(err)) from None
+    check_base_available(fingerprint, base_model)
 
 
 def cmd_predict(args) -> int:
@@ -629,12 +598,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as err:
-        # UserError first: a preflight failure need not import prefect and mlflow to be reported.
-        if isinstance(err, UserError) or isinstance(err, _user_errors()):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        raise
+    except (UserError, FileNotFoundError, PermissionError) as err:  # what the user can fix: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

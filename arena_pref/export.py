@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from pref_core.errors import UserError
+
 PREDICT_PY = '''"""Kaggle submission from this arena-pref bundle: python predict.py --base-model PATH --test-csv test.csv --out submission.csv
 
 Needs torch, transformers, peft, pandas, numpy (what a Kaggle GPU image has). See README.md.
@@ -29,7 +31,7 @@ if __name__ == "__main__":  # worker processes (one per device) re-import this f
 '''
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A user error of `arena-pref export` (one line, exit 2)."""
 
 

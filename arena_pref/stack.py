@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from pref_core.errors import UserError
 from arena_pref import environment
 from arena_pref.tasks import resources
 
@@ -32,7 +33,7 @@ GPU_POOL = "arena-gpu"
 LOCAL_DEPLOYMENTS = ("cv-training/gpu", "train-fold/gpu", "predict/local")
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     pass
 
 

@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
+from pref_core.errors import UserError
 from arena_pref.tasks import resources
 from pref_core.config.schema import RunConfig
 
@@ -34,7 +35,7 @@ TAG_PARENT = "mlflow.parentRunId"
 _PARAM_MAX = 500
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow tracking store cannot be reached; raised before any training starts."""
 
 

@@ -23,6 +23,7 @@ from prefect.flow_engine import run_flow_in_subprocess
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 
+from pref_core.errors import UserError
 from pref_core.data import fold_rows
 from pref_core.train.fold import FoldOutOfMemoryError, FoldResult, fine_tune_fold
 from pref_core.config.schema import RunConfig
@@ -37,7 +38,7 @@ LOGGER = logging.getLogger(__name__)
 TAG_DEVICE = "arena_pref.device"
 
 
-class FoldFailedError(RuntimeError):
+class FoldFailedError(UserError, RuntimeError):
     """A fold's training failed; the message names the fold and where to look."""
 
 

@@ -59,7 +59,7 @@ def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_pa
 
 
 def test_fold_out_of_memory_is_a_user_error_of_the_cli():
-    from arena_pref.cli import _user_errors
     from arena_pref.tasks.training import FoldFailedError
+    from pref_core.errors import UserError
 
-    assert issubclass(FoldFailedError, _user_errors())
+    assert issubclass(fold.FoldOutOfMemoryError, UserError) and issubclass(FoldFailedError, UserError)

@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pref_core.errors import UserError
 from pref_core.config.choices import (
     AllLinear,
     AttnImplementation,
@@ -35,7 +36,7 @@ from pref_core.config.choices import (
 from pref_core.config.rules import CrossFieldError, check_rules, format_field_errors, partial_view
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message lists every bad field with its fix."""
 
     def __init__(self, problems: Sequence[str]):

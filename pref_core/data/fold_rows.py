@@ -12,10 +12,11 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from pref_core.errors import UserError
 from pref_core.data.teachers import attach_teacher_probs
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(UserError, ValueError):
     """The teacher cannot serve this student without leaking its validation rows; one line says why."""
 
 

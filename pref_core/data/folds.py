@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from pref_core.errors import UserError
 from pref_core.data.arena import parse_turns
 
 FOLD_COLUMNS = ("id", "fold")
@@ -96,7 +97,7 @@ MIN_CLASS_SHARE = 0.05
 MIN_VALIDATION_ROWS = 20
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The kept rows cannot be split into the configured grouped, stratified folds; the message says how to fix it."""
 
 

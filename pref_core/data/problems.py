@@ -17,6 +17,8 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from pref_core.errors import UserError
+
 REJECTED_COLUMNS: tuple[str, str, str] = ("id", "column", "reason")
 
 
@@ -37,7 +39,7 @@ class Problem:
         return f"{' '.join(where) or 'file'}: {self.reason}"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """The input cannot be used as it is; the message lists every problem with its fix.
 
     `path` is the file (None for an in-memory frame); `problems` holds all of them.

@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from pref_core.errors import UserError
 from pref_core.evaluate import metrics, plots
 from pref_core.evaluate.calibration import apply_temperature, fit_temperature
 from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
@@ -19,7 +20,7 @@ from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 OOF_COLUMNS = ("id", "fold", *LABEL_COLUMNS, "label")
 
 
-class IncompleteOOFError(RuntimeError):
+class IncompleteOOFError(UserError, RuntimeError):
     """The out-of-fold predictions do not cover the kept rows exactly once."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
+from pref_core.errors import UserError
 from pref_core.config.choices import QUANTIZATIONS
 
 BUNDLE_FORMAT = 1
@@ -36,7 +37,7 @@ BASE_MODEL_DIR = "base_model"
 # What the bundle's predict.py imports, as paths under pref_core/ (each subpackage's empty __init__.py is copied
 # with its modules): pure modules only (a test runs them with pydantic/datasets blocked).
 CODE_MODULES = (
-    "__init__", "hashing", "progress",
+    "__init__", "errors", "hashing", "progress",
     "config/choices",
     "data/arena", "data/labels", "data/problems",
     "evaluate/calibration", "evaluate/metrics",
@@ -52,7 +53,7 @@ ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden
 _BASE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-class BundleError(ValueError):
+class BundleError(UserError, ValueError):
     """A bundle, base model or option that cannot be used: one line, exit code 2."""
 
 
@@ -330,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataValidationError as err:  # file-level problems only (bad rows get the prior): one line
         print(f"error: {' '.join([err.headline, *map(str, err.problems)])}", file=sys.stderr)
         return 2
-    except (BundleError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     per_1000 = summary["seconds"] / max(summary["predicted"], 1) * 1000

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from pref_core.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -30,7 +32,7 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
-class BaseModelError(ValueError):
+class BaseModelError(UserError, ValueError):
     """The base model cannot be used as configured; the message is one line with the fix."""
 
 

@@ -16,13 +16,14 @@ from typing import Optional
 
 import numpy as np
 
+from pref_core.errors import UserError
 from pref_core.config.schema import RunConfig, TrainConfig
 from pref_core.data.labels import NUM_CLASSES
 
 logger = logging.getLogger(__name__)
 
 
-class MachineError(ValueError):
+class MachineError(UserError, ValueError):
     """This machine lacks what the config needs (bitsandbytes, a CUDA GPU); the message is one line with the fix."""
 
 

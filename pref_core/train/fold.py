@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
+from pref_core.errors import UserError
 from pref_core.model.backbone import resolve_model_source
 from pref_core.train.callbacks import LoggingCallback, ValidationRecorder
 from pref_core.config.schema import RunConfig
@@ -85,7 +86,7 @@ class FoldResult:
 # -- out of memory --------------------------------------------------------------------------------------------------
 
 
-class FoldOutOfMemoryError(RuntimeError):
+class FoldOutOfMemoryError(UserError, RuntimeError):
     """CUDA ran out of memory in a fold; the message is one line (what was running, the batch, the fix)."""
 
 
