@@ -26,11 +26,12 @@ def _load(config_path: str | Path, overrides: Sequence[str]):
     return load_config(find_config(config_path), overrides)
 
 
-def registry_decision(result: dict) -> str:
-    """The registry's decision in plain words (the first version becoming @champion is not a failure)."""
+def registry_decision(registration) -> str:
+    """The registry's decision (a RegistrationOutput) in plain words (the first version becoming @champion is not
+    a failure)."""
     from arena_pref.tasks.artifacts import decision_in_words
 
-    return decision_in_words(result["model_uri"], bool(result.get("promoted")), result["promotion"])
+    return decision_in_words(registration.model_uri, registration.promoted, registration.reason)
 
 
 def _run_link(tracking_uri: str, run_id: str) -> str:
@@ -59,25 +60,26 @@ def _fold_devices(tracking_uri: str, fold_run_ids: dict) -> dict:
         return {}
 
 
-def _print_summary(result: dict, tracking_uri: str, out=None) -> None:
+def _print_summary(result, tracking_uri: str, out=None) -> None:
+    """The console summary of a CVTrainingResult: the fold table, OOF scores, registry, where things are."""
     write = (lambda text="": print(text)) if out is None else out.print
-    metrics = result["metrics"]
-    accuracy, rows = result.get("fold_accuracy", {}), result.get("fold_rows", {})
-    devices = _fold_devices(tracking_uri, result.get("fold_run_ids", {}))
+    scores = result.oof.scores
+    devices = _fold_devices(tracking_uri, result.fold_run_ids)
     write()
     write("fold  log loss  accuracy   rows  device")
-    for fold, loss in sorted(result["fold_log_loss"].items()):
-        acc = f"{accuracy[fold]:.3f}" if fold in accuracy else "-"
-        write(f"{fold:>4}  {loss:>8.4f}  {acc:>8}  {rows.get(fold, '-'):>5}  {devices.get(fold) or '-':>6}")
-    write(f"OOF log loss {metrics['oof_log_loss']:.4f}, accuracy {metrics['oof_accuracy']:.3f} over {metrics['n_oof']} rows")
-    if "temperature" in metrics:
-        write(f"calibrated OOF log loss {metrics['oof_log_loss_calibrated']:.4f} (temperature {metrics['temperature']:.3f})")
-    write(f"class prior log loss {metrics['prior_log_loss']:.4f} (always predicting the training class shares)")
-    write(f"registry: {registry_decision(result)}")
-    if result.get("submission_path"):
-        write(f"submission: {result['submission_path']}")
-    write(f"OOF predictions: {result['oof_path']}")
-    write(f"MLflow: {_run_link(tracking_uri, result['parent_run_id'])}")
+    for fold, loss in sorted(result.oof.fold_log_loss.items()):
+        acc = f"{scores.fold_accuracy[fold]:.3f}" if fold in scores.fold_accuracy else "-"
+        rows = scores.fold_rows.get(fold, "-")
+        write(f"{fold:>4}  {loss:>8.4f}  {acc:>8}  {rows:>5}  {devices.get(fold) or '-':>6}")
+    write(f"OOF log loss {scores.log_loss:.4f}, accuracy {scores.accuracy:.3f} over {scores.n_oof} rows")
+    if scores.calibrated_log_loss is not None:
+        write(f"calibrated OOF log loss {scores.calibrated_log_loss:.4f} (temperature {scores.temperature:.3f})")
+    write(f"class prior log loss {scores.prior_log_loss:.4f} (always predicting the training class shares)")
+    write(f"registry: {registry_decision(result.registration)}")
+    if result.submission_path:
+        write(f"submission: {result.submission_path}")
+    write(f"OOF predictions: {result.oof.oof_path}")
+    write(f"MLflow: {_run_link(tracking_uri, result.parent_run_id)}")
     write("open the MLflow UI: arena-pref ui   (then http://127.0.0.1:5000)")
 
 
@@ -151,7 +153,7 @@ def check_split(config, parsed_path) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
-def run_training(config, force: bool = False, verbose: bool = True, command: str = "train") -> dict:
+def run_training(config, force: bool = False, verbose: bool = True, command: str = "train"):
     """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
     from arena_pref import console
     from arena_pref.tasks import workspace

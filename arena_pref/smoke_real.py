@@ -86,12 +86,11 @@ def main(argv=None) -> int:
         preflight(config)
         started = time.time()
         result = cv_training(config)
-        metrics = result["metrics"]
-        results.append({"head": head, "data": str(train_csv), "folds": sorted(result["fold_log_loss"]),
-                        "oof_log_loss": metrics["oof_log_loss"],
-                        "oof_log_loss_calibrated": metrics.get("oof_log_loss_calibrated"),
-                        "prior_log_loss": metrics["prior_log_loss"], "oof_accuracy": metrics["oof_accuracy"],
-                        "n_oof": metrics["n_oof"], "seconds": round(time.time() - started, 1)})
+        scores = result.oof.scores
+        results.append({"head": head, "data": str(train_csv), "folds": sorted(result.oof.fold_log_loss),
+                        "oof_log_loss": scores.log_loss, "oof_log_loss_calibrated": scores.calibrated_log_loss,
+                        "prior_log_loss": scores.prior_log_loss, "oof_accuracy": scores.accuracy,
+                        "n_oof": scores.n_oof, "seconds": round(time.time() - started, 1)})
     baselines = same_fold_baselines(config, train_csv)
     print("\nhead          OOF log loss  calibrated  prior   accuracy  rows  seconds")
     for r in results:

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 times[folds].append(time.perf_counter() - start)
         summary = {
             "head": args.head, "n_train": args.train, "n_heldout": len(heldout), "n_folds": config.cv.n_folds,
-            "oof_log_loss": result["metrics"]["oof_log_loss"], "temperature": temperature,
+            "oof_log_loss": result.oof.scores.log_loss, "temperature": temperature,
             "prior_log_loss": float(compute_log_loss(labels, np.tile(np.bincount(labels, minlength=3) / len(labels),
                                                                       (len(labels), 1)))),
             **{f"{k}_log_loss": float(compute_log_loss(labels, p)) for k, p in probs.items()},

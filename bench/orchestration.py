@@ -114,7 +114,7 @@ def run_direct(config) -> dict:
     for k in range(config.cv.n_folds):
         result = fine_tune_fold(config, dataset.select(np.flatnonzero(row_fold != k)),
                             dataset.select(np.flatnonzero(row_fold == k)), out / f"fold_{k}", name_or_path=model_dir)
-        pieces.append(pd.read_parquet(result.val_predictions_path))
+        pieces.append(pd.read_parquet(result.val_predictions))
         lap("train folds")
     oof = pd.concat(pieces, ignore_index=True)
     log_loss = compute_log_loss(oof["label"].to_numpy(), oof[list(LABEL_COLUMNS)].to_numpy())
@@ -147,7 +147,7 @@ def run_flow(config) -> dict:
         ended = time.time()
     finally:
         MlflowFoldCallback.on_log = original
-    return {"oof_log_loss": float(result["metrics"]["oof_log_loss"]), "mlflow_callback_s": callback_s[0],
+    return {"oof_log_loss": float(result.oof.scores.log_loss), "mlflow_callback_s": callback_s[0],
             "mlflow_callback_calls": callback_s[1], "prefect": read_run_timings(started, ended)}
 
 

@@ -29,7 +29,7 @@ def cv_training(
     model_name_or_path: Optional[str] = None,
     learning_rate: Optional[float] = None,
     num_epochs: Optional[float] = None,
-) -> dict:
+) -> runs.CVTrainingResult:
     """K-fold LoRA fine-tuning with out-of-fold evaluation, tracked in one parent MLflow run.
 
     Give either `config` or `config_path` (+ `overrides`, `key=value` strings). `fold_execution`
@@ -54,7 +54,8 @@ def cv_training(
         runs.close_run(config, parent_run_id, "FAILED")
         raise
     runs.close_run(config, parent_run_id, "FINISHED")
-    return artifacts.flow_result(parent_run_id, fold_run_ids, prepared, oof, registered, submission)
+    return runs.CVTrainingResult(parent_run_id=parent_run_id, fold_run_ids=fold_run_ids, run_key=prepared.run_key,
+                                 oof=oof, registration=registered, submission_path=submission, rows=prepared.counts())
 
 
 def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, force: bool) -> None:

@@ -2,7 +2,7 @@
 validation rows.
 
 Teacher side: a CV run with ``train.predict_train_rows: true`` predicts, in each fold, that fold's
-training rows with the fold's model (pref_core.train.fold.TRAIN_PREDICTIONS_FILE, logged to the fold's MLflow run). Student side:
+training rows with the fold's model (pref_core.train.result.TRAIN_PREDICTIONS_FILE, logged to the fold's MLflow run). Student side:
 ``distill.teacher_run`` names that run; fold k pulls the teacher's fold-k file, after checking that both
 runs split the same data the same way. ``distill.teacher_dir`` holds the same per-fold files
 (``fold_<k>.csv``) for teachers trained elsewhere. ``distill.teacher_csv`` (one file for every fold) is
@@ -21,7 +21,7 @@ import pandas as pd
 from pref_core.config.schema import RunConfig
 from pref_core.data.fold_rows import TeacherMismatchError, check_teacher_leak, check_teacher_split, teacher_dir_file
 from pref_core.data.teachers import read_teacher_probs
-from pref_core.train.fold import TRAIN_PREDICTIONS_FILE
+from pref_core.train.result import TRAIN_PREDICTIONS_FILE
 
 
 def check_teacher_run(config: RunConfig, train_hash: str, client) -> None:

@@ -3,7 +3,7 @@
 `fit-fold` writes the fold's tokenized rows and a spec to the fold folder, then starts
 ``torchrun --nproc-per-node N -m arena_pref.tasks.fold_worker SPEC`` (tasks/training.py). Every process trains
 (DDP); rank 0 alone streams metrics to the fold's MLflow run, writes the adapter and the validation
-predictions, and leaves ``result.json`` for `fit-fold` to read. torchrun restarts the whole group when
+predictions, and leaves the fold's `FoldResult` (``distributed/result.json``) for `fit-fold` to read. torchrun restarts the whole group when
 a process dies (preemption, OOM killer, SIGKILL), and the restarted processes resume from the fold's
 latest checkpoint.
 """
@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-RESULT_FILE = "result.json"
+from pref_core.train.result import RESULT_FILE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -60,8 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         callbacks=callbacks, name_or_path=spec["base_model"], test_ds=test_ds,
     )
     if is_main_process():
-        payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        (spec_path.parent / RESULT_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        result.save(spec_path.parent / RESULT_FILE)
     return 0
 
 

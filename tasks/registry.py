@@ -123,9 +123,9 @@ def register_model(
                 pip_requirements=_pip_requirements(),
             )
     tags = {
-        "oof_log_loss": f"{oof.metrics['oof_log_loss']:.6f}",
+        "oof_log_loss": f"{oof.scores.log_loss:.6f}",
         "n_folds": str(len(fold_run_ids)),
-        "n_oof": str(oof.metrics["n_oof"]),
+        "n_oof": str(oof.scores.n_oof),
         "temperature": f"{oof.temperature:.6f}",
         "base_model": prepared.base_model,
         "data_hash": prepared.train_hash,

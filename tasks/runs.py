@@ -1,10 +1,11 @@
-"""Tasks that open, annotate and close the parent `cv-training` MLflow run."""
+"""Tasks that open, annotate and close the parent `cv-training` MLflow run, and what the run returns."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,10 +14,25 @@ from prefect import task
 from pref_core.config.schema import ConfigError, RunConfig, apply_overrides, load_config, parse_config
 from arena_pref.tasks import resources
 from arena_pref.tasks import tracking
+from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks.registry import RegistrationOutput
 from arena_pref.tasks.retry import retry_on_io
 
 LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class CVTrainingResult:
+    """What `cv-training` returns: its MLflow runs, the OOF evaluation, the registry's decision, the submission."""
+
+    parent_run_id: str
+    fold_run_ids: dict[int, str]  # fold -> its MLflow run
+    run_key: str  # which computation the run is (pref_core.config.run_key); its folder is runs/<run_key>/
+    oof: OOFOutput  # the OOF table's path, its scores and each fold's validation log loss
+    registration: RegistrationOutput  # the registered version and whether it became @champion
+    submission_path: Optional[str]  # None without data.test_csv
+    rows: dict[str, int]  # rows read, kept and rejected per input file (PreparedInputs.counts)
 
 
 @task(name="resolve-config", **TASK_DEFAULTS)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +25,8 @@ from prefect.states import Failed
 
 from pref_core.errors import UserError
 from pref_core.data import fold_rows
-from pref_core.train.fold import FoldOutOfMemoryError, FoldResult, fine_tune_fold
+from pref_core.train.fold import FoldOutOfMemoryError, fine_tune_fold
+from pref_core.train.result import RESULT_FILE, FoldResult
 from pref_core.config.schema import RunConfig
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback, console_child_env
 from pref_core.train.devices import DEVICE_SLOT_ENV, DeviceSlots, slot_environment
@@ -44,19 +45,6 @@ class FoldFailedError(UserError, RuntimeError):
 
 class FoldProcessKilledError(FoldFailedError):
     """A fold's process was ended by a signal (OOM killer, preemption, SIGKILL): retried, it resumes."""
-
-
-@dataclass
-class FoldOutput:
-    fold: int
-    mlflow_run_id: str
-    fold_dir: str
-    adapter_dir: str
-    val_predictions: str
-    test_predictions: Optional[str]
-    metrics: dict
-    reused: bool = False
-    train_predictions: Optional[str] = None  # with train.predict_train_rows
 
 
 @task(name="open-fold-run", **TASK_DEFAULTS)
@@ -88,27 +76,26 @@ def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
 
 
 @task(name="fit-fold", **TASK_DEFAULTS)
-def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldOutput:
+def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldResult:
     """Train (or resume, or reuse) one fold, predict the test set with it, and log everything to its run."""
     logger = get_run_logger()
     client = tracking.get_client(config)
     folder = workspace.fold_dir(config, prepared.run_key, fold)
-    marker = folder / "result.json"
+    marker = folder / RESULT_FILE  # the finished fold's result
     if force and folder.exists():
         shutil.rmtree(folder)
     attempt = _tag_attempt(client, mlflow_run_id, folder)
     if marker.exists():
         logger.info("fold %d: finished earlier in %s, reusing it (pass force=True to retrain)", fold, folder)
-        output = FoldOutput(**json.loads(marker.read_text()))
-        output.mlflow_run_id, output.reused = mlflow_run_id, True
+        result = replace(FoldResult.load(marker), reused=True)
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.reused": "true"})
     else:
         folder.mkdir(parents=True, exist_ok=True)
-        output = _train_new_fold(config, fold, mlflow_run_id, prepared, folder, client, attempt)
-        marker.write_text(json.dumps(asdict(output), indent=2))
-    _log_fold_outputs(client, fold, output)
-    logger.info("fold %d: val_log_loss=%.4f", fold, output.metrics.get("val_log_loss", float("nan")))
-    return output
+        result = _train_new_fold(config, fold, mlflow_run_id, prepared, folder, client, attempt)
+        result.save(marker)
+    _log_fold_outputs(client, fold, mlflow_run_id, result)
+    logger.info("fold %d: val_log_loss=%.4f", fold, result.metrics.get("val_log_loss", float("nan")))
+    return result
 
 
 def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, client):
@@ -126,7 +113,7 @@ def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, clien
 
 
 def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, folder: Path,
-                    client, attempt: int) -> FoldOutput:
+                    client, attempt: int) -> FoldResult:
     logger = get_run_logger()
     train_ds, val_ds, test_ds = _fold_datasets(config, fold, prepared, client)
     logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
@@ -150,32 +137,25 @@ def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: 
     if result.resumed_from:
         logger.info("fold %d: resumed from %s", fold, result.resumed_from)
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})
-    return FoldOutput(
-        fold=fold, mlflow_run_id=mlflow_run_id, fold_dir=str(folder), adapter_dir=str(result.adapter_dir),
-        val_predictions=str(result.val_predictions_path),
-        test_predictions=str(result.test_predictions_path) if result.test_predictions_path else None,
-        train_predictions=str(result.train_predictions_path) if result.train_predictions_path else None,
-        metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))},
-    )
+    return result
 
 
-def _log_fold_outputs(client, fold: int, output: FoldOutput) -> None:
+def _log_fold_outputs(client, fold: int, run_id: str, result: FoldResult) -> None:
     """Metrics, adapter and predictions to the fold's run, then close it; a failure here loses nothing."""
-    run_id = output.mlflow_run_id
     try:
-        tracking.log_metrics(client, run_id, output.metrics)
-        client.log_artifacts(run_id, output.adapter_dir, artifact_path="adapter")
-        client.log_artifact(run_id, output.val_predictions)
-        if output.test_predictions:
-            client.log_artifact(run_id, output.test_predictions)
-        if output.train_predictions:  # the per-fold soft labels of a student (distill.teacher_run)
-            client.log_artifact(run_id, output.train_predictions)
+        tracking.log_metrics(client, run_id, result.metrics)
+        client.log_artifacts(run_id, str(result.adapter_dir), artifact_path="adapter")
+        client.log_artifact(run_id, str(result.val_predictions))
+        if result.test_predictions:
+            client.log_artifact(run_id, str(result.test_predictions))
+        if result.train_predictions:  # the per-fold soft labels of a student (distill.teacher_run)
+            client.log_artifact(run_id, str(result.train_predictions))
         client.set_terminated(run_id, "FINISHED")
     except Exception as err:
         raise FoldFailedError(
             f"fold {fold}: training finished but logging to MLflow ({client.tracking_uri}) failed: {err}. "
-            f"Nothing is lost: the adapter is in {output.adapter_dir} and the validation predictions in "
-            f"{output.val_predictions}; rerun the same command to log them (the fold is reused, not retrained)."
+            f"Nothing is lost: the adapter is in {result.adapter_dir} and the validation predictions in "
+            f"{result.val_predictions}; rerun the same command to log them (the fold is reused, not retrained)."
         ) from err
 
 
@@ -209,8 +189,6 @@ def _train_fold_in_processes(
     The rows travel through the fold folder; torchrun restarts the group (up to twice) when a process
     dies, and the new processes resume from the fold's latest checkpoint.
     """
-    from arena_pref.tasks.fold_worker import RESULT_FILE
-
     work = folder / "distributed"
     if work.exists():
         shutil.rmtree(work)
@@ -243,13 +221,7 @@ def _train_fold_in_processes(
             f"fold {fold}: its {processes} training processes failed (torchrun exit code {proc.returncode}) after "
             "torchrun's restarts; see the fold run's log. Rerunning resumes from the fold's last checkpoint."
         )
-    payload = json.loads((work / RESULT_FILE).read_text(encoding="utf-8"))
-    return FoldResult(
-        adapter_dir=Path(payload["adapter_dir"]), val_predictions_path=Path(payload["val_predictions_path"]),
-        metrics=payload["metrics"], resumed_from=payload["resumed_from"],
-        test_predictions_path=Path(payload["test_predictions_path"]) if payload.get("test_predictions_path") else None,
-        train_predictions_path=Path(payload["train_predictions_path"]) if payload.get("train_predictions_path") else None,
-    )
+    return FoldResult.load(work / RESULT_FILE)
 
 
 def _fold_flow_parameters(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool) -> dict:

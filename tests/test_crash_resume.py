@@ -66,7 +66,7 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
     assert killed["pid"] != os.getpid()
 
     client = MlflowClient(config.tracking.uri)
-    fold_run = client.get_run(result["fold_run_ids"][0])
+    fold_run = client.get_run(result.fold_run_ids[0])
     assert fold_run.info.status == "FINISHED"
     assert fold_run.data.tags["arena_pref.attempt"] == "2"
     assert fold_run.data.tags["arena_pref.resumed_from"].endswith(killed["checkpoint"])
@@ -75,15 +75,15 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
 
     # Same final weights and the same validation loss as the uninterrupted run.
     ours = load_file(str(Path(fold_run.data.tags["arena_pref.fold_dir"]) / "adapter" / "adapter_model.safetensors"))
-    ref_dir = Path(client.get_run(reference["fold_run_ids"][0]).data.tags["arena_pref.fold_dir"])
+    ref_dir = Path(client.get_run(reference.fold_run_ids[0]).data.tags["arena_pref.fold_dir"])
     theirs = load_file(str(ref_dir / "adapter" / "adapter_model.safetensors"))
     assert ours.keys() == theirs.keys()
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, err_msg=name)
-    assert result["fold_log_loss"][0] == pytest.approx(reference["fold_log_loss"][0], abs=1e-4)
+    assert result.oof.fold_log_loss[0] == pytest.approx(reference.oof.fold_log_loss[0], abs=1e-4)
 
-    oof = pd.read_parquet(result["oof_path"])
-    folds = pd.read_parquet(Path(config.output_dir) / "runs" / result["run_key"] / "folds.parquet")
+    oof = pd.read_parquet(result.oof.oof_path)
+    folds = pd.read_parquet(Path(config.output_dir) / "runs" / result.run_key / "folds.parquet")
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
     assert oof["id"].is_unique
 

@@ -9,7 +9,7 @@ import pytest
 
 from pref_core.config.schema import ConfigError
 from pref_core.data.labels import LABEL_COLUMNS
-from pref_core.train.fold import TRAIN_PREDICTIONS_FILE
+from pref_core.train.result import TRAIN_PREDICTIONS_FILE
 from arena_pref.tasks import distillation
 from tests.factories import tiny_recipe_config
 

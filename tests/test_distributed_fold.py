@@ -84,7 +84,7 @@ def test_two_process_fold_matches_one_process(two_process_run):
     single = cv_training(_config(tmp_path, "single", csvs))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    one, two = (client.get_run(r["fold_run_ids"][0]) for r in (single, double))
+    one, two = (client.get_run(r.fold_run_ids[0]) for r in (single, double))
     assert two.data.tags["arena_pref.num_processes"] == "2"
     assert two.data.metrics["global_step"] == one.data.metrics["global_step"] == 9
     measured = {k: abs(two.data.metrics[k] - one.data.metrics[k]) for k in ("val_log_loss", "train_loss")}
@@ -94,9 +94,9 @@ def test_two_process_fold_matches_one_process(two_process_run):
     # Every validation row predicted exactly once (the uneven last batch neither dropped nor doubled).
     folds = pd.read_parquet(next(Path(tmp_path / "double").glob("runs/*/folds.parquet")))
     expected = sorted(folds.loc[folds["fold"] == 0, "id"].astype(str))
-    ours = pd.read_parquet(double["oof_path"]).sort_values("id")
+    ours = pd.read_parquet(double.oof.oof_path).sort_values("id")
     assert sorted(ours["id"]) == expected and ours["id"].is_unique
-    theirs = pd.read_parquet(single["oof_path"]).sort_values("id")
+    theirs = pd.read_parquet(single.oof.oof_path).sort_values("id")
     gap = np.abs(ours[list(LABEL_COLUMNS)].to_numpy() - theirs[list(LABEL_COLUMNS)].to_numpy()).max()
     print(f"largest validation probability gap: {gap:.2e}")
     assert gap < TOLERANCE
@@ -135,8 +135,8 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     assert int(killed["pid_file"].read_text()) != killed["pid"]  # rank 1 ran again, in a new process
 
     client = MlflowClient(config.tracking.uri)
-    fold_run = client.get_run(result["fold_run_ids"][0])
-    reference = client.get_run(double["fold_run_ids"][0])
+    fold_run = client.get_run(result.fold_run_ids[0])
+    reference = client.get_run(double.fold_run_ids[0])
     assert fold_run.info.status == "FINISHED"
     assert fold_run.data.tags["arena_pref.distributed_restarts"] == "1"  # torchrun restarted the group once
     assert fold_run.data.tags["arena_pref.resumed_from"].endswith(killed["checkpoint"])
@@ -147,8 +147,8 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     assert ours.keys() == theirs.keys()
     weight_gap = max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours)
     loss_gap = abs(fold_run.data.metrics["val_log_loss"] - reference.data.metrics["val_log_loss"])
-    resumed = pd.read_parquet(result["oof_path"]).sort_values("id")
-    uninterrupted = pd.read_parquet(double["oof_path"]).sort_values("id")
+    resumed = pd.read_parquet(result.oof.oof_path).sort_values("id")
+    uninterrupted = pd.read_parquet(double.oof.oof_path).sort_values("id")
     assert list(resumed["id"]) == list(uninterrupted["id"]) and resumed["id"].is_unique
     gap = np.abs(resumed[list(LABEL_COLUMNS)].to_numpy() - uninterrupted[list(LABEL_COLUMNS)].to_numpy()).max()
     print(f"resumed vs uninterrupted: weights {weight_gap:.2e}, val_log_loss {loss_gap:.2e}, probabilities {gap:.2e}")

@@ -126,9 +126,9 @@ def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_pat
         "cv.execution=in_process", "cv.folds=[0, 1]", "train.num_epochs=1",
     ])
     result = cv_training(config)
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof.oof_path)
     assert not oof["id"].str.startswith("extra:").any()
     assert set(oof["id"]) <= set(main["id"])
-    parent = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"])
+    parent = MlflowClient(config.tracking.uri).get_run(result.parent_run_id)
     assert parent.data.metrics["n_extra_read"] == 70
     assert parent.data.metrics["n_extra_kept"] == 30  # the 40 copied rows share prompts with the main data

@@ -12,7 +12,8 @@ from pref_core.data.arena import read_arena_csv
 from pref_core.predict.inference import predict_probabilities
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.text.tokenization import tokenize_frame
-from pref_core.train.fold import TEST_PREDICTIONS_FILE, fine_tune_fold
+from pref_core.train.fold import fine_tune_fold
+from pref_core.train.result import TEST_PREDICTIONS_FILE
 from tests.factories import CPU_TRAIN, synthetic_train, tiny_base_for, tiny_config
 
 
@@ -39,8 +40,8 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     result = fine_tune_fold(config, dataset.select(range(24, 96)), dataset.select(range(24)), tmp_path / "fold",
                         name_or_path=base, test_ds=test_ds)
     assert len(loads) == 1  # training and the test predictions share one base
-    assert result.test_predictions_path == tmp_path / "fold" / TEST_PREDICTIONS_FILE
-    saved = pd.read_parquet(result.test_predictions_path)
+    assert result.test_predictions == tmp_path / "fold" / TEST_PREDICTIONS_FILE
+    saved = pd.read_parquet(result.test_predictions)
     assert saved["id"].tolist() == list(test_ds["id"])
 
     model, reloaded_tokenizer = preference.load_preference_model(config, result.adapter_dir, name_or_path=base)

@@ -41,7 +41,7 @@ def test_two_fold_processes_overlap_on_their_own_slots_and_match_a_sequential_ru
     parallel = cv_training(_config(tmp_path, "parallel", train_csv, "cv.execution=subprocess", "cv.max_parallel=2"))
     sequential = cv_training(_config(tmp_path, "sequential", train_csv, "cv.execution=in_process"))
 
-    children = _child_flow_runs(parallel["fold_run_ids"])
+    children = _child_flow_runs(parallel.fold_run_ids)
     assert sorted(children) == [0, 1]
     first, second = sorted(children.values(), key=lambda r: r.start_time)
     assert all(r.state.is_completed() for r in children.values())
@@ -55,7 +55,7 @@ def test_two_fold_processes_overlap_on_their_own_slots_and_match_a_sequential_ru
     assert len({t.flow_run_id for t in parents}) == 1 and len({t.id for t in parents}) == 2
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tags = {k: client.get_run(run_id).data.tags for k, run_id in parallel["fold_run_ids"].items()}
+    tags = {k: client.get_run(run_id).data.tags for k, run_id in parallel.fold_run_ids.items()}
     slots = {k: t["arena_pref.device"] for k, t in tags.items()}
     assert sorted(slots.values()) == ["cpu:0", "cpu:1"]
     # Each process saw the slot it was given, not a neighbour's.
@@ -63,7 +63,7 @@ def test_two_fold_processes_overlap_on_their_own_slots_and_match_a_sequential_ru
     assert len({t["arena_pref.pid"] for t in tags.values()}) == 2
 
     # Same seeds, same folds: parallel processes change nothing in what is computed.
-    assert parallel["metrics"]["oof_log_loss"] == pytest.approx(sequential["metrics"]["oof_log_loss"], abs=1e-6)
-    ours = pd.read_parquet(parallel["oof_path"]).sort_values("id")
-    theirs = pd.read_parquet(sequential["oof_path"]).sort_values("id")
+    assert parallel.oof.scores.log_loss == pytest.approx(sequential.oof.scores.log_loss, abs=1e-6)
+    ours = pd.read_parquet(parallel.oof.oof_path).sort_values("id")
+    theirs = pd.read_parquet(sequential.oof.oof_path).sort_values("id")
     np.testing.assert_allclose(ours[list(LABEL_COLUMNS)].to_numpy(), theirs[list(LABEL_COLUMNS)].to_numpy(), atol=1e-6)

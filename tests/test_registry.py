@@ -79,6 +79,7 @@ def registered(tmp_path, synthetic_frames):
 
     from arena_pref.tasks.evaluation import OOFOutput
     from arena_pref.tasks.registry import register_model
+    from pref_core.evaluate.oof import OOFScores
     from pref_core.config.schema import parse_config
     from pref_core.model.preference import build_model, save_adapter
     from tests.factories import tiny_base
@@ -112,7 +113,9 @@ def registered(tmp_path, synthetic_frames):
     pd.DataFrame({"label": [0, 1, 2, 0]}).to_parquet(parsed)
     prepared = SimpleNamespace(base_model=str(base), train=SimpleNamespace(parsed_path=str(parsed)),
                                train_hash="d1", run_key="k1")
-    oof = OOFOutput(oof_path="", metrics={"oof_log_loss": 0.9, "n_oof": 4}, fold_log_loss={}, temperature=1.5)
+    scores = OOFScores(log_loss=0.9, accuracy=0.5, prior_log_loss=1.0, n_oof=4, temperature=1.5, fitted_temperature=1.5,
+                       calibrated_log_loss=0.85)
+    oof = OOFOutput(oof_path="", scores=scores, fold_log_loss={})
     parent = client.create_run(experiment).info.run_id
     result = register_model.fn(config, parent, fold_runs, prepared, oof)
     client.set_terminated(parent)

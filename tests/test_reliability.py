@@ -71,7 +71,7 @@ def test_tracking_drop_after_training_keeps_the_adapter(prefect_harness, tmp_pat
     # Once the store is back, the rerun reuses the trained fold instead of retraining it.
     monkeypatch.undo()
     result = cv_training(config)
-    fold_run = client.get_run(result["fold_run_ids"][0])
+    fold_run = client.get_run(result.fold_run_ids[0])
     assert fold_run.data.tags["arena_pref.reused"] == "true"
     assert "adapter/adapter_model.safetensors" in {a.path for a in client.list_artifacts(fold_run.info.run_id, "adapter")}
 
@@ -133,14 +133,14 @@ def test_rejected_test_rows_still_get_a_submission_row(prefect_harness, tmp_path
                                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "cv.execution=in_process",
                                 "cv.folds=[0]", "train.num_epochs=1"])
     result = cv_training(config)
-    submission = pd.read_csv(result["submission_path"], dtype={"id": str})
+    submission = pd.read_csv(result.submission_path, dtype={"id": str})
     assert submission["id"].tolist() == test["id"].tolist()
     train = pd.read_csv(small_csvs[0])
     prior = train[list(LABEL_COLUMNS)].mean().to_numpy()
     assert submission.loc[3, list(LABEL_COLUMNS)].to_numpy() == pytest.approx(prior)
-    parent = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"])
+    parent = MlflowClient(config.tracking.uri).get_run(result.parent_run_id)
     assert parent.data.metrics["n_test_prior_filled"] == 1
-    assert "rejected" in {a.path for a in MlflowClient(config.tracking.uri).list_artifacts(result["parent_run_id"])}
+    assert "rejected" in {a.path for a in MlflowClient(config.tracking.uri).list_artifacts(result.parent_run_id)}
 
 
 def test_a_fold_flow_run_waits_until_the_api_has_recorded_its_parent_task_run(monkeypatch):

@@ -82,7 +82,7 @@ def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finish
 
     config, result, train_csv = finished_run
     client = MlflowClient(config.tracking.uri)
-    parent = client.get_run(result["parent_run_id"])
+    parent = client.get_run(result.parent_run_id)
     inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
               for d in parent.inputs.dataset_inputs}
     assert set(inputs) == {"train", "test"}
@@ -98,7 +98,7 @@ def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finish
     plot_names = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/calibration_temperature.png", "plots/log_loss_by_length.png"} <= plot_names
 
-    for fold, run_id in result["fold_run_ids"].items():
+    for fold, run_id in result.fold_run_ids.items():
         run = client.get_run(run_id)
         assert run.data.metrics["train_tokens_per_second"] > 0
         assert run.data.metrics["train_samples_per_second"] > 0
@@ -119,7 +119,7 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
 
     config, result, _ = finished_run
     # Other runs of the session write artifacts under the same keys: read this run's own.
-    flow_run_name = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"]).data.tags["arena_pref.prefect_flow_run"]
+    flow_run_name = MlflowClient(config.tracking.uri).get_run(result.parent_run_id).data.tags["arena_pref.prefect_flow_run"]
     with get_client(sync_client=True) as client:
         (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
         found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -131,9 +131,9 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
     table = found[TABLE_KEY].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["fold"] for row in table] == [0, 1]
-    assert table[0]["val_log_loss"] == pytest.approx(result["fold_log_loss"][0], abs=1e-5)
+    assert table[0]["val_log_loss"] == pytest.approx(result.oof.fold_log_loss[0], abs=1e-5)
     summary = found[SUMMARY_KEY].data
     for needle in ("OOF log loss", "calibrated OOF log loss", "class prior log loss",
-                   "is now @champion (the first version registered)", result["parent_run_id"],
-                   *result["fold_run_ids"].values()):
+                   "is now @champion (the first version registered)", result.parent_run_id,
+                   *result.fold_run_ids.values()):
         assert needle in summary, needle

@@ -7,7 +7,7 @@ Every kept training row of a trained fold must be predicted exactly once, or not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -26,13 +26,26 @@ class IncompleteOOFError(UserError, RuntimeError):
 
 @dataclass
 class OOFScores:
-    """What the OOF table scores: metrics to log, the fitted temperature and per-fold breakdowns."""
+    """What the OOF table scores: log loss, accuracy, the class prior's log loss, calibration, per-fold breakdowns."""
 
-    metrics: dict
+    log_loss: float
+    accuracy: float
+    prior_log_loss: float  # always predicting the training class shares
+    n_oof: int  # rows scored
     temperature: float  # 1.0 unless calibration.method=temperature; applied to the submission
     fitted_temperature: float  # always fitted: the calibration plot shows it even when not applied
-    fold_accuracy: dict = field(default_factory=dict)
-    fold_rows: dict = field(default_factory=dict)
+    calibrated_log_loss: Optional[float] = None  # with calibration.method=temperature
+    fold_accuracy: dict[int, float] = field(default_factory=dict)
+    fold_rows: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The scores under their MLflow metric names (the parent run's metrics, read by the registry)."""
+        out = {"oof_log_loss": self.log_loss, "oof_accuracy": self.accuracy, "prior_log_loss": self.prior_log_loss,
+               "n_oof": self.n_oof}
+        if self.calibrated_log_loss is not None:
+            out.update(temperature=self.temperature, oof_log_loss_calibrated=self.calibrated_log_loss)
+        return out
 
 
 def assemble_oof(fold_predictions: Mapping[int, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
@@ -69,23 +82,20 @@ def score_oof(oof: pd.DataFrame, calibration_method: str) -> OOFScores:
     also the fitted temperature and the calibrated log loss."""
     labels, probs = oof["label"].to_numpy(), oof[list(LABEL_COLUMNS)].to_numpy()
     summary = metrics.summarize_predictions(labels, probs)
-    scores = {
-        "oof_log_loss": float(summary["log_loss"]),
-        "oof_accuracy": float(summary["accuracy"]),
-        "prior_log_loss": float(summary["prior_log_loss"]),
-        "n_oof": int(len(oof)),
-    }
     fitted = fit_temperature(labels, probs)
-    temperature = 1.0
+    temperature, calibrated = 1.0, None
     if calibration_method == "temperature":
         temperature = fitted
-        scores["temperature"] = temperature
-        scores["oof_log_loss_calibrated"] = float(metrics.compute_log_loss(labels, apply_temperature(probs, temperature)))
+        calibrated = float(metrics.compute_log_loss(labels, apply_temperature(probs, temperature)))
     fold_index = oof["fold"].to_numpy()
     folds = sorted(set(fold_index.tolist()))
-    fold_accuracy = {k: metrics.compute_accuracy(labels[fold_index == k], probs[fold_index == k]) for k in folds}
-    fold_rows = {k: int((fold_index == k).sum()) for k in folds}
-    return OOFScores(scores, temperature, fitted, fold_accuracy, fold_rows)
+    return OOFScores(
+        log_loss=float(summary["log_loss"]), accuracy=float(summary["accuracy"]),
+        prior_log_loss=float(summary["prior_log_loss"]), n_oof=int(len(oof)), temperature=temperature,
+        fitted_temperature=fitted, calibrated_log_loss=calibrated,
+        fold_accuracy={k: metrics.compute_accuracy(labels[fold_index == k], probs[fold_index == k]) for k in folds},
+        fold_rows={k: int((fold_index == k).sum()) for k in folds},
+    )
 
 
 def text_lengths(frame: pd.DataFrame, ids: pd.Series) -> np.ndarray:
@@ -101,12 +111,12 @@ def oof_figures(oof: pd.DataFrame, scores: OOFScores, fold_log_loss: Mapping[int
     temperature = scores.fitted_temperature
     return {
         "plots/fold_log_loss.png": plots.plot_fold_log_loss(
-            fold_log_loss, scores.metrics["oof_log_loss"], scores.metrics["prior_log_loss"]),
+            fold_log_loss, scores.log_loss, scores.prior_log_loss),
         "plots/reliability.png": plots.plot_reliability(labels, probs),
         "plots/confusion_matrix.png": plots.plot_confusion(labels, probs),
         # The fitted temperature is shown even when calibration.method=none (then it is not applied).
         "plots/calibration_temperature.png": plots.plot_calibration_before_after(
             labels, probs, apply_temperature(probs, temperature), temperature),
         "plots/log_loss_by_length.png": plots.plot_log_loss_by_length(
-            labels, probs, lengths, scores.metrics["oof_log_loss"]),
+            labels, probs, lengths, scores.log_loss),
     }

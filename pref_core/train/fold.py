@@ -15,14 +15,7 @@
 What a step sees (train.swap, distill) is decided by sampling, losses and trainer.PreferenceTrainer; validation
 and inference never see it.
 
-Layout of `output_dir`::
-
-    checkpoints/checkpoint-<step>/   Trainer checkpoints (adapter, optimizer, scheduler, RNG, state)
-    adapter/                         final adapter + tokenizer (pref_core.model.preference.save_adapter)
-    val_predictions.parquet          id, winner_model_a, winner_model_b, winner_tie, label
-    test_predictions.parquet         id, winner_model_a, winner_model_b, winner_tie (when a test set is given:
-                                     predicted by the trained model in memory, no reload of the base)
-    train_predictions.parquet        the same for the fold's training rows (train.predict_train_rows)
+The folder it writes (checkpoints, adapter, predictions) and what it returns: pref_core.train.result.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ import logging
 import math
 import re
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -52,35 +45,19 @@ from pref_core.evaluate.metrics import compute_accuracy, compute_log_loss
 from pref_core.model.preference import build_model, save_adapter
 from pref_core.train.sampling import dataset_lengths
 from pref_core.text.tokenization import load_tokenizer
+from pref_core.train.result import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    TEST_PREDICTIONS_FILE,
+    TRAIN_PREDICTIONS_FILE,
+    VAL_PREDICTIONS_FILE,
+    FoldResult,
+)
 from pref_core.train.trainer import PreferenceTrainer, build_trainer, resolve_padding
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-VAL_PREDICTIONS_FILE = "val_predictions.parquet"
-TEST_PREDICTIONS_FILE = "test_predictions.parquet"
-TRAIN_PREDICTIONS_FILE = "train_predictions.parquet"
 _CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-
-@dataclass
-class FoldResult:
-    """What a trained fold leaves behind (paths, never models: they are handed between processes).
-
-    `metrics`: val_log_loss / val_accuracy of the saved validation predictions (with train.tta_swap,
-    of the averaged views; the plain view's loss is val_log_loss_no_tta), train_loss (mean over the
-    fold's steps; after a resume, over the steps whose loss was logged: the Trainer does not
-    checkpoint the running loss; with distill.teacher_csv, of the distillation objective),
-    train_runtime_s (this call only) and global_step.
-    """
-
-    adapter_dir: Path
-    val_predictions_path: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    resumed_from: Optional[str] = None
-    test_predictions_path: Optional[Path] = None
-    train_predictions_path: Optional[Path] = None  # with train.predict_train_rows
 
 
 # -- out of memory --------------------------------------------------------------------------------------------------
@@ -225,8 +202,8 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     probabilities, metrics = validate_fold(fold, val_ds, train_output, resume_from)
     resumed_from = str(resume_from) if resume_from else None
     if not is_main_process():  # the other processes of a distributed fold: rank 0 writes and predicts
-        return FoldResult(adapter_dir=output_dir / ADAPTER_DIR, val_predictions_path=output_dir / VAL_PREDICTIONS_FILE,
-                          metrics=metrics, resumed_from=resumed_from)
+        return FoldResult(fold_dir=output_dir, adapter_dir=output_dir / ADAPTER_DIR,
+                          val_predictions=output_dir / VAL_PREDICTIONS_FILE, metrics=metrics, resumed_from=resumed_from)
     if config.train.tta_swap:
         probabilities, metrics = validate_with_tta(fold, config, val_ds, metrics)
     predictions_path, adapter_dir = save_fold(fold, output_dir, val_ds, probabilities)
@@ -242,8 +219,8 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
         metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
     )
-    return FoldResult(adapter_dir=adapter_dir, val_predictions_path=predictions_path, metrics=metrics,
-                      resumed_from=resumed_from, test_predictions_path=test_path, train_predictions_path=train_path)
+    return FoldResult(fold_dir=output_dir, adapter_dir=adapter_dir, val_predictions=predictions_path, metrics=metrics,
+                      test_predictions=test_path, train_predictions=train_path, resumed_from=resumed_from)
 
 
 @dataclass

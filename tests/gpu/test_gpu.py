@@ -80,7 +80,7 @@ def test_cuda_training_step(tiny, tmp_path, quantization, head):
     model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
     assert next(model.parameters()).is_cuda
     probs = predict_probabilities(model, dataset.select(range(40, 60)), batch_size=8, pad_to_multiple_of=8)
-    at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
+    at_training = pd.read_parquet(result.val_predictions)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # bf16 with other batch shapes: same model, small rounding differences.
     np.testing.assert_allclose(probs, at_training, atol=2e-2)
@@ -244,7 +244,7 @@ def test_saved_adapter_reloads_to_identical_predictions(tiny, tmp_path, head):
         runs.append(predict_probabilities(model, val, batch_size=8, pad_to_multiple_of=8))
         del model
     np.testing.assert_array_equal(runs[0], runs[1])
-    at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
+    at_training = pd.read_parquet(result.val_predictions)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(runs[0], at_training, atol=1e-5, rtol=0)
 
 
