@@ -96,7 +96,7 @@ def check_base_model(config) -> None:
     if config.model.name_or_path is not None:
         source = resolve_base_model(config.model.name_or_path, config.model.revision)
         logging.getLogger(__name__).info("base model: %s", source)
-    for warning in check_runtime(config):
+    for warning in check_runtime(config.model, config.train):
         print(f"warning: {warning}", file=sys.stderr)
 
 

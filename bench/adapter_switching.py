@@ -67,7 +67,7 @@ def build_adapters(config, base_dir: Path, out: Path, n_folds: int) -> list[Path
     from pref_core.model.preference import build_model, save_adapter
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = build_model(config, tokenizer, base_dir)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=base_dir, seed=config.train.seed)
     dirs = []
     for fold in range(n_folds):
         generator = torch.Generator().manual_seed(fold)
@@ -88,7 +88,7 @@ def per_fold_reloads(config, adapter_dirs, ids) -> list[np.ndarray]:
 
     outputs = []
     for adapter_dir in adapter_dirs:
-        model, tokenizer = load_preference_model(config, adapter_dir, device="cpu")
+        model, tokenizer = load_preference_model(config.model, adapter_dir, device="cpu")
         outputs.append(predict_token_ids(model, ids, batch_size=config.train.eval_batch_size,
                                          pad_token_id=tokenizer.pad_token_id))
         del model
@@ -100,7 +100,7 @@ def one_base(config, adapter_dirs, ids) -> list[np.ndarray]:
     """After: one base load, the adapters switched (pref_core.predict.ensemble.predict_fold_probabilities)."""
     from pref_core.predict.ensemble import predict_fold_probabilities
 
-    outputs, _ = predict_fold_probabilities(config, adapter_dirs, ids, devices=["cpu"])
+    outputs, _ = predict_fold_probabilities(config.model, adapter_dirs, ids, batch_size=config.train.eval_batch_size, devices=["cpu"])
     gc.collect()
     return outputs
 

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
     from arena_pref.cli import main as cli_main
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.kaggle.bundle import adapter_dirs, read_bundle_config
+    from pref_core.kaggle.bundle import adapter_dirs, read_prediction_settings
     from pref_core.config.schema import load_config
     from pref_core.data.arena import read_arena_csv
     from pref_core.predict.ensemble import predict_frame_probabilities
@@ -71,8 +71,10 @@ def main(argv=None) -> int:
             for folds in order:
                 bundle = bundles[folds]
                 start = time.perf_counter()
-                probs[folds] = predict_frame_probabilities(read_bundle_config(bundle), adapter_dirs(bundle), heldout,
-                                                           base_model=base, temperature=temperature, devices=["cpu"])
+                settings = read_prediction_settings(bundle)
+                probs[folds] = predict_frame_probabilities(
+                    settings.model, settings.prompt, adapter_dirs(bundle), heldout, batch_size=settings.batch_size,
+                    tta_swap=settings.tta_swap, base_model=base, temperature=temperature, devices=["cpu"])
                 times[folds].append(time.perf_counter() - start)
         summary = {
             "head": args.head, "n_train": args.train, "n_heldout": len(heldout), "n_folds": config.cv.n_folds,

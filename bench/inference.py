@@ -73,8 +73,8 @@ def measure(args) -> Verdict:
         model_dir = build_tiny_checkpoint(texts, Path(tmp) / "model", hidden_size=tiny.hidden_size,
                                           num_layers=tiny.num_layers, num_heads=tiny.num_heads,
                                           intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size)
-        tokenizer = load_training_tokenizer(config, model_dir)
-        model = build_model(config, tokenizer, model_dir)
+        tokenizer = load_training_tokenizer(config.model, model_dir)
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=model_dir, seed=config.train.seed)
     dataset = tokenize_frame(frame, tokenizer, config.prompt)
     lengths = np.asarray(dataset["length"])
     real_tokens = int(lengths.sum())

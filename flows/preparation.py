@@ -23,7 +23,7 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
         "train": train.data_hash,
         "test": test.data_hash if test else None,
         "extra": extra.data_hash if extra else None,
-        **teacher_hashes(config),
+        **teacher_hashes(config.distill),
     })
     # Training reads the swapped view for swap augmentation, inference for swap TTA.
     train_swap = config.train.tta_swap or config.train.swap != "none"

@@ -55,8 +55,10 @@ def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = Fal
     from pref_core.predict.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
-    probs = predict_frame_probabilities(config, adapters, frame, base_model=base_model or base["name_or_path"],
-                                        temperature=temperature, progress=progress)
+    probs = predict_frame_probabilities(config.model, config.prompt, adapters, frame,
+                                        batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+                                        base_model=base_model or base["name_or_path"], temperature=temperature,
+                                        progress=progress)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out

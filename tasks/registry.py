@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from prefect import task
 
 from pref_core.evaluate import promotion
-from pref_core.model.fingerprint import fingerprint_base, pin_base_in_config
+from pref_core.model.fingerprint import fingerprint_base, pin_base
 from pref_core.config.schema import RunConfig, dump_config
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
@@ -60,7 +60,7 @@ def build_bundle(
     # The bundle loads its base from where the weights were fingerprinted (Hub id + commit, or folder + content
     # hash), so another machine finds or checks the same weights: no tiny-model rebuild, no data needed.
     fingerprint = fingerprint_base(base_model, config.model.revision)
-    dump_config(pin_base_in_config(config, fingerprint), dest / "config.yaml")
+    dump_config(config.model_copy(update={"model": pin_base(config.model, fingerprint)}), dest / "config.yaml")
     (dest / "base_model.json").write_text(json.dumps(fingerprint, indent=2))
     (dest / "calibration.json").write_text(json.dumps({"method": config.calibration.method, "temperature": temperature}))
     return dest

@@ -58,6 +58,13 @@ def tiny_recipe_config(tmp_path: Path, train_csv: Path, *extra: str, name: Optio
     return load_config(TINY_RECIPE, [*overrides, *extra])
 
 
+def lora_model(config, tokenizer, base: Path):
+    """pref_core.model.preference.build_model with the sections of `config` (model, lora, train.seed) over `base`."""
+    from pref_core.model.preference import build_model
+
+    return build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed)
+
+
 def tiny_base(folder: Path, texts=TINY_TEXTS, *, hidden_size: int = 32, intermediate_size: int = 64,
               vocab_size: int = 400, **sizes: Any) -> Path:
     """A random tiny Llama and a tokenizer trained on `texts`, saved to `folder`."""

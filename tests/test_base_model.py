@@ -192,18 +192,24 @@ def _config(**model):
     return parse_config({"model": {"name_or_path": "x/y", **model}, "train": {"optim": optim}})
 
 
+def _model_and_train(**model):
+    """The two sections check_runtime reads."""
+    config = _config(**model)
+    return config.model, config.train
+
+
 def test_runtime_check_names_bitsandbytes_cuda_and_flash_attn(monkeypatch):
     import pref_core.train.checks as checks
 
     with pytest.raises(MachineError, match="model.quantization=8bit needs a CUDA GPU"):
-        check_runtime(_config(quantization="8bit"), cuda_available=False)
+        check_runtime(*_model_and_train(quantization="8bit"), cuda_available=False)
     with pytest.raises(MachineError, match="train.optim=adamw_8bit needs a CUDA GPU"):
-        check_runtime(_config(optim="adamw_8bit"), cuda_available=False)
-    assert check_runtime(_config(quantization="4bit"), cuda_available=True) == []
+        check_runtime(*_model_and_train(optim="adamw_8bit"), cuda_available=False)
+    assert check_runtime(*_model_and_train(quantization="4bit"), cuda_available=True) == []
     monkeypatch.setattr(checks, "_installed", lambda module: module not in ("bitsandbytes", "flash_attn"))
     with pytest.raises(MachineError, match=r"needs bitsandbytes.*arena-pref\[gpu\]"):
-        check_runtime(_config(quantization="4bit"), cuda_available=True)
-    (warning,) = check_runtime(_config(attn_implementation="flash_attention_2"), cuda_available=True)
+        check_runtime(*_model_and_train(quantization="4bit"), cuda_available=True)
+    (warning,) = check_runtime(*_model_and_train(attn_implementation="flash_attention_2"), cuda_available=True)
     assert "flash-attn" in warning and "using sdpa" in warning
 
 
@@ -321,13 +327,13 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
 
 
 def test_the_bundle_config_names_the_fingerprinted_base_and_builds_nothing():
-    from pref_core.model.fingerprint import pin_base_in_config
+    from pref_core.model.fingerprint import pin_base
 
     tiny = load_config(ROOT / "configs" / "tiny.yaml")
     assert tiny.model.tiny is not None
-    local = pin_base_in_config(tiny, {"kind": "local", "name_or_path": "/models/tiny", "content_sha256": "ab"})
-    assert (local.model.name_or_path, local.model.tiny, local.model.gguf) == ("/models/tiny", None, None)
-    assert local.model.revision == tiny.model.revision and local.train == tiny.train
-    hub = pin_base_in_config(tiny, {"kind": "hub", "name_or_path": "org/model", "commit": "c" * 40})
-    assert (hub.model.name_or_path, hub.model.revision) == ("org/model", "c" * 40)
+    local = pin_base(tiny.model, {"kind": "local", "name_or_path": "/models/tiny", "content_sha256": "ab"})
+    assert (local.name_or_path, local.tiny, local.gguf) == ("/models/tiny", None, None)
+    assert local.revision == tiny.model.revision and local.head == tiny.model.head
+    hub = pin_base(tiny.model, {"kind": "hub", "name_or_path": "org/model", "commit": "c" * 40})
+    assert (hub.name_or_path, hub.revision) == ("org/model", "c" * 40)
     assert tiny.model.tiny is not None  # the run's own config is left as it was

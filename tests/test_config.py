@@ -229,9 +229,10 @@ def test_max_steps_is_optional_not_a_sentinel(tmp_path):
     from pref_core.train.trainer import build_training_arguments
 
     assert parse_config(TINY).train.max_steps is None
-    assert build_training_arguments(parse_config(TINY), tmp_path).max_steps == -1  # transformers: train by epochs
+    tiny = parse_config(TINY)
+    assert build_training_arguments(tiny.train, tiny.model, tmp_path).max_steps == -1  # transformers: train by epochs
     limited = parse_config({**TINY, "train": {"max_steps": 7}})
-    assert build_training_arguments(limited, tmp_path).max_steps == 7
+    assert build_training_arguments(limited.train, limited.model, tmp_path).max_steps == 7
     assert problems_of({**TINY, "train": {"max_steps": -1}}) == [
         "train.max_steps: got -1; -1 no longer means 'no limit': use null (train by train.num_epochs)"
     ]

@@ -215,8 +215,8 @@ def test_trainer_loss_is_the_distillation_loss_while_training(fold_data, tmp_pat
     train_ds, val_ds, base = fold_data
     config = make_config({"teacher_csv": "teacher.csv", "hard_weight": 0.3, "kl_weight": 0.7, "temperature": 2.0})
     with_teacher = attach_teacher_probs(train_ds, teacher_frame(train_ds, 0.6, shift=1))
-    tokenizer = load_training_tokenizer(config, base)
-    trainer = build_trainer(config, build_model(config, tokenizer, base), tokenizer, with_teacher, val_ds, tmp_path)
+    tokenizer = load_training_tokenizer(config.model, base)
+    trainer = build_trainer(config, build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed), tokenizer, with_teacher, val_ds, tmp_path)
     batch = trainer.data_collator([with_teacher[i] for i in range(4)])
     model = trainer.model
     model.train()

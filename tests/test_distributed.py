@@ -24,6 +24,12 @@ def _config(*overrides: str):
                                                         *overrides])
 
 
+def _train_and_model(*overrides: str):
+    """The two sections the FSDP arguments read, of the tiny recipe with `overrides`."""
+    config = _config(*overrides)
+    return config.train, config.model
+
+
 @pytest.fixture
 def restored_environment():
     """accelerate's FSDP plugin exports its settings as FSDP_* variables: keep them out of later tests."""
@@ -35,15 +41,15 @@ def restored_environment():
 
 
 def test_ddp_and_a_single_process_add_nothing():
-    assert distributed.fsdp_training_arguments(_config("train.distributed=ddp")) == {}
+    assert distributed.fsdp_training_arguments(*_train_and_model("train.distributed=ddp")) == {}
     single = load_config(ROOT / "configs" / "tiny.yaml", ["train.distributed=fsdp"])
-    assert distributed.fsdp_training_arguments(single) == {}
+    assert distributed.fsdp_training_arguments(single.train, single.model) == {}
 
 
 def test_fsdp_on_cpu_is_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"^train.distributed=fsdp needs CUDA GPUs .* set train.distributed=ddp$"):
-        distributed.fsdp_training_arguments(_config("train.distributed=fsdp"))
+        distributed.fsdp_training_arguments(*_train_and_model("train.distributed=fsdp"))
 
 
 def test_fsdp_on_gpus_needs_the_experimental_switch(monkeypatch):
@@ -51,9 +57,9 @@ def test_fsdp_on_gpus_needs_the_experimental_switch(monkeypatch):
     monkeypatch.delenv(distributed.EXPERIMENTAL_ENV, raising=False)
     config = _config("train.distributed=fsdp")
     with pytest.raises(ValueError, match=distributed.EXPERIMENTAL_ENV):
-        distributed.fsdp_training_arguments(config)
+        distributed.fsdp_training_arguments(config.train, config.model)
     monkeypatch.setenv(distributed.EXPERIMENTAL_ENV, "1")
-    assert distributed.fsdp_training_arguments(config) == {"fsdp": True, "fsdp_config": distributed.fsdp_config(config)}
+    assert distributed.fsdp_training_arguments(config.train, config.model) == {"fsdp": True, "fsdp_config": distributed.fsdp_config(config.model)}
 
 
 def test_an_unknown_strategy_names_the_field():
@@ -68,7 +74,7 @@ def test_transformers_and_accelerate_read_the_arguments_as_fsdp2_full_shard_per_
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
     config = _config("train.distributed=fsdp", "model.gradient_checkpointing=true")
-    args = TrainingArguments(output_dir="unused", fsdp=True, fsdp_config=distributed.fsdp_config(config), use_cpu=True,
+    args = TrainingArguments(output_dir="unused", fsdp=True, fsdp_config=distributed.fsdp_config(config.model), use_cpu=True,
                              report_to=[])
     assert args.fsdp_plugin_args == {
         "fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": True,
@@ -88,11 +94,9 @@ def test_transformers_and_accelerate_read_the_arguments_as_fsdp2_full_shard_per_
 def test_a_4bit_base_is_stored_in_the_compute_dtype_under_fsdp():
     from transformers import BitsAndBytesConfig
 
-    assert distributed.fsdp_quantization_arguments(_config("train.distributed=ddp", "model.quantization=4bit"),
-                                                   torch.bfloat16) == {}
-    assert distributed.fsdp_quantization_arguments(_config("train.distributed=fsdp"), torch.bfloat16) == {}
-    extra = distributed.fsdp_quantization_arguments(_config("train.distributed=fsdp", "model.quantization=4bit"),
-                                                    torch.bfloat16)
+    assert distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=ddp", "model.quantization=4bit"), torch.bfloat16) == {}
+    assert distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=fsdp"), torch.bfloat16) == {}
+    extra = distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=fsdp", "model.quantization=4bit"), torch.bfloat16)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, **extra)
     assert quantization.bnb_4bit_quant_storage == torch.bfloat16
 
@@ -103,7 +107,7 @@ def test_a_cpu_fold_with_fsdp_stops_where_its_training_arguments_are_built(monke
     monkeypatch.setenv("WORLD_SIZE", "2")  # one of the fold's two torchrun processes
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="^train.distributed=fsdp needs CUDA GPUs"):
-        build_training_arguments(_config("train.distributed=fsdp"), tmp_path)
+        build_training_arguments(*_train_and_model("train.distributed=fsdp"), tmp_path)
 
 
 def test_the_preflight_refuses_fsdp_before_any_work(monkeypatch):
@@ -114,7 +118,8 @@ def test_the_preflight_refuses_fsdp_before_any_work(monkeypatch):
     monkeypatch.delenv(distributed.EXPERIMENTAL_ENV, raising=False)
     config = _config("train.num_processes=2", "train.distributed=fsdp")
     with pytest.raises(MachineError, match=r"train.distributed=fsdp needs CUDA GPUs.*set train.distributed=ddp"):
-        check_runtime(config, cuda_available=False)
+        check_runtime(config.model, config.train, cuda_available=False)
     with pytest.raises(MachineError, match=r"train.distributed=fsdp is not finished.*ARENA_PREF_FSDP_EXPERIMENTAL=1"):
-        check_runtime(config, cuda_available=True)
-    assert check_runtime(_config("train.num_processes=2"), cuda_available=False) == []
+        check_runtime(config.model, config.train, cuda_available=True)
+    ddp = _config("train.num_processes=2")
+    assert check_runtime(ddp.model, ddp.train, cuda_available=False) == []

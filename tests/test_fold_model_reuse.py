@@ -44,6 +44,6 @@ def test_fold_test_predictions_reuse_the_trained_model(tmp_path, monkeypatch, he
     saved = pd.read_parquet(result.test_predictions)
     assert saved["id"].tolist() == list(test_ds["id"])
 
-    model, reloaded_tokenizer = preference.load_preference_model(config, result.adapter_dir, name_or_path=base)
+    model, reloaded_tokenizer = preference.load_preference_model(config.model, result.adapter_dir, name_or_path=base)
     reference = predict_probabilities(model, test_ds, batch_size=16, tta_swap=tta_swap, pad_token_id=reloaded_tokenizer.pad_token_id)
     np.testing.assert_allclose(saved[list(LABEL_COLUMNS)].to_numpy(), reference, atol=1e-5)

@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory):
     folder = build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=300)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = parse_config({"model": {"tiny": {}, "dtype": "fp32"}, "lora": {"r": 4, "dropout": 0.0}})
-    model = build_model(config, tokenizer, folder)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=folder, seed=config.train.seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

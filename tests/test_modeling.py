@@ -28,7 +28,7 @@ from pref_core.model.preference import (
     save_adapter,
     unwrap_preference_model,
 )
-from tests.factories import TINY_TEXTS, tiny_config
+from tests.factories import lora_model, TINY_TEXTS, tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -128,7 +128,7 @@ def test_label_token_head_matches_seed_formulation(tiny_dir, tokenizer, side, ba
 
 def test_label_token_head_matches_seed_with_lora_active(tiny_dir, tokenizer):
     """Same equality through the peft wrapper, with non-zero LoRA updates in every targeted layer."""
-    model = build_model(make_config(), tokenizer, tiny_dir).eval()
+    model = lora_model(make_config(), tokenizer, tiny_dir).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -246,7 +246,7 @@ def test_unknown_head_is_rejected(tiny_dir):
 
 @pytest.mark.parametrize("head", ["label_token", "classifier"])
 def test_only_lora_and_classifier_are_trainable(tiny_dir, tokenizer, head):
-    model = build_model(make_config(head=head), tokenizer, tiny_dir)
+    model = lora_model(make_config(head=head), tokenizer, tiny_dir)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable, "nothing to train"
     for name in trainable:
@@ -269,7 +269,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
     for checkpointing in (False, True):
         config = make_config()
         config.model.gradient_checkpointing = checkpointing
-        model = build_model(config, tokenizer, tiny_dir).train()
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=tiny_dir, seed=config.train.seed).train()
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -284,8 +284,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
 
 
 def test_build_model_is_reproducible_for_a_seed(tiny_dir, tokenizer):
-    first = build_model(make_config(head="classifier"), tokenizer, tiny_dir)
-    second = build_model(make_config(head="classifier"), tokenizer, tiny_dir)
+    first = lora_model(make_config(head="classifier"), tokenizer, tiny_dir)
+    second = lora_model(make_config(head="classifier"), tokenizer, tiny_dir)
     for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
         assert torch.equal(a, b), name
 
@@ -296,7 +296,7 @@ def test_build_model_is_reproducible_for_a_seed(tiny_dir, tokenizer):
 @pytest.mark.parametrize("head", ["label_token", "classifier"])
 def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_path, head):
     config = make_config(head=head)
-    model = build_model(config, tokenizer, tiny_dir)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=tiny_dir, seed=config.train.seed)
     with torch.no_grad():  # a trained-looking adapter: LoRA B starts at zero, which would hide a loading bug
         for name, param in model.named_parameters():
             if param.requires_grad:
@@ -311,7 +311,7 @@ def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_pat
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", PREFERENCE_HEAD_FILE} <= files
     assert json.loads((adapter_dir / PREFERENCE_HEAD_FILE).read_text())["head"] == head
 
-    reloaded, reloaded_tokenizer = load_preference_model(config, adapter_dir, name_or_path=tiny_dir, device="cpu")
+    reloaded, reloaded_tokenizer = load_preference_model(config.model, adapter_dir, name_or_path=tiny_dir, device="cpu")
     assert reloaded_tokenizer.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
     assert not reloaded.training
     with torch.no_grad():
@@ -320,9 +320,9 @@ def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_pat
 
 
 def test_reload_with_another_head_names_the_field(tiny_dir, tokenizer, tmp_path):
-    adapter_dir = save_adapter(build_model(make_config(), tokenizer, tiny_dir), tmp_path / "adapter", tokenizer)
+    adapter_dir = save_adapter(lora_model(make_config(), tokenizer, tiny_dir), tmp_path / "adapter", tokenizer)
     with pytest.raises(ValueError, match="model.head"):
-        load_preference_model(make_config(head="classifier"), adapter_dir, name_or_path=tiny_dir)
+        load_preference_model(make_config(head="classifier").model, adapter_dir, name_or_path=tiny_dir)
 
 
 def test_missing_source_explains_tiny_models():

@@ -74,7 +74,7 @@ def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     assert result.metrics["global_step"] == 2
     assert result.metrics["val_log_loss"] == result.metrics["val_log_loss"]  # not NaN
 
-    model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
+    model, _ = load_preference_model(config.model, result.adapter_dir, name_or_path=folder)
     lora_on_quantized = [  # peft picks its LoRA layer class by platform; the wrapped base layer is what counts
         name for name, m in model.named_modules()
         if hasattr(m, "lora_A") and type(m.get_base_layer()).__name__ == QUANTIZED_LAYER[quantization]
@@ -84,5 +84,5 @@ def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items()), "two steps should move LoRA B off zero"
     # The reloaded quantized model predicts what the trained one did on the validation rows.
     probs = predict_probabilities(model, dataset.select(range(20, 30)), batch_size=4)
-    at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
+    at_training = pd.read_parquet(result.val_predictions)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs, at_training, atol=1e-5)

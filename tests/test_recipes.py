@@ -49,7 +49,7 @@ def lora_targets(model) -> dict[str, object]:
 def cpu_training_arguments(config, tmp_path):
     """The recipe's TrainingArguments as this CPU machine can build them (fp16/bf16 mixed precision need CUDA)."""
     cpu = config.model_copy(update={"train": config.train.model_copy(update={"mixed_precision": "no"})})
-    return build_training_arguments(cpu, tmp_path / "checkpoints")
+    return build_training_arguments(cpu.train, cpu.model, tmp_path / "checkpoints")
 
 
 # -- every recipe -------------------------------------------------------------------------------------------------
@@ -110,7 +110,8 @@ def test_seed_recipe_builds_lora_on_q_k_v_with_the_label_token_head(tiny_base):
     from pref_core.model.preference import build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
-    model = build_model(load_config(SEED, ON_TINY), tokenizer, base)
+    seed = load_config(SEED, ON_TINY)
+    model = build_model(seed.model, seed.lora, tokenizer, name_or_path=base, seed=seed.train.seed)
     targets = lora_targets(model)
     assert {name.rsplit(".", 1)[-1] for name in targets} == {"q_proj", "k_proj", "v_proj"}
     assert len(targets) == 3 * model.get_base_model().backbone.config.num_hidden_layers
@@ -167,7 +168,8 @@ def test_winner_recipe_builds_a_classifier_with_lora_on_every_linear_layer(name,
     from pref_core.model.preference import CLASSIFIER_NAME, build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
-    model = build_model(load_config(ROOT / "configs" / name, ON_TINY), tokenizer, base)
+    recipe = load_config(ROOT / "configs" / name, ON_TINY)
+    model = build_model(recipe.model, recipe.lora, tokenizer, name_or_path=base, seed=recipe.train.seed)
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(base)  # the base's own linear layers, before LoRA wraps them
@@ -190,7 +192,7 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
 
     base, tokenizer = tiny_base
     config = load_config(ROOT / "configs" / name, ON_TINY)
-    model = build_model(config, tokenizer, base)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # an untrained head is near-uniform: give the adapter something to say
         for param in model.parameters():
@@ -200,9 +202,9 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
     frame = train_frame.head(6)
     swapped = frame.assign(response_a=frame["response_b"], response_b=frame["response_a"])
     no_tta = config.model_copy(update={"train": config.train.model_copy(update={"tta_swap": False})})
-    with_tta = predict_frame_probabilities(config, [adapter], frame, base_model=str(base))
-    plain = predict_frame_probabilities(no_tta, [adapter], frame, base_model=str(base))
-    mirrored = predict_frame_probabilities(no_tta, [adapter], swapped, base_model=str(base))[:, [1, 0, 2]]
+    with_tta = predict_frame_probabilities(config.model, config.prompt, [adapter], frame, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap, base_model=str(base))
+    plain = predict_frame_probabilities(no_tta.model, no_tta.prompt, [adapter], frame, batch_size=no_tta.train.eval_batch_size, tta_swap=no_tta.train.tta_swap, base_model=str(base))
+    mirrored = predict_frame_probabilities(no_tta.model, no_tta.prompt, [adapter], swapped, batch_size=no_tta.train.eval_batch_size, tta_swap=no_tta.train.tta_swap, base_model=str(base))[:, [1, 0, 2]]
     assert not np.allclose(plain, mirrored, atol=1e-3)  # the order matters to this model
     np.testing.assert_allclose(with_tta, (plain + mirrored) / 2, atol=1e-5)
 

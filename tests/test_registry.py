@@ -99,7 +99,7 @@ def registered(tmp_path, synthetic_frames):
     experiment = client.create_experiment("registry-test")
     adapters, fold_runs = [], {}
     for fold in range(2):
-        model = build_model(config, tokenizer, base)
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed)
         generator = torch.Generator().manual_seed(10 + fold)
         with torch.no_grad():  # LoRA B starts at zero: make the folds differ from the base and each other
             for param in model.parameters():
@@ -169,12 +169,14 @@ def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(regis
 
     # It predicts with the registered adapters and calibration: the same numbers as the fold ensemble itself.
     frame = validate_arena_frame(registered["test"], kind="test", max_bad_fraction=0.0, source="test").frame
-    expected = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
-                                           base_model=str(registered["base"]), temperature=1.5)
+    config = registered["config"]
+    sections = dict(batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap, base_model=str(registered["base"]))
+    expected = predict_frame_probabilities(config.model, config.prompt, registered["adapters"], frame, temperature=1.5,
+                                           **sections)
     assert predicted["id"].tolist() == registered["test"]["id"].tolist()
     np.testing.assert_allclose(predicted[list(LABEL_COLUMNS)].to_numpy(), expected, atol=1e-5)
-    uncalibrated = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
-                                               base_model=str(registered["base"]), temperature=1.0)
+    uncalibrated = predict_frame_probabilities(config.model, config.prompt, registered["adapters"], frame,
+                                               temperature=1.0, **sections)
     assert not np.allclose(uncalibrated, expected, atol=1e-4)  # the temperature really is applied
 
     # What MLflow stored is the model's code and its bundle: no pickled object anywhere in the artifact.

@@ -61,7 +61,7 @@ def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_
     from pref_core.hashing import hash_json
 
     tiny = ROOT / "configs" / "tiny.yaml"
-    assert teacher_hashes(load_config(tiny)) == {"teacher": None, "teacher_dir": None}
+    assert teacher_hashes(load_config(tiny).distill) == {"teacher": None, "teacher_dir": None}
     teachers = tmp_path / "teachers"
     teachers.mkdir()
     (teachers / "fold_0.csv").write_text("id\n1\n")
@@ -72,9 +72,9 @@ def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_
     config = load_config(tiny, [f"distill.teacher_dir={teachers}"])
     sha = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
     expected_dir = hash_json([["fold_0.csv", sha("id\n1\n")], ["fold_1.csv", sha("id\n2\n")]])
-    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    assert teacher_hashes(config.distill)["teacher_dir"] == expected_dir
     (teachers / "notes.txt").write_text("edited")  # not a fold file: same key
-    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    assert teacher_hashes(config.distill)["teacher_dir"] == expected_dir
     (teachers / "fold_1.csv").write_text("id\n9\n")
-    assert teacher_hashes(config)["teacher_dir"] != expected_dir
-    assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]))["teacher"] == sha("id\n3\n")
+    assert teacher_hashes(config.distill)["teacher_dir"] != expected_dir
+    assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]).distill)["teacher"] == sha("id\n3\n")

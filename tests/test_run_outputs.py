@@ -36,9 +36,9 @@ def test_report_to_passes_through_and_refuses_mlflow(tmp_path):
     from pref_core.train.trainer import build_training_arguments
 
     default = load_config(ROOT / "configs" / "tiny.yaml")
-    assert build_training_arguments(default, tmp_path).report_to in ([], ["none"], "none")
+    assert build_training_arguments(default.train, default.model, tmp_path).report_to in ([], ["none"], "none")
     tensorboard = load_config(ROOT / "configs" / "tiny.yaml", ["train.report_to=tensorboard"])
-    assert build_training_arguments(tensorboard, tmp_path).report_to == ["tensorboard"]
+    assert build_training_arguments(tensorboard.train, tensorboard.model, tmp_path).report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="train.report_to"):
         load_config(ROOT / "configs" / "tiny.yaml", ["train.report_to=mlflow"])
 

@@ -20,7 +20,7 @@ from pref_core.data.labels import swap_label_index
 from pref_core.train.sampling import EpochSeededSampler, SwapViewDataset
 from pref_core.train.trainer import build_trainer
 from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
-from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
+from tests.factories import lora_model, CPU_TRAIN, tiny_config, tiny_fold_data
 
 N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
@@ -69,11 +69,10 @@ def expected_label(row: int, swapped: bool) -> int:
 @pytest.fixture(scope="module")
 def traced_trainer_factory(fold_data, tmp_path_factory):
     """build_trainer(config, ...) on the traced rows, with the fold's tiny model (never run on them)."""
-    from pref_core.model.preference import build_model
 
     _, val_ds, base = fold_data
-    tokenizer = load_training_tokenizer(make_config(), base)
-    model = build_model(make_config(), tokenizer, base)
+    tokenizer = load_training_tokenizer(make_config().model, base)
+    model = lora_model(make_config(), tokenizer, base)
     folder = tmp_path_factory.mktemp("traced")
 
     def factory(config):

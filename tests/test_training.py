@@ -116,7 +116,7 @@ def test_fold_learns_and_changes_only_lora_and_head(fold_data, tmp_path, head):
     assert any("loss" in logs and "learning_rate" in logs for logs in recorder.logged)
 
     # Held-out predictions: the flow's parquet layout, in val_ds order, consistent with the metrics.
-    frame = pd.read_parquet(result.val_predictions_path)
+    frame = pd.read_parquet(result.val_predictions)
     assert list(frame.columns) == ["id", *LABEL_COLUMNS, "label"]
     assert frame["id"].tolist() == list(val_ds["id"]) and frame["label"].tolist() == list(val_ds["label"])
     probs = frame[list(LABEL_COLUMNS)].to_numpy()

@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pref_core.config.schema import RunConfig
+from pref_core.config.schema import DistillConfig, RunConfig
 from pref_core.config.fields import result_neutral_fields
 from pref_core.hashing import hash_file, hash_json
 
 
-def teacher_hashes(config: RunConfig) -> dict[str, Optional[str]]:
+def teacher_hashes(distill: DistillConfig) -> dict[str, Optional[str]]:
     """Content hashes of the distillation inputs: the teacher CSV, and the per-fold teacher folder's
     `fold_*` files by name (None where not configured)."""
-    teacher_csv, teacher_dir = config.distill.teacher_csv, config.distill.teacher_dir
+    teacher_csv, teacher_dir = distill.teacher_csv, distill.teacher_dir
     return {
         "teacher": hash_file(teacher_csv) if teacher_csv else None,
         "teacher_dir": hash_json(sorted((p.name, hash_file(p)) for p in Path(teacher_dir).glob("fold_*")))

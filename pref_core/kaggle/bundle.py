@@ -2,7 +2,8 @@
 
 This module is copied verbatim into every bundle, with the other pure modules the prediction needs
 (`CODE_MODULES`), and runs there with torch, transformers, peft, pandas, numpy and pyyaml only: no
-pydantic (the config is read into a plain namespace), no datasets, no prefect, no mlflow, no arena-pref.
+pydantic (it reads the two config sections prediction needs as plain namespaces), no datasets, no prefect, no
+mlflow, no arena-pref.
 
 Bundle layout::
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
@@ -175,7 +177,7 @@ def describe_base_model_architecture(base_dir: Path) -> dict:
 
 
 def to_namespace(tree: Any) -> Any:
-    """Nested dicts -> nested SimpleNamespace, so code written against RunConfig reads `config.model.head`."""
+    """Nested dicts -> nested SimpleNamespace: a config section read from YAML, by attribute (`model.head`)."""
     if isinstance(tree, dict):
         return SimpleNamespace(**{key: to_namespace(value) for key, value in tree.items()})
     if isinstance(tree, list):
@@ -183,11 +185,25 @@ def to_namespace(tree: Any) -> Any:
     return tree
 
 
-def read_bundle_config(bundle_dir: Path):
-    """The bundle's resolved config as a namespace (no pydantic: it was validated when it was written)."""
+@dataclass
+class PredictionSettings:
+    """What prediction reads of the training run's config.yaml: the `model` and `prompt` sections (their fields
+    as written; no pydantic here, they were validated when the run wrote them), swap TTA and the batch size."""
+
+    model: Any  # the model section: name_or_path, head, label_tokens, dtype, quantization, ...
+    prompt: Any  # the prompt section: template, truncation, max_length, ...
+    tta_swap: bool  # train.tta_swap
+    batch_size: int  # train.eval_batch_size
+
+
+def read_prediction_settings(bundle_dir: Path) -> PredictionSettings:
+    """The sections prediction needs, from the bundle's config.yaml."""
     import yaml
 
-    return to_namespace(yaml.safe_load((bundle_dir / "config.yaml").read_text(encoding="utf-8")))
+    config = yaml.safe_load((bundle_dir / "config.yaml").read_text(encoding="utf-8"))
+    return PredictionSettings(model=to_namespace(config["model"]), prompt=to_namespace(config["prompt"]),
+                              tta_swap=bool(config["train"]["tta_swap"]),
+                              batch_size=int(config["train"]["eval_batch_size"]))
 
 
 def adapter_dirs(bundle_dir: Path) -> list[Path]:
@@ -232,21 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def apply_options(config, args) -> Any:
-    """The command-line overrides on the bundle's config (in place); returns it."""
+def apply_options(settings: PredictionSettings, args) -> PredictionSettings:
+    """The command-line overrides on the bundle's settings (in place); returns them."""
     if args.tta_swap != "config":
-        config.train.tta_swap = args.tta_swap == "on"
+        settings.tta_swap = args.tta_swap == "on"
     if args.max_length is not None:
         if args.max_length < 32:
             raise BundleError(f"--max-length {args.max_length}: too small for the prompt template; use 256 or more")
-        config.prompt.max_length = args.max_length
+        settings.prompt.max_length = args.max_length
     if args.quantization != "config":
-        config.model.quantization = args.quantization
+        settings.model.quantization = args.quantization
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise BundleError(f"--batch-size {args.batch_size}: must be at least 1")
-        config.train.eval_batch_size = args.batch_size
-    return config
+        settings.batch_size = args.batch_size
+    return settings
 
 
 def _parse_devices(spec: str) -> list[str]:
@@ -302,15 +318,17 @@ def run(args) -> dict:
     # Input first (cheap), then the base model, then the expensive part.
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=1.0)
     check_base_model(base_dir, manifest, verify_hash=not args.skip_base_hash)
-    config = apply_options(read_bundle_config(bundle_dir), args)
+    settings = apply_options(read_prediction_settings(bundle_dir), args)
     devices = _parse_devices(args.devices)
     temperature = float(json.loads((bundle_dir / "calibration.json").read_text())["temperature"])
     prior = json.loads((bundle_dir / "class_prior.json").read_text())["prior"]
     out = Path(args.out)
     rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
     start = time.perf_counter()
-    probs = predict_frame_probabilities(config, adapter_dirs(bundle_dir), test.frame, base_model=str(base_dir),
-                                        temperature=temperature, devices=devices, progress=args.progress)
+    probs = predict_frame_probabilities(settings.model, settings.prompt, adapter_dirs(bundle_dir), test.frame,
+                                        batch_size=settings.batch_size, tta_swap=settings.tta_swap,
+                                        base_model=str(base_dir), temperature=temperature, devices=devices,
+                                        progress=args.progress)
     seconds = time.perf_counter() - start
     submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pref_core.model.source import (
 )
 
 if TYPE_CHECKING:
-    from pref_core.config.schema import RunConfig
+    from pref_core.config.schema import ModelConfig
 
 
 def hash_folder(folder: Union[str, Path], chunk_size: int = 1 << 20) -> str:
@@ -51,13 +51,13 @@ def fingerprint_base(name_or_path: str, revision: Optional[str] = None) -> dict:
             "content_sha256": hash_folder(name_or_path)}
 
 
-def pin_base_in_config(config: RunConfig, fingerprint: dict) -> RunConfig:
-    """`config` with its model section naming the fingerprinted base: a Hub base by id at the commit it resolved
-    to (not this machine's cache folder), a folder by its path; no tiny-model or GGUF build left to redo."""
+def pin_base(model: ModelConfig, fingerprint: dict) -> ModelConfig:
+    """The model section naming the fingerprinted base: a Hub base by id at the commit it resolved to (not this
+    machine's cache folder), a folder by its path; no tiny-model or GGUF build left to redo."""
     update = {"name_or_path": fingerprint["name_or_path"], "tiny": None, "gguf": None}
     if fingerprint["kind"] == "hub" and fingerprint.get("commit"):
         update["revision"] = fingerprint["commit"]
-    return config.model_copy(update={"model": config.model.model_copy(update=update)})
+    return model.model_copy(update=update)
 
 
 def locate_base(fingerprint: dict, override: Optional[str] = None) -> str:

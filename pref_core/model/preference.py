@@ -35,7 +35,7 @@ from pref_core.model.losses import preference_loss
 if TYPE_CHECKING:
     from peft import PeftModel
 
-    from pref_core.config.schema import ModelConfig, RunConfig
+    from pref_core.config.schema import LoraSettings, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -201,25 +201,29 @@ def resolve_target_modules(target_modules: Union[str, list[str]], backbone: nn.M
     return sorted(names)
 
 
-def build_model(config: "RunConfig", tokenizer, name_or_path: Optional[Union[str, Path]] = None) -> "PeftModel":
-    """Backbone + head + LoRA, ready to train: only LoRA weights (and the classifier head) are trainable."""
+def build_model(
+    model_config: "ModelConfig", lora: "LoraSettings", tokenizer, *, seed: int,
+    name_or_path: Optional[Union[str, Path]] = None,
+) -> "PeftModel":
+    """Backbone + head + LoRA, ready to train: only LoRA weights (and the classifier head) are trainable.
+    `seed` (train.seed) seeds the random LoRA and head weights."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
     # LoRA's A matrices and the classifier head start random: seed first so a fold is reproducible.
-    set_seed(config.train.seed)
-    backbone = load_backbone(config.model, name_or_path)
-    if config.model.quantization != "none":
+    set_seed(seed)
+    backbone = load_backbone(model_config, name_or_path)
+    if model_config.quantization != "none":
         # Casts the remaining (norm, head) weights to fp32 for stable training. Checkpointing was already set
         # up (non-reentrant) by load_backbone; peft would enable it again through a deprecated transformers API.
         backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
-    model = build_preference_model(config.model, backbone, tokenizer)
+    model = build_preference_model(model_config, backbone, tokenizer)
     lora_config = LoraConfig(
-        r=config.lora.r,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=resolve_target_modules(config.lora.target_modules, backbone),
-        modules_to_save=[CLASSIFIER_NAME] if config.model.head == "classifier" else None,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=resolve_target_modules(lora.target_modules, backbone),
+        modules_to_save=[CLASSIFIER_NAME] if model_config.head == "classifier" else None,
         bias="none",
     )
     peft_model = get_peft_model(model, lora_config)
@@ -227,7 +231,7 @@ def build_model(config: "RunConfig", tokenizer, name_or_path: Optional[Union[str
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info(
         "LoRA r=%d on %s, head=%s: %d trainable of %d parameters (%.3f%%)",
-        config.lora.r, sorted(lora_config.target_modules), config.model.head,
+        lora.r, sorted(lora_config.target_modules), model_config.head,
         trainable, total, 100.0 * trainable / max(total, 1),
     )
     return peft_model
@@ -253,40 +257,40 @@ def save_adapter(model: "PeftModel", out_dir: Union[str, Path], tokenizer) -> Pa
     return out_dir
 
 
-def _read_saved_head(config: "RunConfig", adapter_dir: Path) -> dict:
-    """The head description `save_adapter` wrote, checked against config.model.head."""
+def _read_saved_head(model_config: "ModelConfig", adapter_dir: Path) -> dict:
+    """The head description `save_adapter` wrote, checked against model.head."""
     head_file = adapter_dir / PREFERENCE_HEAD_FILE
     if not head_file.is_file():
         raise FileNotFoundError(f"{head_file} not found: {adapter_dir} is not a folder written by save_adapter")
     saved = json.loads(head_file.read_text(encoding="utf-8"))
-    if saved["head"] != config.model.head:
+    if saved["head"] != model_config.head:
         raise ValueError(
             f"model.head: the adapter in {adapter_dir} was trained with head={saved['head']!r} but the config "
-            f"says {config.model.head!r}; set model.head={saved['head']} to load it"
+            f"says {model_config.head!r}; set model.head={saved['head']} to load it"
         )
     return saved
 
 
-def _load_base_for_adapters(config: "RunConfig", adapter_dirs: Sequence[Path], name_or_path, device):
+def _load_base_for_adapters(model_config: "ModelConfig", adapter_dirs: Sequence[Path], name_or_path, device):
     """(PreferenceModel on the base, tokenizer of the first adapter folder), checked against every adapter's head."""
     from transformers import AutoTokenizer
 
-    heads = [_read_saved_head(config, d) for d in adapter_dirs]  # before the (slow) base load
+    heads = [_read_saved_head(model_config, d) for d in adapter_dirs]  # before the (slow) base load
     tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
-    backbone = load_backbone(config.model, name_or_path, device=device)
-    model = build_preference_model(config.model, backbone, tokenizer)
+    backbone = load_backbone(model_config, name_or_path, device=device)
+    model = build_preference_model(model_config, backbone, tokenizer)
     for adapter_dir, saved in zip(adapter_dirs, heads):
         if saved["head"] == "label_token" and model.label_token_ids.tolist() != saved["label_token_ids"]:
             raise ValueError(
-                f"model.label_tokens {list(config.model.label_tokens)!r} map to ids {model.label_token_ids.tolist()}, "
+                f"model.label_tokens {list(model_config.label_tokens)!r} map to ids {model.label_token_ids.tolist()}, "
                 f"but the adapter in {adapter_dir} was trained on ids {saved['label_token_ids']}; use the "
                 "label_tokens of the training run"
             )
     return model, tokenizer
 
 
-def _ready_for_inference(peft_model, config: "RunConfig", device):
-    if config.model.quantization == "none":  # bitsandbytes layers must not be moved (they were placed at load)
+def _ready_for_inference(peft_model, model_config: "ModelConfig", device):
+    if model_config.quantization == "none":  # bitsandbytes layers must not be moved (they were placed at load)
         # The base was placed at load time; this moves only the adapter (and head) weights, if at all.
         peft_model.to(resolve_load_device(device))
     peft_model.eval()
@@ -294,7 +298,7 @@ def _ready_for_inference(peft_model, config: "RunConfig", device):
 
 
 def load_preference_model(
-    config: "RunConfig",
+    model_config: "ModelConfig",
     adapter_dir: Union[str, Path],
     name_or_path: Optional[Union[str, Path]] = None,
     device: Optional[Union[str, torch.device]] = None,
@@ -306,9 +310,9 @@ def load_preference_model(
     """
     from peft import PeftModel
 
-    model, tokenizer = _load_base_for_adapters(config, [Path(adapter_dir)], name_or_path, device)
+    model, tokenizer = _load_base_for_adapters(model_config, [Path(adapter_dir)], name_or_path, device)
     peft_model = PeftModel.from_pretrained(model, Path(adapter_dir), is_trainable=False)
-    return _ready_for_inference(peft_model, config, device), tokenizer
+    return _ready_for_inference(peft_model, model_config, device), tokenizer
 
 
 def fold_adapter_name(index: int) -> str:
@@ -317,7 +321,7 @@ def fold_adapter_name(index: int) -> str:
 
 
 def load_preference_ensemble(
-    config: "RunConfig",
+    model_config: "ModelConfig",
     adapter_dirs: Sequence[Union[str, Path]],
     name_or_path: Optional[Union[str, Path]] = None,
     device: Optional[Union[str, torch.device]] = None,
@@ -334,10 +338,10 @@ def load_preference_ensemble(
     adapter_dirs = [Path(d) for d in adapter_dirs]
     if not adapter_dirs:
         raise ValueError("load_preference_ensemble needs at least one adapter folder")
-    model, tokenizer = _load_base_for_adapters(config, adapter_dirs, name_or_path, device)
+    model, tokenizer = _load_base_for_adapters(model_config, adapter_dirs, name_or_path, device)
     names = [fold_adapter_name(k) for k in range(len(adapter_dirs))]
     peft_model = PeftModel.from_pretrained(model, adapter_dirs[0], adapter_name=names[0], is_trainable=False)
     for name, adapter_dir in zip(names[1:], adapter_dirs[1:]):
         peft_model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
     peft_model.set_adapter(names[0])
-    return _ready_for_inference(peft_model, config, device), tokenizer, names
+    return _ready_for_inference(peft_model, model_config, device), tokenizer, names

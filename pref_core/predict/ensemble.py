@@ -15,7 +15,7 @@ import numpy as np
 from pref_core.data.labels import TURN_COLUMNS
 
 if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
-    from pref_core.config.schema import RunConfig
+    from pref_core.config.schema import ModelConfig, PromptConfig
 
 
 def average_probabilities(per_model: Sequence[np.ndarray], temperature: float = 1.0) -> np.ndarray:
@@ -63,8 +63,8 @@ def split_rows(lengths: Sequence[int], n_parts: int) -> list[np.ndarray]:
     return [np.sort(order[k::n_parts]) for k in range(n_parts)]
 
 
-def _fold_probabilities_on_device(config, adapter_dirs, input_ids, input_ids_swap, base_model, device,
-                                  progress: bool = False, num_threads: Optional[int] = None):
+def _fold_probabilities_on_device(model_config, adapter_dirs, input_ids, input_ids_swap, base_model, device,
+                                  batch_size: int, progress: bool = False, num_threads: Optional[int] = None):
     """Per-adapter (n, 3) probabilities of the rows, one base loaded on `device` with every adapter switched in."""
     import os
 
@@ -75,25 +75,30 @@ def _fold_probabilities_on_device(config, adapter_dirs, input_ids, input_ids_swa
 
     if num_threads:
         torch.set_num_threads(num_threads)
-    model, tokenizer, names = load_preference_ensemble(config, adapter_dirs, name_or_path=base_model, device=device)
+    model, tokenizer, names = load_preference_ensemble(model_config, adapter_dirs, name_or_path=base_model, device=device)
     outputs = []
     for name in names:
         model.set_adapter(name)  # LoRA weights and the classifier head (modules_to_save) switch together
-        outputs.append(predict_token_ids(model, input_ids, input_ids_swap, batch_size=config.train.eval_batch_size,
+        outputs.append(predict_token_ids(model, input_ids, input_ids_swap, batch_size=batch_size,
                                          pad_token_id=tokenizer.pad_token_id, progress=progress))
     return outputs, os.getpid()
 
 
 def predict_fold_probabilities(
-    config: "RunConfig",
+    model_config: "ModelConfig",
     adapter_dirs: Sequence[str | Path],
     input_ids: Sequence[Sequence[int]],
     input_ids_swap: Optional[Sequence[Sequence[int]]] = None,
+    *,
+    batch_size: int,
     base_model: Optional[str] = None,
     devices: Optional[Sequence[str]] = None,
     progress: bool = False,
 ):
     """Per-adapter (n, 3) probabilities in row order, and which worker did what: [(device, pid, n_rows)].
+
+    `model_config`: the model section the adapters were trained with; `batch_size`: rows per forward pass
+    (train.eval_batch_size).
 
     One device (default: the GPU if there is one, else the CPU) runs in this process. Several devices
     (e.g. ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` to stand in for two GPUs) each get one spawned
@@ -102,8 +107,8 @@ def predict_fold_probabilities(
     """
     if not devices or len(devices) == 1:
         device = devices[0] if devices else None
-        outputs, pid = _fold_probabilities_on_device(config, adapter_dirs, input_ids, input_ids_swap, base_model,
-                                                     device, progress=progress)
+        outputs, pid = _fold_probabilities_on_device(model_config, adapter_dirs, input_ids, input_ids_swap, base_model,
+                                                     device, batch_size, progress=progress)
         return outputs, [(str(device or "default"), pid, len(input_ids))]
     import multiprocessing
     import os
@@ -122,8 +127,9 @@ def predict_fold_probabilities(
         for device, share in zip(devices, shares):
             ids = [input_ids[i] for i in share]
             ids_swap = None if input_ids_swap is None else [input_ids_swap[i] for i in share]
-            futures.append(pool.submit(_fold_probabilities_on_device, config, adapter_dirs, ids, ids_swap, base_model,
-                                       device, False, threads if str(device).startswith("cpu") else None))
+            futures.append(pool.submit(_fold_probabilities_on_device, model_config, adapter_dirs, ids, ids_swap,
+                                       base_model, device, batch_size, False,
+                                       threads if str(device).startswith("cpu") else None))
         for device, share, future in zip(devices, shares, futures):
             outputs, pid = future.result()
             if merged is None:
@@ -135,23 +141,26 @@ def predict_fold_probabilities(
 
 
 def predict_with_adapters(
-    config: "RunConfig",
+    model_config: "ModelConfig",
     adapter_dirs: Sequence[str | Path],
     dataset,
+    *,
+    batch_size: int,
+    tta_swap: bool,
     base_model: Optional[str] = None,
     progress: bool = False,
     temperature: float = 1.0,
     devices: Optional[Sequence[str]] = None,
 ) -> np.ndarray:
-    """Average the predictions of the fold adapters on `dataset` (train.tta_swap: also the a/b-swapped view),
-    each fold's calibrated by `temperature` first (see `average_probabilities`).
+    """Average the predictions of the fold adapters on `dataset` (`tta_swap`, train.tta_swap: also the
+    a/b-swapped view), each fold's calibrated by `temperature` first (see `average_probabilities`).
 
     The base is loaded once (per device) and the adapters are switched over it, instead of one base load
     per fold. `dataset`: a datasets.Dataset or a mapping with ``input_ids`` (and ``input_ids_swap``) lists.
     """
     input_ids = list(dataset["input_ids"])
     input_ids_swap = None
-    if config.train.tta_swap:
+    if tta_swap:
         columns = dataset.column_names if hasattr(dataset, "column_names") else list(dataset.keys())
         if "input_ids_swap" not in columns or dataset["input_ids_swap"] is None:
             raise ValueError(
@@ -159,26 +168,32 @@ def predict_with_adapters(
                 "view as well, or set train.tta_swap=false"
             )
         input_ids_swap = list(dataset["input_ids_swap"])
-    outputs, _ = predict_fold_probabilities(config, adapter_dirs, input_ids, input_ids_swap, base_model=base_model,
-                                            devices=devices, progress=progress)
+    outputs, _ = predict_fold_probabilities(model_config, adapter_dirs, input_ids, input_ids_swap, batch_size=batch_size,
+                                            base_model=base_model, devices=devices, progress=progress)
     return average_probabilities(outputs, temperature)
 
 
 def predict_frame_probabilities(
-    config: "RunConfig",
+    model_config: "ModelConfig",
+    prompt: "PromptConfig",
     adapter_dirs: Sequence[str | Path],
     frame,
+    *,
+    batch_size: int,
+    tta_swap: bool,
     base_model: Optional[str] = None,
     temperature: float = 1.0,
     devices: Optional[Sequence[str]] = None,
     progress: bool = False,
 ) -> np.ndarray:
     """Calibrated fold-ensemble probabilities (n, 3) of a validated frame: what `arena-pref predict`, the
-    registered pyfunc and the exported Kaggle bundle all run (prompt.*, train.tta_swap from `config`)."""
+    registered pyfunc and the exported Kaggle bundle all run, with the run's model and prompt sections and its
+    train.eval_batch_size / train.tta_swap."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
-    input_ids, input_ids_swap = encode_frame(frame, tokenizer, config.prompt, with_swap=config.train.tta_swap)
+    input_ids, input_ids_swap = encode_frame(frame, tokenizer, prompt, with_swap=tta_swap)
     # Each fold's probabilities are calibrated before the mean, as the OOF temperature was fit.
-    return predict_with_adapters(config, adapter_dirs, {"input_ids": input_ids, "input_ids_swap": input_ids_swap},
-                                 base_model=base_model, progress=progress, devices=devices, temperature=temperature)
+    return predict_with_adapters(model_config, adapter_dirs, {"input_ids": input_ids, "input_ids_swap": input_ids_swap},
+                                 batch_size=batch_size, tta_swap=tta_swap, base_model=base_model, progress=progress,
+                                 devices=devices, temperature=temperature)

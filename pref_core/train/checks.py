@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from pref_core.errors import UserError
-from pref_core.config.schema import RunConfig, TrainConfig
+from pref_core.config.schema import DistillConfig, ModelConfig, TrainConfig
 from pref_core.data.labels import NUM_CLASSES
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def check_runtime(config: RunConfig, cuda_available: Optional[bool] = None) -> list[str]:
+def check_runtime(model: ModelConfig, train: TrainConfig, cuda_available: Optional[bool] = None) -> list[str]:
     """What the config needs from this machine. Raises `MachineError` (one line) for a quantized base, an 8-bit
     optimizer or FSDP without bitsandbytes or CUDA; returns warnings (fallbacks the run will take)."""
     if cuda_available is None:
@@ -42,9 +42,9 @@ def check_runtime(config: RunConfig, cuda_available: Optional[bool] = None) -> l
 
         cuda_available = torch.cuda.is_available()
     needs = []
-    if config.model.quantization != "none":
-        needs.append(f"model.quantization={config.model.quantization}")
-    if config.train.optim == "adamw_8bit":
+    if model.quantization != "none":
+        needs.append(f"model.quantization={model.quantization}")
+    if train.optim == "adamw_8bit":
         needs.append("train.optim=adamw_8bit")
     if needs:
         what = " and ".join(needs)
@@ -61,11 +61,11 @@ def check_runtime(config: RunConfig, cuda_available: Optional[bool] = None) -> l
     from pref_core.train.distributed import check_fsdp
 
     try:
-        check_fsdp(config, cuda_available)
+        check_fsdp(train, cuda_available)
     except ValueError as err:
         raise MachineError(str(err)) from None
     warnings = []
-    if config.model.attn_implementation == "flash_attention_2":
+    if model.attn_implementation == "flash_attention_2":
         if not (cuda_available and _installed("flash_attn")):
             warnings.append(
                 "model.attn_implementation=flash_attention_2 but flash-attn is not usable here (package missing or "
@@ -77,13 +77,13 @@ def check_runtime(config: RunConfig, cuda_available: Optional[bool] = None) -> l
 # -- the fold's inputs ----------------------------------------------------------------------------------------------
 
 
-def check_fold_inputs(config: RunConfig, train_ds, val_ds) -> None:
+def check_fold_inputs(train: TrainConfig, distill: DistillConfig, train_ds, val_ds) -> None:
     """Every check of a fold's datasets, in the order a user would fix them."""
     check_fold_dataset(train_ds, "train")
     check_fold_dataset(val_ds, "validation")
-    check_train_inputs(config, train_ds)
-    if config.distill.enabled:
-        check_teacher_coverage(config, train_ds)
+    check_train_inputs(train, distill, train_ds)
+    if distill.enabled:
+        check_teacher_coverage(distill, train_ds)
 
 
 def check_fold_dataset(dataset, name: str) -> None:
@@ -107,18 +107,18 @@ def check_fold_dataset(dataset, name: str) -> None:
         raise ValueError(f"{name} dataset: " + "; ".join(problems))
 
 
-def check_train_inputs(config: RunConfig, train_ds) -> None:
+def check_train_inputs(train: TrainConfig, distill: DistillConfig, train_ds) -> None:
     """Fail early when the train dataset lacks the columns train.swap or distill.teacher_csv need (all problems)."""
     problems = []
-    if config.train.swap != "none" and "input_ids_swap" not in train_ds.column_names:
+    if train.swap != "none" and "input_ids_swap" not in train_ds.column_names:
         problems.append(
-            f"train.swap={config.train.swap} needs an 'input_ids_swap' column (have {train_ds.column_names}); "
+            f"train.swap={train.swap} needs an 'input_ids_swap' column (have {train_ds.column_names}); "
             "tokenize the train rows with the swapped view (tokenize_frame(..., with_swap=True)), "
             "or set train.swap=none"
         )
-    if config.distill.enabled and "teacher_probs" not in train_ds.column_names:
+    if distill.enabled and "teacher_probs" not in train_ds.column_names:
         problems.append(
-            f"distill.teacher_csv={str(config.distill.teacher_csv)!r} is set but the train dataset has no "
+            f"distill.teacher_csv={str(distill.teacher_csv)!r} is set but the train dataset has no "
             "'teacher_probs' column; attach it with pref_core.data.teachers.attach_teacher_probs(train_ds, "
             "read_teacher_probs(distill.teacher_csv)), or set distill.teacher_csv=null"
         )
@@ -133,10 +133,9 @@ def count_teacher_rows(train_ds) -> int:
     return len(train_ds) if "teacher_probs" in train_ds.column_names else 0
 
 
-def check_teacher_coverage(config: RunConfig, train_ds) -> int:
+def check_teacher_coverage(distill: DistillConfig, train_ds) -> int:
     """Log how many train rows have a teacher and return the count; fail when none has (the ids cannot match)."""
     with_teacher = count_teacher_rows(train_ds)
-    distill = config.distill
     logger.info(
         "distillation: %d of %d train rows have a teacher (the others train on their hard label only); "
         "hard_weight=%g kl_weight=%g temperature=%g",

@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch stays out of the CLI's preflight, which imports check_fsdp
     import torch
 
-    from pref_core.config.schema import RunConfig
+    from pref_core.config.schema import ModelConfig, TrainConfig
 
 # Until a fold gathers its sharded adapter and predicts on every rank (pref_core.train.fold saves and predicts
 # on rank 0 alone), an FSDP fold would stall there; this switch lets the GPU check run it on purpose.
 EXPERIMENTAL_ENV = "ARENA_PREF_FSDP_EXPERIMENTAL"
 
 
-def fsdp_config(config: "RunConfig") -> dict[str, Any]:
+def fsdp_config(model: "ModelConfig") -> dict[str, Any]:
     """The Trainer's ``fsdp_config`` for train.distributed=fsdp (transformers' keys, FSDP2)."""
     return {
         "version": 2,
@@ -37,15 +37,15 @@ def fsdp_config(config: "RunConfig") -> dict[str, Any]:
         "reshard_after_forward": True,  # full shard: parameters gathered per layer, freed after its forward
         "cpu_ram_efficient_loading": True,  # rank 0 reads the weights, the others receive their shards
         "state_dict_type": "FULL_STATE_DICT",  # checkpoints keep adapter_model.safetensors (resume, export)
-        "activation_checkpointing": config.model.gradient_checkpointing,
+        "activation_checkpointing": model.gradient_checkpointing,
     }
 
 
-def check_fsdp(config: "RunConfig", cuda_available: bool) -> None:
+def check_fsdp(train: "TrainConfig", cuda_available: bool) -> None:
     """Raise ValueError, in one line, where train.distributed=fsdp cannot run: on CPU (accelerate would
     quietly fall back to DDP), and unless $ARENA_PREF_FSDP_EXPERIMENTAL=1 (see EXPERIMENTAL_ENV). The CLI's
     preflight calls it, so a run stops before any work; the Trainer arguments call it again for direct use."""
-    if config.train.distributed != "fsdp" or config.train.num_processes == 1:
+    if train.distributed != "fsdp" or train.num_processes == 1:
         return
     if not cuda_available:
         raise ValueError(
@@ -60,20 +60,20 @@ def check_fsdp(config: "RunConfig", cuda_available: bool) -> None:
         )
 
 
-def fsdp_training_arguments(config: "RunConfig") -> dict[str, Any]:
+def fsdp_training_arguments(train: "TrainConfig", model: "ModelConfig") -> dict[str, Any]:
     """TrainingArguments keywords of train.distributed=fsdp: ``{}`` for one process (nothing to shard over).
     Raises ValueError where FSDP cannot run (:func:`check_fsdp`)."""
-    if config.train.distributed != "fsdp" or config.train.num_processes == 1:
+    if train.distributed != "fsdp" or train.num_processes == 1:
         return {}
     import torch
 
-    check_fsdp(config, torch.cuda.is_available())
-    return {"fsdp": True, "fsdp_config": fsdp_config(config)}
+    check_fsdp(train, torch.cuda.is_available())
+    return {"fsdp": True, "fsdp_config": fsdp_config(model)}
 
 
-def fsdp_quantization_arguments(config: "RunConfig", compute_dtype: "torch.dtype") -> dict[str, Any]:
+def fsdp_quantization_arguments(train: "TrainConfig", model: "ModelConfig", compute_dtype: "torch.dtype") -> dict[str, Any]:
     """BitsAndBytesConfig keywords a 4-bit base needs under FSDP: its packed weights stored in the compute
     dtype, so FSDP2 shards them like the others (uint8 storage leaves a full copy on every GPU)."""
-    if config.train.distributed != "fsdp" or config.train.num_processes == 1 or config.model.quantization != "4bit":
+    if train.distributed != "fsdp" or train.num_processes == 1 or model.quantization != "4bit":
         return {}
     return {"bnb_4bit_quant_storage": compute_dtype}

@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 from pref_core.errors import UserError
 from pref_core.model.backbone import resolve_model_source
 from pref_core.train.callbacks import LoggingCallback, ValidationRecorder
-from pref_core.config.schema import RunConfig
+from pref_core.config.schema import ModelConfig, RunConfig, TrainConfig
 from pref_core.train.checks import check_fold_inputs, is_main_process, world_size
 from pref_core.predict.inference import predict_probabilities
 from pref_core.data.labels import LABEL_COLUMNS
@@ -129,9 +129,9 @@ def tokens_per_second(trainer, runtime_s: float) -> float:
     return float(seen / runtime_s) if runtime_s > 0 else math.nan
 
 
-def load_training_tokenizer(config: RunConfig, name_or_path: Optional[Union[str, Path]] = None):
-    """The tokenizer of the base model this config trains (`name_or_path` overrides model.name_or_path)."""
-    return load_tokenizer(resolve_model_source(config.model, name_or_path), config.model.revision)
+def load_training_tokenizer(model: ModelConfig, name_or_path: Optional[Union[str, Path]] = None):
+    """The tokenizer of the base model the model section names (`name_or_path` overrides model.name_or_path)."""
+    return load_tokenizer(resolve_model_source(model, name_or_path), model.revision)
 
 
 # -- driver --------------------------------------------------------------------------------------------------------
@@ -191,13 +191,13 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
                 progress: Optional[dict] = None) -> FoldResult:
     """The phases of `fine_tune_fold`; `progress` (phase, trainer) tells it what ran out of memory."""
     progress = {} if progress is None else progress
-    check_fold_inputs(config, train_ds, val_ds)  # before the model loads: a wrong input fails in seconds
+    check_fold_inputs(config.train, config.distill, train_ds, val_ds)  # before the model loads: fails in seconds
     resume_from = find_resumable_checkpoint(output_dir / CHECKPOINTS_DIR)
     if resume_from is not None:
         logger.info("resuming from %s", resume_from)
     fold = setup_fold(config, train_ds, val_ds, output_dir / CHECKPOINTS_DIR, callbacks, name_or_path)
     progress.update(trainer=fold.trainer, phase="training")
-    train_output = train_with_resume(fold, config, train_ds, val_ds, resume_from)
+    train_output = train_with_resume(fold, config.train, train_ds, val_ds, resume_from)
     progress["phase"] = "validation"
     probabilities, metrics = validate_fold(fold, val_ds, train_output, resume_from)
     resumed_from = str(resume_from) if resume_from else None
@@ -205,16 +205,16 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         return FoldResult(fold_dir=output_dir, adapter_dir=output_dir / ADAPTER_DIR,
                           val_predictions=output_dir / VAL_PREDICTIONS_FILE, metrics=metrics, resumed_from=resumed_from)
     if config.train.tta_swap:
-        probabilities, metrics = validate_with_tta(fold, config, val_ds, metrics)
+        probabilities, metrics = validate_with_tta(fold, config.train, val_ds, metrics)
     predictions_path, adapter_dir = save_fold(fold, output_dir, val_ds, probabilities)
     test_path = None
     if test_ds is not None:
         progress["phase"] = "test prediction"
-        test_path = predict_rows(fold, config, test_ds, output_dir / TEST_PREDICTIONS_FILE)
+        test_path = predict_rows(fold, config.train, test_ds, output_dir / TEST_PREDICTIONS_FILE)
     train_path = None
     if config.train.predict_train_rows:
         progress["phase"] = "train-row prediction"
-        train_path = predict_rows(fold, config, train_ds, output_dir / TRAIN_PREDICTIONS_FILE)
+        train_path = predict_rows(fold, config.train, train_ds, output_dir / TRAIN_PREDICTIONS_FILE)
     logger.info(
         "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
         metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
@@ -236,8 +236,8 @@ class FoldSetup:
 def setup_fold(config: RunConfig, train_ds, val_ds, checkpoints_dir: Path, callbacks: Sequence[TrainerCallback],
                name_or_path: Optional[Union[str, Path]]) -> FoldSetup:
     """Tokenizer, LoRA model and Trainer of the fold; the validation rows are evaluated longest first."""
-    tokenizer = load_training_tokenizer(config, name_or_path)
-    model = build_model(config, tokenizer, name_or_path)
+    tokenizer = load_training_tokenizer(config.model, name_or_path)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=name_or_path, seed=config.train.seed)
     # Longest first: little padding per eval batch, and an out-of-memory error shows up at once.
     val_order = np.argsort(-np.asarray(dataset_lengths(val_ds)), kind="stable")
     recorder = ValidationRecorder()
@@ -248,9 +248,8 @@ def setup_fold(config: RunConfig, train_ds, val_ds, checkpoints_dir: Path, callb
     return FoldSetup(trainer=trainer, tokenizer=tokenizer, recorder=recorder, val_order=val_order)
 
 
-def train_with_resume(fold: FoldSetup, config: RunConfig, train_ds, val_ds, resume_from: Optional[Path]):
+def train_with_resume(fold: FoldSetup, train: TrainConfig, train_ds, val_ds, resume_from: Optional[Path]):
     """Run the Trainer (from `resume_from` when given) and return its TrainOutput."""
-    train = config.train
     logger.info(
         "training on %d rows (train.swap=%s), validating on %d rows, %s", len(train_ds), train.swap, len(val_ds),
         f"{train.max_steps} steps" if train.max_steps is not None else f"{train.num_epochs} epochs",
@@ -292,12 +291,12 @@ def training_metrics(trainer: PreferenceTrainer, train_output, resume_from: Opti
     }
 
 
-def validate_with_tta(fold: FoldSetup, config: RunConfig, val_ds, metrics: dict) -> tuple[np.ndarray, dict]:
+def validate_with_tta(fold: FoldSetup, train: TrainConfig, val_ds, metrics: dict) -> tuple[np.ndarray, dict]:
     """train.tta_swap: the held-out rows predicted in both a/b orders and averaged; val_log_loss becomes theirs
     (the plain view's stays as val_log_loss_no_tta)."""
     pad_token_id, pad_to_multiple_of = resolve_padding(fold.tokenizer)
     probabilities = predict_probabilities(
-        fold.trainer.model, val_ds, batch_size=config.train.eval_batch_size, tta_swap=True,
+        fold.trainer.model, val_ds, batch_size=train.eval_batch_size, tta_swap=True,
         pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of,
     )
     labels = np.asarray(val_ds["label"])
@@ -319,11 +318,11 @@ def save_fold(fold: FoldSetup, output_dir: Path, val_ds, probabilities: np.ndarr
     return predictions_path, adapter_dir
 
 
-def predict_rows(fold: FoldSetup, config: RunConfig, dataset, path: Path) -> Path:
+def predict_rows(fold: FoldSetup, train: TrainConfig, dataset, path: Path) -> Path:
     """Predict `dataset` with the trained model in memory (train.tta_swap: both orders) and write it to `path`."""
     pad_token_id, pad_to_multiple_of = resolve_padding(fold.tokenizer)
     probabilities = predict_probabilities(
-        fold.trainer.model, dataset, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
+        fold.trainer.model, dataset, batch_size=train.eval_batch_size, tta_swap=train.tta_swap,
         pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,
     )
     return write_predictions(path, dataset["id"], probabilities)

@@ -19,7 +19,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from pref_core.model.backbone import native_bf16
-from pref_core.config.schema import DistillConfig, RunConfig, TrainConfig
+from pref_core.config.schema import DistillConfig, ModelConfig, RunConfig, TrainConfig
 from pref_core.train.distributed import fsdp_training_arguments
 from pref_core.train.checks import check_train_inputs, check_world_size
 from pref_core.predict.inference import PreferenceCollator
@@ -143,13 +143,13 @@ def resolve_mixed_precision(train_config: TrainConfig) -> str:
     return precision
 
 
-def distributed_arguments(config: RunConfig, processes: int) -> dict:
+def distributed_arguments(train: TrainConfig, model: ModelConfig, processes: int) -> dict:
     """TrainingArguments of a fold trained by `processes` processes together (none for one)."""
     if processes == 1:
         return {}
     # Every LoRA weight takes part in every step: no search for unused parameters after each backward.
     arguments = {"ddp_find_unused_parameters": False, "ddp_backend": None if torch.cuda.is_available() else "gloo"}
-    arguments.update(fsdp_training_arguments(config))  # train.distributed=fsdp (pref_core/train/distributed.py)
+    arguments.update(fsdp_training_arguments(train, model))  # train.distributed=fsdp (pref_core/train/distributed.py)
     return arguments
 
 
@@ -166,15 +166,14 @@ def schedule_arguments(train: TrainConfig) -> dict:
     }
 
 
-def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path]) -> TrainingArguments:
-    """TrainingArguments for one fold from the train section of the run config.
+def build_training_arguments(train: TrainConfig, model: ModelConfig, checkpoints_dir: Union[str, Path]) -> TrainingArguments:
+    """TrainingArguments for one fold from the train section (and model.quantization, model.gradient_checkpointing).
 
     With train.swap=both, train.per_device_batch_size counts pairs: each device batch holds that many pairs
     in both orders (twice as many rows, so twice the activation memory of swap=none) and an epoch has as many
     optimizer steps as with swap=none. The Trainer itself counts rows (its per-device batch size and
     "Num examples" are doubled), which keeps every batch made of whole pairs.
     """
-    train = config.train
     precision = resolve_mixed_precision(train)
     rows_per_pair = 2 if train.swap == "both" else 1
     processes = check_world_size(train)
@@ -184,7 +183,7 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
         per_device_eval_batch_size=train.eval_batch_size,
         # Each process accumulates its share, so a step still sees per_device_batch_size x accumulation rows.
         gradient_accumulation_steps=train.gradient_accumulation_steps // processes,
-        **distributed_arguments(config, processes),
+        **distributed_arguments(train, model, processes),
         num_train_epochs=train.num_epochs,
         max_steps=train.max_steps if train.max_steps is not None else -1,  # -1: transformers' "by epochs"
         learning_rate=train.learning_rate,
@@ -192,7 +191,7 @@ def build_training_arguments(config: RunConfig, checkpoints_dir: Union[str, Path
         warmup_steps=train.warmup_steps,
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
-        optim=resolve_optim(train, quantized=config.model.quantization != "none"),
+        optim=resolve_optim(train, quantized=model.quantization != "none"),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
@@ -232,14 +231,14 @@ def build_trainer(
 ) -> PreferenceTrainer:
     """The fold's Trainer: train.swap views of `train_ds`, the distillation loss when distill.teacher_csv is
     set, the resumable train order and sequential evaluation of `eval_ds` (in its given order)."""
-    check_train_inputs(config, train_ds)
+    check_train_inputs(config.train, config.distill, train_ds)
     pad_token_id, pad_to_multiple_of = resolve_padding(tokenizer)
     distill = config.distill if config.distill.enabled else None
     if distill is None and "teacher_probs" in train_ds.column_names:
         logger.info("the train dataset has teacher_probs but distill.teacher_csv is not set: training on hard labels")
     trainer = PreferenceTrainer(
         model=model,
-        args=build_training_arguments(config, checkpoints_dir),
+        args=build_training_arguments(config.train, config.model, checkpoints_dir),
         data_collator=PreferenceCollator(pad_token_id, pad_to_multiple_of),
         train_dataset=SwapViewDataset(train_ds) if config.train.swap != "none" else train_ds,
         eval_dataset=eval_ds,

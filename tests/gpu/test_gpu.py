@@ -70,14 +70,14 @@ def test_cuda_training_step(tiny, tmp_path, quantization, head):
         pytest.skip("bf16 needs an Ampere or newer GPU")
     folder, dataset = tiny
     config = make_config(quantization, head)
-    args = build_training_arguments(config, tmp_path / "args")
+    args = build_training_arguments(config.train, config.model, tmp_path / "args")
     assert args.bf16 and args.optim.value == resolve_optim(config.train, quantized=quantization != "none")
 
     result = fine_tune_fold(config, dataset.select(range(40)), dataset.select(range(40, 60)), tmp_path / "fold", name_or_path=folder)
     assert result.metrics["global_step"] == 2
     assert math.isfinite(result.metrics["val_log_loss"]) and math.isfinite(result.metrics["train_loss"])
 
-    model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
+    model, _ = load_preference_model(config.model, result.adapter_dir, name_or_path=folder)
     assert next(model.parameters()).is_cuda
     probs = predict_probabilities(model, dataset.select(range(40, 60)), batch_size=8, pad_to_multiple_of=8)
     at_training = pd.read_parquet(result.val_predictions)[list(LABEL_COLUMNS)].to_numpy()
@@ -212,8 +212,8 @@ def test_quantized_base_with_8bit_optimizer(tiny, tmp_path, quantization, precis
     snapshots = ParameterSnapshots()
     config = make_gpu_config("label_token", precision, quantization, optim="adamw_8bit", max_steps=4, logging_steps=1,
                              lora={"target_modules": ["q_proj", "k_proj", "v_proj"]})
-    tokenizer = load_training_tokenizer(config, folder)
-    model = build_model(config, tokenizer, folder)
+    tokenizer = load_training_tokenizer(config.model, folder)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=folder, seed=config.train.seed)
     trainer = build_trainer(config, model, tokenizer, dataset.select(range(40)), dataset.select(range(40, 60)),
                             tmp_path / "checkpoints", callbacks=[snapshots])
     trainer.train()
@@ -239,7 +239,7 @@ def test_saved_adapter_reloads_to_identical_predictions(tiny, tmp_path, head):
     result = fine_tune_fold(config, dataset.select(range(40)), val, tmp_path / "fold", name_or_path=folder)
     runs = []
     for _ in range(2):
-        model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
+        model, _ = load_preference_model(config.model, result.adapter_dir, name_or_path=folder)
         assert next(model.parameters()).is_cuda
         runs.append(predict_probabilities(model, val, batch_size=8, pad_to_multiple_of=8))
         del model
@@ -293,10 +293,10 @@ def test_fold_ensemble_over_one_base(tiny, tmp_path):
         config = make_gpu_config("label_token", "fp32", max_steps=4, seed=fold)
         adapters.append(fine_tune_fold(config, dataset.select(rows), val, tmp_path / f"fold{fold}", name_or_path=folder).adapter_dir)
     config = make_gpu_config("label_token", "fp32")
-    ensemble = predict_with_adapters(config, adapters, val, base_model=str(folder))
+    ensemble = predict_with_adapters(config.model, adapters, val, batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap, base_model=str(folder))
     each = []
     for adapter in adapters:
-        model, tokenizer = load_preference_model(config, adapter, name_or_path=folder)
+        model, tokenizer = load_preference_model(config.model, adapter, name_or_path=folder)
         each.append(predict_probabilities(model, val, batch_size=config.train.eval_batch_size, pad_token_id=tokenizer.pad_token_id))
         del model
     assert not np.allclose(each[0], each[1])  # two different folds, or the check below proves nothing
