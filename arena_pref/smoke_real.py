@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
 
-    from arena_pref.cli import preflight
+    from arena_pref.preflight import preflight
     from arena_pref.flows.cv_training import cv_training
     from pref_core.config.schema import load_config
 

@@ -11,13 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_registry_decision_reads_as_success_for_the_first_version():
+    from arena_pref.summary import registry_decision
     from arena_pref.tasks.registry import RegistrationOutput
 
     first = RegistrationOutput("arena-pref", "1", "models:/arena-pref/1", promoted=True, reason="no champion yet")
-    assert cli.registry_decision(first) == "models:/arena-pref/1 is now @champion (the first version registered)"
+    assert registry_decision(first) == "models:/arena-pref/1 is now @champion (the first version registered)"
     kept = RegistrationOutput("arena-pref", "2", "models:/arena-pref/2", promoted=False,
                               reason="oof_log_loss 1.10000 does not beat champion v1 (1.00000)")
-    assert cli.registry_decision(kept).startswith("models:/arena-pref/2 is @challenger, @champion unchanged: ")
+    assert registry_decision(kept).startswith("models:/arena-pref/2 is @challenger, @champion unchanged: ")
 
 
 def test_demo_console_is_quiet_with_progress_and_summary(prefect_harness, tmp_path, capfd):

@@ -73,10 +73,10 @@ def test_a_config_found_nowhere_is_one_line_naming_it_and_the_fix(installed):
 
 
 def test_the_cli_and_the_flow_load_a_shipped_recipe(installed):
-    from arena_pref import cli
+    from arena_pref.commands.options import load_run_config
     from arena_pref.tasks.runs import resolve_config
 
-    assert cli._load("configs/tiny.yaml", ["cv.n_folds=3"]).cv.n_folds == 3
+    assert load_run_config("configs/tiny.yaml", ["cv.n_folds=3"]).cv.n_folds == 3
     assert resolve_config.fn(None, "configs/tiny.yaml", ["cv.n_folds=4"], None).cv.n_folds == 4
 
 
@@ -125,6 +125,8 @@ import json, sys
 import mlflow
 from arena_pref.tasks import resources
 import arena_pref.flows.cv_training, arena_pref.tasks.training
+from arena_pref import cli
+cli.build_parser()  # every command group is in the wheel
 print(json.dumps({"package": resources.BASE_DIR.as_posix(), "mlflow": mlflow.__file__,
                   "flows": arena_pref.flows.cv_training.__file__, "tasks": arena_pref.tasks.training.__file__,
                   "root": str(resources.project_root()), "tiny": str(resources.find_config("configs/tiny.yaml")),

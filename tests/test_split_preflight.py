@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from arena_pref import cli
+from arena_pref.commands.options import load_run_config
+from arena_pref.preflight import preflight
 from pref_core.data.arena import read_arena_csv
 from pref_core.data.folds import SplitError, check_splittable
 from pref_core.data.synthetic import make_synthetic_frames
@@ -103,10 +105,10 @@ def test_one_class_file_warns_in_preflight(capsys, tmp_path):
     train, _ = make_synthetic_frames(n_train=200, n_test=0, seed=2)
     train["winner_model_a"], train["winner_model_b"], train["winner_tie"] = 1, 0, 0
     path = _write(tmp_path, train, "one_class.csv")
-    config = cli._load(ROOT / "configs" / "tiny.yaml", [
+    config = load_run_config(ROOT / "configs" / "tiny.yaml", [
         f"data.train_csv={path}", f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ])
-    cli.preflight(config)
+    preflight(config)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "winner_model_b, winner_tie" in lines[0]
     assert len(read_arena_csv(path, "train").frame) == 200

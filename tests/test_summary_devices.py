@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from arena_pref import cli
+from arena_pref.summary import print_summary
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.registry import RegistrationOutput
 from arena_pref.tasks.runs import CVTrainingResult
@@ -28,7 +28,7 @@ def test_the_summary_shows_which_device_ran_which_fold(tmp_path, capsys):
                                         reason="no champion yet"),
         submission_path=None, rows={},
     )
-    cli._print_summary(result, uri)
+    print_summary(result, uri)
     lines = capsys.readouterr().out.splitlines()
     header = lines.index("fold  log loss  accuracy   rows  device")
     assert lines[header + 1].split() == ["0", "0.8000", "0.600", "20", "2,3"]
