@@ -82,7 +82,7 @@ def blocked_env(tmp_path_factory):
 
 
 def export(champion, out: Path, *extra: str) -> Path:
-    assert cli_main(["export", champion.registration.model_uri, "--out", str(out), "--tracking-uri", champion["uri"], *extra]) == 0
+    assert cli_main(["export", champion["model_uri"], "--out", str(out), "--tracking-uri", champion["uri"], *extra]) == 0
     return out
 
 
@@ -117,7 +117,7 @@ def test_bundle_predict_equals_arena_pref_predict_without_the_project_stack(cham
         assert not set(rec["modules"]) & set(BLOCKED)
         assert rec["pref_core"].startswith(str(bundle))  # the bundled code ran, not the repository's
 
-    assert cli_main(["predict", "--model", champion.registration.model_uri, "--test-csv", str(champion["test_csv"]),
+    assert cli_main(["predict", "--model", champion["model_uri"], "--test-csv", str(champion["test_csv"]),
                      "--out", str(tmp_path / "cli_sub.csv"), "--tracking-uri", champion["uri"]]) == 0
     ours = pd.read_csv(tmp_path / "bundle_sub.csv", dtype={"id": str})
     theirs = pd.read_csv(tmp_path / "cli_sub.csv", dtype={"id": str})
@@ -193,7 +193,7 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
     assert not (tmp_path / "sub.csv").exists()
 
     # export refuses a non-empty target folder.
-    assert cli_main(["export", champion.registration.model_uri, "--out", str(bundle), "--tracking-uri", champion["uri"]]) == 2
+    assert cli_main(["export", champion["model_uri"], "--out", str(bundle), "--tracking-uri", champion["uri"]]) == 2
 
 
 def _mlflow_env(champion) -> dict:
@@ -207,7 +207,7 @@ def _mlflow_env(champion) -> dict:
 def test_mlflow_models_predict_reads_the_kaggle_csv_with_integer_ids(champion, tmp_path):
     out = tmp_path / "pred.json"
     done = subprocess.run(
-        [sys.executable, "-m", "mlflow", "models", "predict", "-m", champion.registration.model_uri, "-i",
+        [sys.executable, "-m", "mlflow", "models", "predict", "-m", champion["model_uri"], "-i",
          str(champion["test_csv"]), "-t", "csv", "--env-manager", "local", "-o", str(out)],
         env=_mlflow_env(champion), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -221,7 +221,7 @@ def test_mlflow_models_predict_reads_the_kaggle_csv_with_integer_ids(champion, t
     import mlflow
 
     mlflow.set_tracking_uri(champion["uri"])
-    model = mlflow.pyfunc.load_model(champion.registration.model_uri)
+    model = mlflow.pyfunc.load_model(champion["model_uri"])
     as_text = model.predict(pd.read_csv(champion["test_csv"], dtype=str, keep_default_na=False))
     assert as_text["id"].tolist() == [str(i) for i in test["id"]]  # string ids stay strings
     np.testing.assert_allclose(as_text[list(LABEL_COLUMNS)].to_numpy(), predictions[list(LABEL_COLUMNS)].to_numpy(),
@@ -238,7 +238,7 @@ def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_pat
         port = sock.getsockname()[1]
     log = open(tmp_path / "serve.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion.registration.model_uri, "--host", "127.0.0.1",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion["model_uri"], "--host", "127.0.0.1",
          "-p", str(port), "--env-manager", "local", "-w", "1"],
         env=_mlflow_env(champion), stdout=log, stderr=subprocess.STDOUT)
     try:
