@@ -35,7 +35,7 @@ def preflight(config) -> None:
     """Everything that can fail fast, checked before Prefect starts: the base model, writable output,
     reachable tracking store, valid data. A bad file is reported here in one line per problem, with no
     orchestration traceback; the validated rows are cached, so the flow's ingest is a cache hit."""
-    from pref_core.config.schema import require_train_csv
+    from pref_core.config.loading import require_train_csv
 
     require_train_csv(config)
     check_base_model(config)  # before the output folder or any tracking store exists, and before slow imports

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     from arena_pref.preflight import preflight
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     out_dir = Path(args.output_dir).resolve()
     train_csv = prepare_data(args.data, args.n_pairs, args.seed, out_dir)

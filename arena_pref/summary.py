@@ -26,7 +26,7 @@ def run_link(tracking_uri: str, run_id: str) -> str:
 
 def fold_devices(tracking_uri: str, fold_run_ids: dict) -> dict:
     """The device slot each fold ran on (cv.max_parallel), from its MLflow run's tag; none for in-process folds."""
-    from arena_pref.tasks.training import TAG_DEVICE
+    from arena_pref.tasks.tracking import TAG_DEVICE
 
     try:
         from mlflow import MlflowClient

@@ -51,7 +51,7 @@ def build_base(out_dir: Path, layers: int, hidden: int, vocab: int) -> tuple[Pat
 
 
 def make_config(base_dir: Path):
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
 
     return parse_config({
         "model": {"name_or_path": str(base_dir), "head": "label_token", "dtype": "fp32"},

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     from arena_pref.cli import main as cli_main
     from arena_pref.flows.cv_training import cv_training
     from pref_core.kaggle.bundle import adapter_dirs, read_prediction_settings
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
     from pref_core.data.arena import read_arena_csv
     from pref_core.predict.ensemble import predict_frame_probabilities
     from pref_core.evaluate.metrics import compute_log_loss

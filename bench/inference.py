@@ -53,7 +53,7 @@ def measure(args) -> Verdict:
     import torch
 
     from bench.lengths import make_realistic_frame
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
     from pref_core.predict.inference import predict_probabilities
     from pref_core.model.preference import build_model
     from pref_core.text.prompts import build_prompt

@@ -40,7 +40,7 @@ GOAL = 1.2  # flow wall time at most 1.2x the direct calls'
 
 
 def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args):
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     overrides = [
         f"data.train_csv={train_csv}",

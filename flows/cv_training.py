@@ -13,7 +13,7 @@ from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
 from pref_core.config.schema import RunConfig
 from pref_core.train.devices import DeviceSlots, plan_device_slots
-from arena_pref.tasks import artifacts, evaluation, registry, runs, training
+from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, training
 
 
 @flow(name="cv-training", log_prints=True)
@@ -67,7 +67,7 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
             artifacts.advance_progress(progress, done, len(fold_run_ids))
         return
     if config.cv.execution == "deployment":  # all folds at once; each GPU worker takes one at a time
-        futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
+        futures = [fold_launcher.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
                    for k, run_id in fold_run_ids.items()]
         _wait(futures, progress)
         return
@@ -75,7 +75,7 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
     # worker (and so a device) frees up.
     slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
     with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
-        futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
+        futures = [runner.submit(fold_launcher.run_fold_in_subprocess, parameters=dict(
             fold_flow=train_fold, config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash,
             force=force, slots=slots,
         )) for k, run_id in fold_run_ids.items()]
@@ -85,4 +85,4 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
 def _wait(futures, progress) -> None:
     for done, _ in enumerate(as_completed(futures), start=1):
         artifacts.advance_progress(progress, done, len(futures))
-    training.raise_failed_folds(futures)
+    fold_launcher.raise_failed_folds(futures)

@@ -7,7 +7,8 @@ shared data location.
 
 from __future__ import annotations
 
-from pref_core.config.schema import RunConfig, require_train_csv
+from pref_core.config.loading import require_train_csv
+from pref_core.config.schema import RunConfig
 from pref_core.config.run_key import compute_run_key, teacher_hashes
 from arena_pref.tasks import preparation
 from arena_pref.tasks.preparation import PreparedInputs

@@ -34,7 +34,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from datasets import load_from_disk
 
     from pref_core.train.fold import fine_tune_fold
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
     from pref_core.train.checks import is_main_process
 
     config = parse_config(spec["config"])

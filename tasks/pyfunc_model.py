@@ -38,7 +38,7 @@ MODEL_SIGNATURE = ModelSignature(
 
 def read_bundle(bundle: str | Path):
     """(config, base model location, adapter folders in fold order, temperature) of a bundle folder."""
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     bundle = Path(bundle)
     config = load_config(bundle / "config.yaml")

@@ -20,7 +20,8 @@ from prefect import task
 
 from pref_core.evaluate import promotion
 from pref_core.model.fingerprint import fingerprint_base, pin_base
-from pref_core.config.schema import RunConfig, dump_config
+from pref_core.config.loading import dump_config
+from pref_core.config.schema import RunConfig
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs

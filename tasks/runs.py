@@ -11,7 +11,8 @@ from typing import Any, Optional
 
 from prefect import task
 
-from pref_core.config.schema import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+from pref_core.config.loading import apply_overrides, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig
 from arena_pref.tasks import resources
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput

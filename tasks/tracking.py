@@ -31,6 +31,7 @@ LOGGER = logging.getLogger(__name__)
 TAG_FOLD = "arena_pref.fold"
 TAG_KIND = "arena_pref.kind"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_DEVICE = "arena_pref.device"  # the device slot a fold process ran on (cv.max_parallel)
 # MLflow params are capped in length; longer values (lists of modules) are cut with a marker.
 _PARAM_MAX = 500
 

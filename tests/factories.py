@@ -28,7 +28,7 @@ def tiny_config(head: str = "label_token", *, model: Optional[dict] = None, prom
                 lora: Optional[dict] = None, distill: Optional[dict] = None, **train: Any):
     """RunConfig of a tiny CPU model: model.tiny with fp32 weights, LoRA r4/alpha8 on all linear layers without
     dropout. `model`, `prompt`, `lora`, `distill` update their sections; other keywords are train.* keys."""
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
 
     raw: dict[str, Any] = {
         "model": {"tiny": {}, "head": head, "dtype": "fp32", **(model or {})},
@@ -47,7 +47,7 @@ def tiny_recipe_config(tmp_path: Path, train_csv: Path, *extra: str, name: Optio
     """configs/tiny.yaml for a flow test: its data, outputs (tmp_path/<output or name or 'out'>) and SQLite
     tracking store under `tmp_path`; with `name`, also the experiment and registered model of that name.
     `extra` overrides come last."""
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     overrides = [f"data.train_csv={train_csv}", f"output_dir={tmp_path / (output or name or 'out')}",
                  f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]

@@ -94,7 +94,7 @@ def test_train_rejects_a_test_file_with_labels_as_test_csv(capsys, tmp_path):
 
 def test_bad_rows_are_quarantined_under_a_lenient_policy(capsys, tmp_path):
     """With data.max_bad_fraction above the bad share, the rows go to a rejected file (preflight passes)."""
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
     from arena_pref.tasks import preparation
 
     config = load_config(ROOT / "configs" / "tiny.yaml", [

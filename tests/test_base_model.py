@@ -24,7 +24,7 @@ import pytest
 from pref_core.model.fingerprint import hash_folder
 from pref_core.model.source import BaseModelError, hub_reference, resolve_base_model
 from pref_core.train.checks import MachineError, check_runtime
-from pref_core.config.schema import load_config
+from pref_core.config.loading import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_ID = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -186,7 +186,7 @@ def test_hash_folder_changes_with_content_not_with_location(tmp_path):
 
 
 def _config(**model):
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
 
     optim = model.pop("optim", "auto")
     return parse_config({"model": {"name_or_path": "x/y", **model}, "train": {"optim": optim}})

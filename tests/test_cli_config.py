@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from arena_pref import cli
-from pref_core.config.schema import load_config, parse_config
+from pref_core.config.loading import load_config, parse_config
 from pref_core.config.fields import describe_fields
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
@@ -58,7 +58,8 @@ def test_fields_of_one_section_or_field(capsys):
 
 
 def test_a_missing_train_csv_is_one_message_everywhere(capsys):
-    from pref_core.config.schema import ConfigError, require_train_csv
+    from pref_core.config.loading import require_train_csv
+    from pref_core.config.schema import ConfigError
 
     config = load_config(TINY)
     with pytest.raises(ConfigError) as info:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.config.schema import ConfigError, RunConfig, apply_overrides, dump_config, load_config, parse_config
+from pref_core.config.loading import apply_overrides, dump_config, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": {"tiny": {}}}

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from pref_core.train import distributed
-from pref_core.config.schema import ConfigError, load_config
+from pref_core.config.loading import load_config
+from pref_core.config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

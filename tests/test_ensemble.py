@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import pref_core.model.preference as modeling
-from pref_core.config.schema import parse_config
+from pref_core.config.loading import parse_config
 from pref_core.predict.ensemble import (
     average_probabilities,
     encode_frame,

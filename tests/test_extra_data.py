@@ -113,7 +113,7 @@ def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_pat
     from mlflow import MlflowClient
 
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     main = read_arena_csv(synthetic_csvs[0], "train").frame
     extra_csv = write_arena_csv(main.head(40).assign(id=lambda f: "x" + f["id"]), tmp_path / "extra.csv")  # duplicates

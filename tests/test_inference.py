@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from pref_core.config.schema import parse_config
+from pref_core.config.loading import parse_config
 from pref_core.predict.inference import PreferenceCollator, predict_probabilities
 from pref_core.data.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
 from pref_core.model.preference import build_model

@@ -16,7 +16,7 @@ import torch
 
 from pref_core.config.run_key import compute_run_key
 from pref_core.model.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
-from pref_core.config.schema import dump_config, load_config
+from pref_core.config.loading import dump_config, load_config
 from pref_core.data.folds import make_folds, prompt_group_key
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.text.prompts import explain_rows
@@ -66,7 +66,7 @@ def test_every_recipe_validates_and_survives_a_dump_and_reload(path, tmp_path):
 def test_recipe_run_keys_are_the_same_in_another_process_and_differ_between_recipes():
     keys = {p.name: compute_run_key(load_config(p), INPUTS) for p in CONFIGS}
     script = ("import json, sys; from pathlib import Path; from pref_core.config.run_key import compute_run_key; "
-              "from pref_core.config.schema import load_config; inputs = json.loads(sys.argv[1]); "
+              "from pref_core.config.loading import load_config; inputs = json.loads(sys.argv[1]); "
               "print(json.dumps({p.name: compute_run_key(load_config(p), inputs) "
               "for p in sorted(Path(sys.argv[2]).glob('*.yaml'))}))")
     done = subprocess.run([sys.executable, "-c", script, json.dumps(INPUTS), str(ROOT / "configs")], cwd=ROOT,

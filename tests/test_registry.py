@@ -80,7 +80,7 @@ def registered(tmp_path, synthetic_frames):
     from arena_pref.tasks.evaluation import OOFOutput
     from arena_pref.tasks.registry import register_model
     from pref_core.evaluate.oof import OOFScores
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
     from pref_core.model.preference import build_model, save_adapter
     from tests.factories import tiny_base
 

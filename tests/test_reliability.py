@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from arena_pref import cli
-from pref_core.config.schema import load_config
+from pref_core.config.loading import load_config
 from pref_core.data.synthetic import write_synthetic_csvs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_a_fold_flow_run_waits_until_the_api_has_recorded_its_parent_task_run(mo
 
     from prefect.exceptions import ObjectNotFound
 
-    from arena_pref.tasks import training
+    from arena_pref.tasks import fold_launcher
 
     class SlowRecorder:
         """read_task_run: not found twice, then found."""
@@ -164,14 +164,14 @@ def test_a_fold_flow_run_waits_until_the_api_has_recorded_its_parent_task_run(mo
                 raise ObjectNotFound(http_exc=Exception("404"))
             return {"id": task_run_id}
 
-    monkeypatch.setattr(training.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(fold_launcher.time, "sleep", lambda seconds: None)
     client = SlowRecorder()
-    training._wait_for_task_run_record(client, uuid4())
+    fold_launcher._wait_for_task_run_record(client, uuid4())
     assert client.reads == 3
 
     class NeverRecorded(SlowRecorder):
         def read_task_run(self, task_run_id):
             raise ObjectNotFound(http_exc=Exception("404"))
 
-    with pytest.raises(training.FoldFailedError, match=r"not recorded by the Prefect API within 0 s; check"):
-        training._wait_for_task_run_record(NeverRecorded(), uuid4(), timeout_s=0.0)
+    with pytest.raises(fold_launcher.FoldFailedError, match=r"not recorded by the Prefect API within 0 s; check"):
+        fold_launcher._wait_for_task_run_record(NeverRecorded(), uuid4(), timeout_s=0.0)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from arena_pref.tasks import resources
-from pref_core.config.schema import ConfigError, load_config
+from pref_core.config.loading import load_config
+from pref_core.config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pref_core.config.run_key import compute_run_key
-from pref_core.config.schema import load_config
+from pref_core.config.loading import load_config
 from pref_core.config.fields import describe_fields, result_neutral_fields
 
 ROOT = Path(__file__).resolve().parents[1]

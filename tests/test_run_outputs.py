@@ -11,7 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from pref_core.evaluate import plots
-from pref_core.config.schema import ConfigError, load_config
+from pref_core.config.loading import load_config
+from pref_core.config.schema import ConfigError
 from pref_core.data.synthetic import write_synthetic_csvs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from arena_pref.summary import print_summary
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.registry import RegistrationOutput
 from arena_pref.tasks.runs import CVTrainingResult
-from arena_pref.tasks.training import TAG_DEVICE
+from arena_pref.tasks.tracking import TAG_DEVICE
 from pref_core.evaluate.oof import OOFScores
 
 

@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 def cmd_config_show(args) -> int:
     """The resolved, validated config as YAML: defaults filled in, overrides applied."""
-    from pref_core.config.schema import config_yaml
+    from pref_core.config.loading import config_yaml
 
     print(config_yaml(load_run_config(args.config, args.set)), end="")
     return 0

@@ -41,6 +41,6 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
 def load_run_config(config_path: str | Path, overrides: Sequence[str]):
     """The config a --config names: the file, else the shipped recipe of that name (arena_pref.tasks.resources)."""
     from arena_pref.tasks.resources import find_config
-    from pref_core.config.schema import load_config
+    from pref_core.config.loading import load_config
 
     return load_config(find_config(config_path), overrides)

@@ -135,7 +135,7 @@ def cmd_show_prompt(args) -> int:
     from pref_core.text.tokenization import load_tokenizer
     from arena_pref.tasks import preparation
 
-    from pref_core.config.schema import require_train_csv
+    from pref_core.config.loading import require_train_csv
 
     config = load_run_config(args.config, args.set)
     if config.model.tiny is not None:

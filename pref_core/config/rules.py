@@ -1,7 +1,7 @@
 """Cross-field rules of the run config: checks that read more than one field.
 
 Each rule names the dotted fields it reads. `RunConfig` runs them all once every field is valid; when
-some fields are not, `pref_core.config.schema.parse_config` still runs each rule whose fields did validate
+some fields are not, `pref_core.config.loading.parse_config` still runs each rule whose fields did validate
 (`partial_view`), so one round reports the field errors (`format_field_errors`) and the
 cross-field errors together.
 """

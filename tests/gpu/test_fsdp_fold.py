@@ -46,7 +46,7 @@ def _fold(spec: dict) -> dict:
     """Train one fold in this process (one of torchrun's when WORLD_SIZE > 1) and return rank 0's metrics."""
     from datasets import load_from_disk
 
-    from pref_core.config.schema import parse_config
+    from pref_core.config.loading import parse_config
     from pref_core.train.checks import is_main_process
     from pref_core.train.fold import fine_tune_fold
 

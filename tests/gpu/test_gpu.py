@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pref_core.config.schema import parse_config
+from pref_core.config.loading import parse_config
 from pref_core.data.labels import LABEL_COLUMNS
 
 pytestmark = [
