@@ -15,7 +15,8 @@ from typing import Optional
 
 from pref_core.errors import UserError
 
-PREDICT_PY = '''"""Kaggle submission from this arena-pref bundle: python predict.py --base-model PATH --test-csv test.csv --out submission.csv
+PREDICT_PY = '''"""Kaggle submission from this arena-pref bundle:
+python predict.py --base-model PATH --test-csv test.csv --out submission.csv
 
 Needs torch, transformers, peft, pandas, numpy (what a Kaggle GPU image has). See README.md.
 """
@@ -56,8 +57,12 @@ def _class_prior(registered: Path) -> dict:
     from pref_core.data.labels import LABEL_COLUMNS
 
     # Versions registered before class_prior.json existed: a uniform prior, said so in the file.
-    return {"columns": list(LABEL_COLUMNS), "prior": [1 / 3] * 3, "n_train": None,
-            "note": "uniform: the registered version did not record its training class shares"}
+    return {
+        "columns": list(LABEL_COLUMNS),
+        "prior": [1 / 3] * 3,
+        "n_train": None,
+        "note": "uniform: the registered version did not record its training class shares",
+    }
 
 
 def _describe_base(base_dir: Optional[Path], name_or_path: str) -> Optional[dict]:
@@ -74,12 +79,17 @@ def _describe_base(base_dir: Optional[Path], name_or_path: str) -> Optional[dict
 def write_readme(dest: Path, manifest_base: dict, folds: str, n_adapters: int, has_base: bool) -> None:
     name = manifest_base.get("name_or_path")
     revision = manifest_base.get("revision") or manifest_base.get("commit")
-    kind = (f"{n_adapters} fold adapters, probabilities averaged" if folds == "ensemble"
-            else "one adapter averaged from the folds (one base pass per row instead of one per fold)")
-    base_line = ("The base weights are inside (`base_model/`): `--base-model` may be omitted."
-                 if has_base else
-                 f"Attach the base model `{name}`{f' at revision {revision}' if revision else ''} as a second input "
-                 "(a Kaggle model or dataset holding its config.json, tokenizer and *.safetensors).")
+    kind = (
+        f"{n_adapters} fold adapters, probabilities averaged"
+        if folds == "ensemble"
+        else "one adapter averaged from the folds (one base pass per row instead of one per fold)"
+    )
+    base_line = (
+        "The base weights are inside (`base_model/`): `--base-model` may be omitted."
+        if has_base
+        else f"Attach the base model `{name}`{f' at revision {revision}' if revision else ''} as a second input "
+        "(a Kaggle model or dataset holding its config.json, tokenizer and *.safetensors)."
+    )
     text = f"""# arena-pref offline bundle
 
 Predicts `winner_model_a, winner_model_b, winner_tie` for a Kaggle LMSYS-format `test.csv`
@@ -132,12 +142,12 @@ def export_bundle(
     base_model_dir: Optional[str | Path] = None,
 ) -> Path:
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
-    from pref_core.model.averaging import average_adapters
-    from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
-    from pref_core.publish import publishing_dir
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle
     from arena_pref.tasks.tracking import default_tracking_uri
+    from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
+    from pref_core.model.averaging import average_adapters
+    from pref_core.publish import publishing_dir
 
     if folds not in ("ensemble", "average"):
         raise ExportError(f"--folds {folds!r}: use ensemble or average")
@@ -161,14 +171,24 @@ def export_bundle(
                 shutil.copy2(registered / name, staging / name)
             (staging / "class_prior.json").write_text(json.dumps(_class_prior(registered), indent=2))
             head = json.loads((adapters[0] / "preference_head.json").read_text())
-            (staging / "label_tokens.json").write_text(json.dumps(
-                {"head": head["head"], "label_tokens": list(config.model.label_tokens),
-                 "label_token_ids": head.get("label_token_ids")}, indent=2))
+            (staging / "label_tokens.json").write_text(
+                json.dumps(
+                    {
+                        "head": head["head"],
+                        "label_tokens": list(config.model.label_tokens),
+                        "label_token_ids": head.get("label_token_ids"),
+                    },
+                    indent=2,
+                )
+            )
             _copy_code(staging)
             if base_dir is not None:
                 shutil.copytree(base_dir, staging / BASE_MODEL_DIR)
             write_readme(staging, base, folds, len(adapters), has_base=base_dir is not None)
-            write_manifest(staging, base, _describe_base(base_dir, base["name_or_path"]),
-                           {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters),
-                            "temperature": temperature})
+            write_manifest(
+                staging,
+                base,
+                _describe_base(base_dir, base["name_or_path"]),
+                {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters), "temperature": temperature},
+            )
     return out

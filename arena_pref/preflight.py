@@ -48,8 +48,10 @@ def preflight(config) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"output_dir: cannot write to {root} ({err.strerror or err}); "
-                        "choose a writable folder with --set output_dir=PATH") from None
+        raise UserError(
+            f"output_dir: cannot write to {root} ({err.strerror or err}); "
+            "choose a writable folder with --set output_dir=PATH"
+        ) from None
     tracking.check_tracking_reachable(tracking.resolve_tracking_uri(config))
     train = preparation.ingest.fn(config, "train")
     if config.data.test_csv is not None:
@@ -91,16 +93,16 @@ def check_predict_base(model_uri: str, tracking_uri: Optional[str], base_model: 
     import tempfile
 
     import mlflow
-
-    from pref_core.model.fingerprint import check_base_available
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
     from arena_pref.tasks.tracking import default_tracking_uri
+    from pref_core.model.fingerprint import check_base_available
 
     mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{BUNDLE_ARTIFACT}/base_model.json", dst_path=tmp)
+                artifact_uri=f"{model_uri.rstrip('/')}/artifacts/{BUNDLE_ARTIFACT}/base_model.json", dst_path=tmp
+            )
             fingerprint = json.loads(Path(path).read_text())
         except Exception:  # noqa: BLE001 (an unknown model or store: the flow's own error names it)
             return

@@ -41,9 +41,9 @@ def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
     the same deterministic split as the flow's make-folds), fit on each fold's training rows."""
     import numpy as np
 
-    from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
     from pref_core.data.arena import read_arena_csv
     from pref_core.data.folds import make_folds
+    from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
     from pref_core.evaluate.metrics import compute_log_loss
 
     frame = read_arena_csv(train_csv, kind="train", max_bad_fraction=config.data.max_bad_fraction).frame
@@ -54,8 +54,11 @@ def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
         if config.cv.folds is not None:  # only the validation folds the heads were scored on
             oof = oof[oof["fold"].isin(config.cv.folds)]
         labels, probs = oof["label"].to_numpy(), np.stack(oof["probs"])
-        out[name] = {"oof_log_loss": float(compute_log_loss(labels, probs)),
-                     "oof_accuracy": float((probs.argmax(axis=1) == labels).mean()), "n_oof": int(len(oof))}
+        out[name] = {
+            "oof_log_loss": float(compute_log_loss(labels, probs)),
+            "oof_accuracy": float((probs.argmax(axis=1) == labels).mean()),
+            "n_oof": int(len(oof)),
+        }
     return out
 
 
@@ -72,30 +75,49 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
 
-    from arena_pref.preflight import preflight
     from arena_pref.flows.cv_training import cv_training
+    from arena_pref.preflight import preflight
     from pref_core.config.loading import load_config
 
     out_dir = Path(args.output_dir).resolve()
     train_csv = prepare_data(args.data, args.n_pairs, args.seed, out_dir)
     results = []
     for head in args.heads:
-        config = load_config(resources.find_config(args.config), [f"data.train_csv={train_csv}", f"output_dir={out_dir}",
-                                           f"model.head={head}", "tracking.experiment=smoke-real",
-                                           "tracking.registered_model=arena-pref-smoke-real", *args.set])
+        config = load_config(
+            resources.find_config(args.config),
+            [
+                f"data.train_csv={train_csv}",
+                f"output_dir={out_dir}",
+                f"model.head={head}",
+                "tracking.experiment=smoke-real",
+                "tracking.registered_model=arena-pref-smoke-real",
+                *args.set,
+            ],
+        )
         preflight(config)
         started = time.time()
         result = cv_training(config)
         scores = result.oof.scores
-        results.append({"head": head, "data": str(train_csv), "folds": sorted(result.oof.fold_log_loss),
-                        "oof_log_loss": scores.log_loss, "oof_log_loss_calibrated": scores.calibrated_log_loss,
-                        "prior_log_loss": scores.prior_log_loss, "oof_accuracy": scores.accuracy,
-                        "n_oof": scores.n_oof, "seconds": round(time.time() - started, 1)})
+        results.append(
+            {
+                "head": head,
+                "data": str(train_csv),
+                "folds": sorted(result.oof.fold_log_loss),
+                "oof_log_loss": scores.log_loss,
+                "oof_log_loss_calibrated": scores.calibrated_log_loss,
+                "prior_log_loss": scores.prior_log_loss,
+                "oof_accuracy": scores.accuracy,
+                "n_oof": scores.n_oof,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
     baselines = same_fold_baselines(config, train_csv)
     print("\nhead          OOF log loss  calibrated  prior   accuracy  rows  seconds")
     for r in results:
-        print(f"{r['head']:<13} {r['oof_log_loss']:>12.4f}  {r['oof_log_loss_calibrated'] or float('nan'):>10.4f}  "
-              f"{r['prior_log_loss']:.4f}  {r['oof_accuracy']:>8.3f}  {r['n_oof']:>4}  {r['seconds']:>7}")
+        print(
+            f"{r['head']:<13} {r['oof_log_loss']:>12.4f}  {r['oof_log_loss_calibrated'] or float('nan'):>10.4f}  "
+            f"{r['prior_log_loss']:.4f}  {r['oof_accuracy']:>8.3f}  {r['n_oof']:>4}  {r['seconds']:>7}"
+        )
     for name, b in baselines.items():
         print(f"{name:<13} {b['oof_log_loss']:>12.4f}  {'':>10}  {'':>6}  {b['oof_accuracy']:>8.3f}  {b['n_oof']:>4}")
     (out_dir / "smoke_real.json").write_text(json.dumps({"heads": results, "baselines": baselines}, indent=2))

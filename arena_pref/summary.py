@@ -19,7 +19,7 @@ def run_link(tracking_uri: str, run_id: str) -> str:
 
             experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
             return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-        except Exception:  # the summary must not fail on a link
+        except Exception:  # noqa: BLE001 (the summary must not fail on a link)
             pass
     return f"run {run_id} in {tracking_uri}"
 
@@ -33,7 +33,7 @@ def fold_devices(tracking_uri: str, fold_run_ids: dict) -> dict:
 
         client = MlflowClient(tracking_uri=tracking_uri)
         return {fold: client.get_run(run_id).data.tags.get(TAG_DEVICE) for fold, run_id in fold_run_ids.items()}
-    except Exception:  # the summary must not fail on a lookup
+    except Exception:  # noqa: BLE001 (the summary must not fail on a lookup)
         return {}
 
 

@@ -78,8 +78,9 @@ def estimate_token_lengths(
     return (TEMPLATE_TOKENS + np.where(whole <= budget, whole, cut)).astype(np.int64)
 
 
-def sample_token_lengths(n: int, max_length: int = 1024, seed: int = 0,
-                         chars_per_token: float = CHARS_PER_TOKEN) -> np.ndarray:
+def sample_token_lengths(
+    n: int, max_length: int = 1024, seed: int = 0, chars_per_token: float = CHARS_PER_TOKEN
+) -> np.ndarray:
     """(n,) realistic token lengths (see the module docstring)."""
     return estimate_token_lengths(sample_char_lengths(n, seed), max_length, chars_per_token)
 

@@ -6,9 +6,9 @@
 from prefect import flow
 
 from arena_pref.flows.preparation import prepare_inputs
+from arena_pref.tasks.training import fit_fold
 from pref_core.config.schema import RunConfig
 from pref_core.train.result import FoldResult
-from arena_pref.tasks.training import fit_fold
 
 
 @flow(name="train-fold", log_prints=True)

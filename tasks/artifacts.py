@@ -8,13 +8,18 @@ from typing import Optional
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from pref_core.config.schema import RunConfig
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 from arena_pref.tasks.registry import RegistrationOutput
+from pref_core.config.schema import RunConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,7 +48,7 @@ def start_progress(n_folds: int) -> Optional[UUID]:
     """A progress artifact at 0 %; None when the artifact cannot be created (it is a view, not a result)."""
     try:
         return create_progress_artifact(0.0, key=PROGRESS_KEY, description=f"folds finished: 0 of {n_folds}")
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 (a view, not a result: it never fails the run)
         LOGGER.warning("no progress artifact: %s", err)
         return None
 
@@ -52,34 +57,47 @@ def advance_progress(artifact_id: Optional[UUID], done: int, n_folds: int) -> No
     if artifact_id is None:
         return
     try:
-        update_progress_artifact(artifact_id, 100.0 * done / max(n_folds, 1),
-                                 description=f"folds finished: {done} of {n_folds}")
-    except Exception as err:
+        update_progress_artifact(
+            artifact_id, 100.0 * done / max(n_folds, 1), description=f"folds finished: {done} of {n_folds}"
+        )
+    except Exception as err:  # noqa: BLE001 (a view, not a result: it never fails the run)
         LOGGER.warning("progress artifact not updated: %s", err)
 
 
 def fold_rows(oof: OOFOutput, fold_run_ids: dict[int, str], run_links: dict[int, str]) -> list[dict]:
     scores = oof.scores
     return [
-        {"fold": k, "val_log_loss": round(oof.fold_log_loss[k], 5),
-         "val_accuracy": round(scores.fold_accuracy.get(k, float("nan")), 4), "rows": scores.fold_rows.get(k),
-         "mlflow_run": run_links[k]}
+        {
+            "fold": k,
+            "val_log_loss": round(oof.fold_log_loss[k], 5),
+            "val_accuracy": round(scores.fold_accuracy.get(k, float("nan")), 4),
+            "rows": scores.fold_rows.get(k),
+            "mlflow_run": run_links[k],
+        }
         for k in sorted(fold_run_ids)
     ]
 
 
-def summary_markdown(oof: OOFOutput, rows: list[dict], decision: str, parent_link: str, submission: Optional[str]) -> str:
+def summary_markdown(
+    oof: OOFOutput, rows: list[dict], decision: str, parent_link: str, submission: Optional[str]
+) -> str:
     scores = oof.scores
     lines = [
-        "# cv-training", "",
-        "| fold | val log loss | val accuracy | rows | MLflow run |", "| ---: | ---: | ---: | ---: | --- |",
-        *[f"| {r['fold']} | {r['val_log_loss']:.4f} | {r['val_accuracy']:.3f} | {r['rows']} | {r['mlflow_run']} |" for r in rows],
+        "# cv-training",
+        "",
+        "| fold | val log loss | val accuracy | rows | MLflow run |",
+        "| ---: | ---: | ---: | ---: | --- |",
+        *[
+            f"| {r['fold']} | {r['val_log_loss']:.4f} | {r['val_accuracy']:.3f} | {r['rows']} | {r['mlflow_run']} |"
+            for r in rows
+        ],
         "",
         f"- **OOF log loss**: {scores.log_loss:.4f} (accuracy {scores.accuracy:.3f}, {scores.n_oof} rows)",
     ]
     if scores.calibrated_log_loss is not None:
-        lines.append(f"- **calibrated OOF log loss**: {scores.calibrated_log_loss:.4f} "
-                     f"(temperature {scores.temperature:.3f})")
+        lines.append(
+            f"- **calibrated OOF log loss**: {scores.calibrated_log_loss:.4f} (temperature {scores.temperature:.3f})"
+        )
     lines += [
         f"- **class prior log loss**: {scores.prior_log_loss:.4f}",
         f"- **registry**: {decision}",
@@ -91,8 +109,14 @@ def summary_markdown(oof: OOFOutput, rows: list[dict], decision: str, parent_lin
 
 
 @task(name="publish-summary", **TASK_DEFAULTS)
-def publish_summary(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], oof: OOFOutput,
-                    registered: RegistrationOutput, submission: Optional[str]) -> str:
+def publish_summary(
+    config: RunConfig,
+    parent_run_id: str,
+    fold_run_ids: dict[int, str],
+    oof: OOFOutput,
+    registered: RegistrationOutput,
+    submission: Optional[str],
+) -> str:
     """The fold table and the markdown summary as Prefect artifacts of this flow run; returns the markdown."""
     uri = tracking.resolve_tracking_uri(config)
     experiment_id = tracking.get_client(config).get_run(parent_run_id).info.experiment_id

@@ -58,14 +58,21 @@ def _retry_killed_fold(task, task_run, state) -> bool:
         state.result()
     except FoldProcessKilledError:
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 (any other failure is final: retrying cannot fix it)
         return False
     return False
 
 
-@task(name="train-fold-process", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_killed_fold, **TASK_DEFAULTS)
+@task(
+    name="train-fold-process", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_killed_fold, **TASK_DEFAULTS
+)
 def run_fold_in_subprocess(
-    fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False,
+    fold_flow: Flow,
+    config: RunConfig,
+    fold: int,
+    mlflow_run_id: str,
+    train_hash: str,
+    force: bool = False,
     slots: Optional[DeviceSlots] = None,
 ) -> str:
     """Run `fold_flow` (the `train-fold` flow, given by the calling flow) for one fold in a fresh process:
@@ -79,8 +86,9 @@ def run_fold_in_subprocess(
         return _run_fold_process(fold_flow, config, fold, mlflow_run_id, train_hash, force, slot=slot)
 
 
-def _run_fold_process(fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str,
-                      force: bool, slot: Optional[str]) -> str:
+def _run_fold_process(
+    fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool, slot: Optional[str]
+) -> str:
     logger = get_run_logger()
     task_run = TaskRunContext.get().task_run
     attempt = task_run.run_count or 1
@@ -97,12 +105,22 @@ def _run_fold_process(fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_
     }
     if slot is not None:
         tracking.set_tags(tracking.get_client(config), mlflow_run_id, {tracking.TAG_DEVICE: slot})
-    logger.info("fold %d: starting process for flow run %s (%s)%s", fold, flow_run.name, flow_run.id,
-                f" on device {slot}" if slot is not None else "")
+    logger.info(
+        "fold %d: starting process for flow run %s (%s)%s",
+        fold,
+        flow_run.name,
+        flow_run.id,
+        f" on device {slot}" if slot is not None else "",
+    )
     # The parent's context stays here: the fold's run is linked through parent_task_run_id, and a
     # serialized parent flow context would carry this process's settings (its temporary API server).
-    process = run_flow_in_subprocess(fold_flow, flow_run=flow_run, parameters=parameters, env=env,
-                                     context={"tags_context": TagsContext.get().serialize()})
+    process = run_flow_in_subprocess(
+        fold_flow,
+        flow_run=flow_run,
+        parameters=parameters,
+        env=env,
+        context={"tags_context": TagsContext.get().serialize()},
+    )
     process.join()
     with get_prefect_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
@@ -122,12 +140,16 @@ def _wait_for_task_run_record(client, task_run_id, timeout_s: float = 120.0) -> 
             return
         except ObjectNotFound:
             if time.monotonic() > deadline:
-                raise FoldFailedError(f"task run {task_run_id} was not recorded by the Prefect API within {timeout_s:.0f} s; "
-                                      "check that the Prefect server is healthy, then rerun (finished folds are reused)") from None
+                raise FoldFailedError(
+                    f"task run {task_run_id} was not recorded by the Prefect API within {timeout_s:.0f} s; "
+                    "check that the Prefect server is healthy, then rerun (finished folds are reused)"
+                ) from None
             time.sleep(0.25)
 
 
-def _raise_fold_process_failed(config: RunConfig, fold: int, flow_run, mlflow_run_id: str, exitcode: int, state) -> None:
+def _raise_fold_process_failed(
+    config: RunConfig, fold: int, flow_run, mlflow_run_id: str, exitcode: int, state
+) -> None:
     """Mark the fold's flow run failed if its process could not, and raise the error that says why:
     FoldProcessKilledError (retried: it resumes) for a signal, FoldFailedError otherwise."""
     if exitcode < 0:
@@ -179,7 +201,7 @@ def raise_failed_folds(futures) -> None:
     for future in futures:
         try:
             future.result()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (every fold's failure is collected, then raised together)
             errors.append(str(err))
     if errors:
         raise FoldFailedError(f"{len(errors)} fold(s) failed:\n" + "\n".join(errors))

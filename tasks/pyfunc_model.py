@@ -48,17 +48,25 @@ def read_bundle(bundle: str | Path):
     return config, base, adapters, temperature
 
 
-def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False,
-                   base_model: str | None = None) -> pd.DataFrame:
+def predict_parsed(
+    bundle: str | Path, frame: pd.DataFrame, progress: bool = False, base_model: str | None = None
+) -> pd.DataFrame:
     """Predict a validated frame (turn lists, as pref_core.data.arena returns it): average the fold adapters.
     `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
     from pref_core.predict.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
-    probs = predict_frame_probabilities(config.model, config.prompt, adapters, frame,
-                                        batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap,
-                                        base_model=base_model or base["name_or_path"], temperature=temperature,
-                                        progress=progress)
+    probs = predict_frame_probabilities(
+        config.model,
+        config.prompt,
+        adapters,
+        frame,
+        batch_size=config.train.eval_batch_size,
+        tta_swap=config.train.tta_swap,
+        base_model=base_model or base["name_or_path"],
+        temperature=temperature,
+        progress=progress,
+    )
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out

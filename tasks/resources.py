@@ -66,8 +66,10 @@ def shipped_file(relative: str) -> Path:
     in a checkout, the top-level file itself)."""
     path = (PROJECT_FILES / relative).resolve()
     if not path.is_file():
-        raise FileNotFoundError(f"{PROJECT_FILES / relative}: missing from the installed package; "
-                                "reinstall arena-pref (pip install --force-reinstall arena-pref)")
+        raise FileNotFoundError(
+            f"{PROJECT_FILES / relative}: missing from the installed package; "
+            "reinstall arena-pref (pip install --force-reinstall arena-pref)"
+        )
     return path
 
 
@@ -93,5 +95,9 @@ def find_config(path: Union[str, Path]) -> Path:
     from pref_core.config.schema import ConfigError  # only now: this module stays standard library for the CLI's start
 
     names = ", ".join(f"configs/{name}" for name in shipped_recipes()) or "none"
-    raise ConfigError([f"config file {str(path)!r} not found (looked here, in {project_root()} and among the "
-                       f"shipped recipes {names}); pass an existing YAML, e.g. --config configs/tiny.yaml"])
+    raise ConfigError(
+        [
+            f"config file {str(path)!r} not found (looked here, in {project_root()} and among the "
+            f"shipped recipes {names}); pass an existing YAML, e.g. --config configs/tiny.yaml"
+        ]
+    )

@@ -17,18 +17,18 @@ from typing import Optional
 import pandas as pd
 from prefect import get_run_logger, task
 
-from pref_core.errors import UserError
-from pref_core.data import fold_rows
-from pref_core.train.fold import FoldOutOfMemoryError, fine_tune_fold
-from pref_core.train.result import RESULT_FILE, FoldResult
+from arena_pref.tasks import distillation, resources, tracking, workspace
+from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from pref_core.config.schema import RunConfig
+from pref_core.data import fold_rows
+from pref_core.errors import UserError
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback
 from pref_core.train.devices import DEVICE_SLOT_ENV
-from arena_pref.tasks import resources
-from arena_pref.tasks import distillation, tracking, workspace
-from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from pref_core.train.fold import FoldOutOfMemoryError, fine_tune_fold
+from pref_core.train.result import RESULT_FILE, FoldResult
 
 LOGGER = logging.getLogger(__name__)
+
 
 class FoldFailedError(UserError, RuntimeError):
     """A fold's training failed; the message names the fold and where to look."""
@@ -52,18 +52,26 @@ def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
 def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
     """Count this attempt on the fold's run and say where it runs; returns the attempt number (1, 2, ...)."""
     attempt = int(client.get_run(mlflow_run_id).data.tags.get("arena_pref.attempt", "0")) + 1
-    tracking.set_tags(client, mlflow_run_id, {
-        "arena_pref.attempt": attempt, "arena_pref.fold_dir": folder,
-        "arena_pref.host": socket.gethostname(), "arena_pref.pid": os.getpid(),
-        # What this process was given (cv.max_parallel), and so which GPU it trained on.
-        "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-        "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),
-    })
+    tracking.set_tags(
+        client,
+        mlflow_run_id,
+        {
+            "arena_pref.attempt": attempt,
+            "arena_pref.fold_dir": folder,
+            "arena_pref.host": socket.gethostname(),
+            "arena_pref.pid": os.getpid(),
+            # What this process was given (cv.max_parallel), and so which GPU it trained on.
+            "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+            "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),
+        },
+    )
     return attempt
 
 
 @task(name="fit-fold", **TASK_DEFAULTS)
-def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False) -> FoldResult:
+def fit_fold(
+    config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False
+) -> FoldResult:
     """Train (or resume, or reuse) one fold, predict the test set with it, and log everything to its run."""
     logger = get_run_logger()
     client = tracking.get_client(config)
@@ -86,11 +94,13 @@ def fit_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: Prepare
 
 
 def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, client):
-    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels (pref_core.data.fold_rows)."""
+    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels
+    (pref_core.data.fold_rows)."""
     from pref_core.text.tokenization import load_token_cache
 
-    train_ds, val_ds = fold_rows.split_fold(load_token_cache(prepared.train_tokens.path),
-                                            pd.read_parquet(prepared.folds_path), fold)
+    train_ds, val_ds = fold_rows.split_fold(
+        load_token_cache(prepared.train_tokens.path), pd.read_parquet(prepared.folds_path), fold
+    )
     extra_ds = load_token_cache(prepared.extra_tokens.path) if prepared.extra_tokens else None
     teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
     train_ds = fold_rows.fold_train_set(train_ds, extra_ds, teacher)
@@ -99,25 +109,44 @@ def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, clien
     return train_ds, val_ds, test_ds
 
 
-def _train_new_fold(config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, folder: Path,
-                    client, attempt: int) -> FoldResult:
+def _train_new_fold(
+    config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, folder: Path, client, attempt: int
+) -> FoldResult:
     logger = get_run_logger()
     train_ds, val_ds, test_ds = _fold_datasets(config, fold, prepared, client)
-    logger.info("fold %d: %d train rows (%d extra), %d validation rows", fold, len(train_ds),
-                prepared.extra.n_kept if prepared.extra else 0, len(val_ds))
+    logger.info(
+        "fold %d: %d train rows (%d extra), %d validation rows",
+        fold,
+        len(train_ds),
+        prepared.extra.n_kept if prepared.extra else 0,
+        len(val_ds),
+    )
     monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
     try:
         with monitor:
             if config.train.num_processes > 1:
                 result = _train_fold_in_processes(
-                    config, fold, train_ds, val_ds, prepared.test_tokens.path if prepared.test_tokens else None,
-                    folder, mlflow_run_id, prepared.base_model,
+                    config,
+                    fold,
+                    train_ds,
+                    val_ds,
+                    prepared.test_tokens.path if prepared.test_tokens else None,
+                    folder,
+                    mlflow_run_id,
+                    prepared.base_model,
                 )
             else:
                 result = fine_tune_fold(
-                    config, train_ds, val_ds, folder,
-                    callbacks=[tracking.MlflowFoldCallback(client, mlflow_run_id), FoldProgressCallback(f"fold {fold}")],
-                    name_or_path=prepared.base_model, test_ds=test_ds,
+                    config,
+                    train_ds,
+                    val_ds,
+                    folder,
+                    callbacks=[
+                        tracking.MlflowFoldCallback(client, mlflow_run_id),
+                        FoldProgressCallback(f"fold {fold}"),
+                    ],
+                    name_or_path=prepared.base_model,
+                    test_ds=test_ds,
                 )
     except FoldOutOfMemoryError as err:
         raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
@@ -168,8 +197,14 @@ def recorded_fold_error(config: RunConfig, mlflow_run_id: str) -> Optional[str]:
 
 
 def _train_fold_in_processes(
-    config: RunConfig, fold: int, train_ds, val_ds, test_tokens_path: Optional[str], folder: Path,
-    mlflow_run_id: str, base_model: str,
+    config: RunConfig,
+    fold: int,
+    train_ds,
+    val_ds,
+    test_tokens_path: Optional[str],
+    folder: Path,
+    mlflow_run_id: str,
+    base_model: str,
 ) -> FoldResult:
     """train.num_processes > 1: torchrun starts that many processes on the fold's rows (tasks/fold_worker.py).
 
@@ -183,16 +218,29 @@ def _train_fold_in_processes(
     train_ds.save_to_disk(str(work / "train"))
     val_ds.save_to_disk(str(work / "val"))
     spec = {
-        "config": config.model_dump(mode="json"), "output_dir": str(folder), "mlflow_run_id": mlflow_run_id,
-        "tracking_uri": tracking.resolve_tracking_uri(config), "base_model": base_model,
-        "train": str(work / "train"), "val": str(work / "val"),
+        "config": config.model_dump(mode="json"),
+        "output_dir": str(folder),
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking.resolve_tracking_uri(config),
+        "base_model": base_model,
+        "train": str(work / "train"),
+        "val": str(work / "val"),
         # Rank 0 predicts the test rows with the trained model, as a 1-process fold does.
         "test": test_tokens_path,
     }
     (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     processes = config.train.num_processes
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "--max-restarts=2", "-m", "arena_pref.tasks.fold_worker", str(work / "spec.json")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        "--max-restarts=2",
+        "-m",
+        "arena_pref.tasks.fold_worker",
+        str(work / "spec.json"),
+    ]
     LOGGER.info("fold %d: %d training processes (%s)", fold, processes, config.train.distributed)
     # A store of its own for each restart: torchrun's shared rendezvous store keeps the dead group's gloo
     # addresses, and a restarted rank that reads one fails to connect (pytorch/pytorch#135712).

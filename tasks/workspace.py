@@ -20,7 +20,6 @@ from pathlib import Path
 from pref_core.config.schema import RunConfig
 from pref_core.hashing import hash_json
 
-
 # A GPU worker may keep its caches and checkpoints in a scratch folder of its own (set by
 # `arena-pref stack` or the work pool's job variables); results travel through MLflow anyway.
 OUTPUT_DIR_ENV = "ARENA_PREF_OUTPUT_DIR"

@@ -69,10 +69,12 @@ def tokenizer(tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(train_frame):
     """A byte-level BPE tokenizer (vocab 1000) trained offline on the synthetic prompts."""
-    from pref_core.text.prompts import build_prompt
     from pref_core.model.tiny import train_tokenizer
+    from pref_core.text.prompts import build_prompt
 
-    texts = [build_prompt(p, a, b) for p, a, b in zip(train_frame.prompt, train_frame.response_a, train_frame.response_b)]
+    texts = [
+        build_prompt(p, a, b) for p, a, b in zip(train_frame.prompt, train_frame.response_a, train_frame.response_b)
+    ]
     return train_tokenizer(texts, vocab_size=1000)
 
 

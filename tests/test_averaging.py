@@ -9,8 +9,8 @@ import torch
 from peft.tuners.lora import LoraLayer
 
 from pref_core.model.averaging import average_adapters
-from pref_core.predict.inference import predict_token_ids
 from pref_core.model.preference import CLASSIFIER_NAME, load_preference_ensemble
+from pref_core.predict.inference import predict_token_ids
 from tests.test_ensemble import make_config, make_fold_adapters, token_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")

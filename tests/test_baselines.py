@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
 from pref_core.data.folds import make_folds
+from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
 from pref_core.evaluate.metrics import compute_log_loss
 
 

@@ -58,8 +58,8 @@ def test_temperature_applies_to_each_fold_model_before_averaging():
     average, while applied to the mean (already less confident than any one model) it would."""
     import pandas as pd
 
-    from pref_core.predict.ensemble import average_probabilities
     from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.predict.ensemble import average_probabilities
     from pref_core.predict.submission import average_fold_predictions
 
     rng = np.random.default_rng(0)
@@ -79,6 +79,8 @@ def test_temperature_applies_to_each_fold_model_before_averaging():
     calibrated = compute_log_loss(labels_test, submission[list(LABEL_COLUMNS)].to_numpy())
     assert calibrated <= uncalibrated
     # The registered model's path (pref_core.predict.ensemble) gives the same numbers.
-    np.testing.assert_allclose(average_probabilities(per_fold, t), submission[list(LABEL_COLUMNS)].to_numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        average_probabilities(per_fold, t), submission[list(LABEL_COLUMNS)].to_numpy(), atol=1e-12
+    )
     # Today's mismatch, for contrast: the temperature applied to the mean over-softens it.
     assert compute_log_loss(labels_test, apply_temperature(average_probabilities(per_fold), t)) > uncalibrated

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
+from mlflow import MlflowClient
 from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
@@ -26,9 +26,17 @@ pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, name: str, train_csv: Path, execution: str):
-    return tiny_recipe_config(tmp_path, train_csv, f"cv.execution={execution}", "cv.folds=[0]", "train.num_epochs=3",
-                              "train.save_steps=3", "train.save_total_limit=5", "train.per_device_batch_size=8",
-                              name=name)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        f"cv.execution={execution}",
+        "cv.folds=[0]",
+        "train.num_epochs=3",
+        "train.save_steps=3",
+        "train.save_total_limit=5",
+        "train.per_device_batch_size=8",
+        name=name,
+    )
 
 
 def _kill_after_first_checkpoint(config, killed: dict, timeout_s: float = 300) -> None:
@@ -92,8 +100,9 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as prefect:
-        runs = prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=["fold-0", "fold-0-attempt-2"])))
+        runs = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["fold-0", "fold-0-attempt-2"]))
+        )
     states = {}
     for run in runs:
         if run.parameters.get("mlflow_run_id") == fold_run.info.run_id:

@@ -7,16 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from arena_pref.tasks import distillation
 from pref_core.config.schema import ConfigError
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.train.result import TRAIN_PREDICTIONS_FILE
-from arena_pref.tasks import distillation
 from tests.factories import tiny_recipe_config
 
 
 def tiny(tmp_path, synthetic_csvs, *extra):
-    return tiny_recipe_config(tmp_path, synthetic_csvs[0], "cv.execution=in_process", "cv.folds=[0, 1]",
-                              "train.num_epochs=1", *extra)
+    return tiny_recipe_config(
+        tmp_path, synthetic_csvs[0], "cv.execution=in_process", "cv.folds=[0, 1]", "train.num_epochs=1", *extra
+    )
 
 
 def probs_frame(ids, seed=0):
@@ -57,11 +58,11 @@ def produced_by(frame: pd.DataFrame, teacher_files: dict[int, pd.DataFrame]) -> 
 
 
 @pytest.mark.slow
-def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_harness, tmp_path, synthetic_csvs,
-                                                                     monkeypatch):
-    from mlflow import MlflowClient
-
+def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(
+    prefect_harness, tmp_path, synthetic_csvs, monkeypatch
+):
     from arena_pref.flows.cv_training import cv_training
+    from mlflow import MlflowClient
 
     teacher_config = tiny(tmp_path, synthetic_csvs, "train.predict_train_rows=true")
     teacher = cv_training(teacher_config)
@@ -80,8 +81,13 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
         return frame
 
     monkeypatch.setattr(distillation, "teacher_frame", spy)
-    student_config = tiny(tmp_path, synthetic_csvs, f"distill.teacher_run={teacher.parent_run_id}",
-                          "distill.kl_weight=0.5", "train.learning_rate=2e-3")
+    student_config = tiny(
+        tmp_path,
+        synthetic_csvs,
+        f"distill.teacher_run={teacher.parent_run_id}",
+        "distill.kl_weight=0.5",
+        "train.learning_rate=2e-3",
+    )
     student = cv_training(student_config)
     assert sorted(read) == [0, 1] and sorted(student.fold_run_ids) == [0, 1]
 
@@ -102,6 +108,7 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
     # A teacher split another way is refused in one line before training.
     other = tiny(tmp_path, synthetic_csvs, f"distill.teacher_run={teacher.parent_run_id}", "cv.seed=7")
     with pytest.raises(distillation.TeacherMismatchError, match=r"cv.seed=42 differs from this run's 7") as err:
-        distillation.check_teacher_run(other, client.get_run(student.parent_run_id).data.tags["arena_pref.train_hash"],
-                                       client)
+        distillation.check_teacher_run(
+            other, client.get_run(student.parent_run_id).data.tags["arena_pref.train_hash"], client
+        )
     assert "\n" not in str(err.value)

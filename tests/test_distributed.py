@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pref_core.train import distributed
 from pref_core.config.loading import load_config
 from pref_core.config.schema import ConfigError
+from pref_core.train import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(*overrides: str):
-    return load_config(ROOT / "configs" / "tiny.yaml", ["train.num_processes=2", "train.gradient_accumulation_steps=2",
-                                                        *overrides])
+    return load_config(
+        ROOT / "configs" / "tiny.yaml", ["train.num_processes=2", "train.gradient_accumulation_steps=2", *overrides]
+    )
 
 
 def _train_and_model(*overrides: str):
@@ -60,7 +61,10 @@ def test_fsdp_on_gpus_needs_the_experimental_switch(monkeypatch):
     with pytest.raises(ValueError, match=distributed.EXPERIMENTAL_ENV):
         distributed.fsdp_training_arguments(config.train, config.model)
     monkeypatch.setenv(distributed.EXPERIMENTAL_ENV, "1")
-    assert distributed.fsdp_training_arguments(config.train, config.model) == {"fsdp": True, "fsdp_config": distributed.fsdp_config(config.model)}
+    assert distributed.fsdp_training_arguments(config.train, config.model) == {
+        "fsdp": True,
+        "fsdp_config": distributed.fsdp_config(config.model),
+    }
 
 
 def test_an_unknown_strategy_names_the_field():
@@ -75,29 +79,44 @@ def test_transformers_and_accelerate_read_the_arguments_as_fsdp2_full_shard_per_
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
     config = _config("train.distributed=fsdp", "model.gradient_checkpointing=true")
-    args = TrainingArguments(output_dir="unused", fsdp=True, fsdp_config=distributed.fsdp_config(config.model), use_cpu=True,
-                             report_to=[])
+    args = TrainingArguments(
+        output_dir="unused", fsdp=True, fsdp_config=distributed.fsdp_config(config.model), use_cpu=True, report_to=[]
+    )
     assert args.fsdp_plugin_args == {
-        "fsdp_version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": True,
-        "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": True, "reshard_after_forward": True,
+        "fsdp_version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "cpu_ram_efficient_loading": True,
+        "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": True,
+        "reshard_after_forward": True,
     }
     plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
-    backbone = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                            intermediate_size=64, vocab_size=100))
+    backbone = LlamaForCausalLM(
+        LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=100)
+    )
     model = get_peft_model(backbone, LoraConfig(r=4, target_modules="all-linear"))
     plugin.set_auto_wrap_policy(model)
     wraps = fsdp2_prepare_auto_wrap_policy(plugin, model)
     # One FSDP unit per decoder layer, LoRA weights inside their layer's unit (found through _no_split_modules).
     assert [name for name, module in model.named_modules() if wraps(module)] == [
-        "base_model.model.model.layers.0", "base_model.model.model.layers.1"]
+        "base_model.model.model.layers.0",
+        "base_model.model.model.layers.1",
+    ]
 
 
 def test_a_4bit_base_is_stored_in_the_compute_dtype_under_fsdp():
     from transformers import BitsAndBytesConfig
 
-    assert distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=ddp", "model.quantization=4bit"), torch.bfloat16) == {}
+    assert (
+        distributed.fsdp_quantization_arguments(
+            *_train_and_model("train.distributed=ddp", "model.quantization=4bit"), torch.bfloat16
+        )
+        == {}
+    )
     assert distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=fsdp"), torch.bfloat16) == {}
-    extra = distributed.fsdp_quantization_arguments(*_train_and_model("train.distributed=fsdp", "model.quantization=4bit"), torch.bfloat16)
+    extra = distributed.fsdp_quantization_arguments(
+        *_train_and_model("train.distributed=fsdp", "model.quantization=4bit"), torch.bfloat16
+    )
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, **extra)
     assert quantization.bnb_4bit_quant_storage == torch.bfloat16
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
+from mlflow import MlflowClient
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
@@ -37,9 +37,20 @@ TOLERANCE = 1e-5
 
 def _config(tmp_path: Path, name: str, csvs: tuple[Path, Path], *extra: str):
     train_csv, test_csv = csvs  # the test rows are predicted by rank 0, with a progress bar
-    return tiny_recipe_config(tmp_path, train_csv, "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
-                              "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2",
-                              "train.save_steps=1000", "train.max_steps=9", *extra, name=name, test_csv=test_csv)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        "cv.execution=in_process",
+        "cv.folds=[0]",
+        "train.num_epochs=1",
+        "train.per_device_batch_size=4",
+        "train.gradient_accumulation_steps=2",
+        "train.save_steps=1000",
+        "train.max_steps=9",
+        *extra,
+        name=name,
+        test_csv=test_csv,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +135,9 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     tmp_path, csvs, double = two_process_run
     config = _config(tmp_path, "killed", csvs, "train.num_processes=2", "train.save_steps=3")
     killed: dict = {}
-    watcher = threading.Thread(target=_kill_rank_after_first_checkpoint,
-                               args=(Path(config.output_dir), 1, killed), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_rank_after_first_checkpoint, args=(Path(config.output_dir), 1, killed), daemon=True
+    )
     watcher.start()
     started = time.time()
     result = cv_training(config)

@@ -38,15 +38,27 @@ def _product_exceptions() -> dict[str, type]:
 
 def test_every_error_of_the_product_is_a_user_error():
     errors = _product_exceptions()
-    assert {"pref_core.config.schema.ConfigError", "pref_core.data.problems.DataValidationError",
-            "arena_pref.tasks.training.FoldFailedError", "arena_pref.stack.StackError"} <= set(errors)
-    not_user = [name for name, cls in errors.items() if not issubclass(cls, UserError)
-                and name.rsplit(".", 1)[1] not in INTERNAL]
+    assert {
+        "pref_core.config.schema.ConfigError",
+        "pref_core.data.problems.DataValidationError",
+        "arena_pref.tasks.training.FoldFailedError",
+        "arena_pref.stack.StackError",
+    } <= set(errors)
+    not_user = [
+        name
+        for name, cls in errors.items()
+        if not issubclass(cls, UserError) and name.rsplit(".", 1)[1] not in INTERNAL
+    ]
     assert not not_user, f"errors a user causes must derive from pref_core.errors.UserError: {not_user}"
 
 
-@pytest.mark.parametrize("error", [UserError("data.train_csv: not set; pass --set data.train_csv=PATH"),
-                                   FileNotFoundError("no such file: train.csv")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        UserError("data.train_csv: not set; pass --set data.train_csv=PATH"),
+        FileNotFoundError("no such file: train.csv"),
+    ],
+)
 def test_the_cli_prints_a_user_error_in_one_line_with_exit_code_2(monkeypatch, capsys, error):
     from arena_pref import cli
 
@@ -83,6 +95,8 @@ def _parser_running(func):
 
 
 def test_the_error_base_imports_nothing_heavy():
-    probe = "import json, sys; import pref_core.errors; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    probe = (
+        "import json, sys; import pref_core.errors; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert not {"pandas", "numpy", "torch", "pydantic", "prefect", "mlflow"} & set(json.loads(out))

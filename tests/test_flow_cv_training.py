@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
+from mlflow import MlflowClient
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
@@ -17,8 +17,15 @@ pytestmark = pytest.mark.slow
 
 
 def _tiny_config(tmp_path: Path, train_csv: Path, test_csv: Path | None, *extra: str):
-    return tiny_recipe_config(tmp_path, train_csv, "tracking.experiment=flow-test", "train.num_epochs=1",
-                              "train.save_steps=1000", *extra, test_csv=test_csv)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        "tracking.experiment=flow-test",
+        "train.num_epochs=1",
+        "train.save_steps=1000",
+        *extra,
+        test_csv=test_csv,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +69,13 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"oof_predictions.parquet", "submission.csv", "plots"} <= parent_artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/fold_log_loss.png", "plots/reliability.png", "plots/confusion_matrix.png",
-                     "plots/calibration_temperature.png", "plots/log_loss_by_length.png"}
+    assert plots == {
+        "plots/fold_log_loss.png",
+        "plots/reliability.png",
+        "plots/confusion_matrix.png",
+        "plots/calibration_temperature.png",
+        "plots/log_loss_by_length.png",
+    }
 
     # OOF covers every kept training row exactly once, each in the fold that held it out.
     oof = pd.read_parquet(result.oof.oof_path)

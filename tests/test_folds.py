@@ -24,8 +24,9 @@ def test_prompts_equal_up_to_case_and_whitespace_share_a_fold():
     rows = []
     for group in range(20):
         for k, variant in enumerate(variants):  # each prompt written three ways
-            rows.append({"id": f"{group}-{k}", "prompt": [f"{group} {variant[0]}", *variant[1:]],
-                         "label": (group + k) % 3})
+            rows.append(
+                {"id": f"{group}-{k}", "prompt": [f"{group} {variant[0]}", *variant[1:]], "label": (group + k) % 3}
+            )
     frame = pd.DataFrame(rows)
     folds = make_folds(frame, n_folds=5, seed=0)
     assert (folds.groupby(folds["id"].str.split("-").str[0])["fold"].nunique() == 1).all()

@@ -31,8 +31,9 @@ print(json.dumps({"imported": names, "duplicates": duplicate_module_names(sys.mo
 
 def _probe(script: str, cwd, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.splitlines()[-1])
 

@@ -25,8 +25,12 @@ def _where(path: Path, line: int) -> str:
 
 
 def test_no_task_imports_a_flow():
-    found = [f"{_where(path, line)}: {module}" for path in sorted((ROOT / "tasks").glob("*.py"))
-             for line, module, _ in _imports(path) if module.split(".")[:2] in (["arena_pref", "flows"], ["flows"])]
+    found = [
+        f"{_where(path, line)}: {module}"
+        for path in sorted((ROOT / "tasks").glob("*.py"))
+        for line, module, _ in _imports(path)
+        if module.split(".")[:2] in (["arena_pref", "flows"], ["flows"])
+    ]
     assert not found, "tasks must not import flows (pass the flow object from the flow instead):\n" + "\n".join(found)
 
 
@@ -41,16 +45,24 @@ def _layer(module: str) -> str:
 
 
 def test_tasks_and_flows_import_nothing_of_the_app():
-    found = [f"{_where(path, line)}: {module}" for folder in ("tasks", "flows") for path in sorted((ROOT / folder).glob("*.py"))
-             for line, module, names in _imports(path)
-             if _layer(module) == "app" and not (module == "arena_pref" and set(names) <= {"tasks", "flows"})]
+    found = [
+        f"{_where(path, line)}: {module}"
+        for folder in ("tasks", "flows")
+        for path in sorted((ROOT / folder).glob("*.py"))
+        for line, module, names in _imports(path)
+        if _layer(module) == "app" and not (module == "arena_pref" and set(names) <= {"tasks", "flows"})
+    ]
     assert not found, "the app (the CLI, the stack, export) sits above tasks and flows:\n" + "\n".join(found)
 
 
 def test_pref_core_imports_no_layer_above_it():
     above = ("prefect", "mlflow", "arena_pref", "tasks", "flows")
-    found = [f"{_where(path, line)}: {module}" for path in sorted((ROOT / "pref_core").rglob("*.py"))
-             for line, module, _ in _imports(path) if module.split(".")[0] in above]
+    found = [
+        f"{_where(path, line)}: {module}"
+        for path in sorted((ROOT / "pref_core").rglob("*.py"))
+        for line, module, _ in _imports(path)
+        if module.split(".")[0] in above
+    ]
     assert not found, "pref_core is the pure library:\n" + "\n".join(found)
 
 
@@ -118,7 +130,7 @@ def test_pref_core_has_no_import_cycles():
         state[name] = "open"
         for target in sorted(graph.get(name, ())):
             if state.get(target) == "open":
-                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
             elif target not in state:
                 visit(target, [*stack, target])
         state[name] = "done"
@@ -139,9 +151,17 @@ def test_only_public_prefect_apis():
             private = [p for p in parts if p.startswith("_")] + [n for n in names if n.startswith("_")]
             if private or parts[:2] == ["prefect", "server"]:
                 found.append(f"{_where(path, line)}: {module} {names}")
-    assert not found, "private Prefect modules or names (they change without notice in minor releases):\n" + "\n".join(found)
+    assert not found, "private Prefect modules or names (they change without notice in minor releases):\n" + "\n".join(
+        found
+    )
 
 
 def test_the_scan_sees_the_product():
     names = {p.relative_to(ROOT).as_posix() for p in PRODUCT}
-    assert {"pref_core/evaluate/oof.py", "pref_core/train/fold.py", "tasks/training.py", "flows/cv_training.py", "arena_pref/cli.py"} <= names
+    assert {
+        "pref_core/evaluate/oof.py",
+        "pref_core/train/fold.py",
+        "tasks/training.py",
+        "flows/cv_training.py",
+        "arena_pref/cli.py",
+    } <= names

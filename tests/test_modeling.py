@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.model.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
 from pref_core.data.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.model.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
 from pref_core.model.losses import preference_loss
 from pref_core.model.preference import (
     PREFERENCE_HEAD_FILE,
@@ -28,7 +28,7 @@ from pref_core.model.preference import (
     save_adapter,
     unwrap_preference_model,
 )
-from tests.factories import lora_model, TINY_TEXTS, tiny_config
+from tests.factories import TINY_TEXTS, lora_model, tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -119,7 +119,10 @@ def test_label_token_head_matches_seed_formulation(tiny_dir, tokenizer, side, ba
             expected = seed_label_logits(backbone, sequences, labels.tolist(), label_ids, tokenizer.pad_token_id)
         else:  # left padding must give each row's unpadded result
             expected = torch.cat(
-                [seed_label_logits(backbone, [s], [int(y)], label_ids, tokenizer.pad_token_id) for s, y in zip(sequences, labels)]
+                [
+                    seed_label_logits(backbone, [s], [int(y)], label_ids, tokenizer.pad_token_id)
+                    for s, y in zip(sequences, labels)
+                ]
             )
     assert ours["logits"].shape == (batch_size, NUM_CLASSES)
     torch.testing.assert_close(ours["logits"], expected, atol=1e-5, rtol=0)
@@ -255,7 +258,13 @@ def test_only_lora_and_classifier_are_trainable(tiny_dir, tokenizer, head):
     assert not any("lm_head" in name for name in trainable)
     # all-linear covers attention and MLP of the decoder, never the LM head or the classifier.
     assert set(resolve_target_modules("all-linear", load_backbone(make_config().model, tiny_dir))) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     lora_layers = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     assert not any("lm_head" in n or "score" in n for n in lora_layers)

@@ -12,12 +12,31 @@ from tests.factories import tiny_config, tiny_fold_data
 
 @pytest.fixture(scope="module")
 def tiny_fold(tmp_path_factory):
-    config = tiny_config(prompt={"max_length": 96}, lora={"r": 2, "alpha": 4}, per_device_batch_size=4,
-                         gradient_accumulation_steps=3, max_steps=2, warmup_steps=0, optim="adamw_torch",
-                         mixed_precision="no", eval_batch_size=8, save_steps=1000)
-    train_ds, val_ds, base = tiny_fold_data(tmp_path_factory.mktemp("oom"), config.prompt, n_train=40, n_val=8, seed=0,
-                                            with_swap=False, hidden_size=32, num_layers=1, num_heads=2,
-                                            intermediate_size=64, vocab_size=600)
+    config = tiny_config(
+        prompt={"max_length": 96},
+        lora={"r": 2, "alpha": 4},
+        per_device_batch_size=4,
+        gradient_accumulation_steps=3,
+        max_steps=2,
+        warmup_steps=0,
+        optim="adamw_torch",
+        mixed_precision="no",
+        eval_batch_size=8,
+        save_steps=1000,
+    )
+    train_ds, val_ds, base = tiny_fold_data(
+        tmp_path_factory.mktemp("oom"),
+        config.prompt,
+        n_train=40,
+        n_val=8,
+        seed=0,
+        with_swap=False,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        vocab_size=600,
+    )
     return config, train_ds, val_ds, base
 
 
@@ -53,8 +72,11 @@ def test_out_of_memory_in_a_training_step_is_one_line_with_the_batch_and_the_fix
 def test_out_of_memory_in_test_prediction_names_the_eval_batch(tiny_fold, tmp_path, monkeypatch):
     config, train_ds, val_ds, base = tiny_fold
     monkeypatch.setattr(fold, "predict_probabilities", _raise_oom)
-    with pytest.raises(fold.FoldOutOfMemoryError, match=r"during test prediction at up to batch size 8 "
-                                                            r"\(train.eval_batch_size\), sequence length 96"):
+    with pytest.raises(
+        fold.FoldOutOfMemoryError,
+        match=r"during test prediction at up to batch size 8 "
+        r"\(train.eval_batch_size\), sequence length 96",
+    ):
         fold.fine_tune_fold(config, train_ds, val_ds, tmp_path / "fold", name_or_path=base, test_ds=val_ds)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
+from mlflow import MlflowClient
 from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
@@ -19,8 +19,16 @@ pytestmark = pytest.mark.slow
 def _config(tmp_path: Path, name: str, train_csv: Path, *extra: str):
     # 120 steps (~5 s a fold here): long enough that the second process, whose start on a loaded 2-core box can
     # lag the first by several seconds (process start, the task run's record reaching the API), still overlaps.
-    return tiny_recipe_config(tmp_path, train_csv, "cv.folds=[0, 1]", "train.num_epochs=1", "train.max_steps=120",
-                              "train.save_steps=1000", *extra, name=name)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        "cv.folds=[0, 1]",
+        "train.num_epochs=1",
+        "train.max_steps=120",
+        "train.save_steps=1000",
+        *extra,
+        name=name,
+    )
 
 
 def _child_flow_runs(fold_run_ids: dict[int, str]):

@@ -27,7 +27,11 @@ assert not leaked, f"pref_core pulled in orchestration/tracking modules: {leaked
 
 def test_importing_pref_core_does_not_import_prefect_or_mlflow():
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", IMPORT_ALL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,5 @@
-"""Where things are (arena_pref.tasks.resources): the project folder, the shipped files, and the wheel that ships them."""
+"""Where things are (arena_pref.tasks.resources): the project folder, the shipped files, and the wheel that ships
+them."""
 
 from __future__ import annotations
 
@@ -101,8 +102,12 @@ def test_the_shipped_deployments_have_module_entrypoints_prefect_can_load():
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (path,) = out.glob("arena_pref-*.whl")
     return path
 
@@ -111,14 +116,16 @@ def test_the_wheel_ships_the_project_files_and_no_top_level_tasks_or_flows(wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     files = "arena_pref/project_files/"
     assert {f"{files}prefect.yaml", f"{files}mlflow/launch.sh", f"{files}configs/tiny.yaml"} <= names
-    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == {n.removeprefix(f"{files}configs/") for n in names
-                                                                   if n.startswith(f"{files}configs/")}
+    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == {
+        n.removeprefix(f"{files}configs/") for n in names if n.startswith(f"{files}configs/")
+    }
     assert {"arena_pref/tasks/tracking.py", "arena_pref/flows/cv_training.py"} <= names
     wings = {p.parent.name for p in (ROOT / "pref_core").glob("*/__init__.py")}
     assert {f"pref_core/{wing}/__init__.py" for wing in wings} <= names  # every wing is in pyproject's list
     assert not [n for n in names if n.split("/")[0] in ("tasks", "flows", "mlflow", "configs")]
-    assert not [n for n in names if n.endswith(("mlflow.db", "server.json", ".py"))
-                and n.startswith(files)]  # no store, and no module or package (none could shadow mlflow)
+    assert not [
+        n for n in names if n.endswith(("mlflow.db", "server.json", ".py")) and n.startswith(files)
+    ]  # no store, and no module or package (none could shadow mlflow)
 
 
 INSTALLED_PROBE = """
@@ -138,11 +145,32 @@ print(json.dumps({"package": resources.BASE_DIR.as_posix(), "mlflow": mlflow.__f
 def test_the_installed_wheel_runs_from_an_empty_folder(wheel, tmp_path):
     target, empty = tmp_path / "site", tmp_path / "empty"
     empty.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     env = {k: v for k, v in os.environ.items() if k not in (resources.ROOT_ENV, "PYTHONPATH")}
-    result = subprocess.run([sys.executable, "-c", INSTALLED_PROBE], cwd=empty, capture_output=True, text=True,
-                            env={**env, "PYTHONPATH": str(target)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", INSTALLED_PROBE],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(target)},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.splitlines()[-1])
     assert found["package"] == (target / "arena_pref").as_posix()

@@ -8,15 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.config.run_key import compute_run_key
-from pref_core.config.loading import load_config
 from pref_core.config.fields import describe_fields, result_neutral_fields
+from pref_core.config.loading import load_config
+from pref_core.config.run_key import compute_run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # The list tasks/workspace.py kept by hand before the schema carried the mark.
-FORMER_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "cv.max_parallel",
-                              "data.train_csv", "data.test_csv", "data.extra_csvs", "data.extra_pairs",
-                              "distill.teacher_csv", "distill.teacher_dir", "output_dir")
+FORMER_NON_SEMANTIC_FIELDS = (
+    "tracking",
+    "cv.execution",
+    "cv.fold_deployment",
+    "cv.folds",
+    "cv.max_parallel",
+    "data.train_csv",
+    "data.test_csv",
+    "data.extra_csvs",
+    "data.extra_pairs",
+    "distill.teacher_csv",
+    "distill.teacher_dir",
+    "output_dir",
+)
 INPUTS = {"train": "0123456789abcdef", "test": None, "extra": None, "teacher": None, "teacher_dir": None}
 
 
@@ -49,8 +60,16 @@ def test_run_key_of_every_recipe_is_unchanged(recipe, tmp_path):
 def test_result_neutral_fields_do_not_change_the_key_and_others_do(tmp_path):
     tiny = ROOT / "configs" / "tiny.yaml"
     key = compute_run_key(load_config(tiny), INPUTS)
-    moved = load_config(tiny, ["tracking.experiment=other", "cv.execution=in_process", f"output_dir={tmp_path}",
-                               "cv.max_parallel=2", "data.test_csv=t.csv"])
+    moved = load_config(
+        tiny,
+        [
+            "tracking.experiment=other",
+            "cv.execution=in_process",
+            f"output_dir={tmp_path}",
+            "cv.max_parallel=2",
+            "data.test_csv=t.csv",
+        ],
+    )
     assert compute_run_key(moved, INPUTS) == key
     assert compute_run_key(load_config(tiny, ["train.learning_rate=1e-4"]), INPUTS) != key
     assert compute_run_key(load_config(tiny, ["distill.teacher_run=abc"]), INPUTS) != key

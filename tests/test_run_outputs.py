@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlflow import MlflowClient
 
-from pref_core.evaluate import plots
+from mlflow import MlflowClient
 from pref_core.config.loading import load_config
 from pref_core.config.schema import ConfigError
 from pref_core.data.synthetic import write_synthetic_csvs
+from pref_core.evaluate import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,11 +68,19 @@ def finished_run(prefect_harness, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("outputs")
     train_csv, test_csv = write_synthetic_csvs(folder / "data", n_train=100, n_test=20, signal=0.9, seed=4)
-    config = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"output_dir={folder / 'out'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-        "tracking.experiment=outputs-test", "train.num_epochs=1", "train.save_steps=1000",
-        "cv.execution=in_process", "calibration.method=temperature", "tracking.system_metrics_interval_s=1",
-    ])
+    config = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"output_dir={folder / 'out'}",
+            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+            "tracking.experiment=outputs-test",
+            "train.num_epochs=1",
+            "train.save_steps=1000",
+            "cv.execution=in_process",
+            "calibration.method=temperature",
+            "tracking.system_metrics_interval_s=1",
+        ],
+    )
     # The typed parameters (the deployment's form) set the data and the fold count.
     result = cv_training(config, train_csv=str(train_csv), test_csv=str(test_csv), n_folds=2)
     return config, result, train_csv
@@ -84,8 +92,9 @@ def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finish
     config, result, train_csv = finished_run
     client = MlflowClient(config.tracking.uri)
     parent = client.get_run(result.parent_run_id)
-    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
-              for d in parent.inputs.dataset_inputs}
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in parent.inputs.dataset_inputs
+    }
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].digest == hash_file(train_csv)[:32]
     assert yaml.safe_load(inputs["train"].profile) == {"num_rows": 100}
@@ -113,20 +122,31 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterName,
     )
 
     from arena_pref.tasks.artifacts import PROGRESS_KEY, SUMMARY_KEY, TABLE_KEY
 
     config, result, _ = finished_run
     # Other runs of the session write artifacts under the same keys: read this run's own.
-    flow_run_name = MlflowClient(config.tracking.uri).get_run(result.parent_run_id).data.tags["arena_pref.prefect_flow_run"]
+    flow_run_name = (
+        MlflowClient(config.tracking.uri).get_run(result.parent_run_id).data.tags["arena_pref.prefect_flow_run"]
+    )
     with get_client(sync_client=True) as client:
         (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
-        found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
-        ))}
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                )
+            )
+        }
     assert set(found) == {PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY}
     assert float(found[PROGRESS_KEY].data) == 100.0
     table = found[TABLE_KEY].data
@@ -134,7 +154,12 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
     assert [row["fold"] for row in table] == [0, 1]
     assert table[0]["val_log_loss"] == pytest.approx(result.oof.fold_log_loss[0], abs=1e-5)
     summary = found[SUMMARY_KEY].data
-    for needle in ("OOF log loss", "calibrated OOF log loss", "class prior log loss",
-                   "is now @champion (the first version registered)", result.parent_run_id,
-                   *result.fold_run_ids.values()):
+    for needle in (
+        "OOF log loss",
+        "calibrated OOF log loss",
+        "class prior log loss",
+        "is now @champion (the first version registered)",
+        result.parent_run_id,
+        *result.fold_run_ids.values(),
+    ):
         assert needle in summary, needle

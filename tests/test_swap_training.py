@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from pref_core.data.labels import swap_label_index
+from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
 from pref_core.train.sampling import EpochSeededSampler, SwapViewDataset
 from pref_core.train.trainer import build_trainer
-from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
-from tests.factories import lora_model, CPU_TRAIN, tiny_config, tiny_fold_data
+from tests.factories import CPU_TRAIN, lora_model, tiny_config, tiny_fold_data
 
 N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
@@ -29,14 +29,35 @@ ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir): synthetic rows tokenized with the swapped view, a tiny model."""
-    return tiny_fold_data(tmp_path_factory.mktemp("swap_fold"), make_config().prompt, n_train=160, n_val=40, seed=1,
-                          hidden_size=32, intermediate_size=64, vocab_size=600)
+    return tiny_fold_data(
+        tmp_path_factory.mktemp("swap_fold"),
+        make_config().prompt,
+        n_train=160,
+        n_val=40,
+        seed=1,
+        hidden_size=32,
+        intermediate_size=64,
+        vocab_size=600,
+    )
 
 
 def make_config(lora: dict | None = None, **train):
-    return tiny_config("classifier", prompt={"max_length": 192}, lora={"r": 8, "alpha": 16, **(lora or {})}, **{
-        **CPU_TRAIN, "learning_rate": 2e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
-        "warmup_steps": 2, "eval_batch_size": 64, "logging_steps": 2, "seed": 0, **train})
+    return tiny_config(
+        "classifier",
+        prompt={"max_length": 192},
+        lora={"r": 8, "alpha": 16, **(lora or {})},
+        **{
+            **CPU_TRAIN,
+            "learning_rate": 2e-3,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 2,
+            "eval_batch_size": 64,
+            "logging_steps": 2,
+            "seed": 0,
+            **train,
+        },
+    )
 
 
 def traced_dataset(n: int = N_TRACED) -> Dataset:
@@ -139,8 +160,13 @@ def test_swap_views_exchange_inputs_labels_and_teacher():
 def test_swap_without_swapped_view_names_the_field(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     with pytest.raises(ValueError, match=r"train\.swap=random needs an 'input_ids_swap' column.*with_swap=True"):
-        fine_tune_fold(make_config(swap="random"), train_ds.remove_columns(["input_ids_swap", "length_swap"]), val_ds,
-                   tmp_path / "fold", name_or_path=base)
+        fine_tune_fold(
+            make_config(swap="random"),
+            train_ds.remove_columns(["input_ids_swap", "length_swap"]),
+            val_ds,
+            tmp_path / "fold",
+            name_or_path=base,
+        )
     with pytest.raises(ValueError, match=r"train\.swap"):
         SwapViewDataset(traced_dataset().remove_columns(["input_ids_swap"]))
 
@@ -209,12 +235,17 @@ def test_resume_with_random_swap_is_exact(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     small_train = train_ds.select(range(24))  # 3 optimizer steps per epoch: 8 steps cross two epoch ends
     config = make_config(
-        lora={"dropout": 0.1}, swap="random", max_steps=8, save_steps=4, per_device_batch_size=4,
+        lora={"dropout": 0.1},
+        swap="random",
+        max_steps=8,
+        save_steps=4,
+        per_device_batch_size=4,
         gradient_accumulation_steps=2,
     )
     straight = fine_tune_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
-    interrupted = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
-                             name_or_path=base)
+    interrupted = fine_tune_fold(
+        config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base
+    )
     assert interrupted.metrics["global_step"] == 4
     resumed = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
 

@@ -9,15 +9,27 @@ from pref_core.errors import UserError
 def register(sub) -> None:
     """`arena-pref config show|fields`: what a config resolves to, and what each field means."""
     config = sub.add_parser("config", help="show a resolved config, or list every config field")
-    actions = config.add_subparsers(dest="config_command", required=True, metavar="{show,fields}",
-                                    help="show: the resolved YAML; fields: each field's type, default and description")
-    show = actions.add_parser("show", help="print the resolved, validated config as YAML", formatter_class=HelpFormatter)
+    actions = config.add_subparsers(
+        dest="config_command",
+        required=True,
+        metavar="{show,fields}",
+        help="show: the resolved YAML; fields: each field's type, default and description",
+    )
+    show = actions.add_parser(
+        "show", help="print the resolved, validated config as YAML", formatter_class=HelpFormatter
+    )
     show.add_argument("config", help="YAML recipe, e.g. configs/tiny.yaml")
-    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    show.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
     show.set_defaults(func=cmd_config_show)
-    fields = actions.add_parser("fields", help="list each field: dotted name, type, default, description",
-                                formatter_class=HelpFormatter)
+    fields = actions.add_parser(
+        "fields", help="list each field: dotted name, type, default, description", formatter_class=HelpFormatter
+    )
     fields.add_argument("prefix", nargs="?", default=None, help="only this field or section, e.g. train or cv.folds")
     fields.set_defaults(func=cmd_config_fields)
 

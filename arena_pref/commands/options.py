@@ -25,17 +25,29 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def add_overrides(p: argparse.ArgumentParser) -> None:
     """--set, --force and -v of the commands that run cv-training."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)",
+    )
     p.add_argument("--force", action="store_true", help="retrain folds that an identical earlier run finished")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="show every log line here (default: progress bars and a summary; the rest goes to a log file)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show every log line here (default: progress bars and a summary; the rest goes to a log file)",
+    )
 
 
 def add_tracking_uri(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
-                        "mlflow/mlflow.db in the project folder)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else the running local server, else "
+        "mlflow/mlflow.db in the project folder)",
+    )
 
 
 def load_run_config(config_path: str | Path, overrides: Sequence[str]):

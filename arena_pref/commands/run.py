@@ -7,7 +7,6 @@ from pathlib import Path
 from arena_pref.commands.options import add_overrides, load_run_config
 from pref_core.errors import UserError
 
-
 TRAIN_EXAMPLES = """examples:
   arena-pref train --config configs/tiny.yaml --set data.train_csv=train.csv --set data.test_csv=test.csv
   arena-pref train --config configs/seed-llama3-8b.yaml --set data.train_csv=/data/train.csv --set cv.n_folds=3 -v"""
@@ -16,7 +15,9 @@ TRAIN_EXAMPLES = """examples:
 def register(sub) -> None:
     """demo, train, validate, show-prompt: the commands that read data."""
     demo = sub.add_parser("demo", help="synthetic data + tiny offline model + full 5-fold cv-training")
-    demo.add_argument("--config", default="configs/tiny.yaml", help="YAML recipe (a shipped one when no such file here)")
+    demo.add_argument(
+        "--config", default="configs/tiny.yaml", help="YAML recipe (a shipped one when no such file here)"
+    )
     demo.add_argument("--output-dir", default="outputs/demo", help="data, caches, runs and logs of the demo")
     demo.add_argument("--n-train", type=int, default=1000, help="synthetic train rows")
     demo.add_argument("--n-test", type=int, default=200, help="synthetic test rows")
@@ -27,9 +28,13 @@ def register(sub) -> None:
     # The demo builds its model locally, so it needs no Hub; like every command it leaves Hub access to the user.
     demo.set_defaults(func=cmd_demo)
 
-    train = sub.add_parser("train", help="run cv-training locally", description="Run cv-training locally: "
-                           "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
-                           epilog=TRAIN_EXAMPLES)
+    train = sub.add_parser(
+        "train",
+        help="run cv-training locally",
+        description="Run cv-training locally: "
+        "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
+        epilog=TRAIN_EXAMPLES,
+    )
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
     add_overrides(train)
     train.set_defaults(func=cmd_train)
@@ -37,16 +42,30 @@ def register(sub) -> None:
     validate = sub.add_parser("validate", help="check a Kaggle-format CSV; one line per problem")
     validate.add_argument("path", help="the CSV file")
     validate.add_argument("--kind", choices=["train", "test"], default="train", help="train (with labels) or test")
-    validate.add_argument("--max-bad-fraction", type=float, default=1.0,
-                          help="share of bad rows that still counts as readable (1: list them all)")
+    validate.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=1.0,
+        help="share of bad rows that still counts as readable (1: list them all)",
+    )
     validate.set_defaults(func=cmd_validate)
 
     show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
     show.add_argument("--config", required=True, help="YAML recipe whose template, truncation and tokenizer to use")
-    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config field, e.g. --set prompt.max_length=512 (repeatable)")
-    show.add_argument("--id", action="append", required=True, metavar="ROW_ID",
-                      help="a row id of data.train_csv or data.test_csv (repeatable)")
+    show.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set prompt.max_length=512 (repeatable)",
+    )
+    show.add_argument(
+        "--id",
+        action="append",
+        required=True,
+        metavar="ROW_ID",
+        help="a row id of data.train_csv or data.test_csv (repeatable)",
+    )
     show.add_argument("--json", action="store_true", help="one JSON list instead of text")
     show.set_defaults(func=cmd_show_prompt)
 
@@ -114,7 +133,8 @@ def cmd_validate(args) -> int:
     from pref_core.evaluate.metrics import count_classes
 
     result = read_arena_csv(args.path, kind=args.kind, max_bad_fraction=args.max_bad_fraction)
-    print(f"{args.path}: {result.n_read} rows read, {result.n_kept} valid, {result.n_rejected} rejected ({args.kind} file)")
+    counts = f"{result.n_read} rows read, {result.n_kept} valid, {result.n_rejected} rejected"
+    print(f"{args.path}: {counts} ({args.kind} file)")
     if args.kind == "train" and result.n_kept:
         counts = count_classes(result.frame["label"].to_numpy())
         print("labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
@@ -131,11 +151,10 @@ def cmd_show_prompt(args) -> int:
 
     import pandas as pd
 
+    from arena_pref.tasks import preparation
+    from pref_core.config.loading import require_train_csv
     from pref_core.text.prompts import explain_rows
     from pref_core.text.tokenization import load_tokenizer
-    from arena_pref.tasks import preparation
-
-    from pref_core.config.loading import require_train_csv
 
     config = load_run_config(args.config, args.set)
     if config.model.tiny is not None:
@@ -152,8 +171,10 @@ def cmd_show_prompt(args) -> int:
     wanted = [str(i) for i in args.id]
     missing = [i for i in wanted if i not in set(frame["id"].astype(str))]
     if missing:
-        raise UserError(f"--id: no row with id {', '.join(missing)} in "
-                        f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}")
+        raise UserError(
+            f"--id: no row with id {', '.join(missing)} in "
+            f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}"
+        )
     frame = frame.set_index(frame["id"].astype(str)).loc[wanted].reset_index(drop=True)
     tokenizer = load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
     try:
@@ -164,8 +185,10 @@ def cmd_show_prompt(args) -> int:
         print(json.dumps(explained, ensure_ascii=False, indent=1))
         return 0
     for row in explained:
-        print(f"row {row['id']}: {row['n_tokens']} tokens ({row['n_tokens_untruncated']} before truncation), "
-              f"head reads position {row['head_position']}" + (f", label {row['label']}" if row["label"] else ""))
+        print(
+            f"row {row['id']}: {row['n_tokens']} tokens ({row['n_tokens_untruncated']} before truncation), "
+            f"head reads position {row['head_position']}" + (f", label {row['label']}" if row["label"] else "")
+        )
         if row["label_token_ids"]:
             print("  label token ids: " + ", ".join(f"{k}={v}" for k, v in row["label_token_ids"].items()))
         for seg in row["segments"]:

@@ -12,9 +12,12 @@ def register(sub) -> None:
     stack = sub.add_parser("stack", help="local Prefect + MLflow servers and GPU workers: up | down | status")
     stack.add_argument("action", choices=["up", "down", "status"], help="start, stop or show the services")
     stack.add_argument("--gpus", type=int, default=None, help="fold workers (default: visible GPUs)")
-    stack.add_argument("--state-dir", default=None,
-                       help="pid files and logs of the services (default: .stack in the project folder: "
-                            "$ARENA_PREF_ROOT, the checkout, else the current folder)")
+    stack.add_argument(
+        "--state-dir",
+        default=None,
+        help="pid files and logs of the services (default: .stack in the project folder: "
+        "$ARENA_PREF_ROOT, the checkout, else the current folder)",
+    )
     stack.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port")
     stack.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port")
     stack.set_defaults(func=cmd_stack)
@@ -34,8 +37,10 @@ def cmd_stack(args) -> int:
         print("\n".join(stack.status(state_dir)))
         print("\nIn your shell:")
         print(f"  export PREFECT_API_URL={state.prefect_api_url} MLFLOW_TRACKING_URI={state.mlflow_url}")
-        print("  prefect deployment run 'cv-training/gpu' --param config_path=configs/tiny.yaml "
-              "--param overrides='[\"data.train_csv=PATH\"]' --watch")
+        print(
+            "  prefect deployment run 'cv-training/gpu' --param config_path=configs/tiny.yaml "
+            "--param overrides='[\"data.train_csv=PATH\"]' --watch"
+        )
     elif args.action == "down":
         stopped = stack.down(state_dir)
         print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
@@ -50,6 +55,9 @@ def cmd_ui(args) -> int:
     launcher = resources.shipped_file("mlflow/launch.sh")
     # The store is the project folder's (never the installed package's); mlflow is the one beside this python.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    os.execve("/bin/bash", ["bash", str(launcher), "--store", str(resources.store_dir()), "--host", args.host,
-                            "--port", str(args.port)], env)
+    os.execve(
+        "/bin/bash",
+        ["bash", str(launcher), "--store", str(resources.store_dir()), "--host", args.host, "--port", str(args.port)],
+        env,
+    )
     return 0  # not reached: the launcher replaces this process

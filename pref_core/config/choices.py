@@ -26,7 +26,8 @@ CalibrationMethod = Literal["none", "temperature"]  # calibration.method
 
 
 def allowed_values(choice: Any) -> tuple[str, ...]:
-    """The values a choice alias allows, in declaration order: `allowed_values(SwapMode) == ("none", "random", "both")`."""
+    """The values a choice alias allows, in declaration order:
+    `allowed_values(SwapMode) == ("none", "random", "both")`."""
     values = get_args(choice)
     if not values:
         raise TypeError(f"{choice!r} is not a Literal of choices")

@@ -67,7 +67,11 @@ def describe_fields() -> list[FieldDoc]:
     neutral = result_neutral_fields()
     docs = []
     for name, field in iter_fields():
-        default = "required" if field.is_required() else json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
+        default = (
+            "required"
+            if field.is_required()
+            else json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
+        )
         in_neutral = any(name == marked or name.startswith(marked + ".") for marked in neutral)
         docs.append(FieldDoc(name, type_name(field.annotation), default, field.description or "", in_neutral))
     return docs

@@ -45,13 +45,19 @@ def rule(*reads: str):
 
 @rule("model.name_or_path", "model.tiny", "model.gguf")
 def _one_model_source(name_or_path, tiny, gguf) -> Optional[str]:
-    sources = [name for name, value in (("name_or_path", name_or_path), ("tiny", tiny), ("gguf", gguf)) if value is not None]
+    sources = [
+        name for name, value in (("name_or_path", name_or_path), ("tiny", tiny), ("gguf", gguf)) if value is not None
+    ]
     if not sources:
-        return ("model.name_or_path: set a hub id or local folder (or model.tiny for the offline tiny "
-                "model, or model.gguf for a GGUF file shipped in a package)")
+        return (
+            "model.name_or_path: set a hub id or local folder (or model.tiny for the offline tiny "
+            "model, or model.gguf for a GGUF file shipped in a package)"
+        )
     if len(sources) > 1:
-        return (f"model: {' and '.join('model.' + s for s in sources)} are both set; choose one source "
-                "(set the others to null)")
+        return (
+            f"model: {' and '.join('model.' + s for s in sources)} are both set; choose one source "
+            "(set the others to null)"
+        )
     return None
 
 
@@ -66,27 +72,36 @@ def _folds_in_range(folds, n_folds) -> Optional[str]:
 @rule("model.quantization", "model.dtype", "train.mixed_precision")
 def _one_half_format(quantization, dtype, mixed_precision) -> Optional[str]:
     if quantization != "none" and mixed_precision == "fp16" and dtype == "bf16":
-        return (f"train.mixed_precision: got 'fp16' with model.dtype='bf16' on a quantized base "
-                f"(model.quantization={quantization!r}): that mixes half formats; use bf16 for both")
+        return (
+            f"train.mixed_precision: got 'fp16' with model.dtype='bf16' on a quantized base "
+            f"(model.quantization={quantization!r}): that mixes half formats; use bf16 for both"
+        )
     return None
 
 
 @rule("train.gradient_accumulation_steps", "train.num_processes")
 def _accumulation_shared_evenly(accumulation, processes) -> Optional[str]:
     if accumulation % processes:
-        return (f"train.gradient_accumulation_steps: got {accumulation}, not a multiple of "
-                f"train.num_processes={processes}: each process accumulates an equal share of a step's batches; "
-                f"set it to a multiple of train.num_processes (e.g. {math.ceil(accumulation / processes) * processes})")
+        return (
+            f"train.gradient_accumulation_steps: got {accumulation}, not a multiple of "
+            f"train.num_processes={processes}: each process accumulates an equal share of a step's batches; "
+            f"set it to a multiple of train.num_processes (e.g. {math.ceil(accumulation / processes) * processes})"
+        )
     return None
 
 
 @rule("distill.teacher_csv", "distill.teacher_run", "distill.teacher_dir")
 def _one_teacher(teacher_csv, teacher_run, teacher_dir) -> Optional[str]:
-    given = [name for name, value in (("teacher_csv", teacher_csv), ("teacher_run", teacher_run),
-                                      ("teacher_dir", teacher_dir)) if value is not None]
+    given = [
+        name
+        for name, value in (("teacher_csv", teacher_csv), ("teacher_run", teacher_run), ("teacher_dir", teacher_dir))
+        if value is not None
+    ]
     if len(given) > 1:
-        return (f"distill: {' and '.join('distill.' + n for n in given)} are both set; choose one "
-                "teacher source (set the others to null)")
+        return (
+            f"distill: {' and '.join('distill.' + n for n in given)} are both set; choose one "
+            "teacher source (set the others to null)"
+        )
     return None
 
 

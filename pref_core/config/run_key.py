@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pref_core.config.schema import DistillConfig, RunConfig
 from pref_core.config.fields import result_neutral_fields
+from pref_core.config.schema import DistillConfig, RunConfig
 from pref_core.hashing import hash_file, hash_json
 
 
@@ -22,7 +22,8 @@ def teacher_hashes(distill: DistillConfig) -> dict[str, Optional[str]]:
     return {
         "teacher": hash_file(teacher_csv) if teacher_csv else None,
         "teacher_dir": hash_json(sorted((p.name, hash_file(p)) for p in Path(teacher_dir).glob("fold_*")))
-        if teacher_dir else None,
+        if teacher_dir
+        else None,
     }
 
 

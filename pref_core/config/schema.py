@@ -14,7 +14,6 @@ from typing import Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pref_core.errors import UserError
 from pref_core.config.choices import (
     AllLinear,
     AttnImplementation,
@@ -32,6 +31,7 @@ from pref_core.config.choices import (
     Truncation,
 )
 from pref_core.config.rules import CrossFieldError, check_rules
+from pref_core.errors import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -53,23 +53,32 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     train_csv: Optional[Path] = Field(
-        None, json_schema_extra=RESULT_NEUTRAL,
+        None,
+        json_schema_extra=RESULT_NEUTRAL,
         description="Kaggle-format train.csv (id, prompt, response_a, response_b, winner_*).",
     )
     test_csv: Optional[Path] = Field(
-        None, json_schema_extra=RESULT_NEUTRAL, description="Kaggle-format test.csv; when set, the flow writes a submission."
+        None,
+        json_schema_extra=RESULT_NEUTRAL,
+        description="Kaggle-format test.csv; when set, the flow writes a submission.",
     )
     max_bad_fraction: float = Field(
-        0.0, ge=0.0, le=1.0,
-        description="Share of invalid rows tolerated; above it ingest fails, below it bad rows go to a rejected-rows file.",
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Share of invalid rows tolerated; above it ingest fails, below it bad rows go to a rejected-rows file."
+        ),
     )
     extra_csvs: list[Path] = Field(
-        default_factory=list, json_schema_extra=RESULT_NEUTRAL,
+        default_factory=list,
+        json_schema_extra=RESULT_NEUTRAL,
         description="Extra arena-format train CSVs: added to the training folds only, never validated on, "
         "deduplicated against data.train_csv by prompt.",
     )
     extra_pairs: list[Path] = Field(
-        default_factory=list, json_schema_extra=RESULT_NEUTRAL,
+        default_factory=list,
+        json_schema_extra=RESULT_NEUTRAL,
         description="Extra chosen/rejected pairs (JSON lines, HH-RLHF transcripts; .gz ok): converted to arena rows "
         "(chosen on side a or b at random, no ties) and used like data.extra_csvs.",
     )
@@ -83,7 +92,8 @@ class PromptConfig(_Section):
         "JSON null as ''); multi_turn: turns interleaved.",
     )
     max_length: int = Field(
-        1024, ge=32,
+        1024,
+        ge=32,
         description="Token budget of one example, closing question included (truncation=seed with template=seed "
         "uses it only as the seed's trigger: its examples can exceed it by up to ~260 tokens).",
     )
@@ -124,7 +134,8 @@ class ModelConfig(_Section):
         None, description="Build a tiny offline model from the training texts instead of loading name_or_path."
     )
     gguf: Optional[GGUFModelConfig] = Field(
-        None, description="Convert a GGUF file shipped in a Python package into a cached Hugging Face folder and use it."
+        None,
+        description="Convert a GGUF file shipped in a Python package into a cached Hugging Face folder and use it.",
     )
     revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch) of the base model.")
     head: Head = Field(
@@ -134,13 +145,16 @@ class ModelConfig(_Section):
         ("a", "b", "tie"), description="Words read by the label_token head, for winner_model_a/b/tie; each one token."
     )
     dtype: ModelDtype = Field("auto", description="auto: bf16 on a capable GPU, fp32 on CPU.")
-    quantization: Quantization = Field("none", description="bitsandbytes quantization of the frozen base (4bit: QLoRA); needs CUDA.")
+    quantization: Quantization = Field(
+        "none", description="bitsandbytes quantization of the frozen base (4bit: QLoRA); needs CUDA."
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (non-reentrant): less memory, slower steps."
     )
     attn_implementation: AttnImplementation = Field(
-        "sdpa", description="Attention kernel: sdpa (torch's fused attention), eager, or flash_attention_2 (needs "
-        "flash-attn and a GPU; falls back to sdpa with a warning)."
+        "sdpa",
+        description="Attention kernel: sdpa (torch's fused attention), eager, or flash_attention_2 (needs "
+        "flash-attn and a GPU; falls back to sdpa with a warning).",
     )
 
 
@@ -168,12 +182,16 @@ class TrainConfig(_Section):
         2, ge=1, description="Rows per forward pass on one device; lower it on out-of-memory errors."
     )
     gradient_accumulation_steps: int = Field(
-        2, ge=1, description="Batches summed into one optimizer step: a step sees per_device_batch_size x this many rows."
+        2,
+        ge=1,
+        description="Batches summed into one optimizer step: a step sees per_device_batch_size x this many rows.",
     )
     num_epochs: float = Field(1.0, gt=0.0, description="Passes over each fold's training rows (fractions allowed).")
     max_steps: Optional[int] = Field(
-        None, ge=1, description="Stop each fold after this many optimizer steps (null: train.num_epochs passes); "
-        "a short run to try a config."
+        None,
+        ge=1,
+        description="Stop each fold after this many optimizer steps (null: train.num_epochs passes); "
+        "a short run to try a config.",
     )
     warmup_steps: int = Field(20, ge=0, description="Optimizer steps of linear warm-up from 0 to train.learning_rate.")
     lr_scheduler: LrScheduler = Field(
@@ -181,17 +199,19 @@ class TrainConfig(_Section):
     )
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of the trained weights (0: none).")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradients are clipped to this global L2 norm.")
-    optim: Optimizer = Field(
-        "auto", description="auto: 8-bit AdamW on CUDA, plain AdamW on CPU."
-    )
+    optim: Optimizer = Field("auto", description="auto: 8-bit AdamW on CUDA, plain AdamW on CPU.")
     mixed_precision: MixedPrecision = Field("auto", description="auto: bf16 where supported, else none.")
     group_by_length: bool = Field(True, description="Batches of similar lengths (less padding).")
     eval_batch_size: int = Field(
-        8, ge=1, description="Rows per forward pass when predicting validation and test rows; lower it on out-of-memory."
+        8,
+        ge=1,
+        description="Rows per forward pass when predicting validation and test rows; lower it on out-of-memory.",
     )
     logging_steps: int = Field(10, ge=1, description="Log the training loss to MLflow every N optimizer steps.")
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch only).")
-    save_steps: int = Field(200, ge=1, description="Checkpoint every N optimizer steps; a fold resumes from the latest.")
+    save_steps: int = Field(
+        200, ge=1, description="Checkpoint every N optimizer steps; a fold resumes from the latest."
+    )
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept per fold (older ones are deleted).")
     seed: int = Field(42, description="Seed of the head's initial weights, data order, dropout and random swaps.")
     tta_swap: bool = Field(False, description="Average predictions over the a/b-swapped input too.")
@@ -202,11 +222,14 @@ class TrainConfig(_Section):
         "so a device batch holds twice as many rows).",
     )
     dataloader_num_workers: int = Field(
-        0, ge=0, description="Background processes that collate batches (0: in the training process; the data is "
-        "pre-tokenized, so more rarely helps)."
+        0,
+        ge=0,
+        description="Background processes that collate batches (0: in the training process; the data is "
+        "pre-tokenized, so more rarely helps).",
     )
     cpu_threads: Optional[int] = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="torch CPU threads while a fold trains (None: torch's default, one per core). "
         "1 suits tiny models: extra threads stall when other processes share the CPU.",
     )
@@ -216,14 +239,16 @@ class TrainConfig(_Section):
         "wandb, ... (transformers' report_to); mlflow is refused here, it would open runs of its own.",
     )
     num_processes: int = Field(
-        1, ge=1,
+        1,
+        ge=1,
         description="Processes (one per GPU; on CPU, gloo processes) that train one fold together, launched with "
         "torchrun. The rows of one optimizer step stay train.per_device_batch_size x "
         "train.gradient_accumulation_steps: each process accumulates gradient_accumulation_steps / num_processes "
         "batches, so a fold computes what a 1-process run computes (up to float rounding) in less time.",
     )
     distributed: DistributedMode = Field(
-        "ddp", description="How the processes of one fold share the work: ddp (each holds the whole model and a "
+        "ddp",
+        description="How the processes of one fold share the work: ddp (each holds the whole model and a "
         "share of every step's rows; LoRA on models that fit one GPU).",
     )
     predict_train_rows: bool = Field(
@@ -250,22 +275,29 @@ class TrainConfig(_Section):
 
 class CVConfig(_Section):
     n_folds: int = Field(5, ge=2, description="K of the grouped, stratified K-fold.")
-    seed: int = Field(42, description="Seed of the fold assignment; keep it (and cv.n_folds) to compare runs fold by fold.")
+    seed: int = Field(
+        42, description="Seed of the fold assignment; keep it (and cv.n_folds) to compare runs fold by fold."
+    )
     folds: Optional[list[int]] = Field(
-        None, json_schema_extra=RESULT_NEUTRAL,
+        None,
+        json_schema_extra=RESULT_NEUTRAL,
         description="Train only these fold indices (null: all); each fold's result does not depend on the others.",
     )
     execution: FoldExecution = Field(
-        "subprocess", json_schema_extra=RESULT_NEUTRAL,
+        "subprocess",
+        json_schema_extra=RESULT_NEUTRAL,
         description="subprocess: each fold in its own local process (CUDA memory freed when it exits); "
         "in_process: all folds in this process; deployment: folds fan out to cv.fold_deployment on GPU workers.",
     )
     fold_deployment: str = Field(
-        "train-fold/gpu", json_schema_extra=RESULT_NEUTRAL,
+        "train-fold/gpu",
+        json_schema_extra=RESULT_NEUTRAL,
         description="Deployment that trains one fold (cv.execution=deployment).",
     )
     max_parallel: Optional[int] = Field(
-        None, ge=1, json_schema_extra=RESULT_NEUTRAL,
+        None,
+        ge=1,
+        json_schema_extra=RESULT_NEUTRAL,
         description="execution=subprocess: fold processes running at once, each pinned to its own CUDA device "
         "through CUDA_VISIBLE_DEVICES; the next fold starts as soon as a device frees up. None: one per visible "
         "CUDA device (1 on CPU). Does not change results.",
@@ -280,11 +312,15 @@ class DistillConfig(_Section):
     """Soft labels from a teacher: loss = hard_weight * CE(labels) + kl_weight * KL(teacher || student)."""
 
     teacher_csv: Optional[Path] = Field(
-        None, json_schema_extra=RESULT_NEUTRAL, description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id)."
+        None,
+        json_schema_extra=RESULT_NEUTRAL,
+        description="CSV of id, winner_model_a, winner_model_b, winner_tie (teacher probabilities per train id).",
     )
     hard_weight: float = Field(1.0, ge=0.0, description="Weight of the cross-entropy on the true labels.")
     kl_weight: float = Field(1.0, ge=0.0, description="Weight of the KL divergence to the teacher's probabilities.")
-    temperature: float = Field(1.0, gt=0.0, description="Softening of teacher and student distributions in the KL term.")
+    temperature: float = Field(
+        1.0, gt=0.0, description="Softening of teacher and student distributions in the KL term."
+    )
     teacher_run: Optional[str] = Field(
         None,
         description="MLflow run id of a teacher's cv-training run made with train.predict_train_rows=true on the same "
@@ -292,7 +328,8 @@ class DistillConfig(_Section):
         "training rows (a model that never saw fold k's validation rows). Preferred over teacher_csv.",
     )
     teacher_dir: Optional[Path] = Field(
-        None, json_schema_extra=RESULT_NEUTRAL,
+        None,
+        json_schema_extra=RESULT_NEUTRAL,
         description="Folder of per-fold teacher files for teachers trained elsewhere on the same folds: "
         "fold_<k>.csv (or .parquet) with id, winner_model_a, winner_model_b, winner_tie, predicted by a model "
         "that never trained on fold k's validation rows.",
@@ -333,8 +370,12 @@ class RunConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="The LoRA adapters trained on the base.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimization of one fold.")
     cv: CVConfig = Field(default_factory=CVConfig, description="The K-fold split and how folds are run.")
-    distill: DistillConfig = Field(default_factory=DistillConfig, description="Soft labels from a teacher (off by default).")
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="Calibration fit on the OOF predictions.")
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description="Soft labels from a teacher (off by default)."
+    )
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Calibration fit on the OOF predictions."
+    )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, json_schema_extra=RESULT_NEUTRAL, description="Where MLflow records the runs."
     )

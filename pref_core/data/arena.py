@@ -76,9 +76,7 @@ def parse_turns(cell: object) -> list[Optional[str]]:
         raise ValueError(f"empty list (no turns); fix: {_TURNS_FIX}")
     for i, turn in enumerate(turns):
         if turn is not None and not isinstance(turn, str):
-            raise ValueError(
-                f"turn {i} is a JSON {type(turn).__name__}, not a string or null; fix: {_TURNS_FIX}"
-            )
+            raise ValueError(f"turn {i} is a JSON {type(turn).__name__}, not a string or null; fix: {_TURNS_FIX}")
     if "\\u" in cell:  # cheap pre-check: surrogates can only come from \u escapes
         turns = [t if t is None else _SURROGATE.sub("\ufffd", t) for t in turns]
     return turns
@@ -138,9 +136,7 @@ def _check_arguments(kind: str, max_bad_fraction: float) -> None:
         raise ValueError(f"data.max_bad_fraction must lie in [0, 1], got {max_bad_fraction!r}")
 
 
-def _validate(
-    raw: pd.DataFrame, kind: str, max_bad_fraction: float, source: str, path: Optional[Path]
-) -> IngestResult:
+def _validate(raw: pd.DataFrame, kind: str, max_bad_fraction: float, source: str, path: Optional[Path]) -> IngestResult:
     """Row-level checks of a frame that has the required columns; applies the bad-row policy."""
     ids = [cell_text(x) for x in raw["id"].tolist()]
     collector = ProblemCollector.for_ids(ids)
@@ -288,7 +284,8 @@ def check_ids(ids: list[str], report) -> None:
             rows = ", ".join(str(p + 1) for p in positions)
             for pos in positions:
                 report(
-                    pos, "id",
+                    pos,
+                    "id",
                     f"id appears on {len(positions)} rows (data rows {rows}); fix: ids must be unique "
                     "(drop the duplicates or give them new ids)",
                 )
@@ -314,7 +311,8 @@ def _check_turn_counts(parsed: dict[str, list], report) -> None:
             turns = parsed[column][pos]
             if turns is not None and len(turns) != len(prompt):
                 report(
-                    pos, column,
+                    pos,
+                    column,
                     f"{len(turns)} turn(s) but prompt has {len(prompt)}; fix: prompt, response_a and "
                     "response_b must hold one entry per turn (use null for a missing answer)",
                 )
@@ -336,7 +334,8 @@ def _check_labels(raw: pd.DataFrame, report) -> list[list[int]]:
             row.append(value)
         if -1 not in row and sum(row) != 1:
             report(
-                pos, ALL_LABELS_COLUMN,
+                pos,
+                ALL_LABELS_COLUMN,
                 f"labels {row} are not one-hot ({sum(row)} ones); fix: exactly one of "
                 f"{', '.join(LABEL_COLUMNS)} must be 1",
             )

@@ -73,12 +73,19 @@ def read_pairs(path: Union[str, Path], seed: int = 0, max_bad_fraction: float = 
     collector = ProblemCollector(lambda number: f"{stem}:{number}")  # rows are named by their line number
     rows, n_read = _convert_pairs(path, stem, random.Random(seed), collector.report)
     if n_read == 0:
-        raise DataValidationError(path, f"{path}: no pairs found", [Problem(None, None, "the file holds no JSON lines")])
+        raise DataValidationError(
+            path, f"{path}: no pairs found", [Problem(None, None, "the file holds no JSON lines")]
+        )
     collector.check_bad_share(n_read, max_bad_fraction, path, str(path), noun="pairs")
     result = validate_arena_frame(pd.DataFrame(rows), kind="train", max_bad_fraction=max_bad_fraction, source=str(path))
     rejected = pd.concat([collector.rejected_frame(), result.rejected], ignore_index=True)
-    return IngestResult(frame=result.frame, rejected=rejected, n_read=n_read, n_kept=len(result.frame),
-                        n_rejected=n_read - len(result.frame))
+    return IngestResult(
+        frame=result.frame,
+        rejected=rejected,
+        n_read=n_read,
+        n_kept=len(result.frame),
+        n_rejected=n_read - len(result.frame),
+    )
 
 
 def _convert_pairs(path: Path, stem: str, rng: random.Random, report) -> tuple[list[dict], int]:
@@ -92,10 +99,15 @@ def _convert_pairs(path: Path, stem: str, rng: random.Random, report) -> tuple[l
             n_read += 1
             try:
                 record = json.loads(line)
-                if not isinstance(record, dict) or not isinstance(record.get("chosen"), str) \
-                        or not isinstance(record.get("rejected"), str):
+                if (
+                    not isinstance(record, dict)
+                    or not isinstance(record.get("chosen"), str)
+                    or not isinstance(record.get("rejected"), str)
+                ):
                     raise ValueError('each line must be a JSON object with string fields "chosen" and "rejected"')
-                rows.append({"id": f"{stem}:{number}", **pair_to_arena(record["chosen"], record["rejected"], chosen_on_a)})
+                rows.append(
+                    {"id": f"{stem}:{number}", **pair_to_arena(record["chosen"], record["rejected"], chosen_on_a)}
+                )
             except ValueError as err:  # json.JSONDecodeError is a ValueError
                 report(number, "chosen/rejected", f"{err}; fix: see the HH-RLHF transcript format")
     return rows, n_read
@@ -133,8 +145,13 @@ def combine_extra(frames: Sequence[tuple[str, pd.DataFrame]], main: pd.DataFrame
     return kept, counts
 
 
-def read_extra_sources(extra_csvs: Sequence[Union[str, Path]], extra_pairs: Sequence[Union[str, Path]],
-                       main: pd.DataFrame, seed: int = 0, max_bad_fraction: float = 0.0) -> tuple[IngestResult, dict]:
+def read_extra_sources(
+    extra_csvs: Sequence[Union[str, Path]],
+    extra_pairs: Sequence[Union[str, Path]],
+    main: pd.DataFrame,
+    seed: int = 0,
+    max_bad_fraction: float = 0.0,
+) -> tuple[IngestResult, dict]:
     """Every extra source read and combined (data.extra_csvs as arena CSVs, then data.extra_pairs as pairs),
     deduplicated against `main`'s prompts (`combine_extra`).
 
@@ -153,8 +170,9 @@ def read_extra_sources(extra_csvs: Sequence[Union[str, Path]], extra_pairs: Sequ
     combined, counts = combine_extra(frames, main)
     rejected_frame = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame()
     # n_rejected counts the rows rejected and those dropped as duplicates of a main prompt.
-    return IngestResult(frame=combined, rejected=rejected_frame, n_read=n_read, n_kept=len(combined),
-                        n_rejected=n_read - len(combined)), counts
+    return IngestResult(
+        frame=combined, rejected=rejected_frame, n_read=n_read, n_kept=len(combined), n_rejected=n_read - len(combined)
+    ), counts
 
 
 def source_name(path: Union[str, Path], index: Optional[int] = None) -> str:

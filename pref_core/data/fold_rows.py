@@ -12,8 +12,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from pref_core.errors import UserError
 from pref_core.data.teachers import attach_teacher_probs
+from pref_core.errors import UserError
 
 
 class TeacherMismatchError(UserError, ValueError):
@@ -56,20 +56,26 @@ def check_teacher_leak(teacher: pd.DataFrame, val_ids: Sequence[str], fold: int,
         )
 
 
-def check_teacher_split(run_id: str, params: Mapping[str, str], tags: Mapping[str, str], train_hash: str,
-                        n_folds: int, seed: int) -> None:
+def check_teacher_split(
+    run_id: str, params: Mapping[str, str], tags: Mapping[str, str], train_hash: str, n_folds: int, seed: int
+) -> None:
     """Refuse a teacher run (its logged params and tags) whose fold assignment (data hash, cv.n_folds,
     cv.seed) differs from this run's, or that did not write its folds' training-row predictions."""
     problems = []
     if tags.get("arena_pref.train_hash") != train_hash:
-        problems.append(f"its data hash {tags.get('arena_pref.train_hash', '?')[:12]} differs from this run's "
-                        f"{train_hash[:12]} (train it on the same data.train_csv)")
+        problems.append(
+            f"its data hash {tags.get('arena_pref.train_hash', '?')[:12]} differs from this run's "
+            f"{train_hash[:12]} (train it on the same data.train_csv)"
+        )
     for field, value in (("cv.n_folds", n_folds), ("cv.seed", seed)):
         if params.get(field) != str(value):
             problems.append(f"its {field}={params.get(field)} differs from this run's {value}")
     if params.get("train.predict_train_rows") not in ("True", "true"):
         problems.append("it ran without train.predict_train_rows=true, so it has no per-fold soft labels")
     if problems:
-        raise TeacherMismatchError(f"distill.teacher_run={run_id}: " + "; ".join(problems)
-                                   + "; fold k's soft labels must come from a teacher that never saw fold k's "
-                                   "validation rows")
+        raise TeacherMismatchError(
+            f"distill.teacher_run={run_id}: "
+            + "; ".join(problems)
+            + "; fold k's soft labels must come from a teacher that never saw fold k's "
+            "validation rows"
+        )

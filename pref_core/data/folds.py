@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pref_core.errors import UserError
 from pref_core.data.arena import parse_turns
+from pref_core.errors import UserError
 
 FOLD_COLUMNS = ("id", "fold")
 
@@ -125,20 +125,31 @@ def check_splittable(frame: pd.DataFrame, n_folds: int) -> list[str]:
     warnings = []
     counts = np.bincount(frame["label"].to_numpy(dtype=np.int64), minlength=len(LABEL_COLUMNS))
     missing = [LABEL_COLUMNS[k] for k, c in enumerate(counts) if c == 0]
-    rare = [f"{LABEL_COLUMNS[k]} ({c} of {n_rows} rows)" for k, c in enumerate(counts) if 0 < c < MIN_CLASS_SHARE * n_rows]
-    few = [f"{LABEL_COLUMNS[k]} ({c})" for k, c in enumerate(counts)
-           if 0 < c < n_folds and c >= MIN_CLASS_SHARE * n_rows]
+    rare = [
+        f"{LABEL_COLUMNS[k]} ({c} of {n_rows} rows)" for k, c in enumerate(counts) if 0 < c < MIN_CLASS_SHARE * n_rows
+    ]
+    few = [
+        f"{LABEL_COLUMNS[k]} ({c})" for k, c in enumerate(counts) if 0 < c < n_folds and c >= MIN_CLASS_SHARE * n_rows
+    ]
     if missing:
-        warnings.append(f"data.train_csv: no row is labelled {', '.join(missing)}; the model never learns "
-                        f"{'that class' if len(missing) == 1 else 'those classes'} and the OOF score flatters it")
+        warnings.append(
+            f"data.train_csv: no row is labelled {', '.join(missing)}; the model never learns "
+            f"{'that class' if len(missing) == 1 else 'those classes'} and the OOF score flatters it"
+        )
     if rare:
-        warnings.append(f"data.train_csv: rare class{'es' if len(rare) > 1 else ''} under "
-                        f"{MIN_CLASS_SHARE:.0%} of rows: {', '.join(rare)}")
+        warnings.append(
+            f"data.train_csv: rare class{'es' if len(rare) > 1 else ''} under "
+            f"{MIN_CLASS_SHARE:.0%} of rows: {', '.join(rare)}"
+        )
     if few:
-        warnings.append(f"data.train_csv: fewer rows than cv.n_folds={n_folds} for {', '.join(few)}; "
-                        "some folds validate without that class")
+        warnings.append(
+            f"data.train_csv: fewer rows than cv.n_folds={n_folds} for {', '.join(few)}; "
+            "some folds validate without that class"
+        )
     per_fold = n_rows // n_folds
     if per_fold < MIN_VALIDATION_ROWS:
-        warnings.append(f"data.train_csv: {n_rows} rows give about {per_fold} validation rows per fold "
-                        f"(cv.n_folds={n_folds}); fold scores under {MIN_VALIDATION_ROWS} rows are mostly noise")
+        warnings.append(
+            f"data.train_csv: {n_rows} rows give about {per_fold} validation rows per fold "
+            f"(cv.n_folds={n_folds}); fold scores under {MIN_VALIDATION_ROWS} rows are mostly noise"
+        )
     return warnings

@@ -85,5 +85,7 @@ def get_label_token_ids(tokenizer, label_tokens: Sequence[str]) -> list[int]:
             )
         ids.append(int(encoded[0]))
     if len(set(ids)) != NUM_CLASSES:
-        raise ValueError(f"model.label_tokens {list(label_tokens)!r} map to repeated token ids {ids}; they must differ.")
+        raise ValueError(
+            f"model.label_tokens {list(label_tokens)!r} map to repeated token ids {ids}; they must differ."
+        )
     return ids

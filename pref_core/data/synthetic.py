@@ -28,23 +28,177 @@ LABEL_SHARES = (0.35, 0.34, 0.31)  # a, b, tie: roughly the real competition's s
 MULTI_TURN_SHARE = 0.15
 NULL_TURN_SHARE = 0.03
 
-_WORDS = tuple(dict.fromkeys(  # dict.fromkeys: drop repeats, keep order
-    """the of and to in is that for it as with was on be by this are or from at an but not have which you
-    can will if their more what about so also some when there one all would may other into has how time
-    only new could people first any most these two make like than then use way well many such work
-    because year day very data model answer question result example value number system process point
-    code function list table text simple small large fast slow good better best clear short long early
-    late river mountain garden window market kitchen station bridge forest harbor planet engine letter
-    music paper stone cloud light water fire earth metal glass sugar salt bread apple orange lemon
-    café naïve über résumé""".split()
-))
+_WORDS = tuple(
+    dict.fromkeys(  # dict.fromkeys: drop repeats, keep order
+        [
+            "the",
+            "of",
+            "and",
+            "to",
+            "in",
+            "is",
+            "that",
+            "for",
+            "it",
+            "as",
+            "with",
+            "was",
+            "on",
+            "be",
+            "by",
+            "this",
+            "are",
+            "or",
+            "from",
+            "at",
+            "an",
+            "but",
+            "not",
+            "have",
+            "which",
+            "you",
+            "can",
+            "will",
+            "if",
+            "their",
+            "more",
+            "what",
+            "about",
+            "so",
+            "also",
+            "some",
+            "when",
+            "there",
+            "one",
+            "all",
+            "would",
+            "may",
+            "other",
+            "into",
+            "has",
+            "how",
+            "time",
+            "only",
+            "new",
+            "could",
+            "people",
+            "first",
+            "any",
+            "most",
+            "these",
+            "two",
+            "make",
+            "like",
+            "than",
+            "then",
+            "use",
+            "way",
+            "well",
+            "many",
+            "such",
+            "work",
+            "because",
+            "year",
+            "day",
+            "very",
+            "data",
+            "model",
+            "answer",
+            "question",
+            "result",
+            "example",
+            "value",
+            "number",
+            "system",
+            "process",
+            "point",
+            "code",
+            "function",
+            "list",
+            "table",
+            "text",
+            "simple",
+            "small",
+            "large",
+            "fast",
+            "slow",
+            "good",
+            "better",
+            "best",
+            "clear",
+            "short",
+            "long",
+            "early",
+            "late",
+            "river",
+            "mountain",
+            "garden",
+            "window",
+            "market",
+            "kitchen",
+            "station",
+            "bridge",
+            "forest",
+            "harbor",
+            "planet",
+            "engine",
+            "letter",
+            "music",
+            "paper",
+            "stone",
+            "cloud",
+            "light",
+            "water",
+            "fire",
+            "earth",
+            "metal",
+            "glass",
+            "sugar",
+            "salt",
+            "bread",
+            "apple",
+            "orange",
+            "lemon",
+            "café",
+            "naïve",
+            "über",
+            "résumé",
+        ]
+    )
+)
 _TOPICS = tuple(
-    "python gardening history physics cooking travel music finance chess weather poetry databases "
-    "astronomy biology football painting economics linux".split()
+    [
+        "python",
+        "gardening",
+        "history",
+        "physics",
+        "cooking",
+        "travel",
+        "music",
+        "finance",
+        "chess",
+        "weather",
+        "poetry",
+        "databases",
+        "astronomy",
+        "biology",
+        "football",
+        "painting",
+        "economics",
+        "linux",
+    ]
 )
 _MODELS = tuple(
-    "gpt-4-1106-preview claude-2.1 llama-2-70b-chat mixtral-8x7b-instruct-v0.1 gemini-pro vicuna-13b "
-    "gpt-3.5-turbo-0613 zephyr-7b-beta".split()
+    [
+        "gpt-4-1106-preview",
+        "claude-2.1",
+        "llama-2-70b-chat",
+        "mixtral-8x7b-instruct-v0.1",
+        "gemini-pro",
+        "vicuna-13b",
+        "gpt-3.5-turbo-0613",
+        "zephyr-7b-beta",
+    ]
 )
 _EMOJI = "\U0001f600"
 
@@ -124,8 +278,7 @@ def make_synthetic_frames(
     # About one distinct first prompt per three rows: many prompts repeat across rows (and splits).
     n_prompts = max(1, (n_train + n_test) // 3)
     prompts = [
-        f"Tell me about {rng.choice(_TOPICS)}: " + " ".join(_words(rng, median=10)) + " ?"
-        for _ in range(n_prompts)
+        f"Tell me about {rng.choice(_TOPICS)}: " + " ".join(_words(rng, median=10)) + " ?" for _ in range(n_prompts)
     ]
     ids = _unique_ids(rng, n_train + n_test)
 

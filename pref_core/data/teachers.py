@@ -43,7 +43,8 @@ def read_teacher_probs(path: Union[str, Path]) -> pd.DataFrame:
     sums = values.sum(axis=1)  # (n,); NaN for rows with a bad cell: those are reported already
     for pos in np.flatnonzero(np.abs(sums - 1.0) > TEACHER_SUM_TOLERANCE):
         collector.report(
-            int(pos), ALL_LABELS_COLUMN,
+            int(pos),
+            ALL_LABELS_COLUMN,
             f"probabilities sum to {sums[pos]:.6g}, not 1 (tolerance {TEACHER_SUM_TOLERANCE}); fix: write "
             f"normalized probabilities (softmax outputs) for {', '.join(LABEL_COLUMNS)}",
         )
@@ -103,12 +104,11 @@ def attach_teacher_probs(dataset, teacher: pd.DataFrame):
     if stale:
         dataset = dataset.remove_columns(stale)
     dataset = dataset.add_column(
-        "teacher_probs", [placeholder if probs is None else probs for probs in found],
+        "teacher_probs",
+        [placeholder if probs is None else probs for probs in found],
         feature=datasets.List(datasets.Value("float64")),
     )
-    return dataset.add_column(
-        "has_teacher", [probs is not None for probs in found], feature=datasets.Value("bool")
-    )
+    return dataset.add_column("has_teacher", [probs is not None for probs in found], feature=datasets.Value("bool"))
 
 
 def _read_teacher_table(path: Path) -> pd.DataFrame:
@@ -125,13 +125,17 @@ def _read_teacher_table(path: Path) -> pd.DataFrame:
             # Text cells, as in read_arena_csv: "NA" or "" stay text and are reported, never guessed.
             frame = pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False, na_filter=False)
     except UnicodeDecodeError as err:
-        raise file_error(path, f"not UTF-8 ({err.reason} at byte {err.start}); fix: re-save the file as UTF-8") from None
+        raise file_error(
+            path, f"not UTF-8 ({err.reason} at byte {err.start}); fix: re-save the file as UTF-8"
+        ) from None
     except pd.errors.EmptyDataError:
         raise file_error(path, "file is empty; fix: write a header line (id, winner_model_a, ...) and rows") from None
     except pd.errors.ParserError as err:
         raise file_error(path, f"not a well-formed CSV: {err}; fix: check the quoting of that line") from None
     except (OSError, ValueError) as err:  # an unreadable or corrupt parquet file
-        raise file_error(path, f"cannot be read ({err}); fix: write it again with pandas to_parquet or to_csv") from None
+        raise file_error(
+            path, f"cannot be read ({err}); fix: write it again with pandas to_parquet or to_csv"
+        ) from None
     # pandas renames a repeated header column "x" to "x.1": which copy is meant would be a guess.
     repeated = [c for c in TEACHER_COLUMNS if f"{c}.1" in frame.columns]
     if repeated:

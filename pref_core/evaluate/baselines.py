@@ -59,6 +59,14 @@ def _per_fold(frame: pd.DataFrame, folds: pd.DataFrame, fit_predict) -> pd.DataF
     for k in sorted(set(folds["fold"])):
         train, val = frame[fold != k], frame[fold == k]
         probs = fit_predict(train, val)  # (len(val), 3)
-        pieces.append(pd.DataFrame({"id": val["id"].astype(str).to_numpy(), "fold": k, "label": val["label"].to_numpy(),
-                                    "probs": list(probs)}))
+        pieces.append(
+            pd.DataFrame(
+                {
+                    "id": val["id"].astype(str).to_numpy(),
+                    "fold": k,
+                    "label": val["label"].to_numpy(),
+                    "probs": list(probs),
+                }
+            )
+        )
     return pd.concat(pieces, ignore_index=True)

@@ -12,10 +12,10 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 from pref_core.errors import UserError
 from pref_core.evaluate import metrics, plots
 from pref_core.evaluate.calibration import apply_temperature, fit_temperature
-from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 
 OOF_COLUMNS = ("id", "fold", *LABEL_COLUMNS, "label")
 
@@ -41,14 +41,20 @@ class OOFScores:
     @property
     def metrics(self) -> dict[str, float]:
         """The scores under their MLflow metric names (the parent run's metrics, read by the registry)."""
-        out = {"oof_log_loss": self.log_loss, "oof_accuracy": self.accuracy, "prior_log_loss": self.prior_log_loss,
-               "n_oof": self.n_oof}
+        out = {
+            "oof_log_loss": self.log_loss,
+            "oof_accuracy": self.accuracy,
+            "prior_log_loss": self.prior_log_loss,
+            "n_oof": self.n_oof,
+        }
         if self.calibrated_log_loss is not None:
             out.update(temperature=self.temperature, oof_log_loss_calibrated=self.calibrated_log_loss)
         return out
 
 
-def assemble_oof(fold_predictions: Mapping[int, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+def assemble_oof(
+    fold_predictions: Mapping[int, pd.DataFrame], labels: pd.DataFrame, folds: pd.DataFrame
+) -> pd.DataFrame:
     """One table of OOF_COLUMNS from each fold's validation predictions (id + LABEL_COLUMNS).
 
     `labels` (id, label) are the ingested rows: the label comes from there, not from what the folds
@@ -90,9 +96,13 @@ def score_oof(oof: pd.DataFrame, calibration_method: str) -> OOFScores:
     fold_index = oof["fold"].to_numpy()
     folds = sorted(set(fold_index.tolist()))
     return OOFScores(
-        log_loss=float(summary["log_loss"]), accuracy=float(summary["accuracy"]),
-        prior_log_loss=float(summary["prior_log_loss"]), n_oof=int(len(oof)), temperature=temperature,
-        fitted_temperature=fitted, calibrated_log_loss=calibrated,
+        log_loss=float(summary["log_loss"]),
+        accuracy=float(summary["accuracy"]),
+        prior_log_loss=float(summary["prior_log_loss"]),
+        n_oof=int(len(oof)),
+        temperature=temperature,
+        fitted_temperature=fitted,
+        calibrated_log_loss=calibrated,
         fold_accuracy={k: metrics.compute_accuracy(labels[fold_index == k], probs[fold_index == k]) for k in folds},
         fold_rows={k: int((fold_index == k).sum()) for k in folds},
     )
@@ -110,13 +120,12 @@ def oof_figures(oof: pd.DataFrame, scores: OOFScores, fold_log_loss: Mapping[int
     labels, probs = oof["label"].to_numpy(), oof[list(LABEL_COLUMNS)].to_numpy()
     temperature = scores.fitted_temperature
     return {
-        "plots/fold_log_loss.png": plots.plot_fold_log_loss(
-            fold_log_loss, scores.log_loss, scores.prior_log_loss),
+        "plots/fold_log_loss.png": plots.plot_fold_log_loss(fold_log_loss, scores.log_loss, scores.prior_log_loss),
         "plots/reliability.png": plots.plot_reliability(labels, probs),
         "plots/confusion_matrix.png": plots.plot_confusion(labels, probs),
         # The fitted temperature is shown even when calibration.method=none (then it is not applied).
         "plots/calibration_temperature.png": plots.plot_calibration_before_after(
-            labels, probs, apply_temperature(probs, temperature), temperature),
-        "plots/log_loss_by_length.png": plots.plot_log_loss_by_length(
-            labels, probs, lengths, scores.log_loss),
+            labels, probs, apply_temperature(probs, temperature), temperature
+        ),
+        "plots/log_loss_by_length.png": plots.plot_log_loss_by_length(labels, probs, lengths, scores.log_loss),
     }

@@ -86,8 +86,14 @@ def plot_confusion(labels: Sequence[int], probs: np.ndarray):
     image = ax.imshow(matrix, cmap="Blues")
     for i in range(NUM_CLASSES):
         for j in range(NUM_CLASSES):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     ax.set_xticks(range(NUM_CLASSES), _SHORT)
     ax.set_yticks(range(NUM_CLASSES), _SHORT)
     ax.set_xlabel("predicted")
@@ -107,12 +113,14 @@ def compute_top_class_calibration(labels: np.ndarray, probs: np.ndarray, n_bins:
     bins = np.clip(np.digitize(confidence, edges[1:-1]), 0, n_bins - 1)
     return [
         (float(confidence[bins == b].mean()), float(correct[bins == b].mean()), int((bins == b).sum()))
-        for b in range(n_bins) if (bins == b).any()
+        for b in range(n_bins)
+        if (bins == b).any()
     ]
 
 
-def plot_calibration_before_after(labels: Sequence[int], probs: np.ndarray, calibrated: np.ndarray,
-                                  temperature: float, n_bins: int = 10):
+def plot_calibration_before_after(
+    labels: Sequence[int], probs: np.ndarray, calibrated: np.ndarray, temperature: float, n_bins: int = 10
+):
     """Reliability of the top class before and after temperature scaling, with both log losses in the legend."""
     from pref_core.evaluate.metrics import compute_log_loss
 
@@ -122,8 +130,12 @@ def plot_calibration_before_after(labels: Sequence[int], probs: np.ndarray, cali
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for name, p, style in (("before", probs, "o--"), (f"after (T={temperature:.2f})", calibrated, "s-")):
         rows = compute_top_class_calibration(labels, p, n_bins)
-        ax.plot([r[0] for r in rows], [r[1] for r in rows], style,
-                label=f"{name}: log loss {compute_log_loss(labels, p):.4f}")
+        ax.plot(
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            style,
+            label=f"{name}: log loss {compute_log_loss(labels, p):.4f}",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence of the predicted class")
@@ -144,14 +156,25 @@ def compute_log_loss_by_length(labels: np.ndarray, probs: np.ndarray, lengths: n
         edges = np.array([lengths.min(), lengths.max()])
     bucket = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, len(edges) - 2)
     return [
-        (int(edges[b]), int(edges[b + 1]), float(compute_log_loss(labels[bucket == b], probs[bucket == b])),
-         int((bucket == b).sum()))
-        for b in range(len(edges) - 1) if (bucket == b).any()
+        (
+            int(edges[b]),
+            int(edges[b + 1]),
+            float(compute_log_loss(labels[bucket == b], probs[bucket == b])),
+            int((bucket == b).sum()),
+        )
+        for b in range(len(edges) - 1)
+        if (bucket == b).any()
     ]
 
 
-def plot_log_loss_by_length(labels: Sequence[int], probs: np.ndarray, lengths: Sequence[int],
-                            overall: float, unit: str = "characters", n_buckets: int = 5):
+def plot_log_loss_by_length(
+    labels: Sequence[int],
+    probs: np.ndarray,
+    lengths: Sequence[int],
+    overall: float,
+    unit: str = "characters",
+    n_buckets: int = 5,
+):
     """OOF log loss per prompt+response length bucket: long rows lose most to truncation."""
     rows = compute_log_loss_by_length(np.asarray(labels), np.asarray(probs), np.asarray(lengths), n_buckets)
     fig = _figure(6.0, 4.0)
@@ -159,8 +182,13 @@ def plot_log_loss_by_length(labels: Sequence[int], probs: np.ndarray, lengths: S
     names = [f"{lo}-{hi}" for lo, hi, _, _ in rows]
     bars = ax.bar(names, [r[2] for r in rows], color="#55a868")
     for bar, (_, _, _, count) in zip(bars, rows):
-        ax.annotate(f"n={count}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                    fontsize="small")
+        ax.annotate(
+            f"n={count}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize="small",
+        )
     ax.axhline(overall, color="black", label=f"all rows {overall:.4f}")
     ax.set_xlabel(f"prompt + responses length ({unit})")
     ax.set_ylabel("OOF log loss")

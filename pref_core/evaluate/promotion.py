@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 
-def decide_promotion(version: str, tags: Mapping[str, str], champion_version: Optional[str],
-                     champion_tags: Mapping[str, str]) -> tuple[bool, str]:
+def decide_promotion(
+    version: str, tags: Mapping[str, str], champion_version: Optional[str], champion_tags: Mapping[str, str]
+) -> tuple[bool, str]:
     """(promote?, reason) for model version `version` with `tags` (oof_log_loss, data_hash, n_oof) against
     the champion (None when there is none yet)."""
     if champion_version is None:
@@ -16,7 +17,8 @@ def decide_promotion(version: str, tags: Mapping[str, str], champion_version: Op
         return False, "already champion"
     if champion_tags.get("data_hash") != tags.get("data_hash"):
         return False, (
-            f"not compared: champion v{champion_version} was trained on data {champion_tags.get('data_hash', '?')[:12]}, "
+            f"not compared: champion v{champion_version} was trained on data "
+            f"{champion_tags.get('data_hash', '?')[:12]}, "
             f"this version on {tags.get('data_hash', '?')[:12]}; promote by hand with `arena-pref promote {version}`"
         )
     if champion_tags.get("n_oof") != tags.get("n_oof"):

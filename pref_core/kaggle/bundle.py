@@ -30,8 +30,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
-from pref_core.errors import UserError
 from pref_core.config.choices import QUANTIZATIONS
+from pref_core.errors import UserError
 
 BUNDLE_FORMAT = 1
 MANIFEST_FILE = "manifest.json"
@@ -39,18 +39,37 @@ BASE_MODEL_DIR = "base_model"
 # What the bundle's predict.py imports, as paths under pref_core/ (each subpackage's empty __init__.py is copied
 # with its modules): pure modules only (a test runs them with pydantic/datasets blocked).
 CODE_MODULES = (
-    "__init__", "errors", "hashing", "progress",
+    "__init__",
+    "errors",
+    "hashing",
+    "progress",
     "config/choices",
-    "data/arena", "data/labels", "data/problems",
-    "evaluate/calibration", "evaluate/metrics",
+    "data/arena",
+    "data/labels",
+    "data/problems",
+    "evaluate/calibration",
+    "evaluate/metrics",
     "kaggle/bundle",
-    "model/backbone", "model/losses", "model/preference",
-    "predict/ensemble", "predict/inference", "predict/submission",
-    "text/prompts", "text/truncation",
+    "model/backbone",
+    "model/losses",
+    "model/preference",
+    "predict/ensemble",
+    "predict/inference",
+    "predict/submission",
+    "text/prompts",
+    "text/truncation",
 )
 # The base model's config fields that must match for the adapters to fit it.
-ARCHITECTURE_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "vocab_size",
-                       "num_attention_heads", "num_key_value_heads", "intermediate_size")
+ARCHITECTURE_FIELDS = (
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "num_hidden_layers",
+    "vocab_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
 # Files of a base model folder that decide its weights (tokenizer files come from the adapters).
 _BASE_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
@@ -82,18 +101,26 @@ def describe_base_model(base_dir: Path) -> dict[str, Any]:
 
     config_file = base_dir / "config.json"
     if not config_file.is_file():
-        raise BundleError(f"{base_dir}: no config.json; point at the folder of the base model (its config.json, "
-                          "tokenizer and *.safetensors files)")
+        raise BundleError(
+            f"{base_dir}: no config.json; point at the folder of the base model (its config.json, "
+            "tokenizer and *.safetensors files)"
+        )
     config = json.loads(config_file.read_text(encoding="utf-8"))
     text_config = config.get("text_config") or config
     architecture = {f: text_config.get(f, config.get(f)) for f in ARCHITECTURE_FIELDS}
     digest = hashlib.sha256()
-    weight_files = [p for p in sorted(base_dir.rglob("*"))
-                    if p.is_file() and (p.name == "config.json" or p.name.endswith(_BASE_WEIGHT_SUFFIXES))]
+    weight_files = [
+        p
+        for p in sorted(base_dir.rglob("*"))
+        if p.is_file() and (p.name == "config.json" or p.name.endswith(_BASE_WEIGHT_SUFFIXES))
+    ]
     for path in weight_files:
         digest.update(f"{path.relative_to(base_dir).as_posix()}\0{hash_file(path)}\n".encode())
-    return {"architecture": architecture, "content_sha256": digest.hexdigest(),
-            "files": [p.relative_to(base_dir).as_posix() for p in weight_files]}
+    return {
+        "architecture": architecture,
+        "content_sha256": digest.hexdigest(),
+        "files": [p.relative_to(base_dir).as_posix() for p in weight_files],
+    }
 
 
 def write_manifest(bundle_dir: Path, base_model: dict, base_description: Optional[dict], extra: dict) -> Path:
@@ -130,12 +157,16 @@ def verify_bundle(bundle_dir: Path) -> dict:
         if not file.is_file():
             raise BundleError(f"bundle file {rel} is missing (listed in {MANIFEST_FILE}); re-upload the whole bundle")
         if hash_file(file) != expected:
-            raise BundleError(f"bundle file {rel} does not match its sha256 in {MANIFEST_FILE} (corrupted or "
-                              "replaced); re-export or re-upload the bundle")
+            raise BundleError(
+                f"bundle file {rel} does not match its sha256 in {MANIFEST_FILE} (corrupted or "
+                "replaced); re-export or re-upload the bundle"
+            )
     extra = sorted(set(bundle_files(bundle_dir)) - set(listed))
     if extra:
-        raise BundleError(f"bundle file {extra[0]} is not in {MANIFEST_FILE} ({len(extra)} unlisted file(s)); "
-                          "remove it or re-export the bundle")
+        raise BundleError(
+            f"bundle file {extra[0]} is not in {MANIFEST_FILE} ({len(extra)} unlisted file(s)); "
+            "remove it or re-export the bundle"
+        )
     return manifest
 
 
@@ -145,22 +176,30 @@ def check_base_model(base_dir: Path, manifest: dict, verify_hash: bool = True) -
     expected = manifest.get("base_description")
     name = manifest.get("base_model", {}).get("name_or_path")
     if not base_dir.is_dir():
-        raise BundleError(f"--base-model {base_dir}: no such folder; attach the base model ({name}) as a Kaggle "
-                          "input and pass its folder")
+        raise BundleError(
+            f"--base-model {base_dir}: no such folder; attach the base model ({name}) as a Kaggle "
+            "input and pass its folder"
+        )
     if expected is None:
         if not (base_dir / "config.json").is_file():
             raise BundleError(f"--base-model {base_dir}: no config.json; pass the folder of the base model ({name})")
         return
-    found = describe_base_model(base_dir) if verify_hash else {"architecture": describe_base_model_architecture(base_dir)}
+    found = (
+        describe_base_model(base_dir) if verify_hash else {"architecture": describe_base_model_architecture(base_dir)}
+    )
     for field, want in expected["architecture"].items():
         got = found["architecture"].get(field)
         if got != want:
-            raise BundleError(f"--base-model {base_dir}: {field} is {got!r} but the adapters were trained on "
-                              f"{want!r} ({name}); pass the matching base model")
+            raise BundleError(
+                f"--base-model {base_dir}: {field} is {got!r} but the adapters were trained on "
+                f"{want!r} ({name}); pass the matching base model"
+            )
     if verify_hash and found["content_sha256"] != expected["content_sha256"]:
-        raise BundleError(f"--base-model {base_dir}: its weights' content hash {found['content_sha256'][:12]} is not "
-                          f"the trained base's {expected['content_sha256'][:12]} ({name}); pass the same checkpoint, "
-                          "or --skip-base-hash if you know it is the same model")
+        raise BundleError(
+            f"--base-model {base_dir}: its weights' content hash {found['content_sha256'][:12]} is not "
+            f"the trained base's {expected['content_sha256'][:12]} ({name}); pass the same checkpoint, "
+            "or --skip-base-hash if you know it is the same model"
+        )
 
 
 def describe_base_model_architecture(base_dir: Path) -> dict:
@@ -201,9 +240,12 @@ def read_prediction_settings(bundle_dir: Path) -> PredictionSettings:
     import yaml
 
     config = yaml.safe_load((bundle_dir / "config.yaml").read_text(encoding="utf-8"))
-    return PredictionSettings(model=to_namespace(config["model"]), prompt=to_namespace(config["prompt"]),
-                              tta_swap=bool(config["train"]["tta_swap"]),
-                              batch_size=int(config["train"]["eval_batch_size"]))
+    return PredictionSettings(
+        model=to_namespace(config["model"]),
+        prompt=to_namespace(config["prompt"]),
+        tta_swap=bool(config["train"]["tta_swap"]),
+        batch_size=int(config["train"]["eval_batch_size"]),
+    )
 
 
 def adapter_dirs(bundle_dir: Path) -> list[Path]:
@@ -226,24 +268,43 @@ def visible_devices() -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="predict.py", description="Kaggle submission from an arena-pref bundle (offline; see README.md).")
-    parser.add_argument("--base-model", default=None,
-                        help=f"folder of the base model (default: the bundle's {BASE_MODEL_DIR}/ when it was copied in)")
+        prog="predict.py", description="Kaggle submission from an arena-pref bundle (offline; see README.md)."
+    )
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help=f"folder of the base model (default: the bundle's {BASE_MODEL_DIR}/ when it was copied in)",
+    )
     parser.add_argument("--test-csv", required=True, help="Kaggle test.csv (id, prompt, response_a, response_b)")
     parser.add_argument("--out", default="submission.csv", help="submission CSV to write")
-    parser.add_argument("--rejected", default=None,
-                        help="where rows that cannot be read are listed (default: <out>.rejected.csv)")
-    parser.add_argument("--devices", default="auto",
-                        help="comma-separated devices, one worker process each: auto (every GPU, else cpu), "
-                             "cuda:0,cuda:1, cpu, or cpu,cpu (two CPU workers)")
-    parser.add_argument("--tta-swap", choices=["config", "on", "off"], default="config",
-                        help="also read every row with responses a and b exchanged and average (2x time)")
+    parser.add_argument(
+        "--rejected", default=None, help="where rows that cannot be read are listed (default: <out>.rejected.csv)"
+    )
+    parser.add_argument(
+        "--devices",
+        default="auto",
+        help="comma-separated devices, one worker process each: auto (every GPU, else cpu), "
+        "cuda:0,cuda:1, cpu, or cpu,cpu (two CPU workers)",
+    )
+    parser.add_argument(
+        "--tta-swap",
+        choices=["config", "on", "off"],
+        default="config",
+        help="also read every row with responses a and b exchanged and average (2x time)",
+    )
     parser.add_argument("--max-length", type=int, default=None, help="override prompt.max_length (tokens per row)")
-    parser.add_argument("--quantization", choices=["config", *QUANTIZATIONS], default="config",
-                        help="load the base with bitsandbytes 8-bit or 4-bit (CUDA)")
+    parser.add_argument(
+        "--quantization",
+        choices=["config", *QUANTIZATIONS],
+        default="config",
+        help="load the base with bitsandbytes 8-bit or 4-bit (CUDA)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="override train.eval_batch_size")
-    parser.add_argument("--skip-base-hash", action="store_true",
-                        help="check the base model's architecture only, not its content hash (saves reading the weights)")
+    parser.add_argument(
+        "--skip-base-hash",
+        action="store_true",
+        help="check the base model's architecture only, not its content hash (saves reading the weights)",
+    )
     parser.add_argument("--progress", action="store_true", help="progress bars")
     return parser
 
@@ -288,7 +349,9 @@ def assemble_submission(ids: Sequence[str], predicted_ids: Sequence[str], probs,
     from pref_core.data.labels import LABEL_COLUMNS
     from pref_core.predict.submission import fill_missing_with_prior, validate_submission
 
-    predicted = pd.DataFrame(np.asarray(probs, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS)), columns=list(LABEL_COLUMNS))
+    predicted = pd.DataFrame(
+        np.asarray(probs, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS)), columns=list(LABEL_COLUMNS)
+    )
     predicted.insert(0, "id", [str(i) for i in predicted_ids])
     out, _ = fill_missing_with_prior(predicted, ids, np.asarray(prior, dtype=np.float64))
     values = out[list(LABEL_COLUMNS)].to_numpy(dtype=np.float64)
@@ -310,8 +373,10 @@ def run(args) -> dict:
     manifest = verify_bundle(bundle_dir)
     base_dir = Path(args.base_model) if args.base_model else bundle_dir / BASE_MODEL_DIR
     if args.base_model is None and not base_dir.is_dir():
-        raise BundleError(f"--base-model is required: this bundle has no {BASE_MODEL_DIR}/ folder; attach the base "
-                          f"model ({manifest['base_model'].get('name_or_path')}) and pass its folder")
+        raise BundleError(
+            f"--base-model is required: this bundle has no {BASE_MODEL_DIR}/ folder; attach the base "
+            f"model ({manifest['base_model'].get('name_or_path')}) and pass its folder"
+        )
     test_csv = Path(args.test_csv)
     if not test_csv.is_file():
         raise BundleError(f"--test-csv {test_csv}: no such file")
@@ -325,19 +390,33 @@ def run(args) -> dict:
     out = Path(args.out)
     rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
     start = time.perf_counter()
-    probs = predict_frame_probabilities(settings.model, settings.prompt, adapter_dirs(bundle_dir), test.frame,
-                                        batch_size=settings.batch_size, tta_swap=settings.tta_swap,
-                                        base_model=str(base_dir), temperature=temperature, devices=devices,
-                                        progress=args.progress)
+    probs = predict_frame_probabilities(
+        settings.model,
+        settings.prompt,
+        adapter_dirs(bundle_dir),
+        test.frame,
+        batch_size=settings.batch_size,
+        tta_swap=settings.tta_swap,
+        base_model=str(base_dir),
+        temperature=temperature,
+        devices=devices,
+        progress=args.progress,
+    )
     seconds = time.perf_counter() - start
     submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
     out.parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(out, index=False)
     if test.n_rejected:
         write_rejected(test.rejected, rejected_path)
-    return {"rows": len(submission), "predicted": len(test.frame), "rejected": test.n_rejected,
-            "rejected_path": str(rejected_path) if test.n_rejected else None, "seconds": seconds,
-            "devices": devices, "out": str(out)}
+    return {
+        "rows": len(submission),
+        "predicted": len(test.frame),
+        "rejected": test.n_rejected,
+        "rejected_path": str(rejected_path) if test.n_rejected else None,
+        "seconds": seconds,
+        "devices": devices,
+        "out": str(out),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -353,8 +432,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     per_1000 = summary["seconds"] / max(summary["predicted"], 1) * 1000
-    print(f"wrote {summary['rows']} rows to {summary['out']} ({summary['predicted']} predicted on "
-          f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s, {per_1000:.1f} s per 1,000 rows)")
+    print(
+        f"wrote {summary['rows']} rows to {summary['out']} ({summary['predicted']} predicted on "
+        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s, {per_1000:.1f} s per 1,000 rows)"
+    )
     if summary["rejected"]:
         print(f"{summary['rejected']} rows could not be read and got the class prior; see {summary['rejected_path']}")
     return 0

@@ -33,12 +33,17 @@ def _check_averageable(configs: list[dict], folders: list[Path]) -> None:
         if config.get("peft_type") != "LORA":
             raise ValueError(f"{folder}: only LoRA adapters can be averaged, got {config.get('peft_type')}")
         if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
-            raise ValueError(f"{folder}: DoRA and per-module rank/alpha patterns cannot be averaged by concatenation; "
-                             "use --folds ensemble")
-        if sorted(config["target_modules"]) != sorted(first["target_modules"]) or \
-                config.get("modules_to_save") != first.get("modules_to_save"):
-            raise ValueError(f"{folder}: its target_modules/modules_to_save differ from {folders[0]}; the folds of one "
-                             "run must share them")
+            raise ValueError(
+                f"{folder}: DoRA and per-module rank/alpha patterns cannot be averaged by concatenation; "
+                "use --folds ensemble"
+            )
+        if sorted(config["target_modules"]) != sorted(first["target_modules"]) or config.get(
+            "modules_to_save"
+        ) != first.get("modules_to_save"):
+            raise ValueError(
+                f"{folder}: its target_modules/modules_to_save differ from {folders[0]}; the folds of one "
+                "run must share them"
+            )
 
 
 def average_adapters(adapter_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]) -> Path:

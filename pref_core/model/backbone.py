@@ -1,8 +1,8 @@
 """Backbone loading: the causal LM under the preference head, with model.dtype, model.quantization,
 model.attn_implementation and model.gradient_checkpointing applied, straight onto its device.
 
-`pref_core.model.preference` puts the head and LoRA on what `load_backbone` returns; pref_core.train.trainer.resolve_mixed_precision reads
-`native_bf16` to pick the autocast dtype that matches the weights.
+`pref_core.model.preference` puts the head and LoRA on what `load_backbone` returns;
+pref_core.train.trainer.resolve_mixed_precision reads `native_bf16` to pick the autocast dtype that matches the weights.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
 
 
 def native_bf16() -> bool:
@@ -121,7 +120,11 @@ def load_backbone(
     kwargs["device_map"] = {"": resolve_load_device(device)}
     logger.info(
         "loading backbone %s onto %s (dtype=%s, quantization=%s, attn=%s)",
-        source, kwargs["device_map"][""], kwargs["dtype"], model_config.quantization, kwargs["attn_implementation"],
+        source,
+        kwargs["device_map"][""],
+        kwargs["dtype"],
+        model_config.quantization,
+        kwargs["attn_implementation"],
     )
     backbone = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     backbone.config.use_cache = False  # no generation here; the KV cache would only cost memory

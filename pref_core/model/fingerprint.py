@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
 from pref_core.model.source import (
-    COMMIT_SHA, CONFIG_FILE, BaseModelError, download_base_model, hub_reachable, hub_reference, is_local_reference,
+    COMMIT_SHA,
+    CONFIG_FILE,
+    BaseModelError,
+    download_base_model,
+    hub_reachable,
+    hub_reference,
+    is_local_reference,
 )
 
 if TYPE_CHECKING:
@@ -24,8 +30,11 @@ def hash_folder(folder: Union[str, Path], chunk_size: int = 1 << 20) -> str:
     """sha256 over the relative paths and bytes of every file under `folder` (hidden files excluded)."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     for path in files:
         digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as handle:
@@ -47,8 +56,12 @@ def fingerprint_base(name_or_path: str, revision: Optional[str] = None) -> dict:
     if not is_local_reference(name_or_path):
         commit = revision if revision and COMMIT_SHA.match(revision) else None
         return {"kind": "hub", "name_or_path": name_or_path, "revision": revision, "commit": commit}
-    return {"kind": "local", "name_or_path": str(Path(name_or_path).resolve()), "revision": None,
-            "content_sha256": hash_folder(name_or_path)}
+    return {
+        "kind": "local",
+        "name_or_path": str(Path(name_or_path).resolve()),
+        "revision": None,
+        "content_sha256": hash_folder(name_or_path),
+    }
 
 
 def pin_base(model: ModelConfig, fingerprint: dict) -> ModelConfig:
@@ -70,33 +83,42 @@ def locate_base(fingerprint: dict, override: Optional[str] = None) -> str:
     """
     kind, recorded = fingerprint.get("kind"), fingerprint["name_or_path"]
     expected = fingerprint.get("content_sha256")
-    described = (f"the local folder {recorded} (content sha256 {expected[:12]})" if kind == "local"
-                 else f"{recorded} at commit {fingerprint.get('commit') or fingerprint.get('revision') or 'main'}")
+    described = (
+        f"the local folder {recorded} (content sha256 {expected[:12]})"
+        if kind == "local"
+        else f"{recorded} at commit {fingerprint.get('commit') or fingerprint.get('revision') or 'main'}"
+    )
     if override is not None:
         folder = Path(override).expanduser()
         if not (folder / CONFIG_FILE).is_file():
-            raise BaseModelError(f"--base-model {override}: no {CONFIG_FILE} there; point at a folder holding a copy "
-                                 f"of the base model, {described}")
+            raise BaseModelError(
+                f"--base-model {override}: no {CONFIG_FILE} there; point at a folder holding a copy "
+                f"of the base model, {described}"
+            )
         if kind == "local" and hash_folder(folder) != expected:
             raise BaseModelError(
                 f"--base-model {override}: its content (sha256 {hash_folder(folder)[:12]}) differs from the base the "
-                f"model was trained on, {described}; point at an exact copy of that folder")
+                f"model was trained on, {described}; point at an exact copy of that folder"
+            )
         snapshot = hub_reference(folder.resolve())
         if kind == "hub" and snapshot and fingerprint.get("commit") and snapshot[1] != fingerprint["commit"]:
             raise BaseModelError(
                 f"--base-model {override}: a snapshot of commit {snapshot[1][:12]}, but the model was trained on "
-                f"{described}; `hf download {recorded} --revision {fingerprint['commit']}` and point at that")
+                f"{described}; `hf download {recorded} --revision {fingerprint['commit']}` and point at that"
+            )
         return str(folder)
     if kind == "local":
         if not Path(recorded).is_dir():
             raise BaseModelError(
                 f"the registered model's base is {described}, which is not on this machine; pass --base-model PATH "
-                "pointing at a copy of it")
+                "pointing at a copy of it"
+            )
         if expected and hash_folder(recorded) != expected:
             raise BaseModelError(
                 f"the registered model's base {recorded} changed since training (content sha256 "
                 f"{hash_folder(recorded)[:12]}, expected {expected[:12]}); pass --base-model PATH pointing at a copy "
-                "of the original")
+                "of the original"
+            )
         return recorded
     if kind == "hub":
         try:
@@ -112,14 +134,17 @@ def check_base_available(fingerprint: dict, override: Optional[str] = None) -> N
     kind, recorded = fingerprint.get("kind"), fingerprint["name_or_path"]
     if override is not None:
         if not (Path(override).expanduser() / CONFIG_FILE).is_file():
-            raise BaseModelError(f"--base-model {override}: no {CONFIG_FILE} there; point at a folder holding a copy "
-                                 f"of the base model {recorded}")
+            raise BaseModelError(
+                f"--base-model {override}: no {CONFIG_FILE} there; point at a folder holding a copy "
+                f"of the base model {recorded}"
+            )
         return
     if kind == "local" and not Path(recorded).is_dir():
         sha = (fingerprint.get("content_sha256") or "?")[:12]
         raise BaseModelError(
             f"the registered model's base is the local folder {recorded} (content sha256 {sha}), which is not on "
-            "this machine; pass --base-model PATH pointing at a copy of it")
+            "this machine; pass --base-model PATH pointing at a copy of it"
+        )
     if kind == "hub":
         from huggingface_hub import constants, try_to_load_from_cache
 
@@ -129,5 +154,7 @@ def check_base_available(fingerprint: dict, override: Optional[str] = None) -> N
             raise BaseModelError(
                 f"the registered model's base {recorded} (commit {revision or 'main'}) is not in the local Hugging "
                 f"Face cache ({constants.HF_HUB_CACHE}) and the Hub cannot be used; `hf download {recorded}"
-                + (f" --revision {revision}" if revision else "") + "` first, or pass --base-model PATH pointing at a "
-                "local copy")
+                + (f" --revision {revision}" if revision else "")
+                + "` first, or pass --base-model PATH pointing at a "
+                "local copy"
+            )

@@ -51,8 +51,10 @@ def distillation_loss(
     has_teacher: (batch,) bool, default all True. Returns a scalar float32 tensor.
     """
     if teacher_probs.shape != logits.shape:
-        raise ValueError(f"teacher_probs must be (batch, {NUM_CLASSES}) like the logits {tuple(logits.shape)}, "
-                         f"got {tuple(teacher_probs.shape)}")
+        raise ValueError(
+            f"teacher_probs must be (batch, {NUM_CLASSES}) like the logits {tuple(logits.shape)}, "
+            f"got {tuple(teacher_probs.shape)}"
+        )
     logits = logits.float()
     hard = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")  # (batch,)
     if has_teacher is None:

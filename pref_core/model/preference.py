@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from pref_core.model.backbone import load_backbone, resolve_load_device
 from pref_core.config.choices import Head, require_choice
 from pref_core.data.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.model.backbone import load_backbone, resolve_load_device
 from pref_core.model.losses import preference_loss
 
 if TYPE_CHECKING:
@@ -202,7 +202,11 @@ def resolve_target_modules(target_modules: Union[str, list[str]], backbone: nn.M
 
 
 def build_model(
-    model_config: "ModelConfig", lora: "LoraSettings", tokenizer, *, seed: int,
+    model_config: "ModelConfig",
+    lora: "LoraSettings",
+    tokenizer,
+    *,
+    seed: int,
     name_or_path: Optional[Union[str, Path]] = None,
 ) -> "PeftModel":
     """Backbone + head + LoRA, ready to train: only LoRA weights (and the classifier head) are trainable.
@@ -231,8 +235,12 @@ def build_model(
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info(
         "LoRA r=%d on %s, head=%s: %d trainable of %d parameters (%.3f%%)",
-        lora.r, sorted(lora_config.target_modules), model_config.head,
-        trainable, total, 100.0 * trainable / max(total, 1),
+        lora.r,
+        sorted(lora_config.target_modules),
+        model_config.head,
+        trainable,
+        total,
+        100.0 * trainable / max(total, 1),
     )
     return peft_model
 

@@ -161,8 +161,15 @@ def download_base_model(name_or_path: str, revision: Optional[str] = None) -> st
 
     local_only = constants.is_offline_mode() or not hub_reachable()
     try:
-        folder = Path(snapshot_download(name_or_path, revision=revision, allow_patterns=list(SNAPSHOT_PATTERNS),
-                                        ignore_patterns=list(SNAPSHOT_IGNORE), local_files_only=local_only))
+        folder = Path(
+            snapshot_download(
+                name_or_path,
+                revision=revision,
+                allow_patterns=list(SNAPSHOT_PATTERNS),
+                ignore_patterns=list(SNAPSHOT_IGNORE),
+                local_files_only=local_only,
+            )
+        )
     except Exception as err:  # noqa: BLE001
         raise BaseModelError(describe_hub_error(err, name_or_path, revision)) from None
     if not any(folder.glob("*.safetensors")):
@@ -206,29 +213,54 @@ def describe_hub_error(err: BaseException, repo_id: str, revision: Optional[str]
     """One line for a failed Hub look-up of `repo_id`: gated, not found, revision unknown, or unreachable."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
-        GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     chain = list(_causes(err))
-    status = next((e.response.status_code for e in chain
-                   if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None), None)
-    download = (f"pre-download it on a machine with access (`hf download {repo_id}`"
-                + (f" --revision {revision}" if revision else "") + "), then run with HF_HUB_OFFLINE=1")
+    status = next(
+        (
+            e.response.status_code
+            for e in chain
+            if isinstance(e, HfHubHTTPError) and getattr(e, "response", None) is not None
+        ),
+        None,
+    )
+    download = (
+        f"pre-download it on a machine with access (`hf download {repo_id}`"
+        + (f" --revision {revision}" if revision else "")
+        + "), then run with HF_HUB_OFFLINE=1"
+    )
     if any(isinstance(e, GatedRepoError) for e in chain) or status == 403:
-        return (f"model.name_or_path: {repo_id} is a gated model; accept its licence at {hub_page(repo_id)} "
-                "while logged in, then give this machine your token (export HF_TOKEN=hf_... or `hf auth login`)")
+        return (
+            f"model.name_or_path: {repo_id} is a gated model; accept its licence at {hub_page(repo_id)} "
+            "while logged in, then give this machine your token (export HF_TOKEN=hf_... or `hf auth login`)"
+        )
     if any(isinstance(e, RevisionNotFoundError) for e in chain):
-        return (f"model.revision: {revision!r} does not exist in {repo_id}; use a branch, tag or commit of "
-                f"{hub_page(repo_id)} (or null for main)")
+        return (
+            f"model.revision: {revision!r} does not exist in {repo_id}; use a branch, tag or commit of "
+            f"{hub_page(repo_id)} (or null for main)"
+        )
     if any(isinstance(e, RepositoryNotFoundError) for e in chain) or status in (401, 404):
-        return (f"model.name_or_path: {repo_id} was not found on the Hub ({constants.ENDPOINT}); check the "
-                "spelling, or, if it is private or gated, set HF_TOKEN to a token that can read it")
+        return (
+            f"model.name_or_path: {repo_id} was not found on the Hub ({constants.ENDPOINT}); check the "
+            "spelling, or, if it is private or gated, set HF_TOKEN to a token that can read it"
+        )
     if any(isinstance(e, RemoteEntryNotFoundError) for e in chain):
-        return (f"model.name_or_path: {repo_id} has no {CONFIG_FILE}, so it is not a transformers model; "
-                "choose a model repository")
+        return (
+            f"model.name_or_path: {repo_id} has no {CONFIG_FILE}, so it is not a transformers model; "
+            "choose a model repository"
+        )
     if constants.is_offline_mode() or any(isinstance(e, OfflineModeIsEnabled) for e in chain):
-        return (f"model.name_or_path: {repo_id} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                f"and HF_HUB_OFFLINE=1 forbids downloading it; unset HF_HUB_OFFLINE, or {download}")
-    return (f"model.name_or_path: cannot reach the Hugging Face Hub ({constants.ENDPOINT}) to fetch {repo_id}, "
-            f"and it is not in the local cache ({constants.HF_HUB_CACHE}); check the network, or {download}")
+        return (
+            f"model.name_or_path: {repo_id} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and HF_HUB_OFFLINE=1 forbids downloading it; unset HF_HUB_OFFLINE, or {download}"
+        )
+    return (
+        f"model.name_or_path: cannot reach the Hugging Face Hub ({constants.ENDPOINT}) to fetch {repo_id}, "
+        f"and it is not in the local cache ({constants.HF_HUB_CACHE}); check the network, or {download}"
+    )

@@ -63,24 +63,43 @@ def split_rows(lengths: Sequence[int], n_parts: int) -> list[np.ndarray]:
     return [np.sort(order[k::n_parts]) for k in range(n_parts)]
 
 
-def _fold_probabilities_on_device(model_config, adapter_dirs, input_ids, input_ids_swap, base_model, device,
-                                  batch_size: int, progress: bool = False, num_threads: Optional[int] = None):
+def _fold_probabilities_on_device(
+    model_config,
+    adapter_dirs,
+    input_ids,
+    input_ids_swap,
+    base_model,
+    device,
+    batch_size: int,
+    progress: bool = False,
+    num_threads: Optional[int] = None,
+):
     """Per-adapter (n, 3) probabilities of the rows, one base loaded on `device` with every adapter switched in."""
     import os
 
     import torch
 
-    from pref_core.predict.inference import predict_token_ids
     from pref_core.model.preference import load_preference_ensemble
+    from pref_core.predict.inference import predict_token_ids
 
     if num_threads:
         torch.set_num_threads(num_threads)
-    model, tokenizer, names = load_preference_ensemble(model_config, adapter_dirs, name_or_path=base_model, device=device)
+    model, tokenizer, names = load_preference_ensemble(
+        model_config, adapter_dirs, name_or_path=base_model, device=device
+    )
     outputs = []
     for name in names:
         model.set_adapter(name)  # LoRA weights and the classifier head (modules_to_save) switch together
-        outputs.append(predict_token_ids(model, input_ids, input_ids_swap, batch_size=batch_size,
-                                         pad_token_id=tokenizer.pad_token_id, progress=progress))
+        outputs.append(
+            predict_token_ids(
+                model,
+                input_ids,
+                input_ids_swap,
+                batch_size=batch_size,
+                pad_token_id=tokenizer.pad_token_id,
+                progress=progress,
+            )
+        )
     return outputs, os.getpid()
 
 
@@ -107,8 +126,9 @@ def predict_fold_probabilities(
     """
     if not devices or len(devices) == 1:
         device = devices[0] if devices else None
-        outputs, pid = _fold_probabilities_on_device(model_config, adapter_dirs, input_ids, input_ids_swap, base_model,
-                                                     device, batch_size, progress=progress)
+        outputs, pid = _fold_probabilities_on_device(
+            model_config, adapter_dirs, input_ids, input_ids_swap, base_model, device, batch_size, progress=progress
+        )
         return outputs, [(str(device or "default"), pid, len(input_ids))]
     import multiprocessing
     import os
@@ -127,9 +147,20 @@ def predict_fold_probabilities(
         for device, share in zip(devices, shares):
             ids = [input_ids[i] for i in share]
             ids_swap = None if input_ids_swap is None else [input_ids_swap[i] for i in share]
-            futures.append(pool.submit(_fold_probabilities_on_device, model_config, adapter_dirs, ids, ids_swap,
-                                       base_model, device, batch_size, False,
-                                       threads if str(device).startswith("cpu") else None))
+            futures.append(
+                pool.submit(
+                    _fold_probabilities_on_device,
+                    model_config,
+                    adapter_dirs,
+                    ids,
+                    ids_swap,
+                    base_model,
+                    device,
+                    batch_size,
+                    False,
+                    threads if str(device).startswith("cpu") else None,
+                )
+            )
         for device, share, future in zip(devices, shares, futures):
             outputs, pid = future.result()
             if merged is None:
@@ -168,8 +199,16 @@ def predict_with_adapters(
                 "view as well, or set train.tta_swap=false"
             )
         input_ids_swap = list(dataset["input_ids_swap"])
-    outputs, _ = predict_fold_probabilities(model_config, adapter_dirs, input_ids, input_ids_swap, batch_size=batch_size,
-                                            base_model=base_model, devices=devices, progress=progress)
+    outputs, _ = predict_fold_probabilities(
+        model_config,
+        adapter_dirs,
+        input_ids,
+        input_ids_swap,
+        batch_size=batch_size,
+        base_model=base_model,
+        devices=devices,
+        progress=progress,
+    )
     return average_probabilities(outputs, temperature)
 
 
@@ -194,6 +233,14 @@ def predict_frame_probabilities(
     tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
     input_ids, input_ids_swap = encode_frame(frame, tokenizer, prompt, with_swap=tta_swap)
     # Each fold's probabilities are calibrated before the mean, as the OOF temperature was fit.
-    return predict_with_adapters(model_config, adapter_dirs, {"input_ids": input_ids, "input_ids_swap": input_ids_swap},
-                                 batch_size=batch_size, tta_swap=tta_swap, base_model=base_model, progress=progress,
-                                 devices=devices, temperature=temperature)
+    return predict_with_adapters(
+        model_config,
+        adapter_dirs,
+        {"input_ids": input_ids, "input_ids_swap": input_ids_swap},
+        batch_size=batch_size,
+        tta_swap=tta_swap,
+        base_model=base_model,
+        progress=progress,
+        devices=devices,
+        temperature=temperature,
+    )

@@ -84,8 +84,14 @@ def _predict_column(
         lengths = np.asarray([len(seq) for seq in dataset[input_column]])
     rows_only = dataset.select_columns([input_column])
     return _predict_sequences(
-        model, lambda index: rows_only[index][input_column], lengths, batch_size, pad_token_id,
-        pad_to_multiple_of, progress, view="swapped" if input_column.endswith("_swap") else "rows",
+        model,
+        lambda index: rows_only[index][input_column],
+        lengths,
+        batch_size,
+        pad_token_id,
+        pad_to_multiple_of,
+        progress,
+        view="swapped" if input_column.endswith("_swap") else "rows",
     )
 
 
@@ -112,9 +118,9 @@ def _predict_sequences(
     for start in starts:
         index = order[start : start + batch_size]
         batch = collate([{"input_ids": seq} for seq in sequences_at(index.tolist())])
-        logits = model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        )["logits"]  # (batch, 3)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))[
+            "logits"
+        ]  # (batch, 3)
         probabilities[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return probabilities
 
@@ -160,8 +166,14 @@ def predict_token_ids(
     def predict_view(swapped: bool) -> np.ndarray:
         rows = input_ids_swap if swapped else input_ids
         return _predict_sequences(
-            model, lambda index: [rows[i] for i in index], np.asarray([len(seq) for seq in rows]), batch_size,
-            pad_token_id, pad_to_multiple_of, progress, view="swapped" if swapped else "rows",
+            model,
+            lambda index: [rows[i] for i in index],
+            np.asarray([len(seq) for seq in rows]),
+            batch_size,
+            pad_token_id,
+            pad_to_multiple_of,
+            progress,
+            view="swapped" if swapped else "rows",
         )
 
     return _average_views(model, predict_view, with_swap=input_ids_swap is not None)

@@ -11,8 +11,8 @@ from typing import Sequence, Union
 import numpy as np
 import pandas as pd
 
-from pref_core.predict.ensemble import average_probabilities
 from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.predict.ensemble import average_probabilities
 
 SUBMISSION_COLUMNS = ("id", *LABEL_COLUMNS)
 
@@ -24,7 +24,9 @@ def test_file_ids(test_csv: Union[str, Path]) -> list[str]:
     return list(dict.fromkeys(ids.tolist()))
 
 
-def average_fold_predictions(frames: Sequence[pd.DataFrame], test_ids: Sequence[str], temperature: float = 1.0) -> pd.DataFrame:
+def average_fold_predictions(
+    frames: Sequence[pd.DataFrame], test_ids: Sequence[str], temperature: float = 1.0
+) -> pd.DataFrame:
     """Mean of the folds' (n, 3) probabilities, each calibrated before the mean (where the OOF
     temperature was fit), aligned on id, in the test file's order."""
     ids = [str(i) for i in test_ids]
@@ -42,7 +44,9 @@ def class_prior(labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels, minlength=len(LABEL_COLUMNS)) / len(labels)
 
 
-def fill_missing_with_prior(submission: pd.DataFrame, all_ids: Sequence[str], prior: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+def fill_missing_with_prior(
+    submission: pd.DataFrame, all_ids: Sequence[str], prior: np.ndarray
+) -> tuple[pd.DataFrame, list[str]]:
     """`submission` with one row per id of `all_ids`, in that order: ids it lacks (rows ingest rejected)
     get `prior`. Kaggle scores a submission only with one row per test id. Returns (full, filled ids)."""
     predicted = submission.assign(id=submission["id"].astype(str)).set_index("id")

@@ -80,9 +80,7 @@ def _check_turns(prompt_turns: Turns, response_a_turns: Turns, response_b_turns:
     return counts[0]
 
 
-def build_prompt(
-    prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns, template: str = "seed"
-) -> str:
+def build_prompt(prompt_turns: Turns, response_a_turns: Turns, response_b_turns: Turns, template: str = "seed") -> str:
     """The full, untruncated text of one example (what `encode_example` tokenizes when it fits).
 
     seed:       ``<prompt>: p1 p2\\n\\n<response_a>: a1 a2\\n\\n<response_b>: b1 b2`` + CLOSING_QUESTION,
@@ -193,9 +191,9 @@ class PromptEncoder:
             return [known[t] for t in texts]
 
         headers = [h + " " for h in _HEADERS]
-        whole = encode_all([
-            h + " ".join(_turn_text(t) for t in turns) for row in rows for h, turns in zip(headers, row)
-        ])
+        whole = encode_all(
+            [h + " ".join(_turn_text(t) for t in turns) for row in rows for h, turns in zip(headers, row)]
+        )
         parts = [whole[3 * i : 3 * i + 3] for i in range(len(rows))]
         before = [len(self._bos) + sum(len(x) for x in part) + len(self._closing) for part in parts]
         over = [i for i, part in enumerate(parts) if sum(len(x) for x in part) > self.prompt_config.max_length]
@@ -310,22 +308,29 @@ def explain_rows(tokenizer, frame, prompt_config: PromptConfig, head: str, label
     """
     rows = list(zip(*(frame[c] for c in TURN_COLUMNS)))
     examples, _ = PromptEncoder(tokenizer, prompt_config).explain_batch(rows)
-    label_ids = dict(zip(LABEL_COLUMNS, get_label_token_ids(tokenizer, label_tokens))) if head == "label_token" else None
+    label_ids = (
+        dict(zip(LABEL_COLUMNS, get_label_token_ids(tokenizer, label_tokens))) if head == "label_token" else None
+    )
     labels = frame["label"].tolist() if "label" in frame.columns else [None] * len(frame)
     out = []
     for row_id, example, label in zip(frame["id"], examples, labels):
         ids = example.input_ids
-        out.append({
-            "id": str(row_id),
-            "segments": [{"name": name, "text": tokenizer.decode(piece), "ids": list(piece)}
-                         for name, piece in example.segments if piece],
-            "input_ids": ids,
-            "n_tokens": len(ids),
-            "n_tokens_untruncated": example.n_tokens_untruncated,
-            "head_position": len(ids) - 1,
-            "label_token_ids": label_ids,
-            "label": None if label is None or int(label) < 0 else LABEL_COLUMNS[int(label)],
-        })
+        out.append(
+            {
+                "id": str(row_id),
+                "segments": [
+                    {"name": name, "text": tokenizer.decode(piece), "ids": list(piece)}
+                    for name, piece in example.segments
+                    if piece
+                ],
+                "input_ids": ids,
+                "n_tokens": len(ids),
+                "n_tokens_untruncated": example.n_tokens_untruncated,
+                "head_position": len(ids) - 1,
+                "label_token_ids": label_ids,
+                "label": None if label is None or int(label) < 0 else LABEL_COLUMNS[int(label)],
+            }
+        )
     return out
 
 

@@ -18,8 +18,8 @@ import pandas as pd
 
 from pref_core.config.schema import PromptConfig
 from pref_core.data.labels import TURN_COLUMNS
-from pref_core.text.prompts import PromptEncoder
 from pref_core.publish import publishing_dir
+from pref_core.text.prompts import PromptEncoder
 
 # Bump whenever prompts.py or this module change the ids produced for the same inputs:
 # it is part of every cache key, so old caches are simply not found any more.
@@ -138,9 +138,7 @@ def tokenize_frame(
 
     missing = [c for c in ("id", *TURN_COLUMNS) if c not in frame.columns]
     if missing:
-        raise ValueError(
-            f"tokenize_frame: the frame lacks column(s) {missing}; pass the frame of data.read_arena_csv"
-        )
+        raise ValueError(f"tokenize_frame: the frame lacks column(s) {missing}; pass the frame of data.read_arena_csv")
     features, order = _output_features(with_swap)
     if len(frame) == 0:  # map() skips empty datasets and would leave the output columns out
         return datasets.Dataset.from_dict({c: [] for c in order}, features=features)
@@ -165,11 +163,13 @@ def _source_dataset(frame: pd.DataFrame):
     labels = frame["label"].astype("int64").tolist() if "label" in frame.columns else [-1] * len(frame)
     return datasets.Dataset.from_dict(
         {"id": frame["id"].astype(str).tolist(), **{c: frame[c].tolist() for c in TURN_COLUMNS}, "label": labels},
-        features=datasets.Features({
-            "id": datasets.Value("string"),
-            **{c: datasets.List(datasets.Value("string")) for c in TURN_COLUMNS},
-            "label": datasets.Value("int64"),
-        }),
+        features=datasets.Features(
+            {
+                "id": datasets.Value("string"),
+                **{c: datasets.List(datasets.Value("string")) for c in TURN_COLUMNS},
+                "label": datasets.Value("int64"),
+            }
+        ),
     )
 
 
@@ -225,8 +225,13 @@ def build_token_cache(
         dataset = tokenize_frame(frame, tokenizer, prompt_config, with_swap=with_swap, num_proc=num_proc)
         dataset.save_to_disk(str(tmp))
         meta = {
-            "key": key, "n_rows": len(dataset), "ids_sha256": ids_hash, "data_hash": data_hash,
-            "prompt": prompt_config.model_dump(mode="json"), "with_swap": with_swap, "format_version": FORMAT_VERSION,
+            "key": key,
+            "n_rows": len(dataset),
+            "ids_sha256": ids_hash,
+            "data_hash": data_hash,
+            "prompt": prompt_config.model_dump(mode="json"),
+            "with_swap": with_swap,
+            "format_version": FORMAT_VERSION,
         }
         (tmp / _META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return CacheResult(path=target, key=key, hit=False, n_rows=meta["n_rows"])
@@ -239,7 +244,8 @@ def load_token_cache(path: Union[str, Path]):
     path = Path(path)
     if not (path / _META_FILE).is_file():
         raise FileNotFoundError(
-            f"{path} is not a token cache (no {_META_FILE}); build it with pref_core.text.tokenization.build_token_cache"
+            f"{path} is not a token cache (no {_META_FILE}); "
+            "build it with pref_core.text.tokenization.build_token_cache"
         )
     return datasets.load_from_disk(str(path))
 

@@ -57,9 +57,7 @@ def split_proportionally(lengths: Sequence[int], budget: int) -> list[int]:
     return [b + extra for b, extra in zip(base, shares)]
 
 
-def truncate_pieces(
-    pieces: Pieces, overhead: Callable[[int], int], max_length: int, policy: str
-) -> tuple[int, Pieces]:
+def truncate_pieces(pieces: Pieces, overhead: Callable[[int], int], max_length: int, policy: str) -> tuple[int, Pieces]:
     """(first kept turn, the kept pieces cut to fit) for an example that does not fit `max_length`.
 
     `overhead(first)`: tokens of the template's fixed text (BOS, headers, closing question) when the

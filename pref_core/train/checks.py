@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from pref_core.errors import UserError
 from pref_core.config.schema import DistillConfig, ModelConfig, TrainConfig
 from pref_core.data.labels import NUM_CLASSES
+from pref_core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,11 @@ def check_runtime(model: ModelConfig, train: TrainConfig, cuda_available: Option
     except ValueError as err:
         raise MachineError(str(err)) from None
     warnings = []
-    if model.attn_implementation == "flash_attention_2":
-        if not (cuda_available and _installed("flash_attn")):
-            warnings.append(
-                "model.attn_implementation=flash_attention_2 but flash-attn is not usable here (package missing or "
-                "no CUDA GPU); using sdpa instead (`pip install flash-attn` on the GPU machine to use it)"
-            )
+    if model.attn_implementation == "flash_attention_2" and not (cuda_available and _installed("flash_attn")):
+        warnings.append(
+            "model.attn_implementation=flash_attention_2 but flash-attn is not usable here (package missing or "
+            "no CUDA GPU); using sdpa instead (`pip install flash-attn` on the GPU machine to use it)"
+        )
     return warnings
 
 
@@ -139,7 +138,11 @@ def check_teacher_coverage(distill: DistillConfig, train_ds) -> int:
     logger.info(
         "distillation: %d of %d train rows have a teacher (the others train on their hard label only); "
         "hard_weight=%g kl_weight=%g temperature=%g",
-        with_teacher, len(train_ds), distill.hard_weight, distill.kl_weight, distill.temperature,
+        with_teacher,
+        len(train_ds),
+        distill.hard_weight,
+        distill.kl_weight,
+        distill.temperature,
     )
     if with_teacher == 0:
         raise ValueError(
@@ -150,10 +153,10 @@ def check_teacher_coverage(distill: DistillConfig, train_ds) -> int:
     if distill.hard_weight == 0 and with_teacher < len(train_ds):
         logger.warning(
             "distill.hard_weight=0: the %d train rows without a teacher add no loss; set distill.hard_weight "
-            "above 0 to train on their labels", len(train_ds) - with_teacher,
+            "above 0 to train on their labels",
+            len(train_ds) - with_teacher,
         )
     return with_teacher
-
 
 
 # -- processes -----------------------------------------------------------------------------------------------------

@@ -47,7 +47,9 @@ def plan_device_slots(
     devices = list(visible_cuda_devices() if cuda_devices is None else cuda_devices)
     if not devices:
         return [f"{CPU_SLOT_PREFIX}{i}" for i in range(max_parallel or 1)]
-    groups = [devices[i : i + devices_per_fold] for i in range(0, len(devices) - devices_per_fold + 1, devices_per_fold)]
+    groups = [
+        devices[i : i + devices_per_fold] for i in range(0, len(devices) - devices_per_fold + 1, devices_per_fold)
+    ]
     if not groups:
         raise ValueError(
             f"train.num_processes={devices_per_fold} but only {len(devices)} CUDA device(s) are visible "

@@ -71,7 +71,9 @@ def fsdp_training_arguments(train: "TrainConfig", model: "ModelConfig") -> dict[
     return {"fsdp": True, "fsdp_config": fsdp_config(model)}
 
 
-def fsdp_quantization_arguments(train: "TrainConfig", model: "ModelConfig", compute_dtype: "torch.dtype") -> dict[str, Any]:
+def fsdp_quantization_arguments(
+    train: "TrainConfig", model: "ModelConfig", compute_dtype: "torch.dtype"
+) -> dict[str, Any]:
     """BitsAndBytesConfig keywords a 4-bit base needs under FSDP: its packed weights stored in the compute
     dtype, so FSDP2 shards them like the others (uint8 storage leaves a full copy on every GPU)."""
     if train.distributed != "fsdp" or train.num_processes == 1 or model.quantization != "4bit":

@@ -3,7 +3,8 @@
 `fine_tune_fold` runs them in order (litgpt's finetune/lora.py reads the same way):
 
 1. check (checks.check_fold_inputs): the splits and the columns train.swap / distill need, before the model loads;
-2. setup (`setup_fold`): tokenizer, LoRA model (pref_core.model.preference.build_model) and the Trainer (trainer.build_trainer);
+2. setup (`setup_fold`): tokenizer, LoRA model (pref_core.model.preference.build_model) and the Trainer
+   (trainer.build_trainer);
 3. train (`train_with_resume`): from the latest checkpoint in ``checkpoints/`` when there is one, so a killed
    fold continues where it stopped, bit for bit;
 4. validate (`validate_fold`, `validate_with_tta`): metrics ``val_log_loss`` / ``val_accuracy``, seen by the
@@ -34,17 +35,16 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from pref_core.errors import UserError
-from pref_core.model.backbone import resolve_model_source
-from pref_core.train.callbacks import LoggingCallback, ValidationRecorder
 from pref_core.config.schema import ModelConfig, RunConfig, TrainConfig
-from pref_core.train.checks import check_fold_inputs, is_main_process, world_size
-from pref_core.predict.inference import predict_probabilities
 from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.errors import UserError
 from pref_core.evaluate.metrics import compute_accuracy, compute_log_loss
+from pref_core.model.backbone import resolve_model_source
 from pref_core.model.preference import build_model, save_adapter
-from pref_core.train.sampling import dataset_lengths
+from pref_core.predict.inference import predict_probabilities
 from pref_core.text.tokenization import load_tokenizer
+from pref_core.train.callbacks import LoggingCallback, ValidationRecorder
+from pref_core.train.checks import check_fold_inputs, is_main_process, world_size
 from pref_core.train.result import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -53,6 +53,7 @@ from pref_core.train.result import (
     VAL_PREDICTIONS_FILE,
     FoldResult,
 )
+from pref_core.train.sampling import dataset_lengths
 from pref_core.train.trainer import PreferenceTrainer, build_trainer, resolve_padding
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,13 @@ class FoldOutOfMemoryError(UserError, RuntimeError):
     """CUDA ran out of memory in a fold; the message is one line (what was running, the batch, the fix)."""
 
 
-MEMORY_KEYS = ("train.per_device_batch_size", "train.gradient_accumulation_steps", "model.gradient_checkpointing",
-               "model.quantization", "prompt.max_length")
+MEMORY_KEYS = (
+    "train.per_device_batch_size",
+    "train.gradient_accumulation_steps",
+    "model.gradient_checkpointing",
+    "model.quantization",
+    "prompt.max_length",
+)
 
 
 def describe_out_of_memory(config: RunConfig, phase: str, batch_shape: Optional[Sequence[int]] = None) -> str:
@@ -79,8 +85,10 @@ def describe_out_of_memory(config: RunConfig, phase: str, batch_shape: Optional[
         rows, length = int(batch_shape[0]), int(batch_shape[-1])
         hit = f"at batch size {rows} (rows), sequence length {length}"
     else:
-        hit = (f"at up to batch size {config.train.eval_batch_size} (train.eval_batch_size), sequence length "
-               f"{config.prompt.max_length}")
+        hit = (
+            f"at up to batch size {config.train.eval_batch_size} (train.eval_batch_size), sequence length "
+            f"{config.prompt.max_length}"
+        )
     train, model = config.train, config.model
     return (
         f"CUDA out of memory during {phase} {hit}; reduce memory with train.per_device_batch_size "
@@ -175,7 +183,11 @@ def fine_tune_fold(
             return _train_fold(config, train_ds, val_ds, output_dir, callbacks, name_or_path, test_ds, progress)
         except torch.cuda.OutOfMemoryError:
             trainer = progress["trainer"]
-            shape = trainer.last_batch_shape if trainer is not None and not progress["phase"].endswith("prediction") else None
+            shape = (
+                trainer.last_batch_shape
+                if trainer is not None and not progress["phase"].endswith("prediction")
+                else None
+            )
             message = describe_out_of_memory(config, progress["phase"], shape)
             # The traceback goes to a file, the console gets the one line.
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -187,8 +199,9 @@ def fine_tune_fold(
             raise FoldOutOfMemoryError(message) from None
 
 
-def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None,
-                progress: Optional[dict] = None) -> FoldResult:
+def _train_fold(
+    config, train_ds, val_ds, output_dir: Path, callbacks, name_or_path, test_ds=None, progress: Optional[dict] = None
+) -> FoldResult:
     """The phases of `fine_tune_fold`; `progress` (phase, trainer) tells it what ran out of memory."""
     progress = {} if progress is None else progress
     check_fold_inputs(config.train, config.distill, train_ds, val_ds)  # before the model loads: fails in seconds
@@ -202,8 +215,13 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
     probabilities, metrics = validate_fold(fold, val_ds, train_output, resume_from)
     resumed_from = str(resume_from) if resume_from else None
     if not is_main_process():  # the other processes of a distributed fold: rank 0 writes and predicts
-        return FoldResult(fold_dir=output_dir, adapter_dir=output_dir / ADAPTER_DIR,
-                          val_predictions=output_dir / VAL_PREDICTIONS_FILE, metrics=metrics, resumed_from=resumed_from)
+        return FoldResult(
+            fold_dir=output_dir,
+            adapter_dir=output_dir / ADAPTER_DIR,
+            val_predictions=output_dir / VAL_PREDICTIONS_FILE,
+            metrics=metrics,
+            resumed_from=resumed_from,
+        )
     if config.train.tta_swap:
         probabilities, metrics = validate_with_tta(fold, config.train, val_ds, metrics)
     predictions_path, adapter_dir = save_fold(fold, output_dir, val_ds, probabilities)
@@ -217,10 +235,20 @@ def _train_fold(config, train_ds, val_ds, output_dir: Path, callbacks, name_or_p
         train_path = predict_rows(fold, config.train, train_ds, output_dir / TRAIN_PREDICTIONS_FILE)
     logger.info(
         "fold done: val_log_loss=%.4f val_accuracy=%.3f train_loss=%.4f in %.1fs",
-        metrics["val_log_loss"], metrics["val_accuracy"], metrics["train_loss"], metrics["train_runtime_s"],
+        metrics["val_log_loss"],
+        metrics["val_accuracy"],
+        metrics["train_loss"],
+        metrics["train_runtime_s"],
     )
-    return FoldResult(fold_dir=output_dir, adapter_dir=adapter_dir, val_predictions=predictions_path, metrics=metrics,
-                      test_predictions=test_path, train_predictions=train_path, resumed_from=resumed_from)
+    return FoldResult(
+        fold_dir=output_dir,
+        adapter_dir=adapter_dir,
+        val_predictions=predictions_path,
+        metrics=metrics,
+        test_predictions=test_path,
+        train_predictions=train_path,
+        resumed_from=resumed_from,
+    )
 
 
 @dataclass
@@ -233,8 +261,14 @@ class FoldSetup:
     val_order: np.ndarray  # (n_val,): the val_ds row of each row of the trainer's eval dataset (longest first)
 
 
-def setup_fold(config: RunConfig, train_ds, val_ds, checkpoints_dir: Path, callbacks: Sequence[TrainerCallback],
-               name_or_path: Optional[Union[str, Path]]) -> FoldSetup:
+def setup_fold(
+    config: RunConfig,
+    train_ds,
+    val_ds,
+    checkpoints_dir: Path,
+    callbacks: Sequence[TrainerCallback],
+    name_or_path: Optional[Union[str, Path]],
+) -> FoldSetup:
     """Tokenizer, LoRA model and Trainer of the fold; the validation rows are evaluated longest first."""
     tokenizer = load_training_tokenizer(config.model, name_or_path)
     model = build_model(config.model, config.lora, tokenizer, name_or_path=name_or_path, seed=config.train.seed)
@@ -242,8 +276,14 @@ def setup_fold(config: RunConfig, train_ds, val_ds, checkpoints_dir: Path, callb
     val_order = np.argsort(-np.asarray(dataset_lengths(val_ds)), kind="stable")
     recorder = ValidationRecorder()
     trainer = build_trainer(
-        config, model, tokenizer, train_ds, val_ds.select(val_order), checkpoints_dir,
-        compute_metrics=recorder, callbacks=[recorder, LoggingCallback(), *callbacks],
+        config,
+        model,
+        tokenizer,
+        train_ds,
+        val_ds.select(val_order),
+        checkpoints_dir,
+        compute_metrics=recorder,
+        callbacks=[recorder, LoggingCallback(), *callbacks],
     )
     return FoldSetup(trainer=trainer, tokenizer=tokenizer, recorder=recorder, val_order=val_order)
 
@@ -251,7 +291,10 @@ def setup_fold(config: RunConfig, train_ds, val_ds, checkpoints_dir: Path, callb
 def train_with_resume(fold: FoldSetup, train: TrainConfig, train_ds, val_ds, resume_from: Optional[Path]):
     """Run the Trainer (from `resume_from` when given) and return its TrainOutput."""
     logger.info(
-        "training on %d rows (train.swap=%s), validating on %d rows, %s", len(train_ds), train.swap, len(val_ds),
+        "training on %d rows (train.swap=%s), validating on %d rows, %s",
+        len(train_ds),
+        train.swap,
+        len(val_ds),
         f"{train.max_steps} steps" if train.max_steps is not None else f"{train.num_epochs} epochs",
     )
     return fold.trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -277,8 +320,11 @@ def training_metrics(trainer: PreferenceTrainer, train_output, resume_from: Opti
     """train_loss (see FoldResult), runtime, throughput and global step of this train() call."""
     train_loss = train_output.training_loss
     if world_size() > 1:  # each process's training_loss is the mean of its own rows: average the processes
-        train_loss = float(trainer.accelerator.reduce(
-            torch.tensor(train_loss, dtype=torch.float32, device=trainer.args.device), reduction="mean"))
+        train_loss = float(
+            trainer.accelerator.reduce(
+                torch.tensor(train_loss, dtype=torch.float32, device=trainer.args.device), reduction="mean"
+            )
+        )
     if resume_from is not None:  # a resumed call only saw its own steps, so it reads the logged history
         train_loss = logged_train_loss(trainer.state.log_history)
     timing = train_output.metrics
@@ -296,8 +342,12 @@ def validate_with_tta(fold: FoldSetup, train: TrainConfig, val_ds, metrics: dict
     (the plain view's stays as val_log_loss_no_tta)."""
     pad_token_id, pad_to_multiple_of = resolve_padding(fold.tokenizer)
     probabilities = predict_probabilities(
-        fold.trainer.model, val_ds, batch_size=train.eval_batch_size, tta_swap=True,
-        pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of,
+        fold.trainer.model,
+        val_ds,
+        batch_size=train.eval_batch_size,
+        tta_swap=True,
+        pad_token_id=pad_token_id,
+        pad_to_multiple_of=pad_to_multiple_of,
     )
     labels = np.asarray(val_ds["label"])
     tta = {
@@ -305,15 +355,20 @@ def validate_with_tta(fold: FoldSetup, train: TrainConfig, val_ds, metrics: dict
         "val_accuracy_tta": compute_accuracy(labels, probabilities),
     }
     fold.trainer.log(tta)  # callbacks see the TTA numbers too
-    return probabilities, {**metrics, "val_log_loss_no_tta": metrics["val_log_loss"],
-                           "val_log_loss": tta["val_log_loss_tta"], "val_accuracy": tta["val_accuracy_tta"]}
+    return probabilities, {
+        **metrics,
+        "val_log_loss_no_tta": metrics["val_log_loss"],
+        "val_log_loss": tta["val_log_loss_tta"],
+        "val_accuracy": tta["val_accuracy_tta"],
+    }
 
 
 def save_fold(fold: FoldSetup, output_dir: Path, val_ds, probabilities: np.ndarray) -> tuple[Path, Path]:
     """Write the held-out predictions (with their labels) and the final adapter; returns both paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    predictions_path = write_predictions(output_dir / VAL_PREDICTIONS_FILE, val_ds["id"], probabilities,
-                                         labels=np.asarray(val_ds["label"]))
+    predictions_path = write_predictions(
+        output_dir / VAL_PREDICTIONS_FILE, val_ds["id"], probabilities, labels=np.asarray(val_ds["label"])
+    )
     adapter_dir = save_adapter(fold.trainer.model, output_dir / ADAPTER_DIR, fold.tokenizer)
     return predictions_path, adapter_dir
 
@@ -322,8 +377,13 @@ def predict_rows(fold: FoldSetup, train: TrainConfig, dataset, path: Path) -> Pa
     """Predict `dataset` with the trained model in memory (train.tta_swap: both orders) and write it to `path`."""
     pad_token_id, pad_to_multiple_of = resolve_padding(fold.tokenizer)
     probabilities = predict_probabilities(
-        fold.trainer.model, dataset, batch_size=train.eval_batch_size, tta_swap=train.tta_swap,
-        pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of, progress=True,
+        fold.trainer.model,
+        dataset,
+        batch_size=train.eval_batch_size,
+        tta_swap=train.tta_swap,
+        pad_token_id=pad_token_id,
+        pad_to_multiple_of=pad_to_multiple_of,
+        progress=True,
     )
     return write_predictions(path, dataset["id"], probabilities)
 

@@ -18,12 +18,12 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from pref_core.model.backbone import native_bf16
 from pref_core.config.schema import DistillConfig, ModelConfig, RunConfig, TrainConfig
-from pref_core.train.distributed import fsdp_training_arguments
-from pref_core.train.checks import check_train_inputs, check_world_size
-from pref_core.predict.inference import PreferenceCollator
+from pref_core.model.backbone import native_bf16
 from pref_core.model.losses import distillation_loss
+from pref_core.predict.inference import PreferenceCollator
+from pref_core.train.checks import check_train_inputs, check_world_size
+from pref_core.train.distributed import fsdp_training_arguments
 from pref_core.train.sampling import EpochSeededSampler, SwapViewDataset, check_swap_mode, dataset_lengths
 
 logger = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ class PreferenceTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.swap != "none" and not isinstance(dataset, SwapViewDataset):
-            raise ValueError(f"train.swap={self.swap} needs the train rows wrapped in SwapViewDataset "
-                             "(fine_tune_fold does this); pass SwapViewDataset(train_ds)")
+            raise ValueError(
+                f"train.swap={self.swap} needs the train rows wrapped in SwapViewDataset "
+                "(fine_tune_fold does this); pass SwapViewDataset(train_ds)"
+            )
         # Rows of one optimizer step over all processes (train.num_processes): the same length groups and
         # order as a 1-process run, which accelerate then deals out batch by batch to the processes.
         step_rows = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
@@ -92,13 +94,18 @@ class PreferenceTrainer(Trainer):
         teacher_probs = inputs.pop("teacher_probs", None)  # (batch, 3)
         has_teacher = inputs.pop("has_teacher", None)  # (batch,)
         if self.distill is None or teacher_probs is None or not model.training or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         loss = distillation_loss(
-            outputs["logits"], labels, teacher_probs, has_teacher,
-            hard_weight=self.distill.hard_weight, kl_weight=self.distill.kl_weight,
+            outputs["logits"],
+            labels,
+            teacher_probs,
+            has_teacher,
+            hard_weight=self.distill.hard_weight,
+            kl_weight=self.distill.kl_weight,
             temperature=self.distill.temperature,
         )
         return (loss, {**outputs, "loss": loss}) if return_outputs else loss
@@ -124,8 +131,10 @@ def resolve_optim(train_config: TrainConfig, quantized: bool = False) -> str:
             if importlib.util.find_spec("bitsandbytes") is not None:
                 optim = "adamw_8bit"
             else:
-                logger.warning("train.optim=auto: bitsandbytes is not installed, so no 8-bit AdamW; using adamw_torch "
-                               "(optimizer state takes 4x the memory; `pip install 'arena-pref[gpu]'` to fix)")
+                logger.warning(
+                    "train.optim=auto: bitsandbytes is not installed, so no 8-bit AdamW; using adamw_torch "
+                    "(optimizer state takes 4x the memory; `pip install 'arena-pref[gpu]'` to fix)"
+                )
     if optim == "adamw_8bit":
         # Paged: optimizer state can spill to CPU memory on spikes, the usual QLoRA setting.
         return "paged_adamw_8bit" if quantized else "adamw_bnb_8bit"
@@ -166,7 +175,9 @@ def schedule_arguments(train: TrainConfig) -> dict:
     }
 
 
-def build_training_arguments(train: TrainConfig, model: ModelConfig, checkpoints_dir: Union[str, Path]) -> TrainingArguments:
+def build_training_arguments(
+    train: TrainConfig, model: ModelConfig, checkpoints_dir: Union[str, Path]
+) -> TrainingArguments:
     """TrainingArguments for one fold from the train section (and model.quantization, model.gradient_checkpointing).
 
     With train.swap=both, train.per_device_batch_size counts pairs: each device batch holds that many pairs

@@ -36,9 +36,19 @@ def _config(num_processes: int, distributed: str) -> dict:
     return {
         "model": {"tiny": {}, "head": "label_token", "dtype": "fp32", "quantization": "none"},
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"max_steps": 4, "per_device_batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 1e-3,
-                  "warmup_steps": 0, "optim": "adamw_torch", "mixed_precision": "no", "save_steps": 2,
-                  "eval_batch_size": 8, "num_processes": num_processes, "distributed": distributed},
+        "train": {
+            "max_steps": 4,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 2,
+            "learning_rate": 1e-3,
+            "warmup_steps": 0,
+            "optim": "adamw_torch",
+            "mixed_precision": "no",
+            "save_steps": 2,
+            "eval_batch_size": 8,
+            "num_processes": num_processes,
+            "distributed": distributed,
+        },
     }
 
 
@@ -52,8 +62,13 @@ def _fold(spec: dict) -> dict:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    result = fine_tune_fold(parse_config(spec["config"]), load_from_disk(spec["train"]), load_from_disk(spec["val"]),
-                            spec["output_dir"], name_or_path=spec["base_model"])
+    result = fine_tune_fold(
+        parse_config(spec["config"]),
+        load_from_disk(spec["train"]),
+        load_from_disk(spec["val"]),
+        spec["output_dir"],
+        name_or_path=spec["base_model"],
+    )
     if is_main_process():
         Path(spec["output_dir"], "metrics.json").write_text(json.dumps(result.metrics))
     return result.metrics
@@ -68,8 +83,14 @@ def test_two_gpu_fsdp_fold_matches_one_process(tmp_path):
     folder = build_tiny_checkpoint(TEXTS, tmp_path / "tiny", hidden_size=64, intermediate_size=128, vocab_size=300)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = [tokenizer.encode(t) for t in TEXTS]
-    rows = Dataset.from_dict({"id": [str(i) for i in range(len(ids))], "input_ids": ids,
-                              "length": [len(x) for x in ids], "label": [i % 3 for i in range(len(ids))]})
+    rows = Dataset.from_dict(
+        {
+            "id": [str(i) for i in range(len(ids))],
+            "input_ids": ids,
+            "length": [len(x) for x in ids],
+            "label": [i % 3 for i in range(len(ids))],
+        }
+    )
     rows.select(range(40)).save_to_disk(str(tmp_path / "train"))
     rows.select(range(40, 60)).save_to_disk(str(tmp_path / "val"))
     common = {"train": str(tmp_path / "train"), "val": str(tmp_path / "val"), "base_model": str(folder)}
@@ -79,8 +100,9 @@ def test_two_gpu_fsdp_fold_matches_one_process(tmp_path):
     spec.write_text(json.dumps({**common, "config": _config(2, "fsdp"), "output_dir": str(tmp_path / "fsdp")}))
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", __file__, str(spec)],
-        check=True, timeout=600, env={**os.environ, "ARENA_PREF_FSDP_EXPERIMENTAL": "1",
-                                      "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=True,
+        timeout=600,
+        env={**os.environ, "ARENA_PREF_FSDP_EXPERIMENTAL": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     sharded = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
     assert sharded["global_step"] == single["global_step"] == 4
