@@ -18,7 +18,7 @@ LOCK_FLAGS = --quiet --python-version 3.11 --python-platform x86_64-manylinux_2_
 
 demo test smoke-real bench bench-gpu: export HF_HUB_OFFLINE := 1
 
-.PHONY: install lock lock-upgrade demo test smoke-real clean
+.PHONY: install lock lock-upgrade demo test lint format smoke-real clean
 
 install: $(STAMP)
 
@@ -46,8 +46,20 @@ lock-upgrade:
 demo: $(STAMP)
 	$(BIN)/arena-pref demo
 
+# Lint and format check first (ruff, configured in pyproject.toml): seconds, before the suite's minutes.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# `make format`: what `make test` checks, fixed in place (import order, lint autofixes, the formatter).
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # A real pretrained LM on CPU (SmolLM2-135M, shipped as GGUF in a PyPI package; no hub access):
 # both heads, 2 folds. `make smoke-real DATA=../shared/data/hh_rlhf_harmless_pairs_dev.jsonl.gz`;

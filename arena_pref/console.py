@@ -43,7 +43,8 @@ class Console:
 def _std_handlers() -> list[logging.Handler]:
     """Logging handlers (any logger) that write to the process's stdout or stderr."""
     loggers = [logging.getLogger()] + [
-        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
         if isinstance(logging.root.manager.loggerDict[name], logging.Logger)
     ]
     std = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__) if s is not None}
@@ -130,4 +131,3 @@ def _silence_libraries() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-

@@ -22,33 +22,41 @@ from types import MappingProxyType
 from typing import Mapping, Optional
 
 # No usage reports from Prefect (client and server) or any library that honours DO_NOT_TRACK.
-TELEMETRY = MappingProxyType({
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-})
+TELEMETRY = MappingProxyType(
+    {
+        "DO_NOT_TRACK": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+)
 
 # Library behaviour the pipeline relies on.
-LIBRARIES = MappingProxyType({
-    # The Trainer's own MLflow callback would open stray runs beside ours (we log through explicit run ids).
-    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
-    # tokenizers warns, and can deadlock, when a process forks after it used its thread pool.
-    "TOKENIZERS_PARALLELISM": "false",
-    # `mlflow server` otherwise starts a job runner of about 15 processes (~3 GB).
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-})
+LIBRARIES = MappingProxyType(
+    {
+        # The Trainer's own MLflow callback would open stray runs beside ours (we log through explicit run ids).
+        "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+        # tokenizers warns, and can deadlock, when a process forks after it used its thread pool.
+        "TOKENIZERS_PARALLELISM": "false",
+        # `mlflow server` otherwise starts a job runner of about 15 processes (~3 GB).
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+)
 
 # Prefect's temporary server gets 20 s to start by default; a busy machine needs more.
-SLOW_START = MappingProxyType({
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-})
+SLOW_START = MappingProxyType(
+    {
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+)
 
 # Library progress bars and advice: they clutter log files and workers' logs (the console has its own bars).
-NO_PROGRESS_BARS = MappingProxyType({
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
-})
+NO_PROGRESS_BARS = MappingProxyType(
+    {
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    }
+)
 
 # What every `arena-pref` command, the stack's servers and workers get.
 PRODUCT = (TELEMETRY, LIBRARIES, SLOW_START)

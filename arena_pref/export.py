@@ -2,7 +2,7 @@
 
 The bundle holds the fold adapters (or one averaged adapter), the resolved config, calibration, class prior,
 label token ids, the inference code (pref_core's pure modules, copied verbatim) and a `predict.py` that
-needs only torch, transformers, peft, pandas and numpy; see pref_core/bundle.py for the layout.
+needs only torch, transformers, peft, pandas and numpy; see pref_core/kaggle/bundle.py for the layout.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-PREDICT_PY = '''"""Kaggle submission from this arena-pref bundle: python predict.py --base-model PATH --test-csv test.csv --out submission.csv
+from pref_core.errors import UserError
+
+PREDICT_PY = '''"""Kaggle submission from this arena-pref bundle:
+python predict.py --base-model PATH --test-csv test.csv --out submission.csv
 
 Needs torch, transformers, peft, pandas, numpy (what a Kaggle GPU image has). See README.md.
 """
@@ -22,25 +25,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bundled pref_core, not an installed one
 
-from pref_core.bundle import main  # noqa: E402
+from pref_core.kaggle.bundle import main  # noqa: E402
 
 if __name__ == "__main__":  # worker processes (one per device) re-import this file
     sys.exit(main())
 '''
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A user error of `arena-pref export` (one line, exit 2)."""
 
 
 def _copy_code(dest: Path) -> None:
+    """pref_core's modules that predict.py imports (CODE_MODULES), each with its subpackage's __init__.py."""
     import pref_core
-    from pref_core.bundle import CODE_MODULES
+    from pref_core.kaggle.bundle import CODE_MODULES
 
     source = Path(pref_core.__file__).resolve().parent
-    (dest / "pref_core").mkdir()
     for name in CODE_MODULES:
-        shutil.copy2(source / f"{name}.py", dest / "pref_core" / f"{name}.py")
+        module = Path(f"{name}.py")
+        for relative in (module, module.parent / "__init__.py"):  # pref_core/__init__.py for a top-level module
+            (dest / "pref_core" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, dest / "pref_core" / relative)
     (dest / "predict.py").write_text(PREDICT_PY, encoding="utf-8")
 
 
@@ -48,17 +54,21 @@ def _class_prior(registered: Path) -> dict:
     path = registered / "class_prior.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from pref_core.labels import LABEL_COLUMNS
+    from pref_core.data.labels import LABEL_COLUMNS
 
     # Versions registered before class_prior.json existed: a uniform prior, said so in the file.
-    return {"columns": list(LABEL_COLUMNS), "prior": [1 / 3] * 3, "n_train": None,
-            "note": "uniform: the registered version did not record its training class shares"}
+    return {
+        "columns": list(LABEL_COLUMNS),
+        "prior": [1 / 3] * 3,
+        "n_train": None,
+        "note": "uniform: the registered version did not record its training class shares",
+    }
 
 
 def _describe_base(base_dir: Optional[Path], name_or_path: str) -> Optional[dict]:
     """Architecture and content hash of the base, where a local copy is at hand (else None: predict.py then
     checks that the folder it is given has a config.json, nothing more)."""
-    from pref_core.bundle import describe_base_model
+    from pref_core.kaggle.bundle import describe_base_model
 
     for candidate in (base_dir, Path(name_or_path)):
         if candidate is not None and (candidate / "config.json").is_file():
@@ -69,12 +79,17 @@ def _describe_base(base_dir: Optional[Path], name_or_path: str) -> Optional[dict
 def write_readme(dest: Path, manifest_base: dict, folds: str, n_adapters: int, has_base: bool) -> None:
     name = manifest_base.get("name_or_path")
     revision = manifest_base.get("revision") or manifest_base.get("commit")
-    kind = (f"{n_adapters} fold adapters, probabilities averaged" if folds == "ensemble"
-            else "one adapter averaged from the folds (one base pass per row instead of one per fold)")
-    base_line = ("The base weights are inside (`base_model/`): `--base-model` may be omitted."
-                 if has_base else
-                 f"Attach the base model `{name}`{f' at revision {revision}' if revision else ''} as a second input "
-                 "(a Kaggle model or dataset holding its config.json, tokenizer and *.safetensors).")
+    kind = (
+        f"{n_adapters} fold adapters, probabilities averaged"
+        if folds == "ensemble"
+        else "one adapter averaged from the folds (one base pass per row instead of one per fold)"
+    )
+    base_line = (
+        "The base weights are inside (`base_model/`): `--base-model` may be omitted."
+        if has_base
+        else f"Attach the base model `{name}`{f' at revision {revision}' if revision else ''} as a second input "
+        "(a Kaggle model or dataset holding its config.json, tokenizer and *.safetensors)."
+    )
     text = f"""# arena-pref offline bundle
 
 Predicts `winner_model_a, winner_model_b, winner_tie` for a Kaggle LMSYS-format `test.csv`
@@ -127,12 +142,12 @@ def export_bundle(
     base_model_dir: Optional[str | Path] = None,
 ) -> Path:
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
-    from pref_core.averaging import average_adapters
-    from pref_core.bundle import BASE_MODEL_DIR, write_manifest
-    from pref_core.publish import publishing_dir
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle
     from arena_pref.tasks.tracking import default_tracking_uri
+    from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
+    from pref_core.model.averaging import average_adapters
+    from pref_core.publish import publishing_dir
 
     if folds not in ("ensemble", "average"):
         raise ExportError(f"--folds {folds!r}: use ensemble or average")
@@ -156,14 +171,24 @@ def export_bundle(
                 shutil.copy2(registered / name, staging / name)
             (staging / "class_prior.json").write_text(json.dumps(_class_prior(registered), indent=2))
             head = json.loads((adapters[0] / "preference_head.json").read_text())
-            (staging / "label_tokens.json").write_text(json.dumps(
-                {"head": head["head"], "label_tokens": list(config.model.label_tokens),
-                 "label_token_ids": head.get("label_token_ids")}, indent=2))
+            (staging / "label_tokens.json").write_text(
+                json.dumps(
+                    {
+                        "head": head["head"],
+                        "label_tokens": list(config.model.label_tokens),
+                        "label_token_ids": head.get("label_token_ids"),
+                    },
+                    indent=2,
+                )
+            )
             _copy_code(staging)
             if base_dir is not None:
                 shutil.copytree(base_dir, staging / BASE_MODEL_DIR)
             write_readme(staging, base, folds, len(adapters), has_base=base_dir is not None)
-            write_manifest(staging, base, _describe_base(base_dir, base["name_or_path"]),
-                           {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters),
-                            "temperature": temperature})
+            write_manifest(
+                staging,
+                base,
+                _describe_base(base_dir, base["name_or_path"]),
+                {"model_uri": model_uri, "folds": folds, "n_fold_adapters": len(adapters), "temperature": temperature},
+            )
     return out

@@ -15,13 +15,14 @@ import json
 import time
 from pathlib import Path
 
-from arena_pref import environment, resources
+from arena_pref import environment
+from arena_pref.tasks import resources
 
 
 def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Path:
-    from pref_core.data import read_arena_csv
-    from pref_core.extra_data import read_pairs, write_arena_csv
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.extra import read_pairs, write_arena_csv
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     if data is None:
         train, _ = write_synthetic_csvs(out_dir / "data", n_train=n_pairs, n_test=10, signal=0.9, seed=seed)
@@ -36,14 +37,14 @@ def prepare_data(data: str | None, n_pairs: int, seed: int, out_dir: Path) -> Pa
 
 
 def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
-    """The class prior and TF-IDF + logistic regression on the folds the heads used (pref_core.folds,
+    """The class prior and TF-IDF + logistic regression on the folds the heads used (pref_core.data.folds,
     the same deterministic split as the flow's make-folds), fit on each fold's training rows."""
     import numpy as np
 
-    from pref_core.baselines import prior_oof, tfidf_logreg_oof
-    from pref_core.data import read_arena_csv
-    from pref_core.folds import make_folds
-    from pref_core.metrics import compute_log_loss
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.folds import make_folds
+    from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
+    from pref_core.evaluate.metrics import compute_log_loss
 
     frame = read_arena_csv(train_csv, kind="train", max_bad_fraction=config.data.max_bad_fraction).frame
     folds = make_folds(frame, n_folds=config.cv.n_folds, seed=config.cv.seed)
@@ -53,8 +54,11 @@ def same_fold_baselines(config, train_csv: Path) -> dict[str, dict]:
         if config.cv.folds is not None:  # only the validation folds the heads were scored on
             oof = oof[oof["fold"].isin(config.cv.folds)]
         labels, probs = oof["label"].to_numpy(), np.stack(oof["probs"])
-        out[name] = {"oof_log_loss": float(compute_log_loss(labels, probs)),
-                     "oof_accuracy": float((probs.argmax(axis=1) == labels).mean()), "n_oof": int(len(oof))}
+        out[name] = {
+            "oof_log_loss": float(compute_log_loss(labels, probs)),
+            "oof_accuracy": float((probs.argmax(axis=1) == labels).mean()),
+            "n_oof": int(len(oof)),
+        }
     return out
 
 
@@ -71,31 +75,49 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[])
     args = parser.parse_args(argv)
 
-    from arena_pref.cli import preflight
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config import load_config
+    from arena_pref.preflight import preflight
+    from pref_core.config.loading import load_config
 
     out_dir = Path(args.output_dir).resolve()
     train_csv = prepare_data(args.data, args.n_pairs, args.seed, out_dir)
     results = []
     for head in args.heads:
-        config = load_config(resources.find_config(args.config), [f"data.train_csv={train_csv}", f"output_dir={out_dir}",
-                                           f"model.head={head}", "tracking.experiment=smoke-real",
-                                           "tracking.registered_model=arena-pref-smoke-real", *args.set])
+        config = load_config(
+            resources.find_config(args.config),
+            [
+                f"data.train_csv={train_csv}",
+                f"output_dir={out_dir}",
+                f"model.head={head}",
+                "tracking.experiment=smoke-real",
+                "tracking.registered_model=arena-pref-smoke-real",
+                *args.set,
+            ],
+        )
         preflight(config)
         started = time.time()
         result = cv_training(config)
-        metrics = result["metrics"]
-        results.append({"head": head, "data": str(train_csv), "folds": sorted(result["fold_log_loss"]),
-                        "oof_log_loss": metrics["oof_log_loss"],
-                        "oof_log_loss_calibrated": metrics.get("oof_log_loss_calibrated"),
-                        "prior_log_loss": metrics["prior_log_loss"], "oof_accuracy": metrics["oof_accuracy"],
-                        "n_oof": metrics["n_oof"], "seconds": round(time.time() - started, 1)})
+        scores = result.oof.scores
+        results.append(
+            {
+                "head": head,
+                "data": str(train_csv),
+                "folds": sorted(result.oof.fold_log_loss),
+                "oof_log_loss": scores.log_loss,
+                "oof_log_loss_calibrated": scores.calibrated_log_loss,
+                "prior_log_loss": scores.prior_log_loss,
+                "oof_accuracy": scores.accuracy,
+                "n_oof": scores.n_oof,
+                "seconds": round(time.time() - started, 1),
+            }
+        )
     baselines = same_fold_baselines(config, train_csv)
     print("\nhead          OOF log loss  calibrated  prior   accuracy  rows  seconds")
     for r in results:
-        print(f"{r['head']:<13} {r['oof_log_loss']:>12.4f}  {r['oof_log_loss_calibrated'] or float('nan'):>10.4f}  "
-              f"{r['prior_log_loss']:.4f}  {r['oof_accuracy']:>8.3f}  {r['n_oof']:>4}  {r['seconds']:>7}")
+        print(
+            f"{r['head']:<13} {r['oof_log_loss']:>12.4f}  {r['oof_log_loss_calibrated'] or float('nan'):>10.4f}  "
+            f"{r['prior_log_loss']:.4f}  {r['oof_accuracy']:>8.3f}  {r['n_oof']:>4}  {r['seconds']:>7}"
+        )
     for name, b in baselines.items():
         print(f"{name:<13} {b['oof_log_loss']:>12.4f}  {'':>10}  {'':>6}  {b['oof_accuracy']:>8.3f}  {b['n_oof']:>4}")
     (out_dir / "smoke_real.json").write_text(json.dumps({"heads": results, "baselines": baselines}, indent=2))

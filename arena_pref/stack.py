@@ -5,13 +5,14 @@
   - the MLflow tracking server (mlflow/launch.sh settings: one worker, proxied artifacts),
   - one orchestration worker (pool `arena-orchestration`, runs the parent flows),
   - N GPU workers (pool `arena-gpu`, `--limit 1` each, CUDA_VISIBLE_DEVICES=i, a scratch folder each),
-then creates the pools and deploys the local deployments of prefect.yaml. `down` stops exactly the
+then creates the pools and deploys the local deployments of the shipped prefect.yaml. `down` stops exactly the
 process groups that `up` recorded; `status` prints their health and URLs. The state folder (default
-`.stack` in the project folder, arena_pref.resources) holds logs, pid files and the Prefect database.
+`.stack` in the project folder, arena_pref.tasks.resources) holds logs, pid files and the Prefect database.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,14 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from arena_pref import environment, resources
+from arena_pref import environment
+from arena_pref.tasks import resources
+from pref_core.errors import UserError
 
 ORCHESTRATION_POOL = "arena-orchestration"
 GPU_POOL = "arena-gpu"
 LOCAL_DEPLOYMENTS = ("cv-training/gpu", "train-fold/gpu", "predict/local")
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     pass
 
 
@@ -96,31 +99,14 @@ def base_env(state: StackState) -> dict[str, str]:
     in their logs) and the stack's URLs and project folder. Hub settings (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE,
     HF_ENDPOINT) come from the user's environment unchanged."""
     env = environment.child_env(*environment.PRODUCT, environment.NO_PROGRESS_BARS)
-    env.update({
-        "PREFECT_API_URL": state.prefect_api_url,
-        "MLFLOW_TRACKING_URI": state.mlflow_url,
-        resources.ROOT_ENV: str(resources.project_root()),
-    })
+    env.update(
+        {
+            "PREFECT_API_URL": state.prefect_api_url,
+            "MLFLOW_TRACKING_URI": state.mlflow_url,
+            resources.ROOT_ENV: str(resources.project_root()),
+        }
+    )
     return env
-
-
-def write_deployments(state_dir: Path) -> Path:
-    """state_dir/prefect.yaml: the shipped prefect.yaml with module entrypoints (`flows/cv_training.py:cv_training`
-    -> `arena_pref.flows.cv_training:cv_training`), which Prefect imports from the installed package: after
-    `pip install` there is no flows/ folder. `up` deploys its LOCAL_DEPLOYMENTS; their pull step runs them
-    in $ARENA_PREF_ROOT, the project folder."""
-    import yaml
-
-    spec = yaml.safe_load(resources.shipped_file("prefect.yaml").read_text(encoding="utf-8"))
-    deployments = []
-    for deployment in spec["deployments"]:
-        script, function = deployment["entrypoint"].rsplit(":", 1)
-        module = "arena_pref." + script.removesuffix(".py").replace("/", ".")
-        deployments.append({**deployment, "entrypoint": f"{module}:{function}"})
-    path = Path(state_dir) / "prefect.yaml"
-    header = "# Written by `arena-pref stack up` from the shipped prefect.yaml (module entrypoints); edits are lost.\n"
-    path.write_text(header + yaml.safe_dump({**spec, "deployments": deployments}, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -> int:
@@ -129,8 +115,15 @@ def _spawn(state: StackState, name: str, argv: list[str], env: dict[str, str]) -
     with open(log, "ab") as handle:
         # A new session: its own process group, so `down` can stop it and all its children by PID,
         # and the process does not inherit our terminal's signals.
-        proc = subprocess.Popen(argv, env=env, cwd=resources.project_root(), stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=resources.project_root(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     state.processes[name] = proc.pid
     state.save()
     return proc.pid
@@ -147,12 +140,18 @@ def count_gpus() -> int:
         import torch
 
         return torch.cuda.device_count()
-    except Exception:
+    except Exception:  # noqa: BLE001 (no torch, no driver, a broken CUDA install: all mean no GPU to count)
         return 0
 
 
-def up(state_dir: Optional[Path] = None, gpus: Optional[int] = None, prefect_port: int = 4200,
-       mlflow_port: int = 5000, mlflow_store: Optional[Path] = None, deploy: bool = True) -> StackState:
+def up(
+    state_dir: Optional[Path] = None,
+    gpus: Optional[int] = None,
+    prefect_port: int = 4200,
+    mlflow_port: int = 5000,
+    mlflow_store: Optional[Path] = None,
+    deploy: bool = True,
+) -> StackState:
     """Start the stack; `state_dir` and `mlflow_store` default to .stack and mlflow in the project folder."""
     state_dir = Path(state_dir or resources.stack_state_dir()).resolve()
     existing = StackState.load(state_dir)
@@ -172,30 +171,96 @@ def up(state_dir: Optional[Path] = None, gpus: Optional[int] = None, prefect_por
     env = base_env(state)
     try:
         prefect_env = {**env, "PREFECT_HOME": str(state_dir / "prefect-home")}
-        _spawn(state, "prefect-server", [_bin("prefect"), "server", "start", "--host", "127.0.0.1",
-                                         "--port", str(prefect_port)], prefect_env)
+        _spawn(
+            state,
+            "prefect-server",
+            [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            prefect_env,
+        )
         store = Path(mlflow_store or resources.store_dir()).resolve()
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
-        _spawn(state, "mlflow-server", [
-            _bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-            "--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1",
-            "--port", str(mlflow_port), "--workers", "1",
-        ], env)
+        _spawn(
+            state,
+            "mlflow-server",
+            [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{store / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(store / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+                "--workers",
+                "1",
+            ],
+            env,
+        )
         _wait_http(state.prefect_api_url + "/health", 90, "Prefect server", state_dir / "logs" / "prefect-server.log")
         _wait_http(state.mlflow_url + "/health", 90, "MLflow server", state_dir / "logs" / "mlflow-server.log")
         for pool in (ORCHESTRATION_POOL, GPU_POOL):
-            _run([_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"], env, f"creating pool {pool}")
+            _run(
+                [_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                env,
+                f"creating pool {pool}",
+            )
         if deploy:
             # Only the deployments of the local pools: the */k8s ones need a Kubernetes work pool.
-            _run([_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(write_deployments(state_dir)),
-                  *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name))], env, "deploying prefect.yaml")
-        _spawn(state, "worker-orchestration", [_bin("prefect"), "worker", "start", "--pool", ORCHESTRATION_POOL,
-                                               "--name", "orchestration", "--type", "process"], env)
+            # The shipped prefect.yaml: module entrypoints, which Prefect imports from the installed package.
+            _run(
+                [
+                    _bin("prefect"),
+                    "--no-prompt",
+                    "deploy",
+                    "--prefect-file",
+                    str(resources.shipped_file("prefect.yaml")),
+                    *(arg for name in LOCAL_DEPLOYMENTS for arg in ("--name", name)),
+                ],
+                env,
+                "deploying prefect.yaml",
+            )
+        _spawn(
+            state,
+            "worker-orchestration",
+            [
+                _bin("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                ORCHESTRATION_POOL,
+                "--name",
+                "orchestration",
+                "--type",
+                "process",
+            ],
+            env,
+        )
         for i in range(n_gpus):
-            worker_env = {**env, "CUDA_VISIBLE_DEVICES": str(i),
-                          "ARENA_PREF_OUTPUT_DIR": str(state_dir / "workers" / f"gpu-{i}")}
-            _spawn(state, f"worker-gpu-{i}", [_bin("prefect"), "worker", "start", "--pool", GPU_POOL, "--name",
-                                              f"gpu-{i}", "--type", "process", "--limit", "1"], worker_env)
+            worker_env = {
+                **env,
+                "CUDA_VISIBLE_DEVICES": str(i),
+                "ARENA_PREF_OUTPUT_DIR": str(state_dir / "workers" / f"gpu-{i}"),
+            }
+            _spawn(
+                state,
+                f"worker-gpu-{i}",
+                [
+                    _bin("prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    GPU_POOL,
+                    "--name",
+                    f"gpu-{i}",
+                    "--type",
+                    "process",
+                    "--limit",
+                    "1",
+                ],
+                worker_env,
+            )
     except BaseException:
         down(state_dir)
         raise
@@ -218,10 +283,8 @@ def down(state_dir: Optional[Path] = None, timeout_s: float = 20.0) -> list[str]
     for name, pid in state.processes.items():
         while _alive(pid) and time.time() < deadline:
             time.sleep(0.2)
-        try:  # whatever is left of the group (flow-run subprocesses included)
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group (flow-run subprocesses too)
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     state.processes = {}
     state.save()
     return stopped
@@ -231,8 +294,11 @@ def status(state_dir: Optional[Path] = None) -> list[str]:
     state = StackState.load(Path(state_dir or resources.stack_state_dir()).resolve())
     if state is None or not state.processes:
         return ["no stack running (start one with `arena-pref stack up`)"]
-    lines = [f"Prefect UI/API: {state.prefect_api_url.removesuffix('/api')}  (export PREFECT_API_URL={state.prefect_api_url})",
-             f"MLflow UI:      {state.mlflow_url}  (export MLFLOW_TRACKING_URI={state.mlflow_url})"]
+    lines = [
+        f"Prefect UI/API: {state.prefect_api_url.removesuffix('/api')}"
+        f"  (export PREFECT_API_URL={state.prefect_api_url})",
+        f"MLflow UI:      {state.mlflow_url}  (export MLFLOW_TRACKING_URI={state.mlflow_url})",
+    ]
     for name, pid in state.processes.items():
         lines.append(f"  {name:<22} pid {pid:<8} {'running' if _alive(pid) else 'STOPPED'}")
     for what, url in (("Prefect", state.prefect_api_url + "/health"), ("MLflow", state.mlflow_url + "/health")):

@@ -1,4 +1,4 @@
-"""Benchmark: a 5-fold prediction with one base load and switched adapters (pref_core.ensemble) against one
+"""Benchmark: a 5-fold prediction with one base load and switched adapters (pref_core.predict.ensemble) against one
 base load per fold (the ensemble before issue 13/15), on a random Llama of >= 500M parameters saved to disk.
 
 Both sides predict the same rows with the same five LoRA adapters (label_token head, r=16 on every
@@ -31,13 +31,20 @@ def build_base(out_dir: Path, layers: int, hidden: int, vocab: int) -> tuple[Pat
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pref_core.tiny import train_tokenizer
+    from pref_core.model.tiny import train_tokenizer
 
     tokenizer = train_tokenizer(TEXTS, vocab_size=400)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-        num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 11 // 4,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
@@ -51,23 +58,25 @@ def build_base(out_dir: Path, layers: int, hidden: int, vocab: int) -> tuple[Pat
 
 
 def make_config(base_dir: Path):
-    from pref_core.config import parse_config
+    from pref_core.config.loading import parse_config
 
-    return parse_config({
-        "model": {"name_or_path": str(base_dir), "head": "label_token", "dtype": "fp32"},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
-        "train": {"seed": 0, "eval_batch_size": 8},
-    })
+    return parse_config(
+        {
+            "model": {"name_or_path": str(base_dir), "head": "label_token", "dtype": "fp32"},
+            "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+            "train": {"seed": 0, "eval_batch_size": 8},
+        }
+    )
 
 
 def build_adapters(config, base_dir: Path, out: Path, n_folds: int) -> list[Path]:
     import torch
     from transformers import AutoTokenizer
 
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.model.preference import build_model, save_adapter
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = build_model(config, tokenizer, base_dir)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=base_dir, seed=config.train.seed)
     dirs = []
     for fold in range(n_folds):
         generator = torch.Generator().manual_seed(fold)
@@ -82,25 +91,28 @@ def build_adapters(config, base_dir: Path, out: Path, n_folds: int) -> list[Path
 
 
 def per_fold_reloads(config, adapter_dirs, ids) -> list[np.ndarray]:
-    """Before: pref_core.ensemble.predict_with_adapters as it was, one base load per fold."""
-    from pref_core.inference import predict_token_ids
-    from pref_core.modeling import load_preference_model
+    """Before: pref_core.predict.ensemble.predict_with_adapters as it was, one base load per fold."""
+    from pref_core.model.preference import load_preference_model
+    from pref_core.predict.inference import predict_token_ids
 
     outputs = []
     for adapter_dir in adapter_dirs:
-        model, tokenizer = load_preference_model(config, adapter_dir, device="cpu")
-        outputs.append(predict_token_ids(model, ids, batch_size=config.train.eval_batch_size,
-                                         pad_token_id=tokenizer.pad_token_id))
+        model, tokenizer = load_preference_model(config.model, adapter_dir, device="cpu")
+        outputs.append(
+            predict_token_ids(model, ids, batch_size=config.train.eval_batch_size, pad_token_id=tokenizer.pad_token_id)
+        )
         del model
         gc.collect()
     return outputs
 
 
 def one_base(config, adapter_dirs, ids) -> list[np.ndarray]:
-    """After: one base load, the adapters switched (pref_core.ensemble.predict_fold_probabilities)."""
-    from pref_core.ensemble import predict_fold_probabilities
+    """After: one base load, the adapters switched (pref_core.predict.ensemble.predict_fold_probabilities)."""
+    from pref_core.predict.ensemble import predict_fold_probabilities
 
-    outputs, _ = predict_fold_probabilities(config, adapter_dirs, ids, devices=["cpu"])
+    outputs, _ = predict_fold_probabilities(
+        config.model, adapter_dirs, ids, batch_size=config.train.eval_batch_size, devices=["cpu"]
+    )
     gc.collect()
     return outputs
 
@@ -127,7 +139,10 @@ def main(argv=None) -> int:
             from transformers import AutoConfig, AutoModelForCausalLM
 
             with torch.device("meta"):
-                n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir)).parameters())
+                n_params = sum(
+                    p.numel()
+                    for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir)).parameters()
+                )
         else:
             base_dir, n_params = build_base(base_dir, args.layers, args.hidden, args.vocab)
         config = make_config(base_dir)
@@ -137,8 +152,10 @@ def main(argv=None) -> int:
         base_ids = tokenizer.encode(" ".join(TEXTS[:3]))
         ids = [base_ids[: int(n)] for n in rng.integers(16, 48, size=args.rows)]
         disk_mb = sum(p.stat().st_size for p in base_dir.glob("*.safetensors")) / 1e6
-        print(f"base: {n_params / 1e6:.0f}M parameters, {disk_mb:.0f} MB safetensors; {args.folds} folds, "
-              f"{args.rows} rows of 16-47 tokens; torch threads {torch.get_num_threads()}")
+        print(
+            f"base: {n_params / 1e6:.0f}M parameters, {disk_mb:.0f} MB safetensors; {args.folds} folds, "
+            f"{args.rows} rows of 16-47 tokens; torch threads {torch.get_num_threads()}"
+        )
         times = {"per_fold_reloads": [], "one_base": []}
         results = {}
         for repeat in range(args.repeats):
@@ -151,9 +168,16 @@ def main(argv=None) -> int:
                 print(f"repeat {repeat} {side}: {times[side][-1]:.1f} s", flush=True)
         worst = max(float(np.abs(a - b).max()) for a, b in zip(results["per_fold_reloads"], results["one_base"]))
         before, after = float(np.median(times["per_fold_reloads"])), float(np.median(times["one_base"]))
-        summary = {"n_params": n_params, "rows": args.rows, "folds": args.folds, "times_s": times,
-                   "median_before_s": before, "median_after_s": after, "speedup": before / after,
-                   "max_abs_diff": worst}
+        summary = {
+            "n_params": n_params,
+            "rows": args.rows,
+            "folds": args.folds,
+            "times_s": times,
+            "median_before_s": before,
+            "median_after_s": after,
+            "speedup": before / after,
+            "max_abs_diff": worst,
+        }
         print(json.dumps(summary))
         if args.json:
             Path(args.json).write_text(json.dumps(summary, indent=2))

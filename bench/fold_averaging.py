@@ -4,7 +4,7 @@
 Trains the tiny recipe (configs/tiny.yaml, 5 folds, in-process) with the cv-training flow on synthetic rows,
 registers it (SQLite store in a temporary folder), exports both bundles with `arena-pref export`, then
 predicts held-out rows that training never saw with each bundle's config and adapters through
-pref_core.ensemble.predict_frame_probabilities (what the bundle's predict.py runs), sides alternating.
+pref_core.predict.ensemble.predict_frame_probabilities (what the bundle's predict.py runs), sides alternating.
 
     python -m bench.fold_averaging --train 700 --heldout 300 --repeats 3
 """
@@ -35,12 +35,12 @@ def main(argv=None) -> int:
 
     from arena_pref.cli import main as cli_main
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.bundle import adapter_dirs, read_bundle_config
-    from pref_core.config import load_config
-    from pref_core.data import read_arena_csv
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.metrics import compute_log_loss
-    from pref_core.synthetic import make_synthetic_frames
+    from pref_core.config.loading import load_config
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.synthetic import make_synthetic_frames
+    from pref_core.evaluate.metrics import compute_log_loss
+    from pref_core.kaggle.bundle import adapter_dirs, read_prediction_settings
+    from pref_core.predict.ensemble import predict_frame_probabilities
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,16 +49,36 @@ def main(argv=None) -> int:
         frame.iloc[: args.train].to_csv(tmp / "train.csv", index=False)
         frame.iloc[args.train :].to_csv(tmp / "heldout.csv", index=False)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        config = load_config(ROOT / "configs" / "tiny.yaml", [
-            f"data.train_csv={tmp / 'train.csv'}", f"output_dir={tmp / 'out'}", f"tracking.uri={uri}",
-            "cv.execution=in_process", f"model.head={args.head}", "train.num_epochs=2",
-        ])
+        config = load_config(
+            ROOT / "configs" / "tiny.yaml",
+            [
+                f"data.train_csv={tmp / 'train.csv'}",
+                f"output_dir={tmp / 'out'}",
+                f"tracking.uri={uri}",
+                "cv.execution=in_process",
+                f"model.head={args.head}",
+                "train.num_epochs=2",
+            ],
+        )
         result = cv_training(config)
         bundles = {}
         for folds in ("ensemble", "average"):
             out = tmp / f"bundle-{folds}"
-            assert cli_main(["export", "models:/arena-pref@champion", "--out", str(out), "--tracking-uri", uri,
-                             "--folds", folds]) == 0
+            assert (
+                cli_main(
+                    [
+                        "export",
+                        "models:/arena-pref@champion",
+                        "--out",
+                        str(out),
+                        "--tracking-uri",
+                        uri,
+                        "--folds",
+                        folds,
+                    ]
+                )
+                == 0
+            )
             bundles[folds] = out
         heldout = read_arena_csv(tmp / "heldout.csv", kind="train").frame
         labels = heldout["label"].to_numpy()
@@ -71,14 +91,29 @@ def main(argv=None) -> int:
             for folds in order:
                 bundle = bundles[folds]
                 start = time.perf_counter()
-                probs[folds] = predict_frame_probabilities(read_bundle_config(bundle), adapter_dirs(bundle), heldout,
-                                                           base_model=base, temperature=temperature, devices=["cpu"])
+                settings = read_prediction_settings(bundle)
+                probs[folds] = predict_frame_probabilities(
+                    settings.model,
+                    settings.prompt,
+                    adapter_dirs(bundle),
+                    heldout,
+                    batch_size=settings.batch_size,
+                    tta_swap=settings.tta_swap,
+                    base_model=base,
+                    temperature=temperature,
+                    devices=["cpu"],
+                )
                 times[folds].append(time.perf_counter() - start)
         summary = {
-            "head": args.head, "n_train": args.train, "n_heldout": len(heldout), "n_folds": config.cv.n_folds,
-            "oof_log_loss": result["metrics"]["oof_log_loss"], "temperature": temperature,
-            "prior_log_loss": float(compute_log_loss(labels, np.tile(np.bincount(labels, minlength=3) / len(labels),
-                                                                      (len(labels), 1)))),
+            "head": args.head,
+            "n_train": args.train,
+            "n_heldout": len(heldout),
+            "n_folds": config.cv.n_folds,
+            "oof_log_loss": result.oof.scores.log_loss,
+            "temperature": temperature,
+            "prior_log_loss": float(
+                compute_log_loss(labels, np.tile(np.bincount(labels, minlength=3) / len(labels), (len(labels), 1)))
+            ),
             **{f"{k}_log_loss": float(compute_log_loss(labels, p)) for k, p in probs.items()},
             **{f"{k}_seconds": float(np.median(t)) for k, t in times.items()},
             "times": times,

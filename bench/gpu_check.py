@@ -45,8 +45,21 @@ MEASUREMENTS_FILE = "gpu_measurements.jsonl"  # tests/gpu append {"name", "value
 TESTS_XML = "gpu_tests.xml"
 THROUGHPUT_JSON = "throughput.json"
 # Packages whose versions the summary records (and whose import errors it shows).
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "pydantic", "tokenizers",
-            "safetensors", "numpy", "pandas", "pyarrow", "pytest")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "pydantic",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "pytest",
+)
 # Seconds per step on the H200 (the whole check must fit 8 minutes with room for a rerun); --small: CPU.
 STEP_LIMITS = {"install": 90, "environment": 60, "throughput": 300, "tests": 200}
 # On a shared 2-core CI machine a loaded neighbour can triple wall times: --small gets far more room (and a
@@ -56,8 +69,25 @@ SMALL_STEP_LIMITS = {"install": 120, "environment": 120, "throughput": 360, "tes
 GPU_THROUGHPUT_ARGS = ["--blocks", "4", "--steps-per-block", "5", "--headroom-steps", "5", "--predict-rows", "1000"]
 # --small: the same code paths at the smallest sizes (a 4,096-word vocabulary: the seed's full fp16 logits are
 # slow on CPU), so that the default test suite can afford the whole dry run.
-SMALL_THROUGHPUT_ARGS = ["--small", "--vocab", "4096", "--rows", "400", "--blocks", "2", "--steps-per-block", "1",
-                         "--headroom-length", "256", "--headroom-steps", "1", "--max-batch", "4", "--predict-rows", "24"]
+SMALL_THROUGHPUT_ARGS = [
+    "--small",
+    "--vocab",
+    "4096",
+    "--rows",
+    "400",
+    "--blocks",
+    "2",
+    "--steps-per-block",
+    "1",
+    "--headroom-length",
+    "256",
+    "--headroom-steps",
+    "1",
+    "--max-batch",
+    "4",
+    "--predict-rows",
+    "24",
+]
 
 # argv: "import" or "versions" (--small: versions only; every import costs seconds of CPU), then package names.
 _ENVIRONMENT_PROBE = r"""
@@ -113,8 +143,7 @@ def run_step(name: str, command: list[str], log_path: Path, env: dict, limit_s: 
             code, status = None, "timed out"
     seconds = time.perf_counter() - start
     print(f"({name}: {status}, {seconds:.0f} s)", flush=True)
-    return {"status": status, "exit_code": code, "seconds": round(seconds, 1), "limit_s": limit_s,
-            "log": log_path.name}
+    return {"status": status, "exit_code": code, "seconds": round(seconds, 1), "limit_s": limit_s, "log": log_path.name}
 
 
 def _output_until(proc: subprocess.Popen, deadline: float):
@@ -158,8 +187,14 @@ def read_junit(path: Path) -> dict:
                     outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                     message = (element.get("message") or "").splitlines()[0][:300] if element.get("message") else ""
                     break
-            outcomes.append({"test": f"{case.get('classname', '')}::{case.get('name', '')}", "outcome": outcome,
-                             "message": message, "seconds": float(case.get("time", 0) or 0)})
+            outcomes.append(
+                {
+                    "test": f"{case.get('classname', '')}::{case.get('name', '')}",
+                    "outcome": outcome,
+                    "message": message,
+                    "seconds": float(case.get("time", 0) or 0),
+                }
+            )
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return {"found": True, **counts, "cases": outcomes}
 
@@ -192,8 +227,14 @@ def _build_table(summary: dict) -> tuple[list[str], list[list[Any]]]:
         rows.append([f"step: {name}", step["status"], f"{step['seconds']:.0f} s", ""])
     tests = summary.get("tests") or {}
     if tests.get("found"):
-        rows.append(["gpu tests", f"{tests['passed']} passed, {tests['failures'] + tests['errors']} failed, "
-                     f"{tests['skipped']} skipped", f"of {tests['tests']}", "all pass"])
+        rows.append(
+            [
+                "gpu tests",
+                f"{tests['passed']} passed, {tests['failures'] + tests['errors']} failed, {tests['skipped']} skipped",
+                f"of {tests['tests']}",
+                "all pass",
+            ]
+        )
     for m in summary.get("measurements", []):
         rows.append([f"measured: {m['name']}", f"{m['value']:.3g}", m.get("unit", ""), m.get("tolerance", "")])
     t = summary.get("throughput")
@@ -202,22 +243,41 @@ def _build_table(summary: dict) -> tuple[list[str], list[list[Any]]]:
         where = "GPU" if t["details"]["goals"]["measured_on_gpu"] else "CPU smoke run, not a GPU number"
         rows.append(["seed tokens/s", f"{res['seed']['tokens_per_s']:,.0f}", f"batch {res['seed']['batch']}", where])
         rows.append(["ours tokens/s", f"{res['ours']['tokens_per_s']:,.0f}", f"batch {res['ours']['batch']}", where])
-        rows.append(["ours / seed", f"{t['details']['ratio']:.2f}x", "", f">= {t['details']['goals']['ratio']:.0f}x on GPU"])
+        rows.append(
+            ["ours / seed", f"{t['details']['ratio']:.2f}x", "", f">= {t['details']['goals']['ratio']:.0f}x on GPU"]
+        )
         mfu = res["ours"]["mfu"]
-        rows.append(["ours MFU", "-" if mfu != mfu else f"{100 * mfu:.1f}%", "",
-                     f">= {100 * t['details']['goals']['mfu']:.0f}% on GPU"])
+        rows.append(
+            [
+                "ours MFU",
+                "-" if mfu != mfu else f"{100 * mfu:.1f}%",
+                "",
+                f">= {100 * t['details']['goals']['mfu']:.0f}% on GPU",
+            ]
+        )
         head = t["details"].get("headroom")
         if head:
             for key in ("seed_batch", "largest_batch"):
                 r = head[key]
-                rows.append([f"ours at {head['max_length']}, {key.replace('_', ' ')}", f"{r['tokens_per_s']:,.0f}",
-                             f"batch {r['batch']}, {r['peak_gib']:.1f} GiB", head["search"]["limited_by"]
-                             if key == "largest_batch" else ""])
+                rows.append(
+                    [
+                        f"ours at {head['max_length']}, {key.replace('_', ' ')}",
+                        f"{r['tokens_per_s']:,.0f}",
+                        f"batch {r['batch']}, {r['peak_gib']:.1f} GiB",
+                        head["search"]["limited_by"] if key == "largest_batch" else "",
+                    ]
+                )
         pred = t["details"].get("prediction")
         if pred:
             for key in ("no_tta", "tta"):
-                rows.append([f"predict rows/s ({key.replace('_', ' ')})", f"{pred[key]['rows_per_s']:,.1f}",
-                             f"{pred['rows']} rows", where])
+                rows.append(
+                    [
+                        f"predict rows/s ({key.replace('_', ' ')})",
+                        f"{pred[key]['rows_per_s']:,.1f}",
+                        f"{pred['rows']} rows",
+                        where,
+                    ]
+                )
     return ["what", "value", "detail", "goal / note"], rows
 
 
@@ -225,23 +285,47 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output folder: summary.json and the logs")
     parser.add_argument("--small", action="store_true", help="CPU dry run: a 2-layer config, tiny sizes")
-    parser.add_argument("--wheels", type=Path, default=None,
-                        help="folder of wheels to install first (default .whl/, from make gpu-wheels; none with --small)")
-    parser.add_argument("--site", type=Path, default=None,
-                        help="where the wheels are installed (default /tmp/arena-pref-site, or a folder under --out's "
-                             "parent with --small)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["install", "tests", "throughput"],
-                        help="steps to leave out (a rerun of only what failed)")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="wall-clock budget of the whole check (default 480 s, 900 s with --small)")
+    parser.add_argument(
+        "--wheels",
+        type=Path,
+        default=None,
+        help="folder of wheels to install first (default .whl/, from make gpu-wheels; none with --small)",
+    )
+    parser.add_argument(
+        "--site",
+        type=Path,
+        default=None,
+        help="where the wheels are installed (default /tmp/arena-pref-site, or a folder under --out's "
+        "parent with --small)",
+    )
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["install", "tests", "throughput"],
+        help="steps to leave out (a rerun of only what failed)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole check (default 480 s, 900 s with --small)",
+    )
     args = parser.parse_args(argv)
     args.budget_s = args.budget_s or (900.0 if args.small else 480.0)
 
     started = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (SUMMARY_FILE, MEASUREMENTS_FILE, TESTS_XML, THROUGHPUT_JSON, "install.log", "tests.log",
-                  "throughput.log"):
+    for stale in (
+        SUMMARY_FILE,
+        MEASUREMENTS_FILE,
+        TESTS_XML,
+        THROUGHPUT_JSON,
+        "install.log",
+        "tests.log",
+        "throughput.log",
+    ):
         (out / stale).unlink(missing_ok=True)
     limits = SMALL_STEP_LIMITS if args.small else STEP_LIMITS
     default_site = out.parent / f".{out.name}-site" if args.small else Path("/tmp/arena-pref-site")
@@ -250,8 +334,11 @@ def main(argv=None) -> int:
     # --wheels names.
     wheel_folder = args.wheels if args.wheels is not None else (None if args.small else ROOT / ".whl")
 
-    env = {**child_env(*BENCH_ENVIRONMENT), "PYTHONUNBUFFERED": "1",
-           "ARENA_PREF_GPU_MEASUREMENTS": str(out / MEASUREMENTS_FILE)}
+    env = {
+        **child_env(*BENCH_ENVIRONMENT),
+        "PYTHONUNBUFFERED": "1",
+        "ARENA_PREF_GPU_MEASUREMENTS": str(out / MEASUREMENTS_FILE),
+    }
     python_path = [str(ROOT)]
     steps: dict[str, dict] = {}
 
@@ -265,10 +352,27 @@ def main(argv=None) -> int:
         steps["install"] = {"status": f"skipped: no wheels in {wheel_folder}", "seconds": 0.0}
     else:
         steps["install"] = run_step(
-            "install", [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--no-cache-dir", "--upgrade", "--disable-pip-version-check", "--target", str(site),
-                        *map(str, wheels)],
-            out / "install.log", env, remaining("install"))
+            "install",
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--no-cache-dir",
+                "--upgrade",
+                "--disable-pip-version-check",
+                "--target",
+                str(site),
+                *map(str, wheels),
+            ],
+            out / "install.log",
+            env,
+            remaining("install"),
+        )
         steps["install"]["wheels"] = [w.name for w in wheels]
     if wheels and steps["install"]["status"] == "ok":
         python_path.append(str(site))  # after the repo: the project's own code wins
@@ -276,9 +380,13 @@ def main(argv=None) -> int:
 
     environment: dict[str, Any] = {}
     # Its one JSON line goes to the end of install.log: the GPU tool brings back at most 8 files.
-    probe = run_step("environment", [sys.executable, "-c", _ENVIRONMENT_PROBE, "versions" if args.small else "import",
-                                     *PACKAGES], out / "install.log",
-                     env, remaining("environment"))
+    probe = run_step(
+        "environment",
+        [sys.executable, "-c", _ENVIRONMENT_PROBE, "versions" if args.small else "import", *PACKAGES],
+        out / "install.log",
+        env,
+        remaining("environment"),
+    )
     steps["environment"] = probe
     lines = (out / "install.log").read_text(encoding="utf-8").splitlines()
     if probe["status"] == "ok" and lines and lines[-1].startswith("{"):
@@ -290,22 +398,47 @@ def main(argv=None) -> int:
     else:
         extra = SMALL_THROUGHPUT_ARGS if args.small else GPU_THROUGHPUT_ARGS
         steps["throughput"] = run_step(
-            "throughput", [sys.executable, "-m", "bench.gpu_throughput", *extra, "--out", str(out / THROUGHPUT_JSON)],
-            out / "throughput.log", env, remaining("throughput"))
+            "throughput",
+            [sys.executable, "-m", "bench.gpu_throughput", *extra, "--out", str(out / THROUGHPUT_JSON)],
+            out / "throughput.log",
+            env,
+            remaining("throughput"),
+        )
 
     if "tests" in args.skip:
         steps["tests"] = {"status": "skipped (--skip)", "seconds": 0.0}
     else:
         # --noconftest: tests/conftest.py imports prefect, which the GPU image lacks; tests/gpu needs none of it.
         steps["tests"] = run_step(
-            "tests", [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-q", "-rfEs", "--noconftest",
-                      "-p", "no:cacheprovider", "-p", "no:hypothesispytest", f"--junitxml={out / TESTS_XML}"],
-            out / "tests.log", env, remaining("tests"))
+            "tests",
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-m",
+                "gpu",
+                "tests/gpu",
+                "-q",
+                "-rfEs",
+                "--noconftest",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:hypothesispytest",
+                f"--junitxml={out / TESTS_XML}",
+            ],
+            out / "tests.log",
+            env,
+            remaining("tests"),
+        )
 
     summary = {
-        "mode": "small (2-layer config on CPU: checks the script; its numbers are not GPU numbers)" if args.small
+        "mode": "small (2-layer config on CPU: checks the script; its numbers are not GPU numbers)"
+        if args.small
         else "gpu (Meta-Llama-3-8B config, random weights)",
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.gpu_check", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [Path(sys.executable).name, "-m", "bench.gpu_check", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.perf_counter() - started, 1),
         "budget_s": args.budget_s,
@@ -322,16 +455,22 @@ def main(argv=None) -> int:
 
     header, rows = build_table(summary)
     gpu = environment.get("gpu") or "no CUDA GPU"
-    print(f"\n===== gpu-check ({summary['mode']}; {gpu}; {summary['seconds']:.0f} s of {args.budget_s:.0f}; "
-          f"{out / SUMMARY_FILE})")
+    print(
+        f"\n===== gpu-check ({summary['mode']}; {gpu}; {summary['seconds']:.0f} s of {args.budget_s:.0f}; "
+        f"{out / SUMMARY_FILE})"
+    )
     print(format_table(header, rows), flush=True)
     return 0 if ok else 1
 
 
 def _nvidia_smi() -> Optional[str]:
     try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None

@@ -2,7 +2,7 @@
 # Download, into .whl/, the wheels `make gpu-check` installs on the GPU machine (Python 3.12, x86-64 Linux):
 # what the project needs there that the image lacks (bitsandbytes, datasets, pydantic and their own missing
 # needs), plus transformers and peft at the project's versions: the image's transformers 5.17 has no
-# `activation_checkpointing_enable`, which pref_core.modeling.load_backbone calls. No dependency resolution
+# `activation_checkpointing_enable`, which pref_core.model.backbone.load_backbone calls. No dependency resolution
 # (--no-deps): every wheel is named here, one version each (two versions of one package stop the install).
 #
 #     make gpu-wheels                     # or: bash bench/gpu_wheels.sh [DIR]

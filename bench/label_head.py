@@ -7,7 +7,7 @@ a tiny hidden size) that needs a gradient, as it would inside a LoRA model, and 
 * seed: ``logits = lm_head(hidden)`` over every position -> (2, 1024, 128256), ``.float()`` as
   LlamaForCausalLM does, the shifted ``logits[:, :-1].contiguous()`` copy of the HF causal-LM loss,
   then the 3 label logits gathered at the label position.
-* ours: pref_core.modeling.PreferenceModel with head=label_token (the real forward: last real token
+* ours: pref_core.model.preference.PreferenceModel with head=label_token (the real forward: last real token
   from the mask, ``hidden_last @ lm_head.weight[label_ids].T``), around a 1-layer Llama whose decoder
   returns the given hidden states.
 
@@ -53,7 +53,7 @@ def _build_inputs(batch: int, seq: int, hidden: int, vocab: int, dtype_name: str
     # The seed's rows end with the label word ("...Answer: a"); ours end just before it (the model
     # predicts it). Later rows are right-padded, so the label position differs per row.
     seed_mask = torch.ones(batch, seq, dtype=torch.long)  # (batch, seq)
-    seed_mask[1:, int(seq * 0.7):] = 0
+    seed_mask[1:, int(seq * 0.7) :] = 0
     our_mask = seed_mask.clone()
     our_mask[torch.arange(batch), seed_mask.sum(dim=1) - 1] = 0  # drop the label word
     labels = torch.arange(batch) % 3  # (batch,)
@@ -66,8 +66,14 @@ def build_head_only_backbone(lm_head, hidden_size: int, vocab: int):
     PreferenceModel runs unchanged on it, and only its head part does any work."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=hidden_size, vocab_size=vocab, num_hidden_layers=1, num_attention_heads=1,
-                         num_key_value_heads=1, intermediate_size=hidden_size)
+    config = LlamaConfig(
+        hidden_size=hidden_size,
+        vocab_size=vocab,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        intermediate_size=hidden_size,
+    )
     backbone = LlamaForCausalLM(config).to(lm_head.weight.dtype)
     backbone.requires_grad_(False)
     backbone.lm_head = lm_head
@@ -79,8 +85,9 @@ def build_head_only_backbone(lm_head, hidden_size: int, vocab: int):
 def make_seed_step(lm_head, attention_mask, labels, label_token_ids):
     """The seed's head: full logits over every position, upcast, shifted copy, gather at the label."""
     import torch
-    from pref_core.losses import preference_loss
-    from pref_core.modeling import last_token_indices
+
+    from pref_core.model.losses import preference_loss
+    from pref_core.model.preference import last_token_indices
 
     label_ids = torch.tensor(label_token_ids)
     # Shifted logits at t predict token t+1: the label word's position minus one.
@@ -102,7 +109,8 @@ def make_seed_step(lm_head, attention_mask, labels, label_token_ids):
 def make_our_step(lm_head, attention_mask, labels, label_token_ids, hidden_size: int, vocab: int):
     """Ours: pref_core's PreferenceModel (label_token head) forward and loss, then backward."""
     import torch
-    from pref_core.modeling import PreferenceModel
+
+    from pref_core.model.preference import PreferenceModel
 
     backbone = build_head_only_backbone(lm_head, hidden_size, vocab)
     model = PreferenceModel(backbone, "label_token", label_token_ids)
@@ -148,7 +156,12 @@ def measure_side_memory(side: str, args) -> dict:
         step()
     step.clear()  # else the profiler sees a free of a block it never saw allocated
     allocated = profile_peak_allocated_mib(step)
-    return {"side": side, "peak_rss_mib": meter.peak_mib, "peak_allocated_mib": allocated, "logits": logits.float().tolist()}
+    return {
+        "side": side,
+        "peak_rss_mib": meter.peak_mib,
+        "peak_allocated_mib": allocated,
+        "logits": logits.float().tolist(),
+    }
 
 
 def measure_step_times(args) -> dict:
@@ -172,9 +185,27 @@ def measure_step_times(args) -> dict:
 
 def _run_worker(mode: str, args, out_dir: Path) -> dict:
     out = out_dir / f"{mode}.json"
-    cmd = [sys.executable, "-m", "bench.label_head", "--worker", mode, "--worker-out", str(out),
-           "--batch", str(args.batch), "--seq", str(args.seq), "--hidden", str(args.hidden),
-           "--vocab", str(args.vocab), "--dtype", args.dtype, "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.label_head",
+        "--worker",
+        mode,
+        "--worker-out",
+        str(out),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--hidden",
+        str(args.hidden),
+        "--vocab",
+        str(args.vocab),
+        "--dtype",
+        args.dtype,
+        "--steps",
+        str(args.steps),
+    ]
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
 
@@ -208,21 +239,51 @@ def measure(args) -> Verdict:
     speed_ratio = summary["seed"]["step_s"] / summary["ours"]["step_s"]
     logits_mib = args.batch * args.seq * args.vocab * 4 / 2**20
     print_table(
-        f"label head, one training step: batch {args.batch}, seq {args.seq}, vocab {args.vocab:,}, hidden {args.hidden}, "
+        f"label head, one training step: batch {args.batch}, seq {args.seq}, vocab {args.vocab:,}, "
+        f"hidden {args.hidden}, "
         f"{args.dtype} weights; memory in a fresh process per side, {args.steps} alternating timed steps",
         ["side", "peak allocated MiB", "peak RSS growth MiB", "step ms (median)", "step ms (min)", "step ms range"],
-        [[side, s["peak_allocated_mib"], s["peak_rss_mib"], s["step_s"] * 1e3, min(s["steps_s"]) * 1e3,
-          spread([t * 1e3 for t in s["steps_s"]])] for side, s in summary.items()],
+        [
+            [
+                side,
+                s["peak_allocated_mib"],
+                s["peak_rss_mib"],
+                s["step_s"] * 1e3,
+                min(s["steps_s"]) * 1e3,
+                spread([t * 1e3 for t in s["steps_s"]]),
+            ]
+            for side, s in summary.items()
+        ],
     )
-    print(f"(one fp32 (batch, seq, vocab) logits tensor is {logits_mib:,.0f} MiB; the two heads' logits agree to {max_diff:.2g};"
-          " RSS growth 0 = the step fit in heap pages freed by the warm-up;\n the median of ours is mostly OpenMP wake-ups"
-          " of tiny ops on a busy machine, the min is the op cost)")
-    print(f"peak memory: {memory_ratio:,.0f}x less (goal >= {MEMORY_GOAL:.0f}x); step time: {speed_ratio:,.0f}x faster (goal > 1x)")
-    verdict = Verdict(NAME, memory_ratio, "x less peak memory (head step)",
-                      f">={MEMORY_GOAL:.0f}x, and faster (measured {speed_ratio:,.0f}x faster)",
-                      memory_ratio >= MEMORY_GOAL and speed_ratio > 1.0)
-    save_results(NAME, verdict, {"args": vars(args), "summary": summary, "speed_ratio": speed_ratio,
-                                 "memory_ratio": memory_ratio, "logits_fp32_mib": logits_mib, "max_logit_diff": max_diff})
+    print(
+        f"(one fp32 (batch, seq, vocab) logits tensor is {logits_mib:,.0f} MiB; "
+        f"the two heads' logits agree to {max_diff:.2g};"
+        " RSS growth 0 = the step fit in heap pages freed by the warm-up;\n the median of ours is mostly"
+        " OpenMP wake-ups of tiny ops on a busy machine, the min is the op cost)"
+    )
+    print(
+        f"peak memory: {memory_ratio:,.0f}x less (goal >= {MEMORY_GOAL:.0f}x); "
+        f"step time: {speed_ratio:,.0f}x faster (goal > 1x)"
+    )
+    verdict = Verdict(
+        NAME,
+        memory_ratio,
+        "x less peak memory (head step)",
+        f">={MEMORY_GOAL:.0f}x, and faster (measured {speed_ratio:,.0f}x faster)",
+        memory_ratio >= MEMORY_GOAL and speed_ratio > 1.0,
+    )
+    save_results(
+        NAME,
+        verdict,
+        {
+            "args": vars(args),
+            "summary": summary,
+            "speed_ratio": speed_ratio,
+            "memory_ratio": memory_ratio,
+            "logits_fp32_mib": logits_mib,
+            "max_logit_diff": max_diff,
+        },
+    )
     return verdict
 
 
@@ -232,8 +293,12 @@ def parse_args(argv=None):
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--hidden", type=int, default=64, help="tiny on purpose: the head's cost is the vocabulary")
     parser.add_argument("--vocab", type=int, default=LLAMA3_VOCAB)
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
-                        help="weights and hidden states; bf16 stands for the seed's fp16 (half precision, upcast logits)")
+    parser.add_argument(
+        "--dtype",
+        choices=["bf16", "fp16", "fp32"],
+        default="bf16",
+        help="weights and hidden states; bf16 stands for the seed's fp16 (half precision, upcast logits)",
+    )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side (alternating)")
     parser.add_argument("--worker", choices=["seed", "ours", "timing"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)

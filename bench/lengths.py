@@ -8,7 +8,7 @@ into 50k rows would form exact ties that flatter any length grouping).
 
 No Llama-3 tokenizer is available offline, so character lengths become token lengths through
 CHARS_PER_TOKEN (an assumption: ~4 characters per Llama-3 token on this mostly English mix of prose
-and code), and the seed truncation policy of pref_core.prompts (caps 256/512/512, scaled to the budget
+and code), and the seed truncation policy of pref_core.text.prompts (caps 256/512/512, scaled to the budget
 left by the template) caps each row at max_length. Multi-turn rows are treated as one turn, which
 slightly overstates the length of long multi-turn rows (the seed policy keeps only the last turn).
 """
@@ -65,10 +65,10 @@ def estimate_token_lengths(
 ) -> np.ndarray:
     """(n,) token length of each row after the seed truncation policy, for a Llama-3-like tokenizer.
 
-    Mirrors pref_core.prompts.PromptEncoder._fit for one turn: the whole row when it fits, else each
-    part cut to its seed cap (pref_core.truncation.scale_seed_caps of the budget left by the template).
+    Mirrors pref_core.text.prompts.PromptEncoder._fit for one turn: the whole row when it fits, else each
+    part cut to its seed cap (pref_core.text.truncation.scale_seed_caps of the budget left by the template).
     """
-    from pref_core.truncation import scale_seed_caps
+    from pref_core.text.truncation import scale_seed_caps
 
     parts = np.maximum(1, np.ceil(char_lengths / chars_per_token)).astype(np.int64)  # (n, 3) tokens
     budget = max_length - TEMPLATE_TOKENS
@@ -78,15 +78,16 @@ def estimate_token_lengths(
     return (TEMPLATE_TOKENS + np.where(whole <= budget, whole, cut)).astype(np.int64)
 
 
-def sample_token_lengths(n: int, max_length: int = 1024, seed: int = 0,
-                         chars_per_token: float = CHARS_PER_TOKEN) -> np.ndarray:
+def sample_token_lengths(
+    n: int, max_length: int = 1024, seed: int = 0, chars_per_token: float = CHARS_PER_TOKEN
+) -> np.ndarray:
     """(n,) realistic token lengths (see the module docstring)."""
     return estimate_token_lengths(sample_char_lengths(n, seed), max_length, chars_per_token)
 
 
 def make_word_corpus(n_chars: int = 4_000_000, seed: int = 0) -> str:
-    """A long text of English-looking words (pref_core.synthetic's vocabulary) to cut cells from."""
-    from pref_core.synthetic import _WORDS  # the synthetic data's word list: same look as the demo data
+    """A long text of English-looking words (pref_core.data.synthetic's vocabulary) to cut cells from."""
+    from pref_core.data.synthetic import _WORDS  # the synthetic data's word list: same look as the demo data
 
     rng = np.random.default_rng(seed)
     words = np.asarray(_WORDS)

@@ -34,9 +34,15 @@ def build(folder: Path, hidden: int, layers: int) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3 // 64 * 64,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     with torch.device("cpu"):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -49,8 +55,8 @@ def measure(folder: Path, side: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from pref_core.config import ModelConfig
-    from pref_core.backbone import load_backbone
+    from pref_core.config.schema import ModelConfig
+    from pref_core.model.backbone import load_backbone
 
     model_config = ModelConfig(name_or_path=str(folder), dtype="bf16")
     before_kb = _status_kb("VmRSS")
@@ -67,9 +73,14 @@ def measure(folder: Path, side: str) -> dict:
             p.data.view(-1)[:: max(1, 4096 // p.element_size())].sum()  # one element per 4 KiB page
     touched_kb = _status_kb("VmHWM")
     n_params = sum(p.numel() for p in model.parameters())
-    return {"side": side, "growth_mib": (peak_kb - before_kb) / 1024, "resident_after_mib": (after_kb - before_kb) / 1024,
-            "touched_growth_mib": (touched_kb - before_kb) / 1024, "weights_mib": n_params * 2 / 2**20,
-            "n_params": n_params}
+    return {
+        "side": side,
+        "growth_mib": (peak_kb - before_kb) / 1024,
+        "resident_after_mib": (after_kb - before_kb) / 1024,
+        "touched_growth_mib": (touched_kb - before_kb) / 1024,
+        "weights_mib": n_params * 2 / 2**20,
+        "n_params": n_params,
+    }
 
 
 def main(argv=None) -> int:
@@ -90,19 +101,28 @@ def main(argv=None) -> int:
     rows = []
     for _ in range(args.repeats):
         for side in ("before", "after"):
-            out = subprocess.run([sys.executable, "-m", "bench.load_memory", "--folder", str(folder), "--_measure", side],
-                                 cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.load_memory", "--folder", str(folder), "--_measure", side],
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{r['side']:<6}  peak growth during load {r['growth_mib']:6.0f} MiB "
-                  f"({r['growth_mib'] / r['weights_mib']:.2f}x one copy of {r['weights_mib']:.0f} MiB, "
-                  f"{r['n_params'] / 1e6:.0f}M params); after reading every weight {r['touched_growth_mib']:6.0f} MiB "
-                  f"({r['touched_growth_mib'] / r['weights_mib']:.2f}x)")
+            print(
+                f"{r['side']:<6}  peak growth during load {r['growth_mib']:6.0f} MiB "
+                f"({r['growth_mib'] / r['weights_mib']:.2f}x one copy of {r['weights_mib']:.0f} MiB, "
+                f"{r['n_params'] / 1e6:.0f}M params); after reading every weight {r['touched_growth_mib']:6.0f} MiB "
+                f"({r['touched_growth_mib'] / r['weights_mib']:.2f}x)"
+            )
     for side in ("before", "after"):
         load = [r["growth_mib"] / r["weights_mib"] for r in rows if r["side"] == side]
         touched = [r["touched_growth_mib"] / r["weights_mib"] for r in rows if r["side"] == side]
-        print(f"{side}: peak RSS growth {min(load):.2f}-{max(load):.2f}x one copy during load, "
-              f"{min(touched):.2f}-{max(touched):.2f}x with every weight read")
+        print(
+            f"{side}: peak RSS growth {min(load):.2f}-{max(load):.2f}x one copy during load, "
+            f"{min(touched):.2f}-{max(touched):.2f}x with every weight read"
+        )
     return 0
 
 

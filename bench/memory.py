@@ -68,7 +68,9 @@ def profile_peak_allocated_mib(fn) -> float:
 
         roots = prof.profiler.kineto_results.experimental_event_tree()
     except (ImportError, AttributeError) as err:
-        raise RuntimeError(f"torch.profiler's event tree API changed ({err}); use the resident-memory peak only") from err
+        raise RuntimeError(
+            f"torch.profiler's event tree API changed ({err}); use the resident-memory peak only"
+        ) from err
     events = []
     stack = list(roots)
     while stack:

@@ -31,7 +31,7 @@ from bench import BENCH_ENVIRONMENT
 
 environment.apply_defaults(*BENCH_ENVIRONMENT)  # before prefect / transformers are imported
 
-from arena_pref import resources  # noqa: E402
+from arena_pref.tasks import resources  # noqa: E402
 from bench.report import Verdict, print_table, save_results  # noqa: E402
 from bench.timing import cpu_seconds_with_children, median, time_call_detailed  # noqa: E402
 
@@ -40,7 +40,7 @@ GOAL = 1.2  # flow wall time at most 1.2x the direct calls'
 
 
 def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args):
-    from pref_core.config import load_config
+    from pref_core.config.loading import load_config
 
     overrides = [
         f"data.train_csv={train_csv}",
@@ -57,7 +57,7 @@ def load_bench_config(train_csv: Path, output_dir: Path, tracking_uri: str, args
 
 def tiny_training_texts(frame) -> list[str]:
     """The texts the flow trains the tiny tokenizer on (as arena_pref.tasks.preparation does: template text + turns)."""
-    from pref_core.prompts import CLOSING_QUESTION
+    from pref_core.text.prompts import CLOSING_QUESTION
 
     texts = [CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:"]
     for column in ("prompt", "response_a", "response_b"):
@@ -74,13 +74,14 @@ def run_direct(config) -> dict:
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from pref_core.data import hash_file, read_arena_csv
-    from pref_core.folds import make_folds
-    from pref_core.labels import LABEL_COLUMNS
-    from pref_core.metrics import compute_log_loss
-    from pref_core.tiny import build_tiny_checkpoint
-    from pref_core.tokenization import build_token_cache, load_token_cache
-    from pref_core.training import fine_tune_fold
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.folds import make_folds
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.evaluate.metrics import compute_log_loss
+    from pref_core.hashing import hash_file
+    from pref_core.model.tiny import build_tiny_checkpoint
+    from pref_core.text.tokenization import build_token_cache, load_token_cache
+    from pref_core.train.fold import fine_tune_fold
 
     steps: dict[str, float] = {}
     clock = time.perf_counter()
@@ -96,13 +97,25 @@ def run_direct(config) -> dict:
     lap("ingest")
     tiny = config.model.tiny
     model_dir = build_tiny_checkpoint(
-        tiny_training_texts(frame), out / "model", hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
-        num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
+        tiny_training_texts(frame),
+        out / "model",
+        hidden_size=tiny.hidden_size,
+        num_layers=tiny.num_layers,
+        num_heads=tiny.num_heads,
+        intermediate_size=tiny.intermediate_size,
+        vocab_size=tiny.vocab_size,
+        seed=tiny.seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     lap("base model")
-    cache = build_token_cache(frame, tokenizer, config.prompt, out / "cache", data_hash=hash_file(config.data.train_csv),
-                              with_swap=config.train.tta_swap)
+    cache = build_token_cache(
+        frame,
+        tokenizer,
+        config.prompt,
+        out / "cache",
+        data_hash=hash_file(config.data.train_csv),
+        with_swap=config.train.tta_swap,
+    )
     dataset = load_token_cache(cache.path)
     lap("tokenize")
     folds = make_folds(frame, config.cv.n_folds, config.cv.seed)
@@ -111,9 +124,14 @@ def run_direct(config) -> dict:
     lap("folds")
     pieces = []
     for k in range(config.cv.n_folds):
-        result = fine_tune_fold(config, dataset.select(np.flatnonzero(row_fold != k)),
-                            dataset.select(np.flatnonzero(row_fold == k)), out / f"fold_{k}", name_or_path=model_dir)
-        pieces.append(pd.read_parquet(result.val_predictions_path))
+        result = fine_tune_fold(
+            config,
+            dataset.select(np.flatnonzero(row_fold != k)),
+            dataset.select(np.flatnonzero(row_fold == k)),
+            out / f"fold_{k}",
+            name_or_path=model_dir,
+        )
+        pieces.append(pd.read_parquet(result.val_predictions))
         lap("train folds")
     oof = pd.concat(pieces, ignore_index=True)
     log_loss = compute_log_loss(oof["label"].to_numpy(), oof[list(LABEL_COLUMNS)].to_numpy())
@@ -146,8 +164,12 @@ def run_flow(config) -> dict:
         ended = time.time()
     finally:
         MlflowFoldCallback.on_log = original
-    return {"oof_log_loss": float(result["metrics"]["oof_log_loss"]), "mlflow_callback_s": callback_s[0],
-            "mlflow_callback_calls": callback_s[1], "prefect": read_run_timings(started, ended)}
+    return {
+        "oof_log_loss": float(result.oof.scores.log_loss),
+        "mlflow_callback_s": callback_s[0],
+        "mlflow_callback_calls": callback_s[1],
+        "prefect": read_run_timings(started, ended),
+    }
 
 
 def read_run_timings(start: float, end: float) -> dict:
@@ -198,32 +220,51 @@ def explain_overhead(direct: dict, flow: dict) -> list[list]:
     training = direct["steps_s"]["train folds"]
     preparation = sum(v for k, v in direct["steps_s"].items() if k != "train folds")
     rows = [
-        ["fit-fold tasks beyond direct fine_tune_fold: MLflow callback (Trainer logs -> log_batch)",
-         flow["mlflow_callback_s"]],
-        ["fit-fold tasks beyond direct fine_tune_fold: the rest (fold tags, artifacts, run reads)",
-         prefect["fit_fold_tasks_s"] - training - flow["mlflow_callback_s"]],
+        [
+            "fit-fold tasks beyond direct fine_tune_fold: MLflow callback (Trainer logs -> log_batch)",
+            flow["mlflow_callback_s"],
+        ],
+        [
+            "fit-fold tasks beyond direct fine_tune_fold: the rest (fold tags, artifacts, run reads)",
+            prefect["fit_fold_tasks_s"] - training - flow["mlflow_callback_s"],
+        ],
         # A subflow shows in its parent as a wrapper task run named after the flow ("train-fold").
-        ["fold subflows around fit-fold (subflow start, its 4 preparation tasks re-run as cache hits)",
-         prefect["parent_tasks_s"].get("train-fold", prefect["fold_subflows_s"]) - prefect["fit_fold_tasks_s"]],
+        [
+            "fold subflows around fit-fold (subflow start, its 4 preparation tasks re-run as cache hits)",
+            prefect["parent_tasks_s"].get("train-fold", prefect["fold_subflows_s"]) - prefect["fit_fold_tasks_s"],
+        ],
     ]
     parent_tasks = prefect["parent_tasks_s"]
     # The parent's own tasks; those doing the direct side's work (ingest ... make-folds) are charged only
     # for what they take beyond it.
     work = {"ingest", "prepare-base-model", "tokenize-and-cache", "make-folds"}
-    rows.append(["parent tasks doing the direct preparation work, beyond its time",
-                 sum(v for k, v in parent_tasks.items() if k in work) - preparation])
+    rows.append(
+        [
+            "parent tasks doing the direct preparation work, beyond its time",
+            sum(v for k, v in parent_tasks.items() if k in work) - preparation,
+        ]
+    )
     for name, value in sorted(parent_tasks.items(), key=lambda kv: -kv[1]):
         if name not in work and name not in ("train-fold", "train-fold-process"):
             rows.append([f"parent task {name}", value])
     rows += [
-        ["parent flow between its tasks and subflows (run creation, state updates, heartbeat-thread join at each subflow exit)",
-         prefect["parent_flow_s"] - sum(parent_tasks.values())],
-        ["calling the flow outside its run (parameter validation, engine start, final heartbeat join)",
-         flow["seconds"] - prefect["parent_flow_s"]],
+        [
+            "parent flow between its tasks and subflows (run creation, state updates, heartbeat-thread join at each "
+            "subflow exit)",
+            prefect["parent_flow_s"] - sum(parent_tasks.values()),
+        ],
+        [
+            "calling the flow outside its run (parameter validation, engine start, final heartbeat join)",
+            flow["seconds"] - prefect["parent_flow_s"],
+        ],
     ]
     rows.append(["total (flow - direct), wall", flow["seconds"] - direct["seconds"]])
-    rows.append(["  of which more run-queue wait on the flow side (other processes' load)",
-                 flow["wait_seconds"] - direct["wait_seconds"]])
+    rows.append(
+        [
+            "  of which more run-queue wait on the flow side (other processes' load)",
+            flow["wait_seconds"] - direct["wait_seconds"],
+        ]
+    )
     return rows
 
 
@@ -232,15 +273,16 @@ def measure(args) -> Verdict:
 
     import torch
 
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # fold processes (cv.execution=subprocess) too
 
     # Import everything both sides use before timing: neither side pays first-import costs.
-    import arena_pref.flows.cv_training  # noqa: F401
-    import pref_core.training  # noqa: F401
     import peft  # noqa: F401
+
+    import arena_pref.flows.cv_training  # noqa: F401
+    import pref_core.train.fold  # noqa: F401
 
     work = Path(tempfile.mkdtemp(prefix="bench-orchestration-"))
     runs: dict[str, list[dict]] = {"direct": [], "flow": []}
@@ -268,14 +310,22 @@ def measure(args) -> Verdict:
                 record = {}
                 cpu_start = cpu_seconds_with_children()
                 with contextlib.chdir(folder):  # anything written relative to the cwd stays in the temp folder
-                    timing = time_call_detailed(lambda: record.update(run_direct(config) if side == "direct"
-                                                                      else run_flow(config)))
-                record.update(seconds=timing["wall"], busy_seconds=timing["busy"], wait_seconds=timing["wait"],
-                              cpu_seconds=cpu_seconds_with_children() - cpu_start)
+                    timing = time_call_detailed(
+                        lambda: record.update(run_direct(config) if side == "direct" else run_flow(config))
+                    )
+                record.update(
+                    seconds=timing["wall"],
+                    busy_seconds=timing["busy"],
+                    wait_seconds=timing["wait"],
+                    cpu_seconds=cpu_seconds_with_children() - cpu_start,
+                )
                 runs[side].append(record)
-                print(f"  {side}: {timing['wall']:.1f} s wall, {timing['busy']:.1f} s less run-queue wait, "
-                      f"{record['cpu_seconds']:.1f} s CPU (with the Prefect server), "
-                      f"OOF log loss {record['oof_log_loss']:.4f}", flush=True)
+                print(
+                    f"  {side}: {timing['wall']:.1f} s wall, {timing['busy']:.1f} s less run-queue wait, "
+                    f"{record['cpu_seconds']:.1f} s CPU (with the Prefect server), "
+                    f"OOF log loss {record['oof_log_loss']:.4f}",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -291,24 +341,48 @@ def measure(args) -> Verdict:
     busy_ratio = med("flow", "busy_seconds") / med("direct", "busy_seconds")
     cpu_ratio = med("flow", "cpu_seconds") / med("direct", "cpu_seconds")
     steps = runs["direct"][0]["steps_s"]
-    rows = [[label, med(side, "seconds"), med(side, "busy_seconds"), med(side, "cpu_seconds"), runs[side][0]["oof_log_loss"]]
-            for side, label in (("direct", "direct pref_core calls"), ("flow", f"cv-training flow ({args.execution})"))]
+    rows = [
+        [
+            label,
+            med(side, "seconds"),
+            med(side, "busy_seconds"),
+            med(side, "cpu_seconds"),
+            runs[side][0]["oof_log_loss"],
+        ]
+        for side, label in (("direct", "direct pref_core calls"), ("flow", f"cv-training flow ({args.execution})"))
+    ]
     rows.append(["flow / direct", ratio, busy_ratio, cpu_ratio, float("nan")])
-    print_table(f"orchestration: {args.rows} synthetic rows, tiny model, 5 folds x {args.epochs} epochs, "
-                f"{args.threads} torch thread(s)",
-                ["side", "wall s", "wall less run-queue wait s", "CPU s (with children)", "OOF log loss"], rows)
+    print_table(
+        f"orchestration: {args.rows} synthetic rows, tiny model, 5 folds x {args.epochs} epochs, "
+        f"{args.threads} torch thread(s)",
+        ["side", "wall s", "wall less run-queue wait s", "CPU s (with children)", "OOF log loss"],
+        rows,
+    )
     print("direct side by step: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps.items()))
     breakdown = None
     if args.execution == "in_process":  # subprocess folds run in other processes: no per-part split there
         breakdown = explain_overhead(runs["direct"][0], runs["flow"][0])
         print_table("where the flow's extra time goes (first run of each side)", ["part", "seconds"], breakdown)
-    print(f"flow / direct: {ratio:.2f}x wall (goal <= {GOAL}x); wall less run-queue wait {busy_ratio:.2f}x, "
-          f"CPU {cpu_ratio:.2f}x; overhead {flow - direct:.1f} s wall")
-    verdict = Verdict(NAME, ratio, f"x direct wall time ({args.execution}; CPU {cpu_ratio:.2f}x)",
-                      f"<={GOAL}x", ratio <= GOAL)
-    save_results(NAME, verdict, {"args": vars(args), "runs": runs, "harness_startup_s": harness_s, "ratio": ratio,
-                                 "busy_ratio": busy_ratio, "cpu_ratio": cpu_ratio,
-                                 "overhead_breakdown_s": breakdown})
+    print(
+        f"flow / direct: {ratio:.2f}x wall (goal <= {GOAL}x); wall less run-queue wait {busy_ratio:.2f}x, "
+        f"CPU {cpu_ratio:.2f}x; overhead {flow - direct:.1f} s wall"
+    )
+    verdict = Verdict(
+        NAME, ratio, f"x direct wall time ({args.execution}; CPU {cpu_ratio:.2f}x)", f"<={GOAL}x", ratio <= GOAL
+    )
+    save_results(
+        NAME,
+        verdict,
+        {
+            "args": vars(args),
+            "runs": runs,
+            "harness_startup_s": harness_s,
+            "ratio": ratio,
+            "busy_ratio": busy_ratio,
+            "cpu_ratio": cpu_ratio,
+            "overhead_breakdown_s": breakdown,
+        },
+    )
     return verdict
 
 
@@ -318,9 +392,13 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--execution", choices=["in_process", "subprocess"], default="in_process")
     parser.add_argument("--repeats", type=int, default=1, help="runs per side, alternating")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads; 1 because on 2 shared cores two OpenMP threads turn any foreign "
-                             "load into barrier stalls (the same direct run measured 9.5 s and 273 s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; 1 because on 2 shared cores two OpenMP threads turn any foreign "
+        "load into barrier stalls (the same direct run measured 9.5 s and 273 s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="extra config override key=value (repeatable)")
     return parser.parse_args(argv)

@@ -1,8 +1,8 @@
 """Benchmark 2: share of padded positions over an epoch, length-grouped batches against random ones.
 
-Uses the training code's own sampler (pref_core.sampling.EpochSeededSampler, built exactly as
+Uses the training code's own sampler (pref_core.train.sampling.EpochSeededSampler, built exactly as
 PreferenceTrainer._get_train_sampler builds it: mega-batches for per_device x accumulation rows) and the
-collator's padding rule (pref_core.inference.PreferenceCollator: pad to the batch's longest row, rounded
+collator's padding rule (pref_core.predict.inference.PreferenceCollator: pad to the batch's longest row, rounded
 up to a multiple of 8 on CUDA). Token lengths are those of bench.lengths: the real sample's uncut
 character lengths, resampled, at ~4 characters per Llama-3 token, seed truncation at max_length 1024.
 Nothing is tokenized; the numbers are exact for the given lengths.
@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from bench.lengths import CHARS_PER_TOKEN, load_char_lengths, sample_char_lengths, estimate_token_lengths
+from bench.lengths import CHARS_PER_TOKEN, estimate_token_lengths, load_char_lengths, sample_char_lengths
 from bench.report import Verdict, print_table, save_results
 
 NAME = "padding"
@@ -32,13 +32,22 @@ def padded_width(batch_lengths: np.ndarray, pad_to_multiple_of: Optional[int]) -
     return width
 
 
-def measure_padding(lengths: np.ndarray, per_device: int, accumulation: int, grouped: bool,
-                    epoch: int = 0, seed: int = 42, pad_to_multiple_of: Optional[int] = None) -> dict:
+def measure_padding(
+    lengths: np.ndarray,
+    per_device: int,
+    accumulation: int,
+    grouped: bool,
+    epoch: int = 0,
+    seed: int = 42,
+    pad_to_multiple_of: Optional[int] = None,
+) -> dict:
     """Padded share of all positions the model computes over one epoch, in the Trainer's batch order."""
-    from pref_core.sampling import EpochSeededSampler
+    from pref_core.train.sampling import EpochSeededSampler
 
     # As PreferenceTrainer._get_train_sampler: mega-batches sized for one optimizer step.
-    sampler = EpochSeededSampler(lengths.tolist(), batch_size=per_device * accumulation, seed=seed, group_by_length=grouped)
+    sampler = EpochSeededSampler(
+        lengths.tolist(), batch_size=per_device * accumulation, seed=seed, group_by_length=grouped
+    )
     sampler.set_epoch(epoch)
     order = np.fromiter(iter(sampler), dtype=np.int64, count=len(lengths))
     real = padded = 0
@@ -51,13 +60,16 @@ def measure_padding(lengths: np.ndarray, per_device: int, accumulation: int, gro
 
 
 def measure(args) -> Verdict:
-    from pref_core.sampling import EpochSeededSampler  # noqa: F401 (import cost outside the loops)
+    from pref_core.train.sampling import EpochSeededSampler  # noqa: F401 (import cost outside the loops)
 
     _, source = load_char_lengths()
     chars = sample_char_lengths(args.rows, seed=args.seed)
     lengths = estimate_token_lengths(chars, args.max_length, args.chars_per_token)
-    print(f"{args.rows:,} rows, token lengths from {source}: median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, "
-          f"p90 {np.percentile(lengths, 90):.0f}, {np.mean(lengths >= args.max_length - 8):.1%} at the {args.max_length} cap")
+    print(
+        f"{args.rows:,} rows, token lengths from {source}: median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, "
+        f"p90 {np.percentile(lengths, 90):.0f}, "
+        f"{np.mean(lengths >= args.max_length - 8):.1%} at the {args.max_length} cap"
+    )
 
     settings = [(8, 1, None), (8, 1, 8), (2, 2, None), (2, 2, 8)]  # (per_device, accumulation, multiple)
     rows, details = [], []
@@ -65,16 +77,28 @@ def measure(args) -> Verdict:
     for per_device, accumulation, multiple in settings:
         shares = {}
         for grouped in (True, False):
-            epochs = [measure_padding(lengths, per_device, accumulation, grouped, epoch=e, pad_to_multiple_of=multiple)
-                      for e in range(args.epochs)]
+            epochs = [
+                measure_padding(lengths, per_device, accumulation, grouped, epoch=e, pad_to_multiple_of=multiple)
+                for e in range(args.epochs)
+            ]
             shares[grouped] = epochs
         grouped_share = float(np.mean([e["pad_share"] for e in shares[True]]))
         random_share = float(np.mean([e["pad_share"] for e in shares[False]]))
-        compute_ratio = np.mean([e["positions"] for e in shares[False]]) / np.mean([e["positions"] for e in shares[True]])
+        compute_ratio = np.mean([e["positions"] for e in shares[False]]) / np.mean(
+            [e["positions"] for e in shares[True]]
+        )
         label = f"{per_device} x {accumulation}" + (f", pad to x{multiple}" if multiple else "")
         rows.append([label, grouped_share * 100, random_share * 100, compute_ratio])
-        details.append({"per_device": per_device, "accumulation": accumulation, "pad_to_multiple_of": multiple,
-                        "grouped": shares[True], "random": shares[False], "positions_ratio": compute_ratio})
+        details.append(
+            {
+                "per_device": per_device,
+                "accumulation": accumulation,
+                "pad_to_multiple_of": multiple,
+                "grouped": shares[True],
+                "random": shares[False],
+                "positions_ratio": compute_ratio,
+            }
+        )
         if (per_device, accumulation, multiple) == (8, 1, None):
             headline = grouped_share
     print_table(
@@ -85,15 +109,30 @@ def measure(args) -> Verdict:
     sensitivity = []
     for cpt in (3.0, 4.0, 5.0):
         alt = estimate_token_lengths(chars, args.max_length, cpt)
-        sensitivity.append([cpt, np.median(alt), measure_padding(alt, 8, 1, True)["pad_share"] * 100,
-                            measure_padding(alt, 8, 1, False)["pad_share"] * 100])
-    print_table("sensitivity to the characters-per-token assumption (batch 8 x 1, epoch 0)",
-                ["chars/token", "median tokens", "grouped %", "random %"], sensitivity)
+        sensitivity.append(
+            [
+                cpt,
+                np.median(alt),
+                measure_padding(alt, 8, 1, True)["pad_share"] * 100,
+                measure_padding(alt, 8, 1, False)["pad_share"] * 100,
+            ]
+        )
+    print_table(
+        "sensitivity to the characters-per-token assumption (batch 8 x 1, epoch 0)",
+        ["chars/token", "median tokens", "grouped %", "random %"],
+        sensitivity,
+    )
     print(f"grouped padding at batch 8: {headline:.2%} (goal <= {GOAL:.0%})")
-    verdict = Verdict(NAME, headline * 100, "% padded positions (grouped, batch 8)",
-                      f"<={GOAL * 100:.0f}% (random batches: {rows[0][2]:.1f}%)", headline <= GOAL)
-    save_results(NAME, verdict, {"args": vars(args), "settings": details, "sensitivity": sensitivity,
-                                 "length_source": source})
+    verdict = Verdict(
+        NAME,
+        headline * 100,
+        "% padded positions (grouped, batch 8)",
+        f"<={GOAL * 100:.0f}% (random batches: {rows[0][2]:.1f}%)",
+        headline <= GOAL,
+    )
+    save_results(
+        NAME, verdict, {"args": vars(args), "settings": details, "sensitivity": sensitivity, "length_source": source}
+    )
     return verdict
 
 

@@ -69,7 +69,7 @@ def describe_machine() -> dict[str, Any]:
             from importlib.metadata import version
 
             info[package] = version(package)
-        except Exception:  # not installed: simply not reported
+        except Exception:  # noqa: BLE001 (not installed, or unreadable metadata: simply not reported)
             pass
     return info
 

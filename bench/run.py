@@ -40,8 +40,9 @@ def run_benchmark(name: str, module: str, arguments: list[str]) -> dict:
     start = time.perf_counter()
     verdict = None
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, *arguments], stdout=subprocess.PIPE, stderr=log,
-                                text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *arguments], stdout=subprocess.PIPE, stderr=log, text=True, env=env
+        )
         for line in proc.stdout:  # stream the tables as they come
             if line.startswith("{") and '"name"' in line:
                 verdict = json.loads(line)

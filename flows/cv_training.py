@@ -11,9 +11,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from pref_core.config import RunConfig
-from pref_core.devices import DeviceSlots, plan_device_slots
-from arena_pref.tasks import artifacts, evaluation, registry, runs, training
+from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, training
+from pref_core.config.schema import RunConfig
+from pref_core.train.devices import DeviceSlots, plan_device_slots
 
 
 @flow(name="cv-training", log_prints=True)
@@ -29,7 +29,7 @@ def cv_training(
     model_name_or_path: Optional[str] = None,
     learning_rate: Optional[float] = None,
     num_epochs: Optional[float] = None,
-) -> dict:
+) -> runs.CVTrainingResult:
     """K-fold LoRA fine-tuning with out-of-fold evaluation, tracked in one parent MLflow run.
 
     Give either `config` or `config_path` (+ `overrides`, `key=value` strings). `fold_execution`
@@ -37,9 +37,20 @@ def cv_training(
     earlier run with the same config and data finished. The typed parameters after `force` (a form in the
     Prefect UI) override their config fields, after `overrides`.
     """
-    config = runs.resolve_config(config, config_path, overrides, fold_execution, fields={
-        "data.train_csv": train_csv, "data.test_csv": test_csv, "cv.n_folds": n_folds,
-        "model.name_or_path": model_name_or_path, "train.learning_rate": learning_rate, "train.num_epochs": num_epochs})
+    config = runs.resolve_config(
+        config,
+        config_path,
+        overrides,
+        fold_execution,
+        fields={
+            "data.train_csv": train_csv,
+            "data.test_csv": test_csv,
+            "cv.n_folds": n_folds,
+            "model.name_or_path": model_name_or_path,
+            "train.learning_rate": learning_rate,
+            "train.num_epochs": num_epochs,
+        },
+    )
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
@@ -54,7 +65,15 @@ def cv_training(
         runs.close_run(config, parent_run_id, "FAILED")
         raise
     runs.close_run(config, parent_run_id, "FINISHED")
-    return artifacts.flow_result(parent_run_id, fold_run_ids, prepared, oof, registered, submission)
+    return runs.CVTrainingResult(
+        parent_run_id=parent_run_id,
+        fold_run_ids=fold_run_ids,
+        run_key=prepared.run_key,
+        oof=oof,
+        registration=registered,
+        submission_path=submission,
+        rows=prepared.counts(),
+    )
 
 
 def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, force: bool) -> None:
@@ -66,22 +85,35 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
             artifacts.advance_progress(progress, done, len(fold_run_ids))
         return
     if config.cv.execution == "deployment":  # all folds at once; each GPU worker takes one at a time
-        futures = [training.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
-                   for k, run_id in fold_run_ids.items()]
+        futures = [
+            fold_launcher.run_fold_deployment.submit(config, k, run_id, prepared.train_hash, force)
+            for k, run_id in fold_run_ids.items()
+        ]
         _wait(futures, progress)
         return
     # subprocess: cv.max_parallel fold processes at once, one device slot each; a fold starts when a
     # worker (and so a device) frees up.
     slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
     with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
-        futures = [runner.submit(training.run_fold_in_subprocess, parameters=dict(
-            fold_flow=train_fold, config=config, fold=k, mlflow_run_id=run_id, train_hash=prepared.train_hash,
-            force=force, slots=slots,
-        )) for k, run_id in fold_run_ids.items()]
+        futures = [
+            runner.submit(
+                fold_launcher.run_fold_in_subprocess,
+                parameters=dict(
+                    fold_flow=train_fold,
+                    config=config,
+                    fold=k,
+                    mlflow_run_id=run_id,
+                    train_hash=prepared.train_hash,
+                    force=force,
+                    slots=slots,
+                ),
+            )
+            for k, run_id in fold_run_ids.items()
+        ]
         _wait(futures, progress)
 
 
 def _wait(futures, progress) -> None:
     for done, _ in enumerate(as_completed(futures), start=1):
         artifacts.advance_progress(progress, done, len(futures))
-    training.raise_failed_folds(futures)
+    fold_launcher.raise_failed_folds(futures)

@@ -7,10 +7,11 @@ shared data location.
 
 from __future__ import annotations
 
-from pref_core.config import RunConfig, require_train_csv
-from pref_core.run_key import compute_run_key, teacher_hashes
 from arena_pref.tasks import preparation
 from arena_pref.tasks.preparation import PreparedInputs
+from pref_core.config.loading import require_train_csv
+from pref_core.config.run_key import compute_run_key, teacher_hashes
+from pref_core.config.schema import RunConfig
 
 
 def prepare_inputs(config: RunConfig) -> PreparedInputs:
@@ -19,17 +20,22 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
     test = preparation.ingest(config, "test") if config.data.test_csv else None
     extra = preparation.ingest_extra(config, train)
     base_model = preparation.prepare_base_model(config, train)
-    run_key = compute_run_key(config, {
-        "train": train.data_hash,
-        "test": test.data_hash if test else None,
-        "extra": extra.data_hash if extra else None,
-        **teacher_hashes(config),
-    })
+    run_key = compute_run_key(
+        config,
+        {
+            "train": train.data_hash,
+            "test": test.data_hash if test else None,
+            "extra": extra.data_hash if extra else None,
+            **teacher_hashes(config.distill),
+        },
+    )
     # Training reads the swapped view for swap augmentation, inference for swap TTA.
     train_swap = config.train.tta_swap or config.train.swap != "none"
     train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=train_swap)
     extra_tokens = preparation.tokenize_and_cache(config, extra, base_model, with_swap=train_swap) if extra else None
-    test_tokens = preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
+    test_tokens = (
+        preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
+    )
     folds_path = preparation.write_fold_table(config, train, run_key)
     return PreparedInputs(
         run_key=run_key,

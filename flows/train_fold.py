@@ -6,12 +6,13 @@
 from prefect import flow
 
 from arena_pref.flows.preparation import prepare_inputs
-from pref_core.config import RunConfig
 from arena_pref.tasks.training import fit_fold
+from pref_core.config.schema import RunConfig
+from pref_core.train.result import FoldResult
 
 
 @flow(name="train-fold", log_prints=True)
-def train_fold(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> dict:
+def train_fold(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> FoldResult:
     """Prepare inputs (cache hits where they exist), then train fold `fold`, logging into `mlflow_run_id`."""
     prepared = prepare_inputs(config)
     if prepared.train_hash != train_hash:
@@ -19,5 +20,4 @@ def train_fold(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str
             f"data.train_csv on this worker ({config.data.train_csv}) has hash {prepared.train_hash[:12]}, "
             f"but the CV run was started on {train_hash[:12]}: fold workers must see the same file"
         )
-    output = fit_fold(config, fold, mlflow_run_id, prepared, force=force)
-    return {"fold": output.fold, "mlflow_run_id": output.mlflow_run_id, "metrics": output.metrics, "reused": output.reused}
+    return fit_fold(config, fold, mlflow_run_id, prepared, force=force)

@@ -8,11 +8,18 @@ from typing import Optional
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
-from pref_core.config import RunConfig
 from arena_pref.tasks import tracking
+from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS
+from arena_pref.tasks.registry import RegistrationOutput
+from pref_core.config.schema import RunConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ def start_progress(n_folds: int) -> Optional[UUID]:
     """A progress artifact at 0 %; None when the artifact cannot be created (it is a view, not a result)."""
     try:
         return create_progress_artifact(0.0, key=PROGRESS_KEY, description=f"folds finished: 0 of {n_folds}")
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 (a view, not a result: it never fails the run)
         LOGGER.warning("no progress artifact: %s", err)
         return None
 
@@ -50,35 +57,49 @@ def advance_progress(artifact_id: Optional[UUID], done: int, n_folds: int) -> No
     if artifact_id is None:
         return
     try:
-        update_progress_artifact(artifact_id, 100.0 * done / max(n_folds, 1),
-                                 description=f"folds finished: {done} of {n_folds}")
-    except Exception as err:
+        update_progress_artifact(
+            artifact_id, 100.0 * done / max(n_folds, 1), description=f"folds finished: {done} of {n_folds}"
+        )
+    except Exception as err:  # noqa: BLE001 (a view, not a result: it never fails the run)
         LOGGER.warning("progress artifact not updated: %s", err)
 
 
-def fold_rows(oof, fold_run_ids: dict[int, str], run_links: dict[int, str]) -> list[dict]:
+def fold_rows(oof: OOFOutput, fold_run_ids: dict[int, str], run_links: dict[int, str]) -> list[dict]:
+    scores = oof.scores
     return [
-        {"fold": k, "val_log_loss": round(oof.fold_log_loss[k], 5),
-         "val_accuracy": round(oof.fold_accuracy.get(k, float("nan")), 4), "rows": oof.fold_rows.get(k),
-         "mlflow_run": run_links[k]}
+        {
+            "fold": k,
+            "val_log_loss": round(oof.fold_log_loss[k], 5),
+            "val_accuracy": round(scores.fold_accuracy.get(k, float("nan")), 4),
+            "rows": scores.fold_rows.get(k),
+            "mlflow_run": run_links[k],
+        }
         for k in sorted(fold_run_ids)
     ]
 
 
-def summary_markdown(oof, rows: list[dict], decision: str, parent_link: str, submission: Optional[str]) -> str:
-    metrics = oof.metrics
+def summary_markdown(
+    oof: OOFOutput, rows: list[dict], decision: str, parent_link: str, submission: Optional[str]
+) -> str:
+    scores = oof.scores
     lines = [
-        "# cv-training", "",
-        "| fold | val log loss | val accuracy | rows | MLflow run |", "| ---: | ---: | ---: | ---: | --- |",
-        *[f"| {r['fold']} | {r['val_log_loss']:.4f} | {r['val_accuracy']:.3f} | {r['rows']} | {r['mlflow_run']} |" for r in rows],
+        "# cv-training",
         "",
-        f"- **OOF log loss**: {metrics['oof_log_loss']:.4f} (accuracy {metrics['oof_accuracy']:.3f}, {metrics['n_oof']} rows)",
+        "| fold | val log loss | val accuracy | rows | MLflow run |",
+        "| ---: | ---: | ---: | ---: | --- |",
+        *[
+            f"| {r['fold']} | {r['val_log_loss']:.4f} | {r['val_accuracy']:.3f} | {r['rows']} | {r['mlflow_run']} |"
+            for r in rows
+        ],
+        "",
+        f"- **OOF log loss**: {scores.log_loss:.4f} (accuracy {scores.accuracy:.3f}, {scores.n_oof} rows)",
     ]
-    if "oof_log_loss_calibrated" in metrics:
-        lines.append(f"- **calibrated OOF log loss**: {metrics['oof_log_loss_calibrated']:.4f} "
-                     f"(temperature {metrics['temperature']:.3f})")
+    if scores.calibrated_log_loss is not None:
+        lines.append(
+            f"- **calibrated OOF log loss**: {scores.calibrated_log_loss:.4f} (temperature {scores.temperature:.3f})"
+        )
     lines += [
-        f"- **class prior log loss**: {metrics['prior_log_loss']:.4f}",
+        f"- **class prior log loss**: {scores.prior_log_loss:.4f}",
         f"- **registry**: {decision}",
         f"- **MLflow parent run**: {parent_link}",
     ]
@@ -88,8 +109,14 @@ def summary_markdown(oof, rows: list[dict], decision: str, parent_link: str, sub
 
 
 @task(name="publish-summary", **TASK_DEFAULTS)
-def publish_summary(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], oof, registered,
-                    submission: Optional[str]) -> str:
+def publish_summary(
+    config: RunConfig,
+    parent_run_id: str,
+    fold_run_ids: dict[int, str],
+    oof: OOFOutput,
+    registered: RegistrationOutput,
+    submission: Optional[str],
+) -> str:
     """The fold table and the markdown summary as Prefect artifacts of this flow run; returns the markdown."""
     uri = tracking.resolve_tracking_uri(config)
     experiment_id = tracking.get_client(config).get_run(parent_run_id).info.experiment_id
@@ -100,22 +127,3 @@ def publish_summary(config: RunConfig, parent_run_id: str, fold_run_ids: dict[in
     create_table_artifact(rows, key=TABLE_KEY, description="per-fold validation metrics")
     create_markdown_artifact(markdown, key=SUMMARY_KEY, description="OOF scores, calibration and the registry decision")
     return markdown
-
-
-def flow_result(parent_run_id: str, fold_run_ids: dict[int, str], prepared, oof, registered, submission: Optional[str]) -> dict:
-    """What `cv-training` returns: run ids, OOF metrics and paths, the registry's decision, row counts."""
-    return {
-        "parent_run_id": parent_run_id,
-        "fold_run_ids": fold_run_ids,
-        "metrics": oof.metrics,
-        "fold_log_loss": oof.fold_log_loss,
-        "fold_accuracy": oof.fold_accuracy,
-        "fold_rows": oof.fold_rows,
-        "oof_path": oof.oof_path,
-        "submission_path": submission,
-        "run_key": prepared.run_key,
-        "model_uri": registered.model_uri,
-        "promoted": registered.promoted,
-        "promotion": registered.reason,
-        "rows": prepared.counts(),
-    }

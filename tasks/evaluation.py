@@ -2,40 +2,49 @@
 
 Fold outputs are read back from MLflow, not from the fold's disk: a fold may
 have run on another machine that shares only the tracking server. The
-assembly, scoring and checks are pref_core.oof and pref_core.submission.
+assembly, scoring and checks are pref_core.evaluate.oof and pref_core.predict.submission.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 from prefect import task
 
-from pref_core.oof import assemble_oof, oof_figures, score_oof, text_lengths
-from pref_core.submission import (average_fold_predictions, class_prior, fill_missing_with_prior, test_file_ids,
-                                  validate_submission)
-from pref_core.training import TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
-from pref_core.config import RunConfig
-from pref_core.labels import TURN_COLUMNS
 from arena_pref.tasks import tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from pref_core.config.schema import RunConfig
+from pref_core.data.labels import TURN_COLUMNS
+from pref_core.evaluate.oof import OOFScores, assemble_oof, oof_figures, score_oof, text_lengths
+from pref_core.predict.submission import (
+    average_fold_predictions,
+    class_prior,
+    fill_missing_with_prior,
+    test_file_ids,
+    validate_submission,
+)
+from pref_core.train.result import TEST_PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
 LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
 class OOFOutput:
+    """What evaluate-oof found: the OOF table's path, its scores and each fold model's validation log loss."""
+
     oof_path: str
-    metrics: dict
-    fold_log_loss: dict
-    temperature: float = 1.0  # calibration applied to the submission and by the registered model
-    fold_accuracy: dict = field(default_factory=dict)
-    fold_rows: dict = field(default_factory=dict)
+    scores: OOFScores
+    fold_log_loss: dict[int, float]
+
+    @property
+    def temperature(self) -> float:
+        """The calibration applied to the submission and by the registered model (1.0: none)."""
+        return self.scores.temperature
 
 
 def _read_fold_tables(client, fold_run_ids: dict[int, str], name: str) -> dict[int, pd.DataFrame]:
@@ -48,12 +57,16 @@ def _read_fold_tables(client, fold_run_ids: dict[int, str], name: str) -> dict[i
 
 
 @task(name="evaluate-oof", **TASK_DEFAULTS)
-def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs) -> OOFOutput:
+def evaluate_oof(
+    config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs
+) -> OOFOutput:
     """Join the folds' validation predictions, check coverage, compute OOF metrics, log table and plots."""
     client = tracking.get_client(config)
     predictions = _read_fold_tables(client, fold_run_ids, VAL_PREDICTIONS_FILE)
-    fold_log_loss = {fold: float(client.get_run(run_id).data.metrics["val_log_loss"])
-                     for fold, run_id in sorted(fold_run_ids.items())}
+    fold_log_loss = {
+        fold: float(client.get_run(run_id).data.metrics["val_log_loss"])
+        for fold, run_id in sorted(fold_run_ids.items())
+    }
     parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *TURN_COLUMNS])
     oof = assemble_oof(predictions, parsed, pd.read_parquet(prepared.folds_path))
     scores = score_oof(oof, config.calibration.method)
@@ -67,14 +80,16 @@ def evaluate_oof(config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, 
     lengths = text_lengths(parsed, oof["id"])
     for name, figure in oof_figures(oof, scores, fold_log_loss, lengths).items():
         client.log_figure(parent_run_id, figure, name)
-    metrics = scores.metrics
     LOGGER.info(
         "OOF log loss %.4f (prior %.4f), accuracy %.3f over %d rows; temperature %.3f -> calibrated %.4f",
-        metrics["oof_log_loss"], metrics["prior_log_loss"], metrics["oof_accuracy"], len(oof),
-        scores.temperature, metrics.get("oof_log_loss_calibrated", metrics["oof_log_loss"]),
+        scores.log_loss,
+        scores.prior_log_loss,
+        scores.accuracy,
+        scores.n_oof,
+        scores.temperature,
+        scores.log_loss if scores.calibrated_log_loss is None else scores.calibrated_log_loss,
     )
-    return OOFOutput(oof_path=str(oof_path), metrics=metrics, fold_log_loss=fold_log_loss,
-                     temperature=scores.temperature, fold_accuracy=scores.fold_accuracy, fold_rows=scores.fold_rows)
+    return OOFOutput(oof_path=str(oof_path), scores=scores, fold_log_loss=fold_log_loss)
 
 
 def _fill_rejected_with_prior(submission: pd.DataFrame, prepared: PreparedInputs) -> tuple[pd.DataFrame, list[str]]:
@@ -83,8 +98,12 @@ def _fill_rejected_with_prior(submission: pd.DataFrame, prepared: PreparedInputs
     all_ids = test_file_ids(prepared.test.source)
     prior = class_prior(pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"])
     full, filled = fill_missing_with_prior(submission, all_ids, prior)
-    LOGGER.warning("submission: %d test rows were rejected at ingest (see %s); they get the class prior %s",
-                   len(filled), prepared.test.rejected_path, [round(float(p), 4) for p in prior])
+    LOGGER.warning(
+        "submission: %d test rows were rejected at ingest (see %s); they get the class prior %s",
+        len(filled),
+        prepared.test.rejected_path,
+        [round(float(p), 4) for p in prior],
+    )
     return full, all_ids
 
 

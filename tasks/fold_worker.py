@@ -3,9 +3,9 @@
 `fit-fold` writes the fold's tokenized rows and a spec to the fold folder, then starts
 ``torchrun --nproc-per-node N -m arena_pref.tasks.fold_worker SPEC`` (tasks/training.py). Every process trains
 (DDP); rank 0 alone streams metrics to the fold's MLflow run, writes the adapter and the validation
-predictions, and leaves ``result.json`` for `fit-fold` to read. torchrun restarts the whole group when
-a process dies (preemption, OOM killer, SIGKILL), and the restarted processes resume from the fold's
-latest checkpoint.
+predictions, and leaves the fold's `FoldResult` (``distributed/result.json``) for `fit-fold` to read. torchrun
+restarts the whole group when a process dies (preemption, OOM killer, SIGKILL), and the restarted processes resume
+from the fold's latest checkpoint.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-RESULT_FILE = "result.json"
+from pref_core.train.result import RESULT_FILE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,34 +33,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         torch.cuda.set_device(local_rank)
     from datasets import load_from_disk
 
-    from pref_core.training import fine_tune_fold
-    from pref_core.config import parse_config
-    from pref_core.fold_checks import is_main_process
+    from pref_core.config.loading import parse_config
+    from pref_core.train.checks import is_main_process
+    from pref_core.train.fold import fine_tune_fold
 
     config = parse_config(spec["config"])
     callbacks = []
     if is_main_process():
-        from mlflow import MlflowClient
-
         from arena_pref.tasks import tracking
+        from mlflow import MlflowClient
 
         client = MlflowClient(spec["tracking_uri"])
         restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        tracking.set_tags(client, spec["mlflow_run_id"], {
-            "arena_pref.num_processes": os.environ.get("WORLD_SIZE", "1"),
-            "arena_pref.distributed_restarts": restarts,
-        })
+        tracking.set_tags(
+            client,
+            spec["mlflow_run_id"],
+            {
+                "arena_pref.num_processes": os.environ.get("WORLD_SIZE", "1"),
+                "arena_pref.distributed_restarts": restarts,
+            },
+        )
         callbacks.append(tracking.MlflowFoldCallback(client, spec["mlflow_run_id"]))
-    from pref_core.tokenization import load_token_cache
+    from pref_core.text.tokenization import load_token_cache
 
     test_ds = load_token_cache(spec["test"]) if spec.get("test") else None
     result = fine_tune_fold(
-        config, load_from_disk(spec["train"]), load_from_disk(spec["val"]), spec["output_dir"],
-        callbacks=callbacks, name_or_path=spec["base_model"], test_ds=test_ds,
+        config,
+        load_from_disk(spec["train"]),
+        load_from_disk(spec["val"]),
+        spec["output_dir"],
+        callbacks=callbacks,
+        name_or_path=spec["base_model"],
+        test_ds=test_ds,
     )
     if is_main_process():
-        payload = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()}
-        (spec_path.parent / RESULT_FILE).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        result.save(spec_path.parent / RESULT_FILE)
     return 0
 
 

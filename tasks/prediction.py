@@ -9,9 +9,9 @@ from typing import Optional
 
 from prefect import task
 
-from pref_core.submission import validate_submission
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 from arena_pref.tasks.tracking import default_tracking_uri
+from pref_core.predict.submission import validate_submission
 
 LOGGER = logging.getLogger(__name__)
 
@@ -19,7 +19,6 @@ LOGGER = logging.getLogger(__name__)
 def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
     """Fetch a registered model's bundle folder without unpickling anything."""
     import mlflow
-
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -28,15 +27,16 @@ def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
 
 
 @task(name="predict-submission", **TASK_DEFAULTS)
-def predict_submission(model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None,
-                       base_model: Optional[str] = None) -> str:
+def predict_submission(
+    model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None, base_model: Optional[str] = None
+) -> str:
     """`base_model`: a local copy of the registered model's base (``--base-model PATH``), checked against the
     fingerprint in the bundle; default: the recorded folder or Hub id at its commit."""
     import json
 
-    from pref_core.base_fingerprint import locate_base
-    from pref_core.data import read_arena_csv
     from arena_pref.tasks.pyfunc_model import predict_parsed
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.model.fingerprint import locate_base
 
     tracking_uri = tracking_uri or default_tracking_uri()
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models

@@ -18,15 +18,16 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from pref_core.data import hash_file, read_arena_csv, write_rejected
-from pref_core.folds import make_folds
-from pref_core import tokenization
-from pref_core.config import RunConfig
-from pref_core.progress import console_note
-from pref_core.publish import publishing_dir, publishing_file
-from pref_core.tiny import build_tiny_checkpoint, tokenizer_corpus
 from arena_pref.tasks import workspace
 from arena_pref.tasks.retry import retry_on_io
+from pref_core.config.schema import RunConfig
+from pref_core.data.arena import read_arena_csv, write_rejected
+from pref_core.data.folds import make_folds
+from pref_core.hashing import hash_file, hash_json
+from pref_core.model.tiny import build_tiny_checkpoint, tokenizer_corpus
+from pref_core.progress import console_note
+from pref_core.publish import publishing_dir, publishing_file
+from pref_core.text import tokenization
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,12 +82,19 @@ class PreparedInputs:
         return self.test.data_hash if self.test else None
 
     def counts(self) -> dict[str, int]:
-        out = {"n_train_read": self.train.n_read, "n_train_kept": self.train.n_kept, "n_train_rejected": self.train.n_rejected}
+        out = {
+            "n_train_read": self.train.n_read,
+            "n_train_kept": self.train.n_kept,
+            "n_train_rejected": self.train.n_rejected,
+        }
         if self.test:
             out.update(n_test_read=self.test.n_read, n_test_kept=self.test.n_kept, n_test_rejected=self.test.n_rejected)
         if self.extra:
-            out.update(n_extra_read=self.extra.n_read, n_extra_kept=self.extra.n_kept,
-                       n_extra_rejected_or_duplicate=self.extra.n_rejected)
+            out.update(
+                n_extra_read=self.extra.n_read,
+                n_extra_kept=self.extra.n_kept,
+                n_extra_rejected_or_duplicate=self.extra.n_rejected,
+            )
         return out
 
     def rejected_files(self) -> list[str]:
@@ -121,7 +129,11 @@ def ingest(config: RunConfig, kind: str) -> IngestOutput:
         write_rejected(result.rejected, rejected_path)
         LOGGER.warning(
             "ingest %s: %d of %d rows rejected (data.max_bad_fraction=%s); reasons in %s",
-            kind, result.n_rejected, result.n_read, config.data.max_bad_fraction, rejected_path,
+            kind,
+            result.n_rejected,
+            result.n_read,
+            config.data.max_bad_fraction,
+            rejected_path,
         )
     out = IngestOutput(
         kind=kind,
@@ -145,30 +157,40 @@ def ingest_extra(config: RunConfig, train: IngestOutput) -> Optional[IngestOutpu
     The result counts as one more input file: keyed by the hashes of every source, the main data
     and the side-assignment seed.
     """
-    from pref_core import extra_data
+    from pref_core.data.extra import read_extra_sources
 
     sources = [*config.data.extra_csvs, *config.data.extra_pairs]
     if not sources:
         return None
     hashes = [hash_file(p) for p in sources]
-    key = workspace.hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
+    key = hash_json([hashes, train.data_hash, config.data.extra_seed, config.data.max_bad_fraction])
     folder = workspace.ingest_dir(config, f"extra-{key}")
-    parsed_path, meta_path, rejected_path = folder / "extra.parquet", folder / "extra.json", folder / "extra_rejected.csv"
+    parsed_path, meta_path, rejected_path = (
+        folder / "extra.parquet",
+        folder / "extra.json",
+        folder / "extra_rejected.csv",
+    )
     if meta_path.exists() and parsed_path.exists():
         LOGGER.info("ingest extra: %d sources already prepared (key %s), reusing", len(sources), key)
         return IngestOutput(**{**json.loads(meta_path.read_text()), "reused": True})
 
     main = pd.read_parquet(train.parsed_path, columns=["prompt"])
-    result, counts = extra_data.read_extra_sources(config.data.extra_csvs, config.data.extra_pairs, main,
-                                                   config.data.extra_seed, config.data.max_bad_fraction)
+    result, counts = read_extra_sources(
+        config.data.extra_csvs, config.data.extra_pairs, main, config.data.extra_seed, config.data.max_bad_fraction
+    )
     _atomic_write_parquet(result.frame, parsed_path)
     if len(result.rejected):
         write_rejected(result.rejected, rejected_path)
     LOGGER.info("ingest extra: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
     out = IngestOutput(
-        kind="extra", source=";".join(str(p) for p in sources), data_hash=f"extra-{key}",
-        parsed_path=str(parsed_path), rejected_path=str(rejected_path) if len(result.rejected) else None,
-        n_read=result.n_read, n_kept=result.n_kept, n_rejected=result.n_rejected,
+        kind="extra",
+        source=";".join(str(p) for p in sources),
+        data_hash=f"extra-{key}",
+        parsed_path=str(parsed_path),
+        rejected_path=str(rejected_path) if len(result.rejected) else None,
+        n_read=result.n_read,
+        n_kept=result.n_kept,
+        n_rejected=result.n_rejected,
     )
     meta_path.write_text(json.dumps({k: v for k, v in asdict(out).items() if k != "reused"}))
     return out
@@ -179,16 +201,18 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     """The base model's location: the configured hub id/folder, a GGUF package converted once, or the
     tiny model built (once) from the train texts."""
     if config.model.gguf is not None:
-        from pref_core.gguf import convert_gguf, find_package_file
+        from pref_core.model.gguf import convert_gguf, find_package_file
 
         source = find_package_file(config.model.gguf.package, config.model.gguf.file)
-        target = workspace.output_root(config) / "models" / f"gguf-{workspace.hash_json([str(source.name), source.stat().st_size])}"
+        target = (
+            workspace.output_root(config) / "models" / f"gguf-{hash_json([str(source.name), source.stat().st_size])}"
+        )
         if not (target / "config.json").exists():
             LOGGER.info("converting %s to a Hugging Face folder at %s (once)", source, target)
         return str(convert_gguf(source, target))
     if config.model.tiny is None:
         # A Hub id becomes its cache snapshot (downloaded here once): folds load from disk, never the network.
-        from pref_core.base_model import download_base_model
+        from pref_core.model.source import download_base_model
 
         return download_base_model(str(config.model.name_or_path), config.model.revision)
     target = workspace.tiny_model_dir(config, train.data_hash)
@@ -200,9 +224,14 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     with publishing_dir(target) as staging:
         tiny = config.model.tiny
         build_tiny_checkpoint(
-            tokenizer_corpus(frame), staging,
-            hidden_size=tiny.hidden_size, num_layers=tiny.num_layers, num_heads=tiny.num_heads,
-            intermediate_size=tiny.intermediate_size, vocab_size=tiny.vocab_size, seed=tiny.seed,
+            tokenizer_corpus(frame),
+            staging,
+            hidden_size=tiny.hidden_size,
+            num_layers=tiny.num_layers,
+            num_heads=tiny.num_heads,
+            intermediate_size=tiny.intermediate_size,
+            vocab_size=tiny.vocab_size,
+            seed=tiny.seed,
         )
     LOGGER.info("built tiny base model at %s", target)
     return str(target)
@@ -214,16 +243,29 @@ def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: st
     frame = pd.read_parquet(ingested.parsed_path)
     started = time.monotonic()
     result = tokenization.build_token_cache(
-        frame, tokenizer, config.prompt, workspace.token_cache_root(config),
-        data_hash=ingested.data_hash, with_swap=with_swap,
+        frame,
+        tokenizer,
+        config.prompt,
+        workspace.token_cache_root(config),
+        data_hash=ingested.data_hash,
+        with_swap=with_swap,
     )
     if not result.hit:
         console_note(f"tokenize {ingested.kind}: {result.n_rows} rows in {time.monotonic() - started:.1f} s")
     LOGGER.info(
-        "tokenize %s: %s (%d rows, key %s)", ingested.kind, "cache hit" if result.hit else "built", result.n_rows, result.key
+        "tokenize %s: %s (%d rows, key %s)",
+        ingested.kind,
+        "cache hit" if result.hit else "built",
+        result.n_rows,
+        result.key,
     )
-    return TokenCacheOutput(path=str(result.path), key=result.key, hit=result.hit, n_rows=result.n_rows,
-                            tokenizer_hash=tokenization.hash_tokenizer(tokenizer))
+    return TokenCacheOutput(
+        path=str(result.path),
+        key=result.key,
+        hit=result.hit,
+        n_rows=result.n_rows,
+        tokenizer_hash=tokenization.hash_tokenizer(tokenizer),
+    )
 
 
 @task(name="make-folds", **TASK_DEFAULTS)

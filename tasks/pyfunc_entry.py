@@ -5,7 +5,6 @@ model object, so nothing is pickled. Only MLflow imports it.
 """
 
 import mlflow
-
 from arena_pref.tasks.pyfunc_model import ArenaPrefModel
 
 mlflow.models.set_model(ArenaPrefModel())

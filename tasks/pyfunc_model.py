@@ -25,7 +25,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 
-from pref_core.labels import LABEL_COLUMNS, TURN_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 
 BUNDLE_ARTIFACT = "bundle"
 # Kaggle test.csv in, sample_submission.csv out. Kaggle ids are integers, other files' ids strings: `id`
@@ -38,7 +38,7 @@ MODEL_SIGNATURE = ModelSignature(
 
 def read_bundle(bundle: str | Path):
     """(config, base model location, adapter folders in fold order, temperature) of a bundle folder."""
-    from pref_core.config import load_config
+    from pref_core.config.loading import load_config
 
     bundle = Path(bundle)
     config = load_config(bundle / "config.yaml")
@@ -48,15 +48,25 @@ def read_bundle(bundle: str | Path):
     return config, base, adapters, temperature
 
 
-def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = False,
-                   base_model: str | None = None) -> pd.DataFrame:
-    """Predict a validated frame (turn lists, as pref_core.data returns it): average the fold adapters.
+def predict_parsed(
+    bundle: str | Path, frame: pd.DataFrame, progress: bool = False, base_model: str | None = None
+) -> pd.DataFrame:
+    """Predict a validated frame (turn lists, as pref_core.data.arena returns it): average the fold adapters.
     `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
-    from pref_core.ensemble import predict_frame_probabilities
+    from pref_core.predict.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
-    probs = predict_frame_probabilities(config, adapters, frame, base_model=base_model or base["name_or_path"],
-                                        temperature=temperature, progress=progress)
+    probs = predict_frame_probabilities(
+        config.model,
+        config.prompt,
+        adapters,
+        frame,
+        batch_size=config.train.eval_batch_size,
+        tta_swap=config.train.tta_swap,
+        base_model=base_model or base["name_or_path"],
+        temperature=temperature,
+        progress=progress,
+    )
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out
@@ -64,7 +74,7 @@ def predict_parsed(bundle: str | Path, frame: pd.DataFrame, progress: bool = Fal
 
 def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
     """Validate a raw Kaggle test frame (JSON cells as strings), then predict it."""
-    from pref_core.data import validate_arena_frame
+    from pref_core.data.arena import validate_arena_frame
 
     frame = validate_arena_frame(raw, kind="test", max_bad_fraction=0.0, source="model input").frame
     out = predict_parsed(bundle, frame, progress=progress)

@@ -8,22 +8,24 @@ was not promoted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
-from pref_core import promotion
-from pref_core.base_fingerprint import fingerprint_base, pin_base_in_config
-from pref_core.config import RunConfig, dump_config
 from arena_pref.tasks import tracking
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from mlflow import MlflowClient
+from pref_core.config.loading import dump_config
+from pref_core.config.schema import RunConfig
+from pref_core.evaluate import promotion
+from pref_core.model.fingerprint import fingerprint_base, pin_base
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +50,11 @@ def _pip_requirements() -> list[str]:
 
 
 def build_bundle(
-    config: RunConfig, client: MlflowClient, fold_run_ids: dict[int, str], base_model: str, dest: Path,
+    config: RunConfig,
+    client: MlflowClient,
+    fold_run_ids: dict[int, str],
+    base_model: str,
+    dest: Path,
     temperature: float = 1.0,
 ) -> Path:
     """Assemble config, base reference, calibration and fold adapters (fetched from the fold runs) into `dest`."""
@@ -60,9 +66,11 @@ def build_bundle(
     # The bundle loads its base from where the weights were fingerprinted (Hub id + commit, or folder + content
     # hash), so another machine finds or checks the same weights: no tiny-model rebuild, no data needed.
     fingerprint = fingerprint_base(base_model, config.model.revision)
-    dump_config(pin_base_in_config(config, fingerprint), dest / "config.yaml")
+    dump_config(config.model_copy(update={"model": pin_base(config.model, fingerprint)}), dest / "config.yaml")
     (dest / "base_model.json").write_text(json.dumps(fingerprint, indent=2))
-    (dest / "calibration.json").write_text(json.dumps({"method": config.calibration.method, "temperature": temperature}))
+    (dest / "calibration.json").write_text(
+        json.dumps({"method": config.calibration.method, "temperature": temperature})
+    )
     return dest
 
 
@@ -70,13 +78,14 @@ def write_class_prior(prepared: PreparedInputs, bundle: Path) -> Path:
     """class_prior.json: the training class shares, which an exported bundle gives a test row it cannot read."""
     import pandas as pd
 
-    from pref_core.labels import LABEL_COLUMNS
-    from pref_core.submission import class_prior
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.predict.submission import class_prior
 
     labels = pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].to_numpy()
     path = bundle / "class_prior.json"
-    path.write_text(json.dumps({"columns": list(LABEL_COLUMNS), "prior": class_prior(labels).tolist(),
-                                "n_train": int(len(labels))}))
+    path.write_text(
+        json.dumps({"columns": list(LABEL_COLUMNS), "prior": class_prior(labels).tolist(), "n_train": int(len(labels))})
+    )
     return path
 
 
@@ -90,8 +99,9 @@ def _champion(client: MlflowClient, name: str):
 def compare_with_champion(client: MlflowClient, name: str, version) -> tuple[bool, str]:
     """Compare `version` with the current champion on the same data and rows; return (promote?, reason)."""
     champion = _champion(client, name)
-    return promotion.decide_promotion(version.version, version.tags, champion.version if champion else None,
-                                      champion.tags if champion else {})
+    return promotion.decide_promotion(
+        version.version, version.tags, champion.version if champion else None, champion.tags if champion else {}
+    )
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
@@ -105,7 +115,6 @@ def register_model(
 ) -> RegistrationOutput:
     """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`."""
     import mlflow
-
     from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
 
     client = tracking.get_client(config)
@@ -123,20 +132,19 @@ def register_model(
                 pip_requirements=_pip_requirements(),
             )
     tags = {
-        "oof_log_loss": f"{oof.metrics['oof_log_loss']:.6f}",
+        "oof_log_loss": f"{oof.scores.log_loss:.6f}",
         "n_folds": str(len(fold_run_ids)),
-        "n_oof": str(oof.metrics["n_oof"]),
+        "n_oof": str(oof.scores.n_oof),
         "temperature": f"{oof.temperature:.6f}",
         "base_model": prepared.base_model,
         "data_hash": prepared.train_hash,
         "run_key": prepared.run_key,
     }
-    try:
+    with contextlib.suppress(MlflowException):  # exists already
         client.create_registered_model(name, description="arena-pref fold ensembles (LoRA adapters over a base LM)")
-    except MlflowException:
-        pass  # exists already
-    version = client.create_model_version(name, source=info.model_uri, run_id=parent_run_id, tags=tags,
-                                          model_id=getattr(info, "model_id", None))
+    version = client.create_model_version(
+        name, source=info.model_uri, run_id=parent_run_id, tags=tags, model_id=getattr(info, "model_id", None)
+    )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     version = client.get_model_version(name, version.version)
     promoted, reason = compare_with_champion(client, name, version)
@@ -144,8 +152,14 @@ def register_model(
         promote(client, name, version.version, reason)
     else:
         client.set_model_version_tag(name, version.version, "arena_pref.promotion", reason)
-    tracking.set_tags(client, parent_run_id, {"arena_pref.registered_version": version.version,
-                                              "arena_pref.promotion": reason})
+    tracking.set_tags(
+        client, parent_run_id, {"arena_pref.registered_version": version.version, "arena_pref.promotion": reason}
+    )
     LOGGER.info("registered %s version %s (%s)", name, version.version, "champion: " + reason if promoted else reason)
-    return RegistrationOutput(name=name, version=str(version.version), model_uri=f"models:/{name}/{version.version}",
-                              promoted=promoted, reason=reason)
+    return RegistrationOutput(
+        name=name,
+        version=str(version.version),
+        model_uri=f"models:/{name}/{version.version}",
+        promoted=promoted,
+        reason=reason,
+    )

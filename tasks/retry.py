@@ -14,6 +14,6 @@ def retry_on_io(task, task_run, state) -> bool:
         return False
     except (OSError, TimeoutError, ConnectionError):
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 (bad data or a bug: the same call fails again, so no retry)
         return False
     return False

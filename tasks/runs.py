@@ -1,31 +1,50 @@
-"""Tasks that open, annotate and close the parent `cv-training` MLflow run."""
+"""Tasks that open, annotate and close the parent `cv-training` MLflow run, and what the run returns."""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from prefect import task
 
-from pref_core.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
-from arena_pref import resources
-from arena_pref.tasks import tracking
+from arena_pref.tasks import resources, tracking
+from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from arena_pref.tasks.registry import RegistrationOutput
 from arena_pref.tasks.retry import retry_on_io
+from pref_core.config.loading import apply_overrides, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig
 
 LOGGER = logging.getLogger(__name__)
 
 
+@dataclass
+class CVTrainingResult:
+    """What `cv-training` returns: its MLflow runs, the OOF evaluation, the registry's decision, the submission."""
+
+    parent_run_id: str
+    fold_run_ids: dict[int, str]  # fold -> its MLflow run
+    run_key: str  # which computation the run is (pref_core.config.run_key); its folder is runs/<run_key>/
+    oof: OOFOutput  # the OOF table's path, its scores and each fold's validation log loss
+    registration: RegistrationOutput  # the registered version and whether it became @champion
+    submission_path: Optional[str]  # None without data.test_csv
+    rows: dict[str, int]  # rows read, kept and rejected per input file (PreparedInputs.counts)
+
+
 @task(name="resolve-config", **TASK_DEFAULTS)
 def resolve_config(
-    config: Optional[RunConfig], config_path: Optional[str], overrides: Optional[list[str]],
-    fold_execution: Optional[str], fields: Optional[dict[str, Any]] = None,
+    config: Optional[RunConfig],
+    config_path: Optional[str],
+    overrides: Optional[list[str]],
+    fold_execution: Optional[str],
+    fields: Optional[dict[str, Any]] = None,
 ) -> RunConfig:
     """The run's config: a RunConfig given as is, or a YAML path (here, else in the project folder, else a
-    shipped recipe: arena_pref.resources.find_config), then the `key=value` overrides, then `fields` (dotted
+    shipped recipe: arena_pref.tasks.resources.find_config), then the `key=value` overrides, then `fields` (dotted
     name -> value; None leaves the field alone), then `fold_execution` as cv.execution."""
     if (config is None) == (config_path is None):
         raise ConfigError(["pass exactly one of `config` (a RunConfig) and `config_path` (a YAML file)"])
@@ -43,8 +62,12 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     tracking.check_tracking_reachable(uri)
     client = tracking.get_client(config)
     experiment_id = tracking.ensure_experiment(client, config.tracking.experiment)
-    tags = {tracking.TAG_KIND: "cv", "arena_pref.prefect_flow_run": flow_run_name,
-            "arena_pref.host": socket.gethostname(), "arena_pref.pid": str(os.getpid())}
+    tags = {
+        tracking.TAG_KIND: "cv",
+        "arena_pref.prefect_flow_run": flow_run_name,
+        "arena_pref.host": socket.gethostname(),
+        "arena_pref.pid": str(os.getpid()),
+    }
     commit = tracking.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -59,14 +82,18 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
 def log_inputs(config: RunConfig, parent_run_id: str, prepared: PreparedInputs) -> None:
     """Data and tokenizer identity and row counts, plus the rejected-rows files, on the parent run."""
     client = tracking.get_client(config)
-    tracking.set_tags(client, parent_run_id, {
-        "arena_pref.run_key": prepared.run_key,
-        "arena_pref.train_hash": prepared.train_hash,
-        "arena_pref.test_hash": prepared.test_hash or "",
-        "arena_pref.base_model": prepared.base_model,
-        "arena_pref.train_tokens_key": prepared.train_tokens.key,
-        "arena_pref.tokenizer_hash": prepared.tokenizer_hash,
-    })
+    tracking.set_tags(
+        client,
+        parent_run_id,
+        {
+            "arena_pref.run_key": prepared.run_key,
+            "arena_pref.train_hash": prepared.train_hash,
+            "arena_pref.test_hash": prepared.test_hash or "",
+            "arena_pref.base_model": prepared.base_model,
+            "arena_pref.train_tokens_key": prepared.train_tokens.key,
+            "arena_pref.tokenizer_hash": prepared.tokenizer_hash,
+        },
+    )
     tracking.log_metrics(client, parent_run_id, prepared.counts())
     for path in prepared.rejected_files():
         client.log_artifact(parent_run_id, path, artifact_path="rejected")
@@ -81,10 +108,16 @@ def dataset_inputs(prepared: PreparedInputs) -> list:
     for context, ingested in (("train", prepared.train), ("test", prepared.test), ("extra", prepared.extra)):
         if ingested is None:
             continue
-        inputs.append(tracking.dataset_input(
-            name=f"{context}:{Path(ingested.source).name}", context=context, source=ingested.source,
-            digest=ingested.data_hash, n_rows=ingested.n_kept, columns=pq.read_schema(ingested.parsed_path).names,
-        ))
+        inputs.append(
+            tracking.dataset_input(
+                name=f"{context}:{Path(ingested.source).name}",
+                context=context,
+                source=ingested.source,
+                digest=ingested.data_hash,
+                n_rows=ingested.n_kept,
+                columns=pq.read_schema(ingested.parsed_path).names,
+            )
+        )
     return inputs
 
 
@@ -92,5 +125,5 @@ def dataset_inputs(prepared: PreparedInputs) -> list:
 def close_run(config: RunConfig, run_id: str, status: str) -> None:
     try:
         tracking.get_client(config).set_terminated(run_id, status)
-    except Exception as err:  # closing must not hide the error that brought us here
+    except Exception as err:  # noqa: BLE001 (closing must not hide the error that brought us here)
         LOGGER.warning("could not mark MLflow run %s as %s: %s", run_id, status, err)

@@ -18,23 +18,25 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
-from arena_pref import resources
-from pref_core.config import RunConfig
+from arena_pref.tasks import resources
+from mlflow import MlflowClient
+from pref_core.config.schema import RunConfig
+from pref_core.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 
 TAG_FOLD = "arena_pref.fold"
 TAG_KIND = "arena_pref.kind"
 TAG_PARENT = "mlflow.parentRunId"
+TAG_DEVICE = "arena_pref.device"  # the device slot a fold process ran on (cv.max_parallel)
 # MLflow params are capped in length; longer values (lists of modules) are cut with a marker.
 _PARAM_MAX = 500
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow tracking store cannot be reached; raised before any training starts."""
 
 
@@ -197,7 +199,7 @@ class MlflowFoldCallback(TrainerCallback):
             for start in range(0, len(self._pending), 1000):  # MLflow's batch limit
                 self.client.log_batch(self.run_id, metrics=self._pending[start : start + 1000])
             self._pending = []
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (a tracking hiccup never kills hours of training)
             self.failures += 1
             LOGGER.warning("MLflow logging failed at step %s (%s); training goes on", step, err)
 
@@ -241,11 +243,13 @@ class SystemMetrics:
                 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
                 self.monitor = SystemMetricsMonitor(
-                    self.run_id, sampling_interval=self.interval_s, resume_logging=self.resume,
+                    self.run_id,
+                    sampling_interval=self.interval_s,
+                    resume_logging=self.resume,
                     tracking_uri=self.client.tracking_uri,
                 )
                 self.monitor.start()
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 (a diagnostic, never a reason to lose a fold)
                 LOGGER.warning("system metrics are off for run %s: %s", self.run_id, err)
                 self.monitor = None
         return self

@@ -3,11 +3,11 @@
 output_dir/
   ingest/<data_hash>/            parsed rows (parquet) and rejected rows, per input file
   models/tiny-<key>/             the offline tiny base model, when model.tiny is set
-  cache/tokens/<key>/            tokenized datasets (pref_core.tokenization)
+  cache/tokens/<key>/            tokenized datasets (pref_core.text.tokenization)
   runs/<run_key>/                one CV configuration: folds table, fold_<k>/ checkpoints and adapters,
                                  oof_predictions.parquet, submission.csv
 
-`run_key` (pref_core.run_key) hashes the resolved config, less its result-neutral
+`run_key` (pref_core.config.run_key) hashes the resolved config, less its result-neutral
 fields, and the data hashes, so reruns of the same setup find their finished folds
 and concurrent runs of different setups never share a folder.
 """
@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pref_core.config import RunConfig
-from pref_core.run_key import hash_json
-
+from pref_core.config.schema import RunConfig
+from pref_core.hashing import hash_json
 
 # A GPU worker may keep its caches and checkpoints in a scratch folder of its own (set by
 # `arena-pref stack` or the work pool's job variables); results travel through MLflow anyway.

@@ -29,7 +29,7 @@ REAL_TRAIN_CSV = Path(os.environ.get("ARENA_PREF_REAL_DATA", _SHARED_DATA)) / "l
 @pytest.fixture(scope="session")
 def synthetic_frames():
     """(train_df, test_df) in the raw Kaggle CSV format: 300 train rows, 60 test rows."""
-    from pref_core.synthetic import make_synthetic_frames
+    from pref_core.data.synthetic import make_synthetic_frames
 
     return make_synthetic_frames(n_train=300, n_test=60, signal=0.9, seed=0)
 
@@ -37,7 +37,7 @@ def synthetic_frames():
 @pytest.fixture(scope="session")
 def synthetic_csvs(tmp_path_factory):
     """(train_path, test_path) of the same synthetic data written as CSV files."""
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     return write_synthetic_csvs(tmp_path_factory.mktemp("synthetic"), n_train=300, n_test=60, signal=0.9, seed=0)
 
@@ -45,7 +45,7 @@ def synthetic_csvs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def train_frame(synthetic_csvs):
     """The synthetic train CSV after ingest: list cells, int labels."""
-    from pref_core.data import read_arena_csv
+    from pref_core.data.arena import read_arena_csv
 
     return read_arena_csv(synthetic_csvs[0], "train").frame
 
@@ -69,10 +69,12 @@ def tokenizer(tiny_dir):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(train_frame):
     """A byte-level BPE tokenizer (vocab 1000) trained offline on the synthetic prompts."""
-    from pref_core.prompts import build_prompt
-    from pref_core.tiny import train_tokenizer
+    from pref_core.model.tiny import train_tokenizer
+    from pref_core.text.prompts import build_prompt
 
-    texts = [build_prompt(p, a, b) for p, a, b in zip(train_frame.prompt, train_frame.response_a, train_frame.response_b)]
+    texts = [
+        build_prompt(p, a, b) for p, a, b in zip(train_frame.prompt, train_frame.response_a, train_frame.response_b)
+    ]
     return train_tokenizer(texts, vocab_size=1000)
 
 
@@ -103,3 +105,16 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=240):  # a loaded 2-core machine needs >60 s
         yield
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a project module was imported under two names (e.g. `tasks.x` and
+    `arena_pref.tasks.x`): two copies of one module, whose exceptions miss each other's `except` clauses."""
+    import sys
+
+    from tests.imports import duplicate_module_names
+
+    duplicates = duplicate_module_names(sys.modules)
+    if duplicates:
+        print(f"\nproject modules imported under two names: {duplicates}", file=sys.stderr)
+        session.exitstatus = 1

@@ -3,6 +3,7 @@ whether another interface reaches them, and stopping exactly the group a test st
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -49,14 +50,14 @@ def _socket_inodes(pid: int) -> set[int]:
         except OSError:
             continue
         if target.startswith("socket:["):
-            inodes.add(int(target[len("socket:["):-1]))
+            inodes.add(int(target[len("socket:[") : -1]))
     return inodes
 
 
 def _address(hex_ip: str) -> ipaddress._BaseAddress:
     raw = bytes.fromhex(hex_ip)
     # /proc/net/tcp{,6} print the address as 32-bit words in host (little-endian) order.
-    return ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
 
 
 def listening_addresses(pids) -> set[tuple[str, int]]:
@@ -123,7 +124,5 @@ def stop_group(pgid: int, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while group_pids(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

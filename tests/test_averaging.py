@@ -8,9 +8,9 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from pref_core.averaging import average_adapters
-from pref_core.inference import predict_token_ids
-from pref_core.modeling import CLASSIFIER_NAME, load_preference_ensemble
+from pref_core.model.averaging import average_adapters
+from pref_core.model.preference import CLASSIFIER_NAME, load_preference_ensemble
+from pref_core.predict.inference import predict_token_ids
 from tests.test_ensemble import make_config, make_fold_adapters, token_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -21,7 +21,7 @@ def test_averaged_adapter_delta_is_the_mean_of_the_fold_deltas(tiny_dir, tokeniz
     config = make_config(head)
     folds = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=3)
     averaged = average_adapters(folds, tmp_path / "average")
-    model, _, names = load_preference_ensemble(config, [*folds, averaged], name_or_path=tiny_dir, device="cpu")
+    model, _, names = load_preference_ensemble(config.model, [*folds, averaged], name_or_path=tiny_dir, device="cpu")
     *fold_names, average_name = names
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
     assert layers
@@ -42,7 +42,7 @@ def test_averaged_adapter_predicts_like_peft_add_weighted_adapter_cat(tiny_dir, 
     folds = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=3)
     averaged = average_adapters(folds, tmp_path / "average")
     ids, _ = token_rows(tokenizer)
-    model, tok, names = load_preference_ensemble(config, [*folds, averaged], name_or_path=tiny_dir, device="cpu")
+    model, tok, names = load_preference_ensemble(config.model, [*folds, averaged], name_or_path=tiny_dir, device="cpu")
     model.add_weighted_adapter(names[:3], [1 / 3] * 3, "peft_cat", combination_type="cat")
     model.set_adapter("peft_cat")
     theirs = predict_token_ids(model, ids, pad_token_id=tok.pad_token_id)

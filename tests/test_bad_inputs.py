@@ -72,9 +72,16 @@ def test_validate_reports_each_broken_file(name, capsys):
 def test_train_fails_before_any_training(name, capsys, tmp_path):
     _, needles = BROKEN[name]
     code, output = _run_cli(
-        capsys, "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-        "--set", f"data.train_csv={CORPUS / name}", "--set", f"output_dir={tmp_path / 'out'}",
-        "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        capsys,
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--set",
+        f"data.train_csv={CORPUS / name}",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     )
     assert code == 2
     assert "Traceback" not in output
@@ -85,21 +92,35 @@ def test_train_fails_before_any_training(name, capsys, tmp_path):
 
 def test_train_rejects_a_test_file_with_labels_as_test_csv(capsys, tmp_path):
     code, output = _run_cli(
-        capsys, "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-        "--set", f"data.train_csv={CORPUS / 'good_train.csv'}", "--set", f"data.test_csv={CORPUS / 'test_with_labels.csv'}",
-        "--set", f"output_dir={tmp_path / 'out'}", "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        capsys,
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--set",
+        f"data.train_csv={CORPUS / 'good_train.csv'}",
+        "--set",
+        f"data.test_csv={CORPUS / 'test_with_labels.csv'}",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     )
     assert code == 2 and "label columns" in output and "Traceback" not in output
 
 
 def test_bad_rows_are_quarantined_under_a_lenient_policy(capsys, tmp_path):
     """With data.max_bad_fraction above the bad share, the rows go to a rejected file (preflight passes)."""
-    from pref_core.config import load_config
     from arena_pref.tasks import preparation
+    from pref_core.config.loading import load_config
 
-    config = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={CORPUS / 'invalid_json.csv'}", "data.max_bad_fraction=0.3", f"output_dir={tmp_path}",
-    ])
+    config = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.train_csv={CORPUS / 'invalid_json.csv'}",
+            "data.max_bad_fraction=0.3",
+            f"output_dir={tmp_path}",
+        ],
+    )
     ingested = preparation.ingest.fn(config, "train")
     assert (ingested.n_read, ingested.n_kept, ingested.n_rejected) == (4, 3, 1)
     rejected = Path(ingested.rejected_path).read_text()
@@ -110,16 +131,24 @@ def test_unwritable_output_path(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code, output = _run_cli(
-        capsys, "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-        "--set", f"data.train_csv={CORPUS / 'good_train.csv'}", "--set", f"output_dir={blocker / 'out'}",
-        "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        capsys,
+        "train",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--set",
+        f"data.train_csv={CORPUS / 'good_train.csv'}",
+        "--set",
+        f"output_dir={blocker / 'out'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     )
     assert code == 2 and "output_dir" in output and "Traceback" not in output
 
 
 def test_unknown_config_field_names_the_dotted_key(capsys, tmp_path):
-    code, output = _run_cli(capsys, "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-                            "--set", "train.learning_rat=1e-4")
+    code, output = _run_cli(
+        capsys, "train", "--config", str(ROOT / "configs" / "tiny.yaml"), "--set", "train.learning_rat=1e-4"
+    )
     assert code == 2 and "train.learning_rat" in output and "Traceback" not in output
 
 
@@ -132,7 +161,11 @@ def test_unusual_but_valid_files_are_accepted(name, capsys):
 
 def test_validate_exit_code_from_a_real_process(tmp_path):
     """The console script itself: non-zero exit and no traceback on stderr."""
-    result = subprocess.run([sys.executable, "-m", "arena_pref.cli", "validate", str(CORPUS / "empty.csv")],
-                            capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "arena_pref.cli", "validate", str(CORPUS / "empty.csv")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "empty" in result.stderr and "Traceback" not in result.stderr

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.base_fingerprint import hash_folder
-from pref_core.base_model import BaseModelError, check_runtime, hub_reference, resolve_base_model
-from pref_core.config import load_config
+from pref_core.config.loading import load_config
+from pref_core.model.fingerprint import hash_folder
+from pref_core.model.source import BaseModelError, hub_reference, resolve_base_model
+from pref_core.train.checks import MachineError, check_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_ID = "meta-llama/Meta-Llama-3-8B-Instruct"
@@ -63,16 +64,29 @@ def fake_hub(status: int | None, error_code: str | None = None):
 
 
 def hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "MLFLOW_TRACKING_URI")}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(ROOT),
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # a loaded CI machine
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "MLFLOW_TRACKING_URI")
+    }
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(tmp_path / "hf-home"),
+        PYTHONPATH=str(ROOT),
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+    )  # a loaded CI machine
     return env
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arena_pref.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "arena_pref.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 HUB_FAILURES = [
@@ -89,9 +103,21 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
     seed_id = load_config(ROOT / "configs" / "seed-llama3-8b.yaml").model.name_or_path  # the checkpoint the seed ran
     with fake_hub(status, error_code) as endpoint:
         started = time.monotonic()
-        result = run_cli(["train", "--config", str(ROOT / "configs" / "seed-llama3-8b.yaml"),
-                          "--set", "data.train_csv=train.csv", "--set", f"output_dir={out}",
-                          "--set", f"tracking.uri=sqlite:///{store}"], hub_env(tmp_path, endpoint), tmp_path)
+        result = run_cli(
+            [
+                "train",
+                "--config",
+                str(ROOT / "configs" / "seed-llama3-8b.yaml"),
+                "--set",
+                "data.train_csv=train.csv",
+                "--set",
+                f"output_dir={out}",
+                "--set",
+                f"tracking.uri=sqlite:///{store}",
+            ],
+            hub_env(tmp_path, endpoint),
+            tmp_path,
+        )
         elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -108,13 +134,14 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
 
 def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> tuple[Path, str]:
     """The tiny model in the Hub cache layout (models--org--name/{refs/main, snapshots/<sha>/})."""
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
-    build_tiny_checkpoint(texts, snapshot, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                          vocab_size=400, seed=0)
+    build_tiny_checkpoint(
+        texts, snapshot, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=400, seed=0
+    )
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     return snapshot, commit
@@ -122,21 +149,42 @@ def _write_cached_tiny_model(hf_home: Path, repo_id: str, texts: list[str]) -> t
 
 @pytest.mark.slow
 def test_hub_id_from_a_prepopulated_cache_trains_one_fold_without_the_hub(tmp_path, synthetic_csvs):
-    from pref_core.data import read_arena_csv
-    from pref_core.tiny import tokenizer_corpus
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.model.tiny import tokenizer_corpus
 
     repo_id = "arena-test/tiny-llama"
     train_csv, _ = synthetic_csvs
     texts = tokenizer_corpus(read_arena_csv(train_csv, "train").frame)
     snapshot, commit = _write_cached_tiny_model(tmp_path / "hf-home", repo_id, texts)
     with fake_hub(None) as endpoint:  # HF_HUB_OFFLINE unset and the Hub unreachable: the cache serves
-        result = run_cli([
-            "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-            "--set", "model.tiny=null", "--set", f"model.name_or_path={repo_id}",
-            "--set", f"data.train_csv={train_csv}", "--set", f"output_dir={tmp_path / 'out'}",
-            "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "--set", "cv.execution=in_process",
-            "--set", "cv.folds=[0]", "--set", "train.max_steps=2", "--set", "calibration.method=none",
-        ], hub_env(tmp_path, endpoint), tmp_path, timeout=600)
+        result = run_cli(
+            [
+                "train",
+                "--config",
+                str(ROOT / "configs" / "tiny.yaml"),
+                "--set",
+                "model.tiny=null",
+                "--set",
+                f"model.name_or_path={repo_id}",
+                "--set",
+                f"data.train_csv={train_csv}",
+                "--set",
+                f"output_dir={tmp_path / 'out'}",
+                "--set",
+                f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                "--set",
+                "cv.execution=in_process",
+                "--set",
+                "cv.folds=[0]",
+                "--set",
+                "train.max_steps=2",
+                "--set",
+                "calibration.method=none",
+            ],
+            hub_env(tmp_path, endpoint),
+            tmp_path,
+            timeout=600,
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "OOF log loss" in result.stdout
     from mlflow import MlflowClient
@@ -168,7 +216,9 @@ def test_local_folder_resolves_and_missing_parts_are_named(tmp_path, tiny_tokeni
 def test_hub_reference_reads_id_and_commit_from_cache_snapshot_paths(tmp_path):
     sha = "a" * 40
     assert hub_reference(tmp_path / "hub" / "models--meta-llama--Llama-3-8B" / "snapshots" / sha) == (
-        "meta-llama/Llama-3-8B", sha)
+        "meta-llama/Llama-3-8B",
+        sha,
+    )
     assert hub_reference(tmp_path / "models" / "tiny") is None
     assert hub_reference(tmp_path / "models--x--y" / "snapshots" / "main") is None
 
@@ -185,24 +235,30 @@ def test_hash_folder_changes_with_content_not_with_location(tmp_path):
 
 
 def _config(**model):
-    from pref_core.config import parse_config
+    from pref_core.config.loading import parse_config
 
     optim = model.pop("optim", "auto")
     return parse_config({"model": {"name_or_path": "x/y", **model}, "train": {"optim": optim}})
 
 
-def test_runtime_check_names_bitsandbytes_cuda_and_flash_attn(monkeypatch):
-    import pref_core.base_model as base_model
+def _model_and_train(**model):
+    """The two sections check_runtime reads."""
+    config = _config(**model)
+    return config.model, config.train
 
-    with pytest.raises(BaseModelError, match="model.quantization=8bit needs a CUDA GPU"):
-        check_runtime(_config(quantization="8bit"), cuda_available=False)
-    with pytest.raises(BaseModelError, match="train.optim=adamw_8bit needs a CUDA GPU"):
-        check_runtime(_config(optim="adamw_8bit"), cuda_available=False)
-    assert check_runtime(_config(quantization="4bit"), cuda_available=True) == []
-    monkeypatch.setattr(base_model, "_installed", lambda module: module not in ("bitsandbytes", "flash_attn"))
-    with pytest.raises(BaseModelError, match=r"needs bitsandbytes.*arena-pref\[gpu\]"):
-        check_runtime(_config(quantization="4bit"), cuda_available=True)
-    (warning,) = check_runtime(_config(attn_implementation="flash_attention_2"), cuda_available=True)
+
+def test_runtime_check_names_bitsandbytes_cuda_and_flash_attn(monkeypatch):
+    import pref_core.train.checks as checks
+
+    with pytest.raises(MachineError, match="model.quantization=8bit needs a CUDA GPU"):
+        check_runtime(*_model_and_train(quantization="8bit"), cuda_available=False)
+    with pytest.raises(MachineError, match="train.optim=adamw_8bit needs a CUDA GPU"):
+        check_runtime(*_model_and_train(optim="adamw_8bit"), cuda_available=False)
+    assert check_runtime(*_model_and_train(quantization="4bit"), cuda_available=True) == []
+    monkeypatch.setattr(checks, "_installed", lambda module: module not in ("bitsandbytes", "flash_attn"))
+    with pytest.raises(MachineError, match=r"needs bitsandbytes.*arena-pref\[gpu\]"):
+        check_runtime(*_model_and_train(quantization="4bit"), cuda_available=True)
+    (warning,) = check_runtime(*_model_and_train(attn_implementation="flash_attention_2"), cuda_available=True)
     assert "flash-attn" in warning and "using sdpa" in warning
 
 
@@ -227,8 +283,9 @@ def test_stack_workers_inherit_hub_settings_unchanged(monkeypatch, tmp_path, off
         monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     monkeypatch.setenv("HF_TOKEN", "hf_user_token")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    env = base_env(StackState(prefect_api_url="http://127.0.0.1:1/api", mlflow_url="http://127.0.0.1:2",
-                              state_dir=str(tmp_path)))
+    env = base_env(
+        StackState(prefect_api_url="http://127.0.0.1:1/api", mlflow_url="http://127.0.0.1:2", state_dir=str(tmp_path))
+    )
     assert env.get("HF_HUB_OFFLINE") == offline
     assert (env["HF_TOKEN"], env["HF_HOME"]) == ("hf_user_token", str(tmp_path / "hf"))
 
@@ -245,7 +302,7 @@ def _tiny_base(folder: Path, tokenizer) -> Path:
 def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer):
     import shutil
 
-    from pref_core.base_fingerprint import fingerprint_base, locate_base
+    from pref_core.model.fingerprint import fingerprint_base, locate_base
 
     base = _tiny_base(tmp_path / "train-machine" / "base", tiny_tokenizer)
     fingerprint = fingerprint_base(str(base))
@@ -266,7 +323,7 @@ def test_local_base_fingerprint_finds_or_refuses_a_copy(tmp_path, tiny_tokenizer
 
 
 def test_hub_base_fingerprint_is_id_and_commit_and_missing_names_base_model_option(tmp_path):
-    from pref_core.base_fingerprint import fingerprint_base, locate_base
+    from pref_core.model.fingerprint import fingerprint_base, locate_base
 
     sha = "b" * 40
     snapshot = tmp_path / "hub" / "models--org--model" / "snapshots" / sha
@@ -286,9 +343,8 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     import json
 
     import mlflow
-    from mlflow import MlflowClient
-
     from arena_pref import cli
+    from mlflow import MlflowClient
 
     class Echo(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
@@ -297,16 +353,20 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "base_model.json").write_text(json.dumps(
-        {"kind": "local", "name_or_path": str(tmp_path / "gone"), "revision": None, "content_sha256": "ab" * 32}))
+    (bundle / "base_model.json").write_text(
+        json.dumps(
+            {"kind": "local", "name_or_path": str(tmp_path / "gone"), "revision": None, "content_sha256": "ab" * 32}
+        )
+    )
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.create_experiment("predict-test", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"bundle": str(bundle)})
     client.create_registered_model("arena-pref")
-    version = client.create_model_version("arena-pref", source=info.model_uri, run_id=run.info.run_id,
-                                          model_id=info.model_id)
+    version = client.create_model_version(
+        "arena-pref", source=info.model_uri, run_id=run.info.run_id, model_id=info.model_id
+    )
     client.set_registered_model_alias("arena-pref", "champion", version.version)
 
     args = ["predict", "--test-csv", str(tmp_path / "test.csv"), "--tracking-uri", uri]
@@ -320,13 +380,13 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
 
 
 def test_the_bundle_config_names_the_fingerprinted_base_and_builds_nothing():
-    from pref_core.base_fingerprint import pin_base_in_config
+    from pref_core.model.fingerprint import pin_base
 
     tiny = load_config(ROOT / "configs" / "tiny.yaml")
     assert tiny.model.tiny is not None
-    local = pin_base_in_config(tiny, {"kind": "local", "name_or_path": "/models/tiny", "content_sha256": "ab"})
-    assert (local.model.name_or_path, local.model.tiny, local.model.gguf) == ("/models/tiny", None, None)
-    assert local.model.revision == tiny.model.revision and local.train == tiny.train
-    hub = pin_base_in_config(tiny, {"kind": "hub", "name_or_path": "org/model", "commit": "c" * 40})
-    assert (hub.model.name_or_path, hub.model.revision) == ("org/model", "c" * 40)
+    local = pin_base(tiny.model, {"kind": "local", "name_or_path": "/models/tiny", "content_sha256": "ab"})
+    assert (local.name_or_path, local.tiny, local.gguf) == ("/models/tiny", None, None)
+    assert local.revision == tiny.model.revision and local.head == tiny.model.head
+    hub = pin_base(tiny.model, {"kind": "hub", "name_or_path": "org/model", "commit": "c" * 40})
+    assert (hub.name_or_path, hub.revision) == ("org/model", "c" * 40)
     assert tiny.model.tiny is not None  # the run's own config is left as it was

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pref_core.baselines import prior_oof, tfidf_logreg_oof
-from pref_core.folds import make_folds
-from pref_core.metrics import compute_log_loss
+from pref_core.data.folds import make_folds
+from pref_core.evaluate.baselines import prior_oof, tfidf_logreg_oof
+from pref_core.evaluate.metrics import compute_log_loss
 
 
 def test_prior_is_each_folds_training_frequencies(train_frame):

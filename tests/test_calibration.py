@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pref_core.calibration import apply_temperature, fit_temperature
-from pref_core.metrics import compute_log_loss
+from pref_core.evaluate.calibration import apply_temperature, fit_temperature
+from pref_core.evaluate.metrics import compute_log_loss
 
 
 def test_apply_temperature_matches_hand_computed_values():
@@ -58,9 +58,9 @@ def test_temperature_applies_to_each_fold_model_before_averaging():
     average, while applied to the mean (already less confident than any one model) it would."""
     import pandas as pd
 
-    from pref_core.ensemble import average_probabilities
-    from pref_core.labels import LABEL_COLUMNS
-    from pref_core.submission import average_fold_predictions
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.predict.ensemble import average_probabilities
+    from pref_core.predict.submission import average_fold_predictions
 
     rng = np.random.default_rng(0)
     k, n, noise, scale = 5, 4000, 0.75, 1.5
@@ -78,7 +78,9 @@ def test_temperature_applies_to_each_fold_model_before_averaging():
     submission = average_fold_predictions(frames, ids, t)  # the flow's make-submission
     calibrated = compute_log_loss(labels_test, submission[list(LABEL_COLUMNS)].to_numpy())
     assert calibrated <= uncalibrated
-    # The registered model's path (pref_core.ensemble) gives the same numbers.
-    np.testing.assert_allclose(average_probabilities(per_fold, t), submission[list(LABEL_COLUMNS)].to_numpy(), atol=1e-12)
+    # The registered model's path (pref_core.predict.ensemble) gives the same numbers.
+    np.testing.assert_allclose(
+        average_probabilities(per_fold, t), submission[list(LABEL_COLUMNS)].to_numpy(), atol=1e-12
+    )
     # Today's mismatch, for contrast: the temperature applied to the mean over-softens it.
     assert compute_log_loss(labels_test, apply_temperature(average_probabilities(per_fold), t)) > uncalibrated

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from arena_pref import cli
-from pref_core.config import load_config, parse_config
-from pref_core.config_fields import describe_fields
+from pref_core.config.fields import describe_fields
+from pref_core.config.loading import load_config, parse_config
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -52,25 +52,32 @@ def test_fields_of_one_section_or_field(capsys):
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith(" ")]
     assert names and all(name.startswith("cv.") for name in names)
     assert cli.main(["config", "fields", "train.swap"]) == 0
-    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith(" ")] == ["train.swap"]
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if not line.startswith(" ")] == [
+        "train.swap"
+    ]
     assert cli.main(["config", "fields", "trian"]) == 2
     assert "no config field or section 'trian'" in capsys.readouterr().err
 
 
 def test_a_missing_train_csv_is_one_message_everywhere(capsys):
-    from pref_core.config import ConfigError, require_train_csv
+    from pref_core.config.loading import require_train_csv
+    from pref_core.config.schema import ConfigError
 
     config = load_config(TINY)
     with pytest.raises(ConfigError) as info:
         require_train_csv(config)
-    assert info.value.problems == ["data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)"]
+    assert info.value.problems == [
+        "data.train_csv: not set; pass --set data.train_csv=PATH (a Kaggle-format train.csv)"
+    ]
     assert require_train_csv(load_config(TINY, ["data.train_csv=t.csv"])) == Path("t.csv")
 
     assert cli.main(["train", "--config", TINY]) == 2
     assert f"- {info.value.problems[0]}" in capsys.readouterr().err
     assert cli.main(["show-prompt", "--config", TINY, "--id", "1", "--set", "data.test_csv=t.csv"]) == 2
-    assert ("data.train_csv: not set; pass --set data.train_csv=PATH (the tiny model's tokenizer is built from the "
-            "train texts)") in capsys.readouterr().err
+    assert (
+        "data.train_csv: not set; pass --set data.train_csv=PATH (the tiny model's tokenizer is built from the "
+        "train texts)"
+    ) in capsys.readouterr().err
 
     from arena_pref.flows.preparation import prepare_inputs
 

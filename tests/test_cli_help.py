@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -28,8 +31,21 @@ def _all_subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[
 def test_every_option_has_help_with_its_default():
     parser = cli.build_parser()
     subcommands = _all_subcommands(parser)
-    assert {"demo", "train", "validate", "models", "promote", "predict", "show-prompt", "export", "stack", "ui",
-            "config", "config show", "config fields"} <= set(subcommands)
+    assert {
+        "demo",
+        "train",
+        "validate",
+        "models",
+        "promote",
+        "predict",
+        "show-prompt",
+        "export",
+        "stack",
+        "ui",
+        "config",
+        "config show",
+        "config fields",
+    } <= set(subcommands)
     for name, sub in subcommands.items():
         formatter = sub._get_formatter()
         for action in sub._actions:
@@ -56,3 +72,34 @@ def test_train_help_ends_with_two_examples(capsys):
     assert lines[-3] == "examples:"
     assert all(line.strip().startswith("arena-pref train --config ") for line in lines[-2:])
     assert "(default: off)" in "\n".join(lines)  # --force
+
+
+def test_the_cli_starts_light():
+    """Importing the CLI and building its parser (every command group) imports no prefect, mlflow, torch, pandas or
+    pydantic: `--help`, a typo and a user error answer at once."""
+    probe = (
+        "import json, sys; from arena_pref import cli; cli.build_parser(); "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    )
+    assert "arena_pref" in loaded
+    assert not {"prefect", "mlflow", "torch", "pandas", "pydantic", "transformers"} & set(loaded)
+
+
+def test_a_command_group_is_one_line_of_the_cli():
+    """Each group module registers its own subcommands; the CLI lists the groups."""
+    import importlib
+
+    registered = {}
+    for group in cli.COMMAND_GROUPS:
+        parser = argparse.ArgumentParser()
+        importlib.import_module(f"arena_pref.commands.{group}").register(parser.add_subparsers())
+        registered[group] = set(_subparsers(parser))
+    assert registered == {
+        "run": {"demo", "train", "validate", "show-prompt"},
+        "registry": {"models", "promote", "predict", "export"},
+        "services": {"stack", "ui"},
+        "config": {"config"},
+    }

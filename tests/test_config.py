@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, parse_config
+from pref_core.config.loading import apply_overrides, dump_config, load_config, parse_config
+from pref_core.config.schema import ConfigError, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"model": {"tiny": {}}}
@@ -124,7 +125,7 @@ def test_run_config_is_the_single_schema():
 def test_every_field_has_a_description():
     from pydantic import BaseModel
 
-    from pref_core.config_fields import describe_fields, iter_fields
+    from pref_core.config.fields import describe_fields, iter_fields
 
     leaves = dict(iter_fields())
     assert {"train.learning_rate", "model.tiny.hidden_size", "output_dir"} <= set(leaves)
@@ -137,7 +138,7 @@ def test_every_field_has_a_description():
 
 
 def test_describe_fields_gives_type_and_default():
-    from pref_core.config_fields import describe_fields
+    from pref_core.config.fields import describe_fields
 
     docs = {doc.name: doc for doc in describe_fields()}
     assert (docs["prompt.template"].type, docs["prompt.template"].default) == ("seed | multi_turn", '"seed"')
@@ -149,25 +150,32 @@ def test_describe_fields_gives_type_and_default():
 def test_choice_fields_read_their_values_from_choices():
     from typing import get_args
 
-    from pref_core import choices
-    from pref_core.config_fields import iter_fields
+    from pref_core.config import choices
+    from pref_core.config.fields import iter_fields
 
     fields = dict(iter_fields())
-    for name, alias in [("prompt.template", choices.Template), ("prompt.truncation", choices.Truncation),
-                        ("model.head", choices.Head), ("model.dtype", choices.ModelDtype),
-                        ("model.quantization", choices.Quantization),
-                        ("model.attn_implementation", choices.AttnImplementation),
-                        ("train.lr_scheduler", choices.LrScheduler), ("train.optim", choices.Optimizer),
-                        ("train.mixed_precision", choices.MixedPrecision), ("train.swap", choices.SwapMode),
-                        ("train.distributed", choices.DistributedMode), ("cv.execution", choices.FoldExecution),
-                        ("calibration.method", choices.CalibrationMethod)]:
+    for name, alias in [
+        ("prompt.template", choices.Template),
+        ("prompt.truncation", choices.Truncation),
+        ("model.head", choices.Head),
+        ("model.dtype", choices.ModelDtype),
+        ("model.quantization", choices.Quantization),
+        ("model.attn_implementation", choices.AttnImplementation),
+        ("train.lr_scheduler", choices.LrScheduler),
+        ("train.optim", choices.Optimizer),
+        ("train.mixed_precision", choices.MixedPrecision),
+        ("train.swap", choices.SwapMode),
+        ("train.distributed", choices.DistributedMode),
+        ("cv.execution", choices.FoldExecution),
+        ("calibration.method", choices.CalibrationMethod),
+    ]:
         assert fields[name].annotation is alias, name
     assert choices.allowed_values(choices.SwapMode) == choices.SWAP_MODES == ("none", "random", "both")
     assert get_args(fields["lora.target_modules"].annotation)[0] is choices.AllLinear
 
 
 def test_require_choice_names_the_field_the_value_and_the_choices():
-    from pref_core.choices import SwapMode, require_choice
+    from pref_core.config.choices import SwapMode, require_choice
 
     assert require_choice("train.swap", "both", SwapMode) == "both"
     with pytest.raises(ValueError, match=r"^train.swap: got 'twice'; use one of 'none', 'random', 'both'$"):
@@ -185,7 +193,9 @@ def test_field_and_cross_field_problems_are_reported_in_one_round():
 
 
 def test_a_rule_in_the_section_of_a_bad_field_still_runs():
-    problems = problems_of({**TINY, "train": {"learning_rate": -1, "gradient_accumulation_steps": 3, "num_processes": 2}})
+    problems = problems_of(
+        {**TINY, "train": {"learning_rate": -1, "gradient_accumulation_steps": 3, "num_processes": 2}}
+    )
     assert problems[0] == "train.learning_rate: got -1; Input should be greater than 0"
     assert problems[1].startswith("train.gradient_accumulation_steps: got 3, not a multiple of train.num_processes=2")
     assert problems[1].endswith("set it to a multiple of train.num_processes (e.g. 4)")
@@ -198,22 +208,31 @@ def test_a_rule_whose_field_failed_is_skipped():
         "cv.n_folds: got 1; Input should be greater than or equal to 2"
     ]
     # a refused subsection (model.tiny) skips the model-source rule instead of calling the model unset
-    problems = problems_of({"model": {"tiny": {"hidden_size": 1}}, "distill": {"teacher_csv": "t.csv", "teacher_run": "r"}})
+    problems = problems_of(
+        {"model": {"tiny": {"hidden_size": 1}}, "distill": {"teacher_csv": "t.csv", "teacher_run": "r"}}
+    )
     assert problems == [
         "model.tiny.hidden_size: got 1; Input should be greater than or equal to 8",
-        "distill: distill.teacher_csv and distill.teacher_run are both set; choose one teacher source (set the others to null)",
+        "distill: distill.teacher_csv and distill.teacher_run are both set; "
+        "choose one teacher source (set the others to null)",
     ]
 
 
 def test_every_rule_is_reported_with_every_field_problem():
-    problems = problems_of({
-        "model": {"name_or_path": "x/y", "tiny": {}, "quantization": "4bit", "dtype": "bf16"},
-        "train": {"mixed_precision": "fp16", "gradient_accumulation_steps": 3, "num_processes": 2, "lr": 1},
-        "distill": {"teacher_csv": "t.csv", "hard_weight": 0, "kl_weight": 0},
-        "output_dir": ["not", "a", "path"],
-    })
+    problems = problems_of(
+        {
+            "model": {"name_or_path": "x/y", "tiny": {}, "quantization": "4bit", "dtype": "bf16"},
+            "train": {"mixed_precision": "fp16", "gradient_accumulation_steps": 3, "num_processes": 2, "lr": 1},
+            "distill": {"teacher_csv": "t.csv", "hard_weight": 0, "kl_weight": 0},
+            "output_dir": ["not", "a", "path"],
+        }
+    )
     assert [p.split(":")[0] for p in problems] == [
-        "train.lr", "output_dir", "model", "train.mixed_precision", "train.gradient_accumulation_steps",
+        "train.lr",
+        "output_dir",
+        "model",
+        "train.mixed_precision",
+        "train.gradient_accumulation_steps",
         "distill.hard_weight and distill.kl_weight are both 0",
     ]
 
@@ -226,13 +245,16 @@ def test_rules_run_when_the_config_is_validated_directly():
 
 
 def test_max_steps_is_optional_not_a_sentinel(tmp_path):
-    from pref_core.trainer import build_training_arguments
+    from pref_core.train.trainer import build_training_arguments
 
     assert parse_config(TINY).train.max_steps is None
-    assert build_training_arguments(parse_config(TINY), tmp_path).max_steps == -1  # transformers: train by epochs
+    tiny = parse_config(TINY)
+    assert build_training_arguments(tiny.train, tiny.model, tmp_path).max_steps == -1  # transformers: train by epochs
     limited = parse_config({**TINY, "train": {"max_steps": 7}})
-    assert build_training_arguments(limited, tmp_path).max_steps == 7
+    assert build_training_arguments(limited.train, limited.model, tmp_path).max_steps == 7
     assert problems_of({**TINY, "train": {"max_steps": -1}}) == [
         "train.max_steps: got -1; -1 no longer means 'no limit': use null (train by train.num_epochs)"
     ]
-    assert problems_of({**TINY, "train": {"max_steps": 0}})[0].startswith("train.max_steps: got 0; Input should be greater")
+    assert problems_of({**TINY, "train": {"max_steps": 0}})[0].startswith(
+        "train.max_steps: got 0; Input should be greater"
+    )

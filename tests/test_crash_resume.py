@@ -16,19 +16,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.synthetic import write_synthetic_csvs
+from mlflow import MlflowClient
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow
 
 
 def _config(tmp_path: Path, name: str, train_csv: Path, execution: str):
-    return tiny_recipe_config(tmp_path, train_csv, f"cv.execution={execution}", "cv.folds=[0]", "train.num_epochs=3",
-                              "train.save_steps=3", "train.save_total_limit=5", "train.per_device_batch_size=8",
-                              name=name)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        f"cv.execution={execution}",
+        "cv.folds=[0]",
+        "train.num_epochs=3",
+        "train.save_steps=3",
+        "train.save_total_limit=5",
+        "train.per_device_batch_size=8",
+        name=name,
+    )
 
 
 def _kill_after_first_checkpoint(config, killed: dict, timeout_s: float = 300) -> None:
@@ -66,7 +74,7 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
     assert killed["pid"] != os.getpid()
 
     client = MlflowClient(config.tracking.uri)
-    fold_run = client.get_run(result["fold_run_ids"][0])
+    fold_run = client.get_run(result.fold_run_ids[0])
     assert fold_run.info.status == "FINISHED"
     assert fold_run.data.tags["arena_pref.attempt"] == "2"
     assert fold_run.data.tags["arena_pref.resumed_from"].endswith(killed["checkpoint"])
@@ -75,15 +83,15 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
 
     # Same final weights and the same validation loss as the uninterrupted run.
     ours = load_file(str(Path(fold_run.data.tags["arena_pref.fold_dir"]) / "adapter" / "adapter_model.safetensors"))
-    ref_dir = Path(client.get_run(reference["fold_run_ids"][0]).data.tags["arena_pref.fold_dir"])
+    ref_dir = Path(client.get_run(reference.fold_run_ids[0]).data.tags["arena_pref.fold_dir"])
     theirs = load_file(str(ref_dir / "adapter" / "adapter_model.safetensors"))
     assert ours.keys() == theirs.keys()
     for name in ours:
         np.testing.assert_allclose(ours[name], theirs[name], atol=1e-4, err_msg=name)
-    assert result["fold_log_loss"][0] == pytest.approx(reference["fold_log_loss"][0], abs=1e-4)
+    assert result.oof.fold_log_loss[0] == pytest.approx(reference.oof.fold_log_loss[0], abs=1e-4)
 
-    oof = pd.read_parquet(result["oof_path"])
-    folds = pd.read_parquet(Path(config.output_dir) / "runs" / result["run_key"] / "folds.parquet")
+    oof = pd.read_parquet(result.oof.oof_path)
+    folds = pd.read_parquet(Path(config.output_dir) / "runs" / result.run_key / "folds.parquet")
     assert sorted(oof["id"]) == sorted(folds.loc[folds["fold"] == 0, "id"])
     assert oof["id"].is_unique
 
@@ -92,8 +100,9 @@ def test_killed_fold_resumes_to_the_same_result(prefect_harness, tmp_path):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
     with get_client(sync_client=True) as prefect:
-        runs = prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=["fold-0", "fold-0-attempt-2"])))
+        runs = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["fold-0", "fold-0-attempt-2"]))
+        )
     states = {}
     for run in runs:
         if run.parameters.get("mlflow_run_id") == fold_run.info.run_id:

@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pref_core.data import (
+from pref_core.data.arena import (
     DataValidationError,
     Problem,
-    hash_file,
     parse_turns,
     read_arena_csv,
     validate_arena_frame,
     write_rejected,
 )
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.hashing import hash_file
 
 TRAIN_HEADER = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *LABEL_COLUMNS]
 
@@ -169,7 +169,7 @@ def test_not_utf8_reports_byte_offset(tmp_path):
     path = write_csv(tmp_path / "latin.csv", [good_row("1")])
     data = path.read_bytes()
     offset = len(data)
-    path.write_bytes(data + "2,m1,m2,\"[\"\"caf\xe9\"\"]\",\"[\"\"x\"\"]\",\"[\"\"y\"\"]\",1,0,0\n".encode("latin-1"))
+    path.write_bytes(data + '2,m1,m2,"[""caf\xe9""]","[""x""]","[""y""]",1,0,0\n'.encode("latin-1"))
     with pytest.raises(DataValidationError) as info:
         read_arena_csv(path, "train")
     reason = only_problem(info.value).reason
@@ -368,7 +368,16 @@ def test_output_columns_and_types(tmp_path):
     rows[1].update(label="", fold="", notes="")
     result = read_arena_csv(write_csv(tmp_path / "o.csv", rows, header=header), "train")
     frame = result.frame
-    assert list(frame.columns) == ["id", "model_a", "model_b", "prompt", "response_a", "response_b", *LABEL_COLUMNS, "label"]
+    assert list(frame.columns) == [
+        "id",
+        "model_a",
+        "model_b",
+        "prompt",
+        "response_a",
+        "response_b",
+        *LABEL_COLUMNS,
+        "label",
+    ]
     assert frame["id"].tolist() == ["007", "NA"]  # not 7 and not NaN
     assert frame["response_a"][0] == ["first", None]
     assert frame["label"].tolist() == [1, 2]
@@ -455,7 +464,9 @@ def test_validate_arena_frame_accepts_numbers_and_lists():
 
 
 def test_validate_arena_frame_reports_like_a_file():
-    raw = pd.DataFrame({"id": ["1", "2"], "prompt": ['["q"]', "bad"], "response_a": ['["a"]'] * 2, "response_b": ['["b"]'] * 2})
+    raw = pd.DataFrame(
+        {"id": ["1", "2"], "prompt": ['["q"]', "bad"], "response_a": ['["a"]'] * 2, "response_b": ['["b"]'] * 2}
+    )
     with pytest.raises(DataValidationError) as info:
         validate_arena_frame(raw, "test", source="model input")
     assert info.value.path is None

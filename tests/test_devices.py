@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from pref_core.devices import DEVICE_SLOT_ENV, DeviceSlots, plan_device_slots, slot_environment, visible_cuda_devices
+from pref_core.train.devices import (
+    DEVICE_SLOT_ENV,
+    DeviceSlots,
+    plan_device_slots,
+    slot_environment,
+    visible_cuda_devices,
+)
 
 
 def test_one_slot_per_visible_gpu_by_default():

@@ -7,16 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.config import ConfigError
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.training import TRAIN_PREDICTIONS_FILE
 from arena_pref.tasks import distillation
+from pref_core.config.schema import ConfigError
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.train.result import TRAIN_PREDICTIONS_FILE
 from tests.factories import tiny_recipe_config
 
 
 def tiny(tmp_path, synthetic_csvs, *extra):
-    return tiny_recipe_config(tmp_path, synthetic_csvs[0], "cv.execution=in_process", "cv.folds=[0, 1]",
-                              "train.num_epochs=1", *extra)
+    return tiny_recipe_config(
+        tmp_path, synthetic_csvs[0], "cv.execution=in_process", "cv.folds=[0, 1]", "train.num_epochs=1", *extra
+    )
 
 
 def probs_frame(ids, seed=0):
@@ -57,17 +58,17 @@ def produced_by(frame: pd.DataFrame, teacher_files: dict[int, pd.DataFrame]) -> 
 
 
 @pytest.mark.slow
-def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_harness, tmp_path, synthetic_csvs,
-                                                                     monkeypatch):
-    from mlflow import MlflowClient
-
+def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(
+    prefect_harness, tmp_path, synthetic_csvs, monkeypatch
+):
     from arena_pref.flows.cv_training import cv_training
+    from mlflow import MlflowClient
 
     teacher_config = tiny(tmp_path, synthetic_csvs, "train.predict_train_rows=true")
     teacher = cv_training(teacher_config)
     client = MlflowClient(teacher_config.tracking.uri)
     teacher_files = {}
-    for fold, run_id in teacher["fold_run_ids"].items():
+    for fold, run_id in teacher.fold_run_ids.items():
         path = client.download_artifacts(run_id, TRAIN_PREDICTIONS_FILE, str(tmp_path / f"t{fold}"))
         teacher_files[int(fold)] = pd.read_parquet(path)
 
@@ -80,10 +81,15 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
         return frame
 
     monkeypatch.setattr(distillation, "teacher_frame", spy)
-    student_config = tiny(tmp_path, synthetic_csvs, f"distill.teacher_run={teacher['parent_run_id']}",
-                          "distill.kl_weight=0.5", "train.learning_rate=2e-3")
+    student_config = tiny(
+        tmp_path,
+        synthetic_csvs,
+        f"distill.teacher_run={teacher.parent_run_id}",
+        "distill.kl_weight=0.5",
+        "train.learning_rate=2e-3",
+    )
     student = cv_training(student_config)
-    assert sorted(read) == [0, 1] and sorted(student["fold_run_ids"]) == [0, 1]
+    assert sorted(read) == [0, 1] and sorted(student.fold_run_ids) == [0, 1]
 
     # Which rows trained each teacher fold model, and which rows each student fold validates on.
     folds = pd.read_parquet(next((tmp_path / "out" / "runs").glob("*/folds.parquet")))
@@ -96,12 +102,13 @@ def test_teacher_run_to_student_run_reads_only_fold_safe_soft_labels(prefect_har
         for row_id, models in sources.items():
             # The leak this prevents: a soft label from a model that trained on this fold's validation rows.
             assert any(not (trained_on[j] & validates[k]) for j in models), (k, row_id, models)
-    fold_run = client.get_run(student["fold_run_ids"][0])
+    fold_run = client.get_run(student.fold_run_ids[0])
     assert "val_log_loss" in fold_run.data.metrics
 
     # A teacher split another way is refused in one line before training.
-    other = tiny(tmp_path, synthetic_csvs, f"distill.teacher_run={teacher['parent_run_id']}", "cv.seed=7")
+    other = tiny(tmp_path, synthetic_csvs, f"distill.teacher_run={teacher.parent_run_id}", "cv.seed=7")
     with pytest.raises(distillation.TeacherMismatchError, match=r"cv.seed=42 differs from this run's 7") as err:
-        distillation.check_teacher_run(other, client.get_run(student["parent_run_id"]).data.tags["arena_pref.train_hash"],
-                                       client)
+        distillation.check_teacher_run(
+            other, client.get_run(student.parent_run_id).data.tags["arena_pref.train_hash"], client
+        )
     assert "\n" not in str(err.value)

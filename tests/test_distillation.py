@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.data import DataValidationError
-from pref_core.inference import PreferenceCollator
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.losses import distillation_loss
-from pref_core.modeling import build_model
-from pref_core.teachers import attach_teacher_probs, read_teacher_probs
-from pref_core.trainer import build_trainer
-from pref_core.training import fine_tune_fold, load_training_tokenizer
+from pref_core.data.arena import DataValidationError
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.teachers import attach_teacher_probs, read_teacher_probs
+from pref_core.model.losses import distillation_loss
+from pref_core.model.preference import build_model
+from pref_core.predict.inference import PreferenceCollator
+from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
+from pref_core.train.trainer import build_trainer
 from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 LN3 = math.log(3.0)
@@ -56,10 +56,22 @@ def test_loss_matches_hand_computation():
     )
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     # A batch is the mean of its rows.
-    second = distillation_loss(torch.tensor([[0.0, 1.0, 0.5]]), torch.tensor([2]), torch.tensor([[0.1, 0.3, 0.6]]),
-                               hard_weight=0.5, kl_weight=2.0, temperature=2.0)
-    both = distillation_loss(torch.tensor([z, [0.0, 1.0, 0.5]]), torch.tensor([0, 2]),
-                             torch.tensor([p, [0.1, 0.3, 0.6]]), hard_weight=0.5, kl_weight=2.0, temperature=2.0)
+    second = distillation_loss(
+        torch.tensor([[0.0, 1.0, 0.5]]),
+        torch.tensor([2]),
+        torch.tensor([[0.1, 0.3, 0.6]]),
+        hard_weight=0.5,
+        kl_weight=2.0,
+        temperature=2.0,
+    )
+    both = distillation_loss(
+        torch.tensor([z, [0.0, 1.0, 0.5]]),
+        torch.tensor([0, 2]),
+        torch.tensor([p, [0.1, 0.3, 0.6]]),
+        hard_weight=0.5,
+        kl_weight=2.0,
+        temperature=2.0,
+    )
     assert both.item() == pytest.approx((expected + second.item()) / 2, abs=1e-6)
 
 
@@ -124,13 +136,13 @@ def test_read_teacher_probs_reports_every_bad_row(tmp_path):
     path = write_teacher(
         tmp_path / "t.csv",
         [
-            ("r1", "0.5", "abc", "0.5"),    # not a number
-            ("r2", "0.5", "0.3", "0.1"),    # sums to 0.9
-            ("r3", "1.5", "-0.5", "0"),     # out of [0, 1] (sums to 1)
-            ("r4", "0.2", "0.2", "0.6"),    # repeated id
+            ("r1", "0.5", "abc", "0.5"),  # not a number
+            ("r2", "0.5", "0.3", "0.1"),  # sums to 0.9
+            ("r3", "1.5", "-0.5", "0"),  # out of [0, 1] (sums to 1)
+            ("r4", "0.2", "0.2", "0.6"),  # repeated id
             ("r4", "0.2", "0.2", "0.6"),
-            ("r5", "0.2", "0.2", "0.6"),    # fine
-            ("", "0.2", "0.2", "0.6"),      # empty id
+            ("r5", "0.2", "0.2", "0.6"),  # fine
+            ("", "0.2", "0.2", "0.6"),  # empty id
         ],
     )
     with pytest.raises(DataValidationError) as caught:
@@ -138,8 +150,12 @@ def test_read_teacher_probs_reports_every_bad_row(tmp_path):
     err = caught.value
     found = {(p.row_id, p.column) for p in err.problems}
     assert found == {
-        ("r1", "winner_model_b"), ("r2", SUM_COLUMN), ("r3", "winner_model_a"), ("r3", "winner_model_b"),
-        ("r4", "id"), ("<empty, data row 7>", "id"),
+        ("r1", "winner_model_b"),
+        ("r2", SUM_COLUMN),
+        ("r3", "winner_model_a"),
+        ("r3", "winner_model_b"),
+        ("r4", "id"),
+        ("<empty, data row 7>", "id"),
     }
     assert sum(p.row_id == "r4" for p in err.problems) == 2  # both copies
     reasons = {(p.row_id, p.column): p.reason for p in err.problems}
@@ -153,7 +169,9 @@ def test_read_teacher_probs_reports_every_bad_row(tmp_path):
 def test_read_teacher_probs_file_level_problems(tmp_path):
     with pytest.raises(DataValidationError, match=r"file not found; fix: check distill.teacher_csv"):
         read_teacher_probs(tmp_path / "missing.csv")
-    path = write_teacher(tmp_path / "cols.csv", [("r1", "0.5", "0.5")], header=("id", "winner_model_a", "winner_model_b"))
+    path = write_teacher(
+        tmp_path / "cols.csv", [("r1", "0.5", "0.5")], header=("id", "winner_model_a", "winner_model_b")
+    )
     with pytest.raises(DataValidationError, match=r"missing required column\(s\) \['winner_tie'\]"):
         read_teacher_probs(path)
     (tmp_path / "empty.csv").write_text("")
@@ -168,8 +186,14 @@ def test_attach_teacher_probs_marks_rows_without_teacher():
     from datasets import Dataset
 
     dataset = Dataset.from_dict({"id": ["a", "b", "c"], "input_ids": [[1], [2], [3]], "label": [0, 1, 2]})
-    teacher = pd.DataFrame({"id": ["c", "a", "zz"], "winner_model_a": [0.1, 0.6, 0.5],
-                            "winner_model_b": [0.2, 0.3, 0.5], "winner_tie": [0.7, 0.1, 0.0]})
+    teacher = pd.DataFrame(
+        {
+            "id": ["c", "a", "zz"],
+            "winner_model_a": [0.1, 0.6, 0.5],
+            "winner_model_b": [0.2, 0.3, 0.5],
+            "winner_tie": [0.7, 0.1, 0.0],
+        }
+    )
     out = attach_teacher_probs(dataset, teacher)
     assert out["has_teacher"] == [True, False, True]
     np.testing.assert_allclose(out["teacher_probs"], [[0.6, 0.3, 0.1], [1 / 3] * 3, [0.1, 0.2, 0.7]])
@@ -191,16 +215,36 @@ def test_attach_teacher_probs_marks_rows_without_teacher():
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir) of synthetic rows that all follow the marker rule."""
-    return tiny_fold_data(tmp_path_factory.mktemp("distill_fold"), make_config().prompt, n_train=200, n_val=50, seed=2,
-                          hidden_size=64, intermediate_size=128, vocab_size=600)
+    return tiny_fold_data(
+        tmp_path_factory.mktemp("distill_fold"),
+        make_config().prompt,
+        n_train=200,
+        n_val=50,
+        seed=2,
+        hidden_size=64,
+        intermediate_size=128,
+        vocab_size=600,
+    )
 
 
 def make_config(distill: dict | None = None, **train):
     return tiny_config(
-        "classifier", prompt={"max_length": 192, "truncation": "seed_capped"},  # every example within 192 tokens
-        lora={"r": 8, "alpha": 16}, distill=distill or {}, **{
-            **CPU_TRAIN, "learning_rate": 3e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-            "warmup_steps": 5, "eval_batch_size": 64, "logging_steps": 10, "seed": 0, **train})
+        "classifier",
+        prompt={"max_length": 192, "truncation": "seed_capped"},  # every example within 192 tokens
+        lora={"r": 8, "alpha": 16},
+        distill=distill or {},
+        **{
+            **CPU_TRAIN,
+            "learning_rate": 3e-3,
+            "per_device_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 5,
+            "eval_batch_size": 64,
+            "logging_steps": 10,
+            "seed": 0,
+            **train,
+        },
+    )
 
 
 def teacher_frame(dataset, confidence: float, shift: int = 0) -> pd.DataFrame:
@@ -215,14 +259,28 @@ def test_trainer_loss_is_the_distillation_loss_while_training(fold_data, tmp_pat
     train_ds, val_ds, base = fold_data
     config = make_config({"teacher_csv": "teacher.csv", "hard_weight": 0.3, "kl_weight": 0.7, "temperature": 2.0})
     with_teacher = attach_teacher_probs(train_ds, teacher_frame(train_ds, 0.6, shift=1))
-    tokenizer = load_training_tokenizer(config, base)
-    trainer = build_trainer(config, build_model(config, tokenizer, base), tokenizer, with_teacher, val_ds, tmp_path)
+    tokenizer = load_training_tokenizer(config.model, base)
+    trainer = build_trainer(
+        config,
+        build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed),
+        tokenizer,
+        with_teacher,
+        val_ds,
+        tmp_path,
+    )
     batch = trainer.data_collator([with_teacher[i] for i in range(4)])
     model = trainer.model
     model.train()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
-    expected = distillation_loss(logits, batch["labels"], batch["teacher_probs"], batch["has_teacher"],
-                                 hard_weight=0.3, kl_weight=0.7, temperature=2.0)
+    expected = distillation_loss(
+        logits,
+        batch["labels"],
+        batch["teacher_probs"],
+        batch["has_teacher"],
+        hard_weight=0.3,
+        kl_weight=0.7,
+        temperature=2.0,
+    )
     assert trainer.compute_loss(model, batch).item() == pytest.approx(expected.item(), abs=1e-6)
     assert "teacher_probs" in batch  # the caller's batch is left as it was
     model.eval()  # validation scores the plain cross-entropy
@@ -253,9 +311,10 @@ def test_training_follows_the_teacher(fold_data, tmp_path, caplog):
     losses = {}
     for name, shift in (("true", 0), ("wrong", 1)):
         teacher = teacher_frame(train_ds, 0.9, shift=shift).iloc[30:]
-        with caplog.at_level(logging.INFO, logger="pref_core.fold_checks"):
-            result = fine_tune_fold(config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name,
-                                name_or_path=base)
+        with caplog.at_level(logging.INFO, logger="pref_core.train.checks"):
+            result = fine_tune_fold(
+                config, attach_teacher_probs(train_ds, teacher), val_ds, tmp_path / name, name_or_path=base
+            )
         losses[name] = result.metrics["val_log_loss"]
     assert "distillation: 120 of 150 train rows have a teacher" in caplog.text
     assert "the 30 train rows without a teacher add no loss" in caplog.text  # hard_weight=0

@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from safetensors.numpy import load_file
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.synthetic import write_synthetic_csvs
+from mlflow import MlflowClient
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow
@@ -37,9 +37,20 @@ TOLERANCE = 1e-5
 
 def _config(tmp_path: Path, name: str, csvs: tuple[Path, Path], *extra: str):
     train_csv, test_csv = csvs  # the test rows are predicted by rank 0, with a progress bar
-    return tiny_recipe_config(tmp_path, train_csv, "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
-                              "train.per_device_batch_size=4", "train.gradient_accumulation_steps=2",
-                              "train.save_steps=1000", "train.max_steps=9", *extra, name=name, test_csv=test_csv)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        "cv.execution=in_process",
+        "cv.folds=[0]",
+        "train.num_epochs=1",
+        "train.per_device_batch_size=4",
+        "train.gradient_accumulation_steps=2",
+        "train.save_steps=1000",
+        "train.max_steps=9",
+        *extra,
+        name=name,
+        test_csv=test_csv,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +95,7 @@ def test_two_process_fold_matches_one_process(two_process_run):
     single = cv_training(_config(tmp_path, "single", csvs))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    one, two = (client.get_run(r["fold_run_ids"][0]) for r in (single, double))
+    one, two = (client.get_run(r.fold_run_ids[0]) for r in (single, double))
     assert two.data.tags["arena_pref.num_processes"] == "2"
     assert two.data.metrics["global_step"] == one.data.metrics["global_step"] == 9
     measured = {k: abs(two.data.metrics[k] - one.data.metrics[k]) for k in ("val_log_loss", "train_loss")}
@@ -94,9 +105,9 @@ def test_two_process_fold_matches_one_process(two_process_run):
     # Every validation row predicted exactly once (the uneven last batch neither dropped nor doubled).
     folds = pd.read_parquet(next(Path(tmp_path / "double").glob("runs/*/folds.parquet")))
     expected = sorted(folds.loc[folds["fold"] == 0, "id"].astype(str))
-    ours = pd.read_parquet(double["oof_path"]).sort_values("id")
+    ours = pd.read_parquet(double.oof.oof_path).sort_values("id")
     assert sorted(ours["id"]) == expected and ours["id"].is_unique
-    theirs = pd.read_parquet(single["oof_path"]).sort_values("id")
+    theirs = pd.read_parquet(single.oof.oof_path).sort_values("id")
     gap = np.abs(ours[list(LABEL_COLUMNS)].to_numpy() - theirs[list(LABEL_COLUMNS)].to_numpy()).max()
     print(f"largest validation probability gap: {gap:.2e}")
     assert gap < TOLERANCE
@@ -124,8 +135,9 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     tmp_path, csvs, double = two_process_run
     config = _config(tmp_path, "killed", csvs, "train.num_processes=2", "train.save_steps=3")
     killed: dict = {}
-    watcher = threading.Thread(target=_kill_rank_after_first_checkpoint,
-                               args=(Path(config.output_dir), 1, killed), daemon=True)
+    watcher = threading.Thread(
+        target=_kill_rank_after_first_checkpoint, args=(Path(config.output_dir), 1, killed), daemon=True
+    )
     watcher.start()
     started = time.time()
     result = cv_training(config)
@@ -135,8 +147,8 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     assert int(killed["pid_file"].read_text()) != killed["pid"]  # rank 1 ran again, in a new process
 
     client = MlflowClient(config.tracking.uri)
-    fold_run = client.get_run(result["fold_run_ids"][0])
-    reference = client.get_run(double["fold_run_ids"][0])
+    fold_run = client.get_run(result.fold_run_ids[0])
+    reference = client.get_run(double.fold_run_ids[0])
     assert fold_run.info.status == "FINISHED"
     assert fold_run.data.tags["arena_pref.distributed_restarts"] == "1"  # torchrun restarted the group once
     assert fold_run.data.tags["arena_pref.resumed_from"].endswith(killed["checkpoint"])
@@ -147,8 +159,8 @@ def test_sigkilled_two_process_fold_resumes_to_the_uninterrupted_result(two_proc
     assert ours.keys() == theirs.keys()
     weight_gap = max(float(np.abs(ours[k] - theirs[k]).max()) for k in ours)
     loss_gap = abs(fold_run.data.metrics["val_log_loss"] - reference.data.metrics["val_log_loss"])
-    resumed = pd.read_parquet(result["oof_path"]).sort_values("id")
-    uninterrupted = pd.read_parquet(double["oof_path"]).sort_values("id")
+    resumed = pd.read_parquet(result.oof.oof_path).sort_values("id")
+    uninterrupted = pd.read_parquet(double.oof.oof_path).sort_values("id")
     assert list(resumed["id"]) == list(uninterrupted["id"]) and resumed["id"].is_unique
     gap = np.abs(resumed[list(LABEL_COLUMNS)].to_numpy() - uninterrupted[list(LABEL_COLUMNS)].to_numpy()).max()
     print(f"resumed vs uninterrupted: weights {weight_gap:.2e}, val_log_loss {loss_gap:.2e}, probabilities {gap:.2e}")

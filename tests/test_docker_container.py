@@ -67,14 +67,17 @@ def test_train_fold_docker_container_has_one_gpu_the_env_the_volume_and_the_flow
     monkeypatch.setenv("ARENA_PREF_IMAGE", "registry.example/arena-pref:1.2")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.internal")
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    (deployment,) = [d for d in deployments if (d["name"], d["entrypoint"]) == ("docker", "flows/train_fold.py:train_fold")]
+    (deployment,) = [
+        d for d in deployments if (d["name"], d["entrypoint"]) == ("docker", "arena_pref.flows.train_fold:train_fold")
+    ]
     assert deployment["work_pool"]["name"] == "arena-gpu-docker"
     # What `prefect deploy` stores: {{ $VAR }} placeholders resolved from the deployer's environment.
     job_variables = apply_values(deployment["work_pool"]["job_variables"], {})
     template = json.loads(TEMPLATE.read_text())
 
-    configuration = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
-        template, job_variables, client=_SecretBlockOnly()))
+    configuration = asyncio.run(
+        DockerWorkerJobConfiguration.from_template_and_values(template, job_variables, client=_SecretBlockOnly())
+    )
     flow_run = FlowRun(id=uuid.uuid4(), flow_id=uuid.uuid4(), name="fold-0")
     configuration.prepare_for_flow_run(flow_run)
     request = _create_container_request(configuration)
@@ -99,5 +102,7 @@ def test_the_gpu_template_is_the_workers_default_plus_the_hub_token():
     template = json.loads(TEMPLATE.read_text())
     default = DockerWorker.get_default_base_job_template()
     assert template["variables"] == default["variables"]
-    changed = {k for k in default["job_configuration"] if template["job_configuration"][k] != default["job_configuration"][k]}
+    changed = {
+        k for k in default["job_configuration"] if template["job_configuration"][k] != default["job_configuration"][k]
+    }
     assert changed == {"env"}

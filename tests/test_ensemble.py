@@ -8,17 +8,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pref_core.modeling as modeling
-from pref_core.config import parse_config
-from pref_core.ensemble import (
+import pref_core.model.preference as modeling
+from pref_core.config.loading import parse_config
+from pref_core.model.preference import (
+    CLASSIFIER_NAME,
+    build_model,
+    load_preference_ensemble,
+    load_preference_model,
+    save_adapter,
+)
+from pref_core.predict.ensemble import (
     average_probabilities,
     encode_frame,
     predict_fold_probabilities,
     predict_with_adapters,
     split_rows,
 )
-from pref_core.inference import predict_token_ids
-from pref_core.modeling import CLASSIFIER_NAME, build_model, load_preference_ensemble, load_preference_model, save_adapter
+from pref_core.predict.inference import predict_token_ids
 from tests.factories import TINY_TEXTS, tiny_config
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
@@ -34,7 +40,7 @@ def make_fold_adapters(config, tokenizer, tiny_dir, out, n_folds=3):
     """n_folds adapters with different, clearly non-zero trainable weights (LoRA B starts at zero)."""
     dirs = []
     for fold in range(n_folds):
-        model = build_model(config, tokenizer, tiny_dir)
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=tiny_dir, seed=config.train.seed)
         generator = torch.Generator().manual_seed(100 + fold)
         with torch.no_grad():
             for _, param in model.named_parameters():
@@ -60,9 +66,12 @@ def per_fold_reload(config, adapter_dirs, tiny_dir, ids, swapped):
     """The reference: one base load per fold (what the ensemble did before)."""
     outputs = []
     for adapter_dir in adapter_dirs:
-        model, tok = load_preference_model(config, adapter_dir, name_or_path=tiny_dir, device="cpu")
-        outputs.append(predict_token_ids(model, ids, swapped if config.train.tta_swap else None,
-                                         batch_size=4, pad_token_id=tok.pad_token_id))
+        model, tok = load_preference_model(config.model, adapter_dir, name_or_path=tiny_dir, device="cpu")
+        outputs.append(
+            predict_token_ids(
+                model, ids, swapped if config.train.tta_swap else None, batch_size=4, pad_token_id=tok.pad_token_id
+            )
+        )
     return outputs
 
 
@@ -77,13 +86,26 @@ def test_one_base_with_switched_adapters_equals_per_fold_reloads(folds, tiny_dir
     loads = []
     real_load_backbone = modeling.load_backbone
     monkeypatch.setattr(modeling, "load_backbone", lambda *a, **k: loads.append(1) or real_load_backbone(*a, **k))
-    probs = predict_with_adapters(config, adapter_dirs, {"input_ids": ids, "input_ids_swap": swapped},
-                                  base_model=str(tiny_dir))
+    probs = predict_with_adapters(
+        config.model,
+        adapter_dirs,
+        {"input_ids": ids, "input_ids_swap": swapped},
+        batch_size=config.train.eval_batch_size,
+        tta_swap=config.train.tta_swap,
+        base_model=str(tiny_dir),
+    )
     assert len(loads) == 1  # one base for the K folds
     np.testing.assert_allclose(probs, average_probabilities(reference), atol=1e-5, rtol=0)
 
-    per_fold, workers = predict_fold_probabilities(config, adapter_dirs, ids, swapped if tta_swap else None,
-                                                   base_model=str(tiny_dir), devices=["cpu"])
+    per_fold, workers = predict_fold_probabilities(
+        config.model,
+        adapter_dirs,
+        ids,
+        swapped if tta_swap else None,
+        batch_size=config.train.eval_batch_size,
+        base_model=str(tiny_dir),
+        devices=["cpu"],
+    )
     for got, want in zip(per_fold, reference):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert [n for _, _, n in workers] == [len(ids)]
@@ -92,7 +114,7 @@ def test_one_base_with_switched_adapters_equals_per_fold_reloads(folds, tiny_dir
 def test_classifier_head_switches_with_the_adapter(tiny_dir, tokenizer, tmp_path):
     config = make_config("classifier")
     adapter_dirs = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=2)
-    model, _, names = load_preference_ensemble(config, adapter_dirs, name_or_path=tiny_dir, device="cpu")
+    model, _, names = load_preference_ensemble(config.model, adapter_dirs, name_or_path=tiny_dir, device="cpu")
     saved = []
     for adapter_dir in adapter_dirs:
         weights = load_file(adapter_dir / "adapter_model.safetensors")
@@ -123,9 +145,24 @@ def test_two_worker_devices_equal_one_device_and_split_the_rows(tiny_dir, tokeni
     config = make_config("classifier", tta_swap=True)
     adapter_dirs = make_fold_adapters(config, tokenizer, tiny_dir, tmp_path, n_folds=2)
     ids, swapped = token_rows(tokenizer, n=11)
-    one, _ = predict_fold_probabilities(config, adapter_dirs, ids, swapped, base_model=str(tiny_dir), devices=["cpu"])
-    two, workers = predict_fold_probabilities(config, adapter_dirs, ids, swapped, base_model=str(tiny_dir),
-                                              devices=["cpu", "cpu"])
+    one, _ = predict_fold_probabilities(
+        config.model,
+        adapter_dirs,
+        ids,
+        swapped,
+        batch_size=config.train.eval_batch_size,
+        base_model=str(tiny_dir),
+        devices=["cpu"],
+    )
+    two, workers = predict_fold_probabilities(
+        config.model,
+        adapter_dirs,
+        ids,
+        swapped,
+        batch_size=config.train.eval_batch_size,
+        base_model=str(tiny_dir),
+        devices=["cpu", "cpu"],
+    )
     for got, want in zip(two, one):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert [device for device, _, _ in workers] == ["cpu", "cpu"]
@@ -134,7 +171,7 @@ def test_two_worker_devices_equal_one_device_and_split_the_rows(tiny_dir, tokeni
 
 
 def test_encode_frame_gives_the_token_cache_ids(train_frame, tiny_tokenizer):
-    from pref_core.tokenization import tokenize_frame
+    from pref_core.text.tokenization import tokenize_frame
 
     config = parse_config({"model": {"tiny": {"hidden_size": 32}}, "prompt": {"max_length": 96}})
     frame = train_frame.head(25)

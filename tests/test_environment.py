@@ -36,7 +36,7 @@ def test_child_env_adds_defaults_without_touching_this_process_or_the_base(clean
     base = {"PATH": "/usr/bin", "DO_NOT_TRACK": "false"}
     env = environment.child_env(*environment.PRODUCT, base=base)
     assert env["DO_NOT_TRACK"] == "false"  # the base's value wins over the group's
-    assert env["PATH"] == "/usr/bin" and PRODUCT_KEYS <= set(env)
+    assert env["PATH"] == "/usr/bin" and set(env) >= PRODUCT_KEYS
     assert base == {"PATH": "/usr/bin", "DO_NOT_TRACK": "false"}
     assert not PRODUCT_KEYS & set(os.environ)
     clean_env.setenv("ONLY_HERE", "1")
@@ -58,9 +58,15 @@ def test_no_group_takes_the_hub_away():
     assert not hub & {key for group in groups for key in group}
 
 
-@pytest.mark.parametrize("command", [
-    ["demo"], ["train", "--config", "configs/tiny.yaml"], ["predict", "--test-csv", "test.csv"], ["stack", "status"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["demo"],
+        ["train", "--config", "configs/tiny.yaml"],
+        ["predict", "--test-csv", "test.csv"],
+        ["stack", "status"],
+    ],
+)
 def test_commands_get_the_product_defaults_and_leave_the_hub_alone(clean_env, command):
     from arena_pref import cli
 
@@ -80,7 +86,9 @@ def test_a_users_hub_setting_reaches_every_command(clean_env):
 
 def test_prefect_history_lives_in_the_project_folder_unless_the_user_chose(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert environment.local_prefect(tmp_path / "proj", base={}) == {"PREFECT_HOME": str(tmp_path / "proj" / ".prefect")}
+    assert environment.local_prefect(tmp_path / "proj", base={}) == {
+        "PREFECT_HOME": str(tmp_path / "proj" / ".prefect")
+    }
     assert environment.local_prefect(tmp_path / "proj", base={"PREFECT_API_URL": "http://127.0.0.1:4200/api"}) == {}
     assert environment.local_prefect(tmp_path / "proj", base={"PREFECT_HOME": "/elsewhere"}) == {}
     profiles = tmp_path / "home" / ".prefect" / "profiles.toml"

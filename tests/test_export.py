@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 
 from arena_pref.cli import main as cli_main
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS
 from tests.test_flow_cv_training import _tiny_config
 
 pytestmark = pytest.mark.slow
 
 BLOCKED = ("prefect", "mlflow", "pydantic", "datasets", "arena_pref", "tasks", "flows")
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import atexit, importlib.abc, importlib.machinery, json, os, sys
 
 BLOCKED = {blocked!r}
@@ -53,27 +53,36 @@ def _record():
         pref = sys.modules.get("pref_core")
         json.dump({{"modules": sorted(m for m in sys.modules if "." not in m),
                    "pref_core": getattr(pref, "__file__", None)}}, open(out + f".{{os.getpid()}}", "w"))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
 def champion(prefect_harness, tmp_path_factory):
     """A 2-fold tiny champion (classifier head, swap TTA) registered on a temporary SQLite store."""
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.synthetic import write_synthetic_csvs
+    from pref_core.data.synthetic import write_synthetic_csvs
 
     tmp = tmp_path_factory.mktemp("champion")
     train_csv, test_csv = write_synthetic_csvs(tmp / "data", n_train=120, n_test=30, signal=0.9, seed=5)
-    config = _tiny_config(tmp, train_csv, None, "cv.execution=in_process", "cv.n_folds=2", "model.head=classifier",
-                          "train.tta_swap=true", "train.num_epochs=1")
+    config = _tiny_config(
+        tmp,
+        train_csv,
+        None,
+        "cv.execution=in_process",
+        "cv.n_folds=2",
+        "model.head=classifier",
+        "train.tta_swap=true",
+        "train.num_epochs=1",
+    )
     result = cv_training(config)
-    assert result["promotion"]
+    assert result.registration.reason
     return {"uri": config.tracking.uri, "test_csv": test_csv, "model_uri": "models:/arena-pref@champion"}
 
 
 @pytest.fixture(scope="module")
 def blocked_env(tmp_path_factory):
-    """Environment of an interpreter that cannot import prefect, mlflow, pydantic, datasets, arena_pref, tasks, flows."""
+    """Environment of an interpreter that cannot import prefect, mlflow, pydantic, datasets, arena_pref, tasks,
+    flows."""
     folder = tmp_path_factory.mktemp("blocker")
     (folder / "sitecustomize.py").write_text(SITECUSTOMIZE.format(blocked=BLOCKED))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -82,7 +91,9 @@ def blocked_env(tmp_path_factory):
 
 
 def export(champion, out: Path, *extra: str) -> Path:
-    assert cli_main(["export", champion["model_uri"], "--out", str(out), "--tracking-uri", champion["uri"], *extra]) == 0
+    assert (
+        cli_main(["export", champion["model_uri"], "--out", str(out), "--tracking-uri", champion["uri"], *extra]) == 0
+    )
     return out
 
 
@@ -90,8 +101,14 @@ def run_bundle(bundle: Path, env: dict, *args: str, record: Path | None = None) 
     env = dict(env)
     if record is not None:
         env["IMPORT_RECORD"] = str(record)
-    return subprocess.run([sys.executable, str(bundle / "predict.py"), *args], env=env, cwd=bundle.parent,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), *args],
+        env=env,
+        cwd=bundle.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def base_model_dir(bundle: Path) -> Path:
@@ -102,13 +119,30 @@ def test_bundle_predict_equals_arena_pref_predict_without_the_project_stack(cham
     bundle = export(champion, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["folds"] == "ensemble" and manifest["n_fold_adapters"] == 2
-    assert {"predict.py", "README.md", "config.yaml", "calibration.json", "class_prior.json", "label_tokens.json",
-            "adapters/fold_0/adapter_model.safetensors", "pref_core/bundle.py"} <= set(manifest["files"]) | {"manifest.json"}
+    assert {
+        "predict.py",
+        "README.md",
+        "config.yaml",
+        "calibration.json",
+        "class_prior.json",
+        "label_tokens.json",
+        "adapters/fold_0/adapter_model.safetensors",
+        "pref_core/kaggle/bundle.py",
+    } <= set(manifest["files"]) | {"manifest.json"}
     assert manifest["base_description"]["architecture"]["model_type"] == "llama"
 
     record = tmp_path / "imports"
-    done = run_bundle(bundle, blocked_env, "--base-model", str(base_model_dir(bundle)), "--test-csv",
-                      str(champion["test_csv"]), "--out", str(tmp_path / "bundle_sub.csv"), record=record)
+    done = run_bundle(
+        bundle,
+        blocked_env,
+        "--base-model",
+        str(base_model_dir(bundle)),
+        "--test-csv",
+        str(champion["test_csv"]),
+        "--out",
+        str(tmp_path / "bundle_sub.csv"),
+        record=record,
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote 30 rows" in done.stdout
     records = [json.loads(p.read_text()) for p in tmp_path.glob("imports.*")]
@@ -117,8 +151,22 @@ def test_bundle_predict_equals_arena_pref_predict_without_the_project_stack(cham
         assert not set(rec["modules"]) & set(BLOCKED)
         assert rec["pref_core"].startswith(str(bundle))  # the bundled code ran, not the repository's
 
-    assert cli_main(["predict", "--model", champion["model_uri"], "--test-csv", str(champion["test_csv"]),
-                     "--out", str(tmp_path / "cli_sub.csv"), "--tracking-uri", champion["uri"]]) == 0
+    assert (
+        cli_main(
+            [
+                "predict",
+                "--model",
+                champion["model_uri"],
+                "--test-csv",
+                str(champion["test_csv"]),
+                "--out",
+                str(tmp_path / "cli_sub.csv"),
+                "--tracking-uri",
+                champion["uri"],
+            ]
+        )
+        == 0
+    )
     ours = pd.read_csv(tmp_path / "bundle_sub.csv", dtype={"id": str})
     theirs = pd.read_csv(tmp_path / "cli_sub.csv", dtype={"id": str})
     test_ids = pd.read_csv(champion["test_csv"], dtype=str)["id"].tolist()
@@ -133,9 +181,22 @@ def test_unreadable_rows_get_the_prior_and_a_rejected_line(champion, blocked_env
     raw = pd.read_csv(champion["test_csv"], dtype=str, keep_default_na=False).head(6)
     raw.loc[2, "response_a"] = '["cut in the mid'
     raw.to_csv(tmp_path / "test.csv", index=False)
-    done = run_bundle(bundle, blocked_env, "--base-model", str(base_model_dir(bundle)), "--test-csv",
-                      str(tmp_path / "test.csv"), "--out", str(tmp_path / "sub.csv"), "--devices", "cpu,cpu",
-                      "--tta-swap", "off", "--max-length", "128")
+    done = run_bundle(
+        bundle,
+        blocked_env,
+        "--base-model",
+        str(base_model_dir(bundle)),
+        "--test-csv",
+        str(tmp_path / "test.csv"),
+        "--out",
+        str(tmp_path / "sub.csv"),
+        "--devices",
+        "cpu,cpu",
+        "--tta-swap",
+        "off",
+        "--max-length",
+        "128",
+    )
     assert done.returncode == 0, done.stderr
     sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
     assert sub["id"].tolist() == raw["id"].tolist()
@@ -156,7 +217,7 @@ def _one_line_exit_2(done: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_env, tmp_path):
-    from pref_core.tiny import build_tiny_checkpoint
+    from pref_core.model.tiny import build_tiny_checkpoint
 
     bundle = export(champion, tmp_path / "bundle")
     base = base_model_dir(bundle)
@@ -166,9 +227,14 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
     # A swapped adapter: fold 1's weights where fold 0's should be.
     broken = tmp_path / "broken"
     shutil.copytree(bundle, broken)
-    shutil.copy2(broken / "adapters/fold_1/adapter_model.safetensors", broken / "adapters/fold_0/adapter_model.safetensors")
-    _one_line_exit_2(run_bundle(broken, blocked_env, "--base-model", str(base), *common),
-                     "adapters/fold_0/adapter_model.safetensors", "sha256")
+    shutil.copy2(
+        broken / "adapters/fold_1/adapter_model.safetensors", broken / "adapters/fold_0/adapter_model.safetensors"
+    )
+    _one_line_exit_2(
+        run_bundle(broken, blocked_env, "--base-model", str(base), *common),
+        "adapters/fold_0/adapter_model.safetensors",
+        "sha256",
+    )
 
     # Another architecture, then the same architecture with other weights.
     texts = ["the cat sat on the mat", "which river is longest ? a or b or tie"] * 20
@@ -183,13 +249,25 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
     weights[first] = weights[first] + 1.0
     save_file(weights, str(reseeded / "model.safetensors"), metadata={"format": "pt"})
     _one_line_exit_2(run_bundle(bundle, blocked_env, "--base-model", str(reseeded), *common), "content hash")
-    _one_line_exit_2(run_bundle(bundle, blocked_env, "--base-model", str(tmp_path / "nowhere"), *common),
-                     "no such folder")
+    _one_line_exit_2(
+        run_bundle(bundle, blocked_env, "--base-model", str(tmp_path / "nowhere"), *common), "no such folder"
+    )
 
     # A test CSV with the wrong columns.
     pd.DataFrame({"id": [1], "question": ["x"]}).to_csv(tmp_path / "wrong.csv", index=False)
-    _one_line_exit_2(run_bundle(bundle, blocked_env, "--base-model", str(base), "--test-csv",
-                                str(tmp_path / "wrong.csv"), "--out", str(tmp_path / "sub.csv")), "prompt")
+    _one_line_exit_2(
+        run_bundle(
+            bundle,
+            blocked_env,
+            "--base-model",
+            str(base),
+            "--test-csv",
+            str(tmp_path / "wrong.csv"),
+            "--out",
+            str(tmp_path / "sub.csv"),
+        ),
+        "prompt",
+    )
     assert not (tmp_path / "sub.csv").exists()
 
     # export refuses a non-empty target folder.
@@ -198,7 +276,9 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
 
 def _mlflow_env(champion) -> dict:
     root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, MLFLOW_TRACKING_URI=champion["uri"], PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ, MLFLOW_TRACKING_URI=champion["uri"], PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
     # mlflow models serve runs `uvicorn` from PATH: the interpreter's own bin folder first.
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
@@ -207,9 +287,28 @@ def _mlflow_env(champion) -> dict:
 def test_mlflow_models_predict_reads_the_kaggle_csv_with_integer_ids(champion, tmp_path):
     out = tmp_path / "pred.json"
     done = subprocess.run(
-        [sys.executable, "-m", "mlflow", "models", "predict", "-m", champion["model_uri"], "-i",
-         str(champion["test_csv"]), "-t", "csv", "--env-manager", "local", "-o", str(out)],
-        env=_mlflow_env(champion), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "predict",
+            "-m",
+            champion["model_uri"],
+            "-i",
+            str(champion["test_csv"]),
+            "-t",
+            "csv",
+            "--env-manager",
+            "local",
+            "-o",
+            str(out),
+        ],
+        env=_mlflow_env(champion),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     predictions = pd.DataFrame(json.loads(out.read_text())["predictions"])
     test = pd.read_csv(champion["test_csv"])  # as pandas reads it: int64 ids
@@ -224,8 +323,9 @@ def test_mlflow_models_predict_reads_the_kaggle_csv_with_integer_ids(champion, t
     model = mlflow.pyfunc.load_model(champion["model_uri"])
     as_text = model.predict(pd.read_csv(champion["test_csv"], dtype=str, keep_default_na=False))
     assert as_text["id"].tolist() == [str(i) for i in test["id"]]  # string ids stay strings
-    np.testing.assert_allclose(as_text[list(LABEL_COLUMNS)].to_numpy(), predictions[list(LABEL_COLUMNS)].to_numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        as_text[list(LABEL_COLUMNS)].to_numpy(), predictions[list(LABEL_COLUMNS)].to_numpy(), atol=1e-6
+    )
 
 
 def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_path):
@@ -236,11 +336,29 @@ def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_pat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = open(tmp_path / "serve.log", "w")
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 (the server's stdout for as long as it runs; closed below)
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion["model_uri"], "--host", "127.0.0.1",
-         "-p", str(port), "--env-manager", "local", "-w", "1"],
-        env=_mlflow_env(champion), stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            champion["model_uri"],
+            "--host",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "--env-manager",
+            "local",
+            "-w",
+            "1",
+        ],
+        env=_mlflow_env(champion),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -254,9 +372,10 @@ def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_pat
             time.sleep(1)
         test = pd.read_csv(champion["test_csv"]).head(5)
         body = json.dumps({"dataframe_split": {"columns": list(test.columns), "data": test.values.tolist()}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 (loopback)
             predictions = pd.DataFrame(json.loads(response.read())["predictions"])
     finally:
         server.terminate()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pref_core.data import DataValidationError, read_arena_csv
-from pref_core.extra_data import combine_extra, pair_to_arena, read_pairs, split_transcript, write_arena_csv
+from pref_core.data.arena import DataValidationError, read_arena_csv
+from pref_core.data.extra import combine_extra, pair_to_arena, read_pairs, split_transcript, write_arena_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 HH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh_rlhf_harmless_pairs_dev.jsonl.gz"
@@ -41,7 +41,9 @@ def test_pair_conversion_rejects_pairs_that_differ_earlier():
 
 def test_read_pairs_reports_bad_lines_by_line_number(tmp_path):
     path = tmp_path / "pairs.jsonl.gz"
-    lines = [json.dumps({"chosen": _transcript(f"q{i}", "good"), "rejected": _transcript(f"q{i}", "bad")}) for i in range(8)]
+    lines = [
+        json.dumps({"chosen": _transcript(f"q{i}", "good"), "rejected": _transcript(f"q{i}", "bad")}) for i in range(8)
+    ]
     lines[3] = "{not json"
     with gzip.open(path, "wt", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -80,7 +82,9 @@ def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
     """Other responses to the same question are distinct pairs; only the main data's prompts are dropped."""
     main = train_frame.head(5)
     extra = train_frame.iloc[100:110].copy()
-    same_prompt = extra.assign(id=lambda f: "again-" + f["id"], response_a=extra["response_b"], response_b=extra["response_a"])
+    same_prompt = extra.assign(
+        id=lambda f: "again-" + f["id"], response_a=extra["response_b"], response_b=extra["response_a"]
+    )
     near_main = main.assign(id=lambda f: "near-" + f["id"], prompt=[[t.upper() for t in p] for p in main["prompt"]])
     kept, counts = combine_extra([("more", pd.concat([extra, same_prompt, near_main]))], main)
     assert len(kept) == 20 and counts["n_extra_duplicates_dropped"] == 5  # the main prompts in upper case go
@@ -88,14 +92,16 @@ def test_extra_rows_sharing_a_prompt_among_themselves_all_stay(train_frame):
 
 
 def test_extra_sources_are_read_in_order_with_their_rejected_rows_and_counts(tmp_path, train_frame):
-    from pref_core.extra_data import read_extra_sources
+    from pref_core.data.extra import read_extra_sources
 
     main = train_frame.iloc[2:4]
     main_prompts = set(map(tuple, main["prompt"]))
     others = train_frame[[tuple(p) not in main_prompts for p in train_frame["prompt"]]].head(3)
     csv = write_arena_csv(pd.concat([main, others]), tmp_path / "more.csv")
     pairs = tmp_path / "pairs.jsonl.gz"
-    lines = [json.dumps({"chosen": _transcript(f"q{i}", "good"), "rejected": _transcript(f"q{i}", "bad")}) for i in range(4)]
+    lines = [
+        json.dumps({"chosen": _transcript(f"q{i}", "good"), "rejected": _transcript(f"q{i}", "bad")}) for i in range(4)
+    ]
     lines[1] = "{not json"
     with gzip.open(pairs, "wt", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -110,25 +116,41 @@ def test_extra_sources_are_read_in_order_with_their_rejected_rows_and_counts(tmp
 
 @pytest.mark.slow
 def test_extra_rows_train_every_fold_and_never_validate(prefect_harness, tmp_path, synthetic_csvs):
-    from mlflow import MlflowClient
-
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.config import load_config
+    from mlflow import MlflowClient
+    from pref_core.config.loading import load_config
 
     main = read_arena_csv(synthetic_csvs[0], "train").frame
     extra_csv = write_arena_csv(main.head(40).assign(id=lambda f: "x" + f["id"]), tmp_path / "extra.csv")  # duplicates
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("\n".join(json.dumps({"chosen": _transcript(f"new question {i}", "zebra zebra"),
-                                           "rejected": _transcript(f"new question {i}", "plain")}) for i in range(30)))
-    config = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={synthetic_csvs[0]}", f"data.extra_csvs=[{extra_csv}]", f"data.extra_pairs=[{pairs}]",
-        f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "cv.execution=in_process", "cv.folds=[0, 1]", "train.num_epochs=1",
-    ])
+    pairs.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "chosen": _transcript(f"new question {i}", "zebra zebra"),
+                    "rejected": _transcript(f"new question {i}", "plain"),
+                }
+            )
+            for i in range(30)
+        )
+    )
+    config = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.train_csv={synthetic_csvs[0]}",
+            f"data.extra_csvs=[{extra_csv}]",
+            f"data.extra_pairs=[{pairs}]",
+            f"output_dir={tmp_path / 'out'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "cv.execution=in_process",
+            "cv.folds=[0, 1]",
+            "train.num_epochs=1",
+        ],
+    )
     result = cv_training(config)
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof.oof_path)
     assert not oof["id"].str.startswith("extra:").any()
     assert set(oof["id"]) <= set(main["id"])
-    parent = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"])
+    parent = MlflowClient(config.tracking.uri).get_run(result.parent_run_id)
     assert parent.data.metrics["n_extra_read"] == 70
     assert parent.data.metrics["n_extra_kept"] == 30  # the 40 copied rows share prompts with the main data

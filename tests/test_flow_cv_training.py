@@ -7,18 +7,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.synthetic import write_synthetic_csvs
+from mlflow import MlflowClient
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests.factories import tiny_recipe_config
 
 pytestmark = pytest.mark.slow
 
 
 def _tiny_config(tmp_path: Path, train_csv: Path, test_csv: Path | None, *extra: str):
-    return tiny_recipe_config(tmp_path, train_csv, "tracking.experiment=flow-test", "train.num_epochs=1",
-                              "train.save_steps=1000", *extra, test_csv=test_csv)
+    return tiny_recipe_config(
+        tmp_path,
+        train_csv,
+        "tracking.experiment=flow-test",
+        "train.num_epochs=1",
+        "train.save_steps=1000",
+        *extra,
+        test_csv=test_csv,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +42,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     result = cv_training(config)
 
     client = MlflowClient(config.tracking.uri)
-    parent = client.get_run(result["parent_run_id"])
+    parent = client.get_run(result.parent_run_id)
     assert parent.info.run_name == "cv-training"
     assert parent.info.status == "FINISHED"
     for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "n_train_kept", "n_train_rejected"):
@@ -62,18 +69,23 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"oof_predictions.parquet", "submission.csv", "plots"} <= parent_artifacts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/fold_log_loss.png", "plots/reliability.png", "plots/confusion_matrix.png",
-                     "plots/calibration_temperature.png", "plots/log_loss_by_length.png"}
+    assert plots == {
+        "plots/fold_log_loss.png",
+        "plots/reliability.png",
+        "plots/confusion_matrix.png",
+        "plots/calibration_temperature.png",
+        "plots/log_loss_by_length.png",
+    }
 
     # OOF covers every kept training row exactly once, each in the fold that held it out.
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof.oof_path)
     train = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     assert sorted(oof["id"]) == sorted(train["id"])
     assert oof["id"].is_unique
     np.testing.assert_allclose(oof[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
     assert parent.data.metrics["n_oof"] == len(train)
 
-    submission = pd.read_csv(result["submission_path"], dtype={"id": str})
+    submission = pd.read_csv(result.submission_path, dtype={"id": str})
     test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
     assert list(submission.columns) == ["id", *LABEL_COLUMNS]
     assert submission["id"].tolist() == test["id"].tolist()
@@ -88,7 +100,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
 
     mlflow.set_tracking_uri(config.tracking.uri)
     version = client.get_model_version_by_alias("arena-pref", "champion")
-    assert result["model_uri"] == f"models:/arena-pref/{version.version}"
+    assert result.registration.model_uri == f"models:/arena-pref/{version.version}"
     assert version.run_id == parent.info.run_id
     assert float(version.tags["oof_log_loss"]) == pytest.approx(parent.data.metrics["oof_log_loss"], abs=1e-6)
     assert version.tags["n_folds"] == "5" and version.tags["data_hash"] == parent.data.tags["arena_pref.train_hash"]
@@ -115,9 +127,9 @@ def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synth
     first = cv_training(config)
     second = cv_training(config)
     client = MlflowClient(config.tracking.uri)
-    for fold, run_id in second["fold_run_ids"].items():
+    for fold, run_id in second.fold_run_ids.items():
         run = client.get_run(run_id)
         assert run.data.tags.get("arena_pref.reused") == "true"
-        assert run.data.metrics["val_log_loss"] == pytest.approx(first["fold_log_loss"][fold])
-    assert second["metrics"]["oof_log_loss"] == pytest.approx(first["metrics"]["oof_log_loss"])
-    assert second["submission_path"] is None
+        assert run.data.metrics["val_log_loss"] == pytest.approx(first.oof.fold_log_loss[fold])
+    assert second.oof.scores.log_loss == pytest.approx(first.oof.scores.log_loss)
+    assert second.submission_path is None

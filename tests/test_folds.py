@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.folds import load_folds, make_folds, prompt_group_key, save_folds
+from pref_core.data.folds import load_folds, make_folds, prompt_group_key, save_folds
 
 
 def test_prompt_group_key_is_canonical():
@@ -24,8 +24,9 @@ def test_prompts_equal_up_to_case_and_whitespace_share_a_fold():
     rows = []
     for group in range(20):
         for k, variant in enumerate(variants):  # each prompt written three ways
-            rows.append({"id": f"{group}-{k}", "prompt": [f"{group} {variant[0]}", *variant[1:]],
-                         "label": (group + k) % 3})
+            rows.append(
+                {"id": f"{group}-{k}", "prompt": [f"{group} {variant[0]}", *variant[1:]], "label": (group + k) % 3}
+            )
     frame = pd.DataFrame(rows)
     folds = make_folds(frame, n_folds=5, seed=0)
     assert (folds.groupby(folds["id"].str.split("-").str[0])["fold"].nunique() == 1).all()

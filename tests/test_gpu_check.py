@@ -52,9 +52,22 @@ def test_gpu_check_small_runs_every_step_and_writes_the_summary(tmp_path):
     write_probe_wheel(tmp_path / "wheels")
     out, site = tmp_path / "out", tmp_path / "site"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.gpu_check", "--small", "--out", str(out), "--wheels", str(tmp_path / "wheels"),
-         "--site", str(site)],
-        cwd=ROOT, capture_output=True, text=True, timeout=1000,
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--small",
+            "--out",
+            str(out),
+            "--wheels",
+            str(tmp_path / "wheels"),
+            "--site",
+            str(site),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1000,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -111,8 +124,18 @@ def test_junit_report_counts_and_failure_messages(tmp_path):
         "</testsuite></testsuites>"
     )
     report = read_junit(tmp_path / "report.xml")
-    assert (report["tests"], report["passed"], report["failures"], report["errors"], report["skipped"]) == (4, 1, 1, 1, 1)
+    assert (report["tests"], report["passed"], report["failures"], report["errors"], report["skipped"]) == (
+        4,
+        1,
+        1,
+        1,
+        1,
+    )
     outcomes = {case["test"].split("::")[1]: (case["outcome"], case["message"]) for case in report["cases"]}
-    assert outcomes == {"test_ok": ("passed", ""), "test_bad": ("failed", "assert 1 == 2"), "test_err": ("error", "boom"),
-                        "test_skip": ("skipped", "needs a CUDA GPU")}
+    assert outcomes == {
+        "test_ok": ("passed", ""),
+        "test_bad": ("failed", "assert 1 == 2"),
+        "test_err": ("error", "boom"),
+        "test_skip": ("skipped", "needs a CUDA GPU"),
+    }
     assert read_junit(tmp_path / "missing.xml") == {"found": False}

@@ -8,11 +8,11 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from pref_core.config import parse_config
-from pref_core.inference import PreferenceCollator, predict_probabilities
-from pref_core.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
-from pref_core.modeling import build_model
-from pref_core.tiny import build_tiny_checkpoint
+from pref_core.config.loading import parse_config
+from pref_core.data.labels import INDEX_A, INDEX_B, INDEX_TIE, NUM_CLASSES
+from pref_core.model.preference import build_model
+from pref_core.model.tiny import build_tiny_checkpoint
+from pref_core.predict.inference import PreferenceCollator, predict_probabilities
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -27,10 +27,12 @@ def tiny_model(tmp_path_factory):
     """A LoRA model with random (non-zero) adapters, so predictions differ from row to row."""
     from transformers import AutoTokenizer
 
-    folder = build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=300)
+    folder = build_tiny_checkpoint(
+        TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64, vocab_size=300
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = parse_config({"model": {"tiny": {}, "dtype": "fp32"}, "lora": {"r": 4, "dropout": 0.0}})
-    model = build_model(config, tokenizer, folder)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=folder, seed=config.train.seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -37,15 +37,15 @@ def _render(template: dict, values: dict) -> KubernetesWorkerJobConfiguration:
     return asyncio.run(KubernetesWorkerJobConfiguration.from_template_and_values(template, values, client=_NoServer()))
 
 
-def _deployment(flow_file: str, name: str) -> dict:
+def _deployment(flow_module: str, name: str) -> dict:
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    return next(d for d in deployments if d["name"] == name and d["entrypoint"].startswith(flow_file))
+    return next(d for d in deployments if d["name"] == name and d["entrypoint"].startswith(flow_module + ":"))
 
 
 def test_train_fold_k8s_job_has_one_gpu_the_env_and_the_flow_command(monkeypatch):
     monkeypatch.setenv("ARENA_PREF_IMAGE", "registry.example/arena-pref:1.2")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://mlflow.internal")
-    deployment = _deployment("flows/train_fold.py", "k8s")
+    deployment = _deployment("arena_pref.flows.train_fold", "k8s")
     assert deployment["work_pool"]["name"] == "arena-gpu-k8s"
     # What `prefect deploy` stores: {{ $VAR }} placeholders resolved from the deployer's environment.
     job_variables = apply_values(deployment["work_pool"]["job_variables"], {})
@@ -83,6 +83,6 @@ def test_gpu_count_is_a_job_variable():
 
 
 def test_the_parent_k8s_deployment_sends_its_folds_to_train_fold_k8s():
-    parent = _deployment("flows/cv_training.py", "k8s")
+    parent = _deployment("arena_pref.flows.cv_training", "k8s")
     assert parent["parameters"]["fold_execution"] == "deployment"
     assert "cv.fold_deployment=train-fold/k8s" in parent["parameters"]["overrides"]

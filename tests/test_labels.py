@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.labels import (
+from pref_core.data.labels import (
     LABEL_COLUMNS,
     SWAP_PERMUTATION,
     get_label_token_ids,

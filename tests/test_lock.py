@@ -18,9 +18,17 @@ LOCK = ROOT / "requirements.lock"
 SMOKE_LOCK = ROOT / "requirements-smoke.lock"
 SMOKE_INPUT = ROOT / "requirements-smoke.in"
 # The platform the lock is made for (Makefile LOCK_FLAGS): CPython 3.11 on x86-64 Linux.
-LOCK_PLATFORM = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.7",
-                 "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
-                 "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+LOCK_PLATFORM = {
+    **default_environment(),
+    "python_version": "3.11",
+    "python_full_version": "3.11.7",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 def read_pins(path: Path) -> dict[str, Version]:
@@ -33,7 +41,8 @@ def read_pins(path: Path) -> dict[str, Version]:
         requirement = Requirement(line)
         specifiers = list(requirement.specifier)
         assert requirement.url is None and len(specifiers) == 1 and specifiers[0].operator == "==", (
-            f"{path.name}:{number}: {raw!r} is not an exact pin; run `make lock`")
+            f"{path.name}:{number}: {raw!r} is not an exact pin; run `make lock`"
+        )
         name = canonicalize_name(requirement.name)
         assert name not in pins, f"{path.name}:{number}: {name} pinned twice"
         pins[name] = Version(specifiers[0].version)
@@ -52,7 +61,9 @@ def project_requirements(*extras: str) -> list[Requirement]:
 
 def locked_extras() -> list[str]:
     """Every extra of pyproject.toml: the lock covers them all (the Makefile's `lock` compiles each)."""
-    return list(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"])
+    return list(
+        tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    )
 
 
 def test_every_project_requirement_is_locked_inside_its_range():
@@ -84,14 +95,18 @@ def test_this_environment_is_the_lock():
             drift.append(f"{name}=={version} is locked but not installed")
             continue
         if Version(installed.base_version) != Version(version.base_version) or (
-                version.local is not None and installed != version):
+            version.local is not None and installed != version
+        ):
             drift.append(f"{name}: locked {version}, installed {installed}")
     assert not drift, "this environment is not the lock; `rm -rf .venv && make install`:\n" + "\n".join(drift)
 
 
 def test_the_smoke_lock_pins_exactly_its_inputs():
-    inputs = {canonicalize_name(Requirement(line).name): Requirement(line)
-              for line in (raw.split("#", 1)[0].strip() for raw in SMOKE_INPUT.read_text().splitlines()) if line}
+    inputs = {
+        canonicalize_name(Requirement(line).name): Requirement(line)
+        for line in (raw.split("#", 1)[0].strip() for raw in SMOKE_INPUT.read_text().splitlines())
+        if line
+    }
     pins = read_pins(SMOKE_LOCK)
     assert set(pins) == set(inputs), "requirements-smoke.lock and requirements-smoke.in disagree; run `make lock`"
     for name, requirement in inputs.items():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss as sklearn_log_loss
 
-from pref_core.metrics import (
+from pref_core.evaluate.metrics import (
     compute_accuracy,
     compute_log_loss,
     compute_prior_log_loss,

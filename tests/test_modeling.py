@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pref_core.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
-from pref_core.labels import NUM_CLASSES, get_label_token_ids
-from pref_core.losses import preference_loss
-from pref_core.modeling import (
+from pref_core.data.labels import NUM_CLASSES, get_label_token_ids
+from pref_core.model.backbone import load_backbone, resolve_attn_implementation, resolve_dtype
+from pref_core.model.losses import preference_loss
+from pref_core.model.preference import (
     PREFERENCE_HEAD_FILE,
     PreferenceModel,
     build_model,
@@ -28,7 +28,7 @@ from pref_core.modeling import (
     save_adapter,
     unwrap_preference_model,
 )
-from tests.factories import TINY_TEXTS, tiny_config
+from tests.factories import TINY_TEXTS, lora_model, tiny_config
 
 pytestmark = pytest.mark.filterwarnings(
     # torch's own torch.utils.mkldnn uses the deprecated decorator; it is imported lazily by transformers/peft.
@@ -119,7 +119,10 @@ def test_label_token_head_matches_seed_formulation(tiny_dir, tokenizer, side, ba
             expected = seed_label_logits(backbone, sequences, labels.tolist(), label_ids, tokenizer.pad_token_id)
         else:  # left padding must give each row's unpadded result
             expected = torch.cat(
-                [seed_label_logits(backbone, [s], [int(y)], label_ids, tokenizer.pad_token_id) for s, y in zip(sequences, labels)]
+                [
+                    seed_label_logits(backbone, [s], [int(y)], label_ids, tokenizer.pad_token_id)
+                    for s, y in zip(sequences, labels)
+                ]
             )
     assert ours["logits"].shape == (batch_size, NUM_CLASSES)
     torch.testing.assert_close(ours["logits"], expected, atol=1e-5, rtol=0)
@@ -128,7 +131,7 @@ def test_label_token_head_matches_seed_formulation(tiny_dir, tokenizer, side, ba
 
 def test_label_token_head_matches_seed_with_lora_active(tiny_dir, tokenizer):
     """Same equality through the peft wrapper, with non-zero LoRA updates in every targeted layer."""
-    model = build_model(make_config(), tokenizer, tiny_dir).eval()
+    model = lora_model(make_config(), tokenizer, tiny_dir).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -246,7 +249,7 @@ def test_unknown_head_is_rejected(tiny_dir):
 
 @pytest.mark.parametrize("head", ["label_token", "classifier"])
 def test_only_lora_and_classifier_are_trainable(tiny_dir, tokenizer, head):
-    model = build_model(make_config(head=head), tokenizer, tiny_dir)
+    model = lora_model(make_config(head=head), tokenizer, tiny_dir)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable, "nothing to train"
     for name in trainable:
@@ -255,7 +258,13 @@ def test_only_lora_and_classifier_are_trainable(tiny_dir, tokenizer, head):
     assert not any("lm_head" in name for name in trainable)
     # all-linear covers attention and MLP of the decoder, never the LM head or the classifier.
     assert set(resolve_target_modules("all-linear", load_backbone(make_config().model, tiny_dir))) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     lora_layers = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     assert not any("lm_head" in n or "score" in n for n in lora_layers)
@@ -269,7 +278,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
     for checkpointing in (False, True):
         config = make_config()
         config.model.gradient_checkpointing = checkpointing
-        model = build_model(config, tokenizer, tiny_dir).train()
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=tiny_dir, seed=config.train.seed).train()
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if "lora_B" in name:
@@ -284,8 +293,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
 
 
 def test_build_model_is_reproducible_for_a_seed(tiny_dir, tokenizer):
-    first = build_model(make_config(head="classifier"), tokenizer, tiny_dir)
-    second = build_model(make_config(head="classifier"), tokenizer, tiny_dir)
+    first = lora_model(make_config(head="classifier"), tokenizer, tiny_dir)
+    second = lora_model(make_config(head="classifier"), tokenizer, tiny_dir)
     for (name, a), (_, b) in zip(first.named_parameters(), second.named_parameters()):
         assert torch.equal(a, b), name
 
@@ -296,7 +305,7 @@ def test_build_model_is_reproducible_for_a_seed(tiny_dir, tokenizer):
 @pytest.mark.parametrize("head", ["label_token", "classifier"])
 def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_path, head):
     config = make_config(head=head)
-    model = build_model(config, tokenizer, tiny_dir)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=tiny_dir, seed=config.train.seed)
     with torch.no_grad():  # a trained-looking adapter: LoRA B starts at zero, which would hide a loading bug
         for name, param in model.named_parameters():
             if param.requires_grad:
@@ -311,7 +320,7 @@ def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_pat
     assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", PREFERENCE_HEAD_FILE} <= files
     assert json.loads((adapter_dir / PREFERENCE_HEAD_FILE).read_text())["head"] == head
 
-    reloaded, reloaded_tokenizer = load_preference_model(config, adapter_dir, name_or_path=tiny_dir, device="cpu")
+    reloaded, reloaded_tokenizer = load_preference_model(config.model, adapter_dir, name_or_path=tiny_dir, device="cpu")
     assert reloaded_tokenizer.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
     assert not reloaded.training
     with torch.no_grad():
@@ -320,9 +329,9 @@ def test_save_and_reload_give_identical_predictions(tiny_dir, tokenizer, tmp_pat
 
 
 def test_reload_with_another_head_names_the_field(tiny_dir, tokenizer, tmp_path):
-    adapter_dir = save_adapter(build_model(make_config(), tokenizer, tiny_dir), tmp_path / "adapter", tokenizer)
+    adapter_dir = save_adapter(lora_model(make_config(), tokenizer, tiny_dir), tmp_path / "adapter", tokenizer)
     with pytest.raises(ValueError, match="model.head"):
-        load_preference_model(make_config(head="classifier"), adapter_dir, name_or_path=tiny_dir)
+        load_preference_model(make_config(head="classifier").model, adapter_dir, name_or_path=tiny_dir)
 
 
 def test_missing_source_explains_tiny_models():
@@ -343,6 +352,6 @@ def test_auto_dtype_is_fp32_on_cpu():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="flash-attn may be usable on a GPU")
 def test_flash_attention_falls_back_to_sdpa_with_a_log_line(caplog):
     model_config = make_config().model.model_copy(update={"attn_implementation": "flash_attention_2"})
-    with caplog.at_level("WARNING", logger="pref_core.backbone"):
+    with caplog.at_level("WARNING", logger="pref_core.model.backbone"):
         assert resolve_attn_implementation(model_config) == "sdpa"
     assert "flash_attention_2" in caplog.text

@@ -1,4 +1,4 @@
-"""OOF assembly and scoring (pref_core.oof), on hand-built tables: no Prefect, no MLflow."""
+"""OOF assembly and scoring (pref_core.evaluate.oof), on hand-built tables: no Prefect, no MLflow."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.oof import OOF_COLUMNS, IncompleteOOFError, assemble_oof, oof_figures, score_oof, text_lengths
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.evaluate.oof import OOF_COLUMNS, IncompleteOOFError, assemble_oof, oof_figures, score_oof, text_lengths
 
 
 def _predictions(ids, probs, echoed_label=None):
@@ -46,12 +46,15 @@ def test_ids_are_compared_as_text():
     assert assemble_oof(predictions, labels, folds)["label"].tolist() == [0, 1, 2, 0]
 
 
-@pytest.mark.parametrize("fold_0_ids, problem", [
-    (["a", "a"], "1 duplicated"),
-    (["a"], "1 missing (e.g. ['b'])"),
-    (["a", "b", "z"], "1 unexpected"),
-    (["a", "c"], "1 duplicated"),  # c is fold 1's row too
-])
+@pytest.mark.parametrize(
+    "fold_0_ids, problem",
+    [
+        (["a", "a"], "1 duplicated"),
+        (["a"], "1 missing (e.g. ['b'])"),
+        (["a", "b", "z"], "1 unexpected"),
+        (["a", "c"], "1 duplicated"),  # c is fold 1's row too
+    ],
+)
 def test_coverage_is_each_validation_row_exactly_once(fold_0_ids, problem):
     predictions = {0: _predictions(fold_0_ids, [[1 / 3] * 3] * len(fold_0_ids)), 1: _two_folds()[1]}
     with pytest.raises(IncompleteOOFError, match=problem.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -86,16 +89,29 @@ def test_temperature_is_applied_only_when_asked_and_never_hurts():
 
 
 def test_text_lengths_follow_the_requested_order():
-    frame = pd.DataFrame({"id": ["x", "y"], "prompt": [["ab"], ["a", None]], "response_a": [["c"], ["bb"]],
-                          "response_b": [["dd", "e"], ["c"]]})
+    frame = pd.DataFrame(
+        {
+            "id": ["x", "y"],
+            "prompt": [["ab"], ["a", None]],
+            "response_a": [["c"], ["bb"]],
+            "response_b": [["dd", "e"], ["c"]],
+        }
+    )
     assert text_lengths(frame, pd.Series(["y", "x"])).tolist() == [4, 6]
 
 
 def test_figures_are_the_five_named_plots():
     oof = assemble_oof(_two_folds(), LABELS, FOLDS)
-    parsed = pd.DataFrame({"id": list("abcd"), "prompt": [["p"]] * 4, "response_a": [["r"]] * 4, "response_b": [["s"]] * 4})
+    parsed = pd.DataFrame(
+        {"id": list("abcd"), "prompt": [["p"]] * 4, "response_a": [["r"]] * 4, "response_b": [["s"]] * 4}
+    )
     figures = oof_figures(oof, score_oof(oof, "none"), {0: 0.69, 1: 0.69}, text_lengths(parsed, oof["id"]))
-    assert sorted(figures) == ["plots/calibration_temperature.png", "plots/confusion_matrix.png",
-                               "plots/fold_log_loss.png", "plots/log_loss_by_length.png", "plots/reliability.png"]
+    assert sorted(figures) == [
+        "plots/calibration_temperature.png",
+        "plots/confusion_matrix.png",
+        "plots/fold_log_loss.png",
+        "plots/log_loss_by_length.png",
+        "plots/reliability.png",
+    ]
     assert all(hasattr(f, "savefig") for f in figures.values())
     np.testing.assert_array_equal(oof["label"], [0, 1, 2, 0])

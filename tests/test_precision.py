@@ -7,10 +7,10 @@ import logging
 import pytest
 import torch
 
-from pref_core.backbone import resolve_dtype
-from pref_core.config import ModelConfig, TrainConfig
-from pref_core.modeling import PreferenceModel
-from pref_core.trainer import resolve_mixed_precision, resolve_optim
+from pref_core.config.schema import ModelConfig, TrainConfig
+from pref_core.model.backbone import resolve_dtype
+from pref_core.model.preference import PreferenceModel
+from pref_core.train.trainer import resolve_mixed_precision, resolve_optim
 
 LABEL_IDS = [5, 6, 7]
 TARGET_LOGITS = torch.tensor([21.30, 20.95, 19.60], dtype=torch.float64)  # the issue's example
@@ -20,8 +20,14 @@ def _bf16_model(head: str) -> PreferenceModel:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     backbone = LlamaForCausalLM(config).to(torch.bfloat16)
     return PreferenceModel(backbone, head, LABEL_IDS if head == "label_token" else None)
 
@@ -65,19 +71,24 @@ def test_classifier_logits_stay_fp32_under_bf16_autocast():
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """A CUDA device of a given compute capability; is_bf16_supported says True, as it does with emulation."""
+
     def install(capability):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
     return install
 
 
-@pytest.mark.parametrize(("capability", "dtype", "precision"), [
-    ((7, 5), torch.float16, "fp16"),   # T4 (Kaggle): bf16 only emulated
-    ((7, 0), torch.float16, "fp16"),   # V100
-    ((8, 0), torch.bfloat16, "bf16"),  # A100
-    ((9, 0), torch.bfloat16, "bf16"),  # H100
-])
+@pytest.mark.parametrize(
+    ("capability", "dtype", "precision"),
+    [
+        ((7, 5), torch.float16, "fp16"),  # T4 (Kaggle): bf16 only emulated
+        ((7, 0), torch.float16, "fp16"),  # V100
+        ((8, 0), torch.bfloat16, "bf16"),  # A100
+        ((9, 0), torch.bfloat16, "bf16"),  # H100
+    ],
+)
 def test_auto_dtype_and_precision_follow_native_bf16(fake_gpu, capability, dtype, precision):
     fake_gpu(capability)
     assert resolve_dtype(ModelConfig(name_or_path="x/y")) == dtype
@@ -97,8 +108,9 @@ def test_auto_optimizer_falls_back_with_a_warning_without_bitsandbytes(fake_gpu,
     fake_gpu((8, 0))
     assert resolve_optim(TrainConfig()) == "adamw_bnb_8bit"  # bitsandbytes is installed here
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
-    with caplog.at_level(logging.WARNING, logger="pref_core.trainer"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )
+    with caplog.at_level(logging.WARNING, logger="pref_core.train.trainer"):
         assert resolve_optim(TrainConfig()) == "adamw_torch"
     assert "bitsandbytes is not installed" in caplog.text

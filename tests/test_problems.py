@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pref_core.problems import DataValidationError, ProblemCollector
+from pref_core.data.problems import DataValidationError, ProblemCollector
 
 
 def test_problems_come_out_in_row_order_with_their_row_names():
@@ -14,11 +14,15 @@ def test_problems_come_out_in_row_order_with_their_row_names():
     collector.report(2, "winner_tie", "bad; fix: z")
     assert collector.n_bad == 2 and collector.bad_rows == [1, 2]
     assert [(p.row_id, p.column) for p in collector.problems()] == [
-        ("<empty, data row 2>", "id"), ("c", "prompt"), ("c", "winner_tie"),
+        ("<empty, data row 2>", "id"),
+        ("c", "prompt"),
+        ("c", "winner_tie"),
     ]
     assert collector.keep_mask(3).tolist() == [True, False, False]
     assert collector.rejected_frame().values.tolist() == [
-        ["<empty, data row 2>", "id", "empty id; fix: y"], ["c", "prompt", "bad; fix: x"], ["c", "winner_tie", "bad; fix: z"],
+        ["<empty, data row 2>", "id", "empty id; fix: y"],
+        ["c", "prompt", "bad; fix: x"],
+        ["c", "winner_tie", "bad; fix: z"],
     ]
 
 

@@ -1,8 +1,8 @@
-"""Champion/challenger decisions (pref_core.promotion) from tags alone."""
+"""Champion/challenger decisions (pref_core.evaluate.promotion) from tags alone."""
 
 from __future__ import annotations
 
-from pref_core.promotion import decide_promotion
+from pref_core.evaluate.promotion import decide_promotion
 
 CHAMPION = {"oof_log_loss": "0.950000", "data_hash": "abc123abc123ff", "n_oof": "1000"}
 

@@ -8,17 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pref_core.config import PromptConfig
-from pref_core.prompts import (
+from pref_core.config.choices import TEMPLATES
+from pref_core.config.schema import PromptConfig
+from pref_core.text.prompts import (
     CLOSING_QUESTION,
     NULL_TURN,
     PromptEncoder,
     build_prompt,
     encode_example,
 )
-from pref_core.truncation import scale_seed_caps, split_proportionally
+from pref_core.text.truncation import scale_seed_caps, split_proportionally
 
-from pref_core.choices import TEMPLATES
 # Policies that keep every example within max_length (seed, the notebook's own, may exceed it: test_seed_exact.py).
 POLICIES = ("seed_capped", "proportional")
 
@@ -28,7 +28,9 @@ def closing_ids(tokenizer) -> list[int]:
 
 
 def test_closing_question_is_the_seed_notebooks():
-    assert CLOSING_QUESTION == "\n\n---------\nWhich is the better response for the prompt ? a or b or tie ?\n\nAnswer: "
+    assert (
+        CLOSING_QUESTION == "\n\n---------\nWhich is the better response for the prompt ? a or b or tie ?\n\nAnswer: "
+    )
 
 
 def test_build_prompt_seed_layout():

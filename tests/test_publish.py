@@ -16,10 +16,9 @@ def test_a_built_folder_appears_at_the_target_and_no_staging_remains(tmp_path):
 
 def test_a_failed_build_leaves_nothing_behind(tmp_path):
     target = tmp_path / "key"
-    with pytest.raises(RuntimeError, match="boom"):
-        with publishing_dir(target) as staging:
-            (staging / "half").write_text("x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), publishing_dir(target) as staging:
+        (staging / "half").write_text("x")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -44,10 +43,9 @@ def test_an_empty_target_folder_is_replaced(tmp_path):
 def test_a_file_is_replaced_whole_and_a_failed_write_keeps_the_old_one(tmp_path):
     dest = tmp_path / "folds.parquet"
     dest.write_text("old")
-    with pytest.raises(OSError):
-        with publishing_file(dest) as staging:
-            staging.write_text("half")
-            raise OSError("disk full")
+    with pytest.raises(OSError), publishing_file(dest) as staging:
+        staging.write_text("half")
+        raise OSError("disk full")
     assert dest.read_text() == "old"
     with publishing_file(dest) as staging:
         staging.write_text("new")

@@ -27,11 +27,15 @@ assert not leaked, f"pref_core pulled in orchestration/tracking modules: {leaked
 
 def test_importing_pref_core_does_not_import_prefect_or_mlflow():
     result = subprocess.run(
-        [sys.executable, "-c", IMPORT_ALL], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", IMPORT_ALL],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "pref_core.data" in result.stdout and "pref_core.tokenization" in result.stdout
+    assert "pref_core.data.arena" in result.stdout and "pref_core.text.tokenization" in result.stdout
 
 
 # A string that starts like an absolute path: /x, ~/x, C:\x (docstrings are prose and never do).
@@ -62,4 +66,4 @@ def test_no_eval_or_exec():
 
 
 def test_the_scans_see_the_package():
-    assert {p.name for p in SOURCES} >= {"data.py", "prompts.py", "tokenization.py", "folds.py", "metrics.py"}
+    assert {p.name for p in SOURCES} >= {"arena.py", "prompts.py", "tokenization.py", "folds.py", "metrics.py"}

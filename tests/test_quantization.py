@@ -12,16 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from datasets import Dataset
 from safetensors.torch import load_file
 
-from pref_core.backbone import load_backbone
-from pref_core.inference import predict_probabilities
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.modeling import load_preference_model
-from pref_core.tiny import build_tiny_checkpoint
-from pref_core.training import fine_tune_fold
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.model.backbone import load_backbone
+from pref_core.model.preference import load_preference_model
+from pref_core.model.tiny import build_tiny_checkpoint
+from pref_core.predict.inference import predict_probabilities
+from pref_core.train.fold import fine_tune_fold
 from tests.factories import tiny_config
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -39,19 +38,35 @@ QUANTIZED_LAYER = {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}
 def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    folder = build_tiny_checkpoint(TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128, vocab_size=300)
+    folder = build_tiny_checkpoint(
+        TEXTS, tmp_path_factory.mktemp("tiny"), hidden_size=64, intermediate_size=128, vocab_size=300
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = [tokenizer.encode(t) for t in TEXTS]
     dataset = Dataset.from_dict(
-        {"id": [str(i) for i in range(len(ids))], "input_ids": ids, "length": [len(x) for x in ids], "label": [i % 3 for i in range(len(ids))]}
+        {
+            "id": [str(i) for i in range(len(ids))],
+            "input_ids": ids,
+            "length": [len(x) for x in ids],
+            "label": [i % 3 for i in range(len(ids))],
+        }
     )
     return folder, dataset
 
 
 def make_config(quantization: str, head: str = "label_token"):
-    return tiny_config(head, model={"quantization": quantization}, max_steps=2, per_device_batch_size=4,
-                       learning_rate=1e-2, warmup_steps=0, optim="adamw_torch", mixed_precision="no", save_steps=2,
-                       eval_batch_size=8)
+    return tiny_config(
+        head,
+        model={"quantization": quantization},
+        max_steps=2,
+        per_device_batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        optim="adamw_torch",
+        mixed_precision="no",
+        save_steps=2,
+        eval_batch_size=8,
+    )
 
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
@@ -70,13 +85,16 @@ def test_quantized_backbone_loads_with_bitsandbytes_layers(tiny, quantization):
 def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     folder, dataset = tiny
     config = make_config(quantization, head)
-    result = fine_tune_fold(config, dataset.select(range(20)), dataset.select(range(20, 30)), tmp_path, name_or_path=folder)
+    result = fine_tune_fold(
+        config, dataset.select(range(20)), dataset.select(range(20, 30)), tmp_path, name_or_path=folder
+    )
     assert result.metrics["global_step"] == 2
     assert result.metrics["val_log_loss"] == result.metrics["val_log_loss"]  # not NaN
 
-    model, _ = load_preference_model(config, result.adapter_dir, name_or_path=folder)
+    model, _ = load_preference_model(config.model, result.adapter_dir, name_or_path=folder)
     lora_on_quantized = [  # peft picks its LoRA layer class by platform; the wrapped base layer is what counts
-        name for name, m in model.named_modules()
+        name
+        for name, m in model.named_modules()
         if hasattr(m, "lora_A") and type(m.get_base_layer()).__name__ == QUANTIZED_LAYER[quantization]
     ]
     assert lora_on_quantized, "LoRA should wrap the quantized projections"
@@ -84,5 +102,5 @@ def test_quantized_fold_trains_and_reloads(tiny, tmp_path, quantization, head):
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items()), "two steps should move LoRA B off zero"
     # The reloaded quantized model predicts what the trained one did on the validation rows.
     probs = predict_probabilities(model, dataset.select(range(20, 30)), batch_size=4)
-    at_training = pd.read_parquet(result.val_predictions_path)[list(LABEL_COLUMNS)].to_numpy()
+    at_training = pd.read_parquet(result.val_predictions)[list(LABEL_COLUMNS)].to_numpy()
     np.testing.assert_allclose(probs, at_training, atol=1e-5)

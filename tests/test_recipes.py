@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pref_core.run_key import compute_run_key
-from pref_core.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
-from pref_core.config import dump_config, load_config
-from pref_core.folds import make_folds, prompt_group_key
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.prompts import explain_rows
-from pref_core.trainer import build_training_arguments, resolve_mixed_precision
+from pref_core.config.loading import dump_config, load_config
+from pref_core.config.run_key import compute_run_key
+from pref_core.data.folds import make_folds, prompt_group_key
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.model.backbone import build_quantization_config, resolve_attn_implementation, resolve_dtype
+from pref_core.text.prompts import explain_rows
+from pref_core.train.trainer import build_training_arguments, resolve_mixed_precision
 from tests import factories
 from tests.test_seed_exact import frame_of, generated_rows, seed_reference
 
@@ -49,7 +49,7 @@ def lora_targets(model) -> dict[str, object]:
 def cpu_training_arguments(config, tmp_path):
     """The recipe's TrainingArguments as this CPU machine can build them (fp16/bf16 mixed precision need CUDA)."""
     cpu = config.model_copy(update={"train": config.train.model_copy(update={"mixed_precision": "no"})})
-    return build_training_arguments(cpu, tmp_path / "checkpoints")
+    return build_training_arguments(cpu.train, cpu.model, tmp_path / "checkpoints")
 
 
 # -- every recipe -------------------------------------------------------------------------------------------------
@@ -65,12 +65,20 @@ def test_every_recipe_validates_and_survives_a_dump_and_reload(path, tmp_path):
 
 def test_recipe_run_keys_are_the_same_in_another_process_and_differ_between_recipes():
     keys = {p.name: compute_run_key(load_config(p), INPUTS) for p in CONFIGS}
-    script = ("import json, sys; from pathlib import Path; from pref_core.run_key import compute_run_key; "
-              "from pref_core.config import load_config; inputs = json.loads(sys.argv[1]); "
-              "print(json.dumps({p.name: compute_run_key(load_config(p), inputs) "
-              "for p in sorted(Path(sys.argv[2]).glob('*.yaml'))}))")
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(INPUTS), str(ROOT / "configs")], cwd=ROOT,
-                          env=dict(os.environ, PYTHONHASHSEED="12345"), capture_output=True, text=True, timeout=120)
+    script = (
+        "import json, sys; from pathlib import Path; from pref_core.config.run_key import compute_run_key; "
+        "from pref_core.config.loading import load_config; inputs = json.loads(sys.argv[1]); "
+        "print(json.dumps({p.name: compute_run_key(load_config(p), inputs) "
+        "for p in sorted(Path(sys.argv[2]).glob('*.yaml'))}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(INPUTS), str(ROOT / "configs")],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONHASHSEED="12345"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == keys
     assert len(set(keys.values())) == len(keys)
@@ -99,18 +107,21 @@ def test_seed_recipe_tokenizes_as_the_seed_notebook(tiny_tokenizer, prefix_space
     assert [row["input_ids"] for row in explained] == expected
     assert any(len(ids) > 1024 for ids in expected)  # the trigger fired, with no second check
     if prefix_space:
-        first_ids = {col: tokenizer(word, add_special_tokens=False)["input_ids"][0]
-                     for col, word in zip(LABEL_COLUMNS, ("a", "b", "tie"))}
+        first_ids = {
+            col: tokenizer(word, add_special_tokens=False)["input_ids"][0]
+            for col, word in zip(LABEL_COLUMNS, ("a", "b", "tie"))
+        }
         assert all(row["label_token_ids"] == first_ids for row in explained)
     assert all(row["head_position"] == len(row["input_ids"]) - 1 for row in explained)  # right after "Answer: "
 
 
 def test_seed_recipe_builds_lora_on_q_k_v_with_the_label_token_head(tiny_base):
-    from pref_core.labels import get_label_token_ids
-    from pref_core.modeling import build_model, unwrap_preference_model
+    from pref_core.data.labels import get_label_token_ids
+    from pref_core.model.preference import build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
-    model = build_model(load_config(SEED, ON_TINY), tokenizer, base)
+    seed = load_config(SEED, ON_TINY)
+    model = build_model(seed.model, seed.lora, tokenizer, name_or_path=base, seed=seed.train.seed)
     targets = lora_targets(model)
     assert {name.rsplit(".", 1)[-1] for name in targets} == {"q_proj", "k_proj", "v_proj"}
     assert len(targets) == 3 * model.get_base_model().backbone.config.num_hidden_layers
@@ -164,10 +175,11 @@ def test_seed_recipe_folds_five_ways_grouped_by_prompt(train_frame):
 def test_winner_recipe_builds_a_classifier_with_lora_on_every_linear_layer(name, tiny_base):
     from torch import nn
 
-    from pref_core.modeling import CLASSIFIER_NAME, build_model, unwrap_preference_model
+    from pref_core.model.preference import CLASSIFIER_NAME, build_model, unwrap_preference_model
 
     base, tokenizer = tiny_base
-    model = build_model(load_config(ROOT / "configs" / name, ON_TINY), tokenizer, base)
+    recipe = load_config(ROOT / "configs" / name, ON_TINY)
+    model = build_model(recipe.model, recipe.lora, tokenizer, name_or_path=base, seed=recipe.train.seed)
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(base)  # the base's own linear layers, before LoRA wraps them
@@ -185,12 +197,12 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
     """Swap TTA: the recipe's prediction is the mean of the row and its a/b-swapped copy read back."""
     import numpy as np
 
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.model.preference import build_model, save_adapter
+    from pref_core.predict.ensemble import predict_frame_probabilities
 
     base, tokenizer = tiny_base
     config = load_config(ROOT / "configs" / name, ON_TINY)
-    model = build_model(config, tokenizer, base)
+    model = build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # an untrained head is near-uniform: give the adapter something to say
         for param in model.parameters():
@@ -200,9 +212,33 @@ def test_winner_recipe_predicts_the_average_of_both_orders(name, tiny_base, trai
     frame = train_frame.head(6)
     swapped = frame.assign(response_a=frame["response_b"], response_b=frame["response_a"])
     no_tta = config.model_copy(update={"train": config.train.model_copy(update={"tta_swap": False})})
-    with_tta = predict_frame_probabilities(config, [adapter], frame, base_model=str(base))
-    plain = predict_frame_probabilities(no_tta, [adapter], frame, base_model=str(base))
-    mirrored = predict_frame_probabilities(no_tta, [adapter], swapped, base_model=str(base))[:, [1, 0, 2]]
+    with_tta = predict_frame_probabilities(
+        config.model,
+        config.prompt,
+        [adapter],
+        frame,
+        batch_size=config.train.eval_batch_size,
+        tta_swap=config.train.tta_swap,
+        base_model=str(base),
+    )
+    plain = predict_frame_probabilities(
+        no_tta.model,
+        no_tta.prompt,
+        [adapter],
+        frame,
+        batch_size=no_tta.train.eval_batch_size,
+        tta_swap=no_tta.train.tta_swap,
+        base_model=str(base),
+    )
+    mirrored = predict_frame_probabilities(
+        no_tta.model,
+        no_tta.prompt,
+        [adapter],
+        swapped,
+        batch_size=no_tta.train.eval_batch_size,
+        tta_swap=no_tta.train.tta_swap,
+        base_model=str(base),
+    )[:, [1, 0, 2]]
     assert not np.allclose(plain, mirrored, atol=1e-3)  # the order matters to this model
     np.testing.assert_allclose(with_tta, (plain + mirrored) / 2, atol=1e-5)
 
@@ -212,15 +248,16 @@ def test_recipe_fits_a_temperature_only_where_documented(name, calibrated):
     import numpy as np
     import pandas as pd
 
-    from pref_core.oof import score_oof
+    from pref_core.evaluate.oof import score_oof
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
     guess = np.where(rng.random(300) < 0.5, labels, rng.integers(0, 3, 300))
     probs = np.full((300, 3), 0.025)
     probs[np.arange(300), guess] = 0.95  # overconfident: right about 2 times in 3
-    oof = pd.DataFrame(probs, columns=list(LABEL_COLUMNS)).assign(id=[str(i) for i in range(300)], label=labels,
-                                                                  fold=np.arange(300) % 5)
+    oof = pd.DataFrame(probs, columns=list(LABEL_COLUMNS)).assign(
+        id=[str(i) for i in range(300)], label=labels, fold=np.arange(300) % 5
+    )
     scores = score_oof(oof, load_config(ROOT / "configs" / name).calibration.method)
     if calibrated:
         assert scores.temperature > 1.0
@@ -247,16 +284,26 @@ def test_winner_recipe_trains_bf16_with_both_orders_in_a_step(name, tmp_path, mo
 @pytest.mark.parametrize("name", WINNERS)
 def test_winner_recipe_cuts_long_rows_to_2048_tokens(name, tiny_tokenizer):
     config = load_config(ROOT / "configs" / name)
-    rows = explain_rows(tiny_tokenizer, frame_of(generated_rows(40, seed=11)), config.prompt, config.model.head,
-                        config.model.label_tokens)
+    rows = explain_rows(
+        tiny_tokenizer,
+        frame_of(generated_rows(40, seed=11)),
+        config.prompt,
+        config.model.head,
+        config.model.label_tokens,
+    )
     assert max(row["n_tokens"] for row in rows) <= 2048
     assert any(row["n_tokens_untruncated"] > 2048 for row in rows)  # the set holds rows that had to be cut
 
 
 def test_tiny_recipe_keeps_every_example_within_its_256_tokens(tiny_tokenizer):
     config = load_config(ROOT / "configs" / "tiny.yaml")
-    rows = explain_rows(tiny_tokenizer, frame_of(generated_rows(60, seed=5)), config.prompt, config.model.head,
-                        config.model.label_tokens)
+    rows = explain_rows(
+        tiny_tokenizer,
+        frame_of(generated_rows(60, seed=5)),
+        config.prompt,
+        config.model.head,
+        config.model.label_tokens,
+    )
     assert max(row["n_tokens"] for row in rows) <= config.prompt.max_length == 256
     assert any(row["n_tokens_untruncated"] > 256 for row in rows)
 
@@ -267,11 +314,11 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     + calibration, end to end on the tiny model: the pipeline wires every option."""
     import numpy as np
     import pandas as pd
-    from mlflow import MlflowClient
 
     from arena_pref.flows.cv_training import cv_training
-    from pref_core.data import read_arena_csv
-    from pref_core.labels import LABEL_COLUMNS
+    from mlflow import MlflowClient
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.labels import LABEL_COLUMNS
 
     train = read_arena_csv(synthetic_csvs[0], "train").frame
     probs = np.full((len(train), 3), 0.1)
@@ -282,16 +329,26 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     teacher.to_csv(teacher_csv, index=False)
 
     config = factories.tiny_recipe_config(
-        tmp_path, synthetic_csvs[0], "model.head=classifier", "train.swap=both", "train.tta_swap=true",
-        "prompt.template=multi_turn", "prompt.truncation=proportional", f"distill.teacher_csv={teacher_csv}",
-        "distill.kl_weight=0.5", "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=1",
-        test_csv=synthetic_csvs[1])
+        tmp_path,
+        synthetic_csvs[0],
+        "model.head=classifier",
+        "train.swap=both",
+        "train.tta_swap=true",
+        "prompt.template=multi_turn",
+        "prompt.truncation=proportional",
+        f"distill.teacher_csv={teacher_csv}",
+        "distill.kl_weight=0.5",
+        "cv.execution=in_process",
+        "cv.folds=[0]",
+        "train.num_epochs=1",
+        test_csv=synthetic_csvs[1],
+    )
     result = cv_training(config)
     client = MlflowClient(config.tracking.uri)
-    parent = client.get_run(result["parent_run_id"])
+    parent = client.get_run(result.parent_run_id)
     assert {"oof_log_loss", "oof_log_loss_calibrated", "temperature"} <= set(parent.data.metrics)
     assert parent.data.metrics["oof_log_loss_calibrated"] <= parent.data.metrics["oof_log_loss"] + 1e-9
-    fold = client.get_run(result["fold_run_ids"][0])
+    fold = client.get_run(result.fold_run_ids[0])
     assert "val_log_loss_no_tta" in fold.data.metrics  # swap TTA evaluated
-    submission = pd.read_csv(result["submission_path"])
+    submission = pd.read_csv(result.submission_path)
     np.testing.assert_allclose(submission[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from arena_pref.tasks.registry import CHAMPION, compare_with_champion, promote
+from mlflow import MlflowClient
 
 NAME = "arena-pref-test"
 
@@ -79,26 +79,29 @@ def registered(tmp_path, synthetic_frames):
 
     from arena_pref.tasks.evaluation import OOFOutput
     from arena_pref.tasks.registry import register_model
-    from pref_core.config import parse_config
-    from pref_core.modeling import build_model, save_adapter
+    from pref_core.config.loading import parse_config
+    from pref_core.evaluate.oof import OOFScores
+    from pref_core.model.preference import build_model, save_adapter
     from tests.factories import tiny_base
 
     base = tiny_base(tmp_path / "base")
     tokenizer = AutoTokenizer.from_pretrained(base)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = parse_config({
-        "model": {"name_or_path": str(base), "head": "classifier", "dtype": "fp32"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-        "prompt": {"max_length": 64},
-        "train": {"seed": 0, "eval_batch_size": 4, "tta_swap": True},
-        "tracking": {"uri": uri, "registered_model": NAME, "experiment": "registry-test"},
-        "output_dir": str(tmp_path / "out"),
-    })
+    config = parse_config(
+        {
+            "model": {"name_or_path": str(base), "head": "classifier", "dtype": "fp32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+            "prompt": {"max_length": 64},
+            "train": {"seed": 0, "eval_batch_size": 4, "tta_swap": True},
+            "tracking": {"uri": uri, "registered_model": NAME, "experiment": "registry-test"},
+            "output_dir": str(tmp_path / "out"),
+        }
+    )
     client = MlflowClient(uri)
     experiment = client.create_experiment("registry-test")
     adapters, fold_runs = [], {}
     for fold in range(2):
-        model = build_model(config, tokenizer, base)
+        model = build_model(config.model, config.lora, tokenizer, name_or_path=base, seed=config.train.seed)
         generator = torch.Generator().manual_seed(10 + fold)
         with torch.no_grad():  # LoRA B starts at zero: make the folds differ from the base and each other
             for param in model.parameters():
@@ -110,26 +113,42 @@ def registered(tmp_path, synthetic_frames):
         fold_runs[fold] = run.info.run_id
     parsed = tmp_path / "train.parquet"
     pd.DataFrame({"label": [0, 1, 2, 0]}).to_parquet(parsed)
-    prepared = SimpleNamespace(base_model=str(base), train=SimpleNamespace(parsed_path=str(parsed)),
-                               train_hash="d1", run_key="k1")
-    oof = OOFOutput(oof_path="", metrics={"oof_log_loss": 0.9, "n_oof": 4}, fold_log_loss={}, temperature=1.5)
+    prepared = SimpleNamespace(
+        base_model=str(base), train=SimpleNamespace(parsed_path=str(parsed)), train_hash="d1", run_key="k1"
+    )
+    scores = OOFScores(
+        log_loss=0.9,
+        accuracy=0.5,
+        prior_log_loss=1.0,
+        n_oof=4,
+        temperature=1.5,
+        fitted_temperature=1.5,
+        calibrated_log_loss=0.85,
+    )
+    oof = OOFOutput(oof_path="", scores=scores, fold_log_loss={})
     parent = client.create_run(experiment).info.run_id
     result = register_model.fn(config, parent, fold_runs, prepared, oof)
     client.set_terminated(parent)
-    return {"uri": uri, "model_uri": result.model_uri, "config": config, "adapters": adapters, "base": base,
-            "test": synthetic_frames[1].head(6)}
+    return {
+        "uri": uri,
+        "model_uri": result.model_uri,
+        "config": config,
+        "adapters": adapters,
+        "base": base,
+        "test": synthetic_frames[1].head(6),
+    }
 
 
 def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(registered, monkeypatch):
     import pickle
 
-    import mlflow
     import numpy as np
     import torch
 
-    from pref_core.data import validate_arena_frame
-    from pref_core.ensemble import predict_frame_probabilities
-    from pref_core.labels import LABEL_COLUMNS
+    import mlflow
+    from pref_core.data.arena import validate_arena_frame
+    from pref_core.data.labels import LABEL_COLUMNS
+    from pref_core.predict.ensemble import predict_frame_probabilities
 
     calls = []
 
@@ -137,6 +156,7 @@ def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(regis
         def _refused(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"{name} called while loading or using the registered model")
+
         return _refused
 
     targets = [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]
@@ -166,12 +186,18 @@ def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(regis
 
     # It predicts with the registered adapters and calibration: the same numbers as the fold ensemble itself.
     frame = validate_arena_frame(registered["test"], kind="test", max_bad_fraction=0.0, source="test").frame
-    expected = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
-                                           base_model=str(registered["base"]), temperature=1.5)
+    config = registered["config"]
+    sections = dict(
+        batch_size=config.train.eval_batch_size, tta_swap=config.train.tta_swap, base_model=str(registered["base"])
+    )
+    expected = predict_frame_probabilities(
+        config.model, config.prompt, registered["adapters"], frame, temperature=1.5, **sections
+    )
     assert predicted["id"].tolist() == registered["test"]["id"].tolist()
     np.testing.assert_allclose(predicted[list(LABEL_COLUMNS)].to_numpy(), expected, atol=1e-5)
-    uncalibrated = predict_frame_probabilities(registered["config"], registered["adapters"], frame,
-                                               base_model=str(registered["base"]), temperature=1.0)
+    uncalibrated = predict_frame_probabilities(
+        config.model, config.prompt, registered["adapters"], frame, temperature=1.0, **sections
+    )
     assert not np.allclose(uncalibrated, expected, atol=1e-4)  # the temperature really is applied
 
     # What MLflow stored is the model's code and its bundle: no pickled object anywhere in the artifact.

@@ -1,4 +1,5 @@
-"""Where things are (arena_pref.resources): the project folder, the shipped files, and the wheel that ships them."""
+"""Where things are (arena_pref.tasks.resources): the project folder, the shipped files, and the wheel that ships
+them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arena_pref import resources
-from pref_core.config import ConfigError, load_config
+from arena_pref.tasks import resources
+from pref_core.config.loading import load_config
+from pref_core.config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +26,7 @@ def installed(monkeypatch, tmp_path):
     and an empty current folder."""
     site = tmp_path / "site-packages" / "arena_pref"
     site.mkdir(parents=True)
-    monkeypatch.setattr(resources, "PACKAGE_DIR", site)
+    monkeypatch.setattr(resources, "BASE_DIR", site)
     monkeypatch.delenv(resources.ROOT_ENV, raising=False)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -73,25 +75,26 @@ def test_a_config_found_nowhere_is_one_line_naming_it_and_the_fix(installed):
 
 
 def test_the_cli_and_the_flow_load_a_shipped_recipe(installed):
-    from arena_pref import cli
+    from arena_pref.commands.options import load_run_config
     from arena_pref.tasks.runs import resolve_config
 
-    assert cli._load("configs/tiny.yaml", ["cv.n_folds=3"]).cv.n_folds == 3
+    assert load_run_config("configs/tiny.yaml", ["cv.n_folds=3"]).cv.n_folds == 3
     assert resolve_config.fn(None, "configs/tiny.yaml", ["cv.n_folds=4"], None).cv.n_folds == 4
 
 
-def test_the_stack_deploys_module_entrypoints_prefect_can_load(tmp_path):
+def test_the_shipped_deployments_have_module_entrypoints_prefect_can_load():
+    """prefect.yaml names flows by module (arena_pref.flows.x:f), as Prefect imports them from the installed
+    package; `stack up` deploys that file as it is."""
     from prefect.flows import load_flow_from_entrypoint
 
     from arena_pref import stack
 
-    written = yaml.safe_load(stack.write_deployments(tmp_path).read_text())
     shipped = yaml.safe_load(resources.shipped_file("prefect.yaml").read_text())
-    assert [d["name"] for d in written["deployments"]] == [d["name"] for d in shipped["deployments"]]
     loaded = set()
-    for deployment in written["deployments"]:
+    for deployment in shipped["deployments"]:
         assert deployment["entrypoint"].startswith("arena_pref.flows.") and ".py" not in deployment["entrypoint"]
         flow = load_flow_from_entrypoint(deployment["entrypoint"], use_placeholder_flow=False)
+        assert flow.fn.__module__ == deployment["entrypoint"].split(":")[0]
         loaded.add(f"{flow.name}/{deployment['name']}")
     assert set(stack.LOCAL_DEPLOYMENTS) <= loaded
 
@@ -99,8 +102,12 @@ def test_the_stack_deploys_module_entrypoints_prefect_can_load(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     (path,) = out.glob("arena_pref-*.whl")
     return path
 
@@ -109,19 +116,27 @@ def test_the_wheel_ships_the_project_files_and_no_top_level_tasks_or_flows(wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     files = "arena_pref/project_files/"
     assert {f"{files}prefect.yaml", f"{files}mlflow/launch.sh", f"{files}configs/tiny.yaml"} <= names
-    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == {n.removeprefix(f"{files}configs/") for n in names
-                                                                   if n.startswith(f"{files}configs/")}
+    assert {p.name for p in (ROOT / "configs").glob("*.yaml")} == {
+        n.removeprefix(f"{files}configs/") for n in names if n.startswith(f"{files}configs/")
+    }
     assert {"arena_pref/tasks/tracking.py", "arena_pref/flows/cv_training.py"} <= names
+    wings = {p.parent.name for p in (ROOT / "pref_core").glob("*/__init__.py")}
+    assert {f"pref_core/{wing}/__init__.py" for wing in wings} <= names  # every wing is in pyproject's list
     assert not [n for n in names if n.split("/")[0] in ("tasks", "flows", "mlflow", "configs")]
-    assert not [n for n in names if n.endswith(("mlflow.db", "server.json", "__init__.py"))
-                and n.startswith(files)]  # no store, and no package that could shadow mlflow
+    assert not [
+        n for n in names if n.endswith(("mlflow.db", "server.json", ".py")) and n.startswith(files)
+    ]  # no store, and no module or package (none could shadow mlflow)
 
 
 INSTALLED_PROBE = """
 import json, sys
 import mlflow
-from arena_pref import resources
-print(json.dumps({"package": resources.PACKAGE_DIR.as_posix(), "mlflow": mlflow.__file__,
+from arena_pref.tasks import resources
+import arena_pref.flows.cv_training, arena_pref.tasks.training
+from arena_pref import cli
+cli.build_parser()  # every command group is in the wheel
+print(json.dumps({"package": resources.BASE_DIR.as_posix(), "mlflow": mlflow.__file__,
+                  "flows": arena_pref.flows.cv_training.__file__, "tasks": arena_pref.tasks.training.__file__,
                   "root": str(resources.project_root()), "tiny": str(resources.find_config("configs/tiny.yaml")),
                   "launcher": str(resources.shipped_file("mlflow/launch.sh"))}))
 """
@@ -130,14 +145,37 @@ print(json.dumps({"package": resources.PACKAGE_DIR.as_posix(), "mlflow": mlflow.
 def test_the_installed_wheel_runs_from_an_empty_folder(wheel, tmp_path):
     target, empty = tmp_path / "site", tmp_path / "empty"
     empty.mkdir()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target),
-                    str(wheel)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     env = {k: v for k, v in os.environ.items() if k not in (resources.ROOT_ENV, "PYTHONPATH")}
-    result = subprocess.run([sys.executable, "-c", INSTALLED_PROBE], cwd=empty, capture_output=True, text=True,
-                            env={**env, "PYTHONPATH": str(target)}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", INSTALLED_PROBE],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(target)},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     found = json.loads(result.stdout.splitlines()[-1])
     assert found["package"] == (target / "arena_pref").as_posix()
     assert found["root"] == str(empty)  # the stores land here, not in site-packages
     assert found["tiny"].startswith(str(target)) and found["launcher"].startswith(str(target))
     assert not found["mlflow"].startswith(str(target))  # the shipped mlflow/ folder is data, never the package
+    assert found["flows"] == (target / "arena_pref" / "flows" / "cv_training.py").as_posix()
+    assert found["tasks"] == (target / "arena_pref" / "tasks" / "training.py").as_posix()

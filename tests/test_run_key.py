@@ -8,15 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from pref_core.run_key import compute_run_key
-from pref_core.config import load_config
-from pref_core.config_fields import describe_fields, result_neutral_fields
+from pref_core.config.fields import describe_fields, result_neutral_fields
+from pref_core.config.loading import load_config
+from pref_core.config.run_key import compute_run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # The list tasks/workspace.py kept by hand before the schema carried the mark.
-FORMER_NON_SEMANTIC_FIELDS = ("tracking", "cv.execution", "cv.fold_deployment", "cv.folds", "cv.max_parallel",
-                              "data.train_csv", "data.test_csv", "data.extra_csvs", "data.extra_pairs",
-                              "distill.teacher_csv", "distill.teacher_dir", "output_dir")
+FORMER_NON_SEMANTIC_FIELDS = (
+    "tracking",
+    "cv.execution",
+    "cv.fold_deployment",
+    "cv.folds",
+    "cv.max_parallel",
+    "data.train_csv",
+    "data.test_csv",
+    "data.extra_csvs",
+    "data.extra_pairs",
+    "distill.teacher_csv",
+    "distill.teacher_dir",
+    "output_dir",
+)
 INPUTS = {"train": "0123456789abcdef", "test": None, "extra": None, "teacher": None, "teacher_dir": None}
 
 
@@ -49,18 +60,27 @@ def test_run_key_of_every_recipe_is_unchanged(recipe, tmp_path):
 def test_result_neutral_fields_do_not_change_the_key_and_others_do(tmp_path):
     tiny = ROOT / "configs" / "tiny.yaml"
     key = compute_run_key(load_config(tiny), INPUTS)
-    moved = load_config(tiny, ["tracking.experiment=other", "cv.execution=in_process", f"output_dir={tmp_path}",
-                               "cv.max_parallel=2", "data.test_csv=t.csv"])
+    moved = load_config(
+        tiny,
+        [
+            "tracking.experiment=other",
+            "cv.execution=in_process",
+            f"output_dir={tmp_path}",
+            "cv.max_parallel=2",
+            "data.test_csv=t.csv",
+        ],
+    )
     assert compute_run_key(moved, INPUTS) == key
     assert compute_run_key(load_config(tiny, ["train.learning_rate=1e-4"]), INPUTS) != key
     assert compute_run_key(load_config(tiny, ["distill.teacher_run=abc"]), INPUTS) != key
 
 
 def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_dir(tmp_path):
-    from pref_core.run_key import hash_json, teacher_hashes
+    from pref_core.config.run_key import teacher_hashes
+    from pref_core.hashing import hash_json
 
     tiny = ROOT / "configs" / "tiny.yaml"
-    assert teacher_hashes(load_config(tiny)) == {"teacher": None, "teacher_dir": None}
+    assert teacher_hashes(load_config(tiny).distill) == {"teacher": None, "teacher_dir": None}
     teachers = tmp_path / "teachers"
     teachers.mkdir()
     (teachers / "fold_0.csv").write_text("id\n1\n")
@@ -71,9 +91,9 @@ def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_
     config = load_config(tiny, [f"distill.teacher_dir={teachers}"])
     sha = lambda text: hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
     expected_dir = hash_json([["fold_0.csv", sha("id\n1\n")], ["fold_1.csv", sha("id\n2\n")]])
-    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    assert teacher_hashes(config.distill)["teacher_dir"] == expected_dir
     (teachers / "notes.txt").write_text("edited")  # not a fold file: same key
-    assert teacher_hashes(config)["teacher_dir"] == expected_dir
+    assert teacher_hashes(config.distill)["teacher_dir"] == expected_dir
     (teachers / "fold_1.csv").write_text("id\n9\n")
-    assert teacher_hashes(config)["teacher_dir"] != expected_dir
-    assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]))["teacher"] == sha("id\n3\n")
+    assert teacher_hashes(config.distill)["teacher_dir"] != expected_dir
+    assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]).distill)["teacher"] == sha("id\n3\n")

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlflow import MlflowClient
 
-from pref_core import plots
-from pref_core.config import ConfigError, load_config
-from pref_core.synthetic import write_synthetic_csvs
+from mlflow import MlflowClient
+from pref_core.config.loading import load_config
+from pref_core.config.schema import ConfigError
+from pref_core.data.synthetic import write_synthetic_csvs
+from pref_core.evaluate import plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,12 +34,12 @@ def test_top_class_calibration_counts_confidence_and_accuracy():
 
 
 def test_report_to_passes_through_and_refuses_mlflow(tmp_path):
-    from pref_core.trainer import build_training_arguments
+    from pref_core.train.trainer import build_training_arguments
 
     default = load_config(ROOT / "configs" / "tiny.yaml")
-    assert build_training_arguments(default, tmp_path).report_to in ([], ["none"], "none")
+    assert build_training_arguments(default.train, default.model, tmp_path).report_to in ([], ["none"], "none")
     tensorboard = load_config(ROOT / "configs" / "tiny.yaml", ["train.report_to=tensorboard"])
-    assert build_training_arguments(tensorboard, tmp_path).report_to == ["tensorboard"]
+    assert build_training_arguments(tensorboard.train, tensorboard.model, tmp_path).report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="train.report_to"):
         load_config(ROOT / "configs" / "tiny.yaml", ["train.report_to=mlflow"])
 
@@ -67,24 +68,33 @@ def finished_run(prefect_harness, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("outputs")
     train_csv, test_csv = write_synthetic_csvs(folder / "data", n_train=100, n_test=20, signal=0.9, seed=4)
-    config = load_config(ROOT / "configs" / "tiny.yaml", [
-        f"output_dir={folder / 'out'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
-        "tracking.experiment=outputs-test", "train.num_epochs=1", "train.save_steps=1000",
-        "cv.execution=in_process", "calibration.method=temperature", "tracking.system_metrics_interval_s=1",
-    ])
+    config = load_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"output_dir={folder / 'out'}",
+            f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
+            "tracking.experiment=outputs-test",
+            "train.num_epochs=1",
+            "train.save_steps=1000",
+            "cv.execution=in_process",
+            "calibration.method=temperature",
+            "tracking.system_metrics_interval_s=1",
+        ],
+    )
     # The typed parameters (the deployment's form) set the data and the fold count.
     result = cv_training(config, train_csv=str(train_csv), test_csv=str(test_csv), n_folds=2)
     return config, result, train_csv
 
 
 def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finished_run):
-    from pref_core.data import hash_file
+    from pref_core.hashing import hash_file
 
     config, result, train_csv = finished_run
     client = MlflowClient(config.tracking.uri)
-    parent = client.get_run(result["parent_run_id"])
-    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
-              for d in parent.inputs.dataset_inputs}
+    parent = client.get_run(result.parent_run_id)
+    inputs = {
+        next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset for d in parent.inputs.dataset_inputs
+    }
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].digest == hash_file(train_csv)[:32]
     assert yaml.safe_load(inputs["train"].profile) == {"num_rows": 100}
@@ -98,7 +108,7 @@ def test_mlflow_shows_datasets_config_throughput_system_metrics_and_plots(finish
     plot_names = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/calibration_temperature.png", "plots/log_loss_by_length.png"} <= plot_names
 
-    for fold, run_id in result["fold_run_ids"].items():
+    for fold, run_id in result.fold_run_ids.items():
         run = client.get_run(run_id)
         assert run.data.metrics["train_tokens_per_second"] > 0
         assert run.data.metrics["train_samples_per_second"] > 0
@@ -112,28 +122,44 @@ def test_prefect_artifacts_hold_progress_fold_table_and_summary(finished_run):
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
-        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter, FlowRunFilterName,
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterName,
     )
 
     from arena_pref.tasks.artifacts import PROGRESS_KEY, SUMMARY_KEY, TABLE_KEY
 
     config, result, _ = finished_run
     # Other runs of the session write artifacts under the same keys: read this run's own.
-    flow_run_name = MlflowClient(config.tracking.uri).get_run(result["parent_run_id"]).data.tags["arena_pref.prefect_flow_run"]
+    flow_run_name = (
+        MlflowClient(config.tracking.uri).get_run(result.parent_run_id).data.tags["arena_pref.prefect_flow_run"]
+    )
     with get_client(sync_client=True) as client:
         (flow_run,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[flow_run_name])))
-        found = {a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
-        ))}
+        found = {
+            a.key: a
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                )
+            )
+        }
     assert set(found) == {PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY}
     assert float(found[PROGRESS_KEY].data) == 100.0
     table = found[TABLE_KEY].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["fold"] for row in table] == [0, 1]
-    assert table[0]["val_log_loss"] == pytest.approx(result["fold_log_loss"][0], abs=1e-5)
+    assert table[0]["val_log_loss"] == pytest.approx(result.oof.fold_log_loss[0], abs=1e-5)
     summary = found[SUMMARY_KEY].data
-    for needle in ("OOF log loss", "calibrated OOF log loss", "class prior log loss",
-                   "is now @champion (the first version registered)", result["parent_run_id"],
-                   *result["fold_run_ids"].values()):
+    for needle in (
+        "OOF log loss",
+        "calibrated OOF log loss",
+        "class prior log loss",
+        "is now @champion (the first version registered)",
+        result.parent_run_id,
+        *result.fold_run_ids.values(),
+    ):
         assert needle in summary, needle

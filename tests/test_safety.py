@@ -40,13 +40,20 @@ def _unsafe_calls(path: Path) -> list[str]:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"eval", "exec"}:
             offenders.append(f"{where}:{node.lineno} {node.func.id}()")
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            )
             if any(n and n.split(".")[0] in PICKLE_MODULES for n in names):
                 offenders.append(f"{where}:{node.lineno} imports a pickle module")
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "read_pickle":
             offenders.append(f"{where}:{node.lineno} read_pickle")
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
-                and isinstance(node.func.value, ast.Name) and node.func.value.id in torch_names):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "load"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in torch_names
+        ):
             offenders.append(f"{where}:{node.lineno} torch.load (unpickles; adapters are safetensors only)")
     return offenders
 
@@ -60,9 +67,11 @@ def test_the_unsafe_call_finder_finds_what_it_looks_for(tmp_path, monkeypatch):
     """The finder above is a check of its own: it must flag each construct, aliased or not."""
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     bad = tmp_path / "bad.py"
-    bad.write_text("import torch as T\nimport cloudpickle\nfrom torch import load\nimport pandas as pd\n"
-                   "T.load('x')\neval('1')\nexec('x=1')\npd.read_pickle('y')\n# torch.load in a comment\n"
-                   "s = 'eval(1)'\n")
+    bad.write_text(
+        "import torch as T\nimport cloudpickle\nfrom torch import load\nimport pandas as pd\n"
+        "T.load('x')\neval('1')\nexec('x=1')\npd.read_pickle('y')\n# torch.load in a comment\n"
+        "s = 'eval(1)'\n"
+    )
     found = " | ".join(_unsafe_calls(bad))
     for what in ("torch.load", "from torch import load", "eval()", "exec()", "imports a pickle module", "read_pickle"):
         assert what in found, (what, found)
@@ -78,13 +87,25 @@ def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
     checkout: every socket its process group listens on is loopback, and this machine's other addresses are
     refused."""
     port = servers.free_port()
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", DO_NOT_TRACK="true", ARENA_PREF_ROOT=str(tmp_path),
-               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    env = dict(
+        os.environ,
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+        DO_NOT_TRACK="true",
+        ARENA_PREF_ROOT=str(tmp_path),
+        PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    )
     # cmd_ui execs the launcher, which execs mlflow: one pid, its own process group.
     script = "import sys; import arena_pref.cli as cli; sys.exit(cli.main(['ui', '--port', sys.argv[1]]))"
-    log = open(tmp_path / "ui.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(port)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 (the UI's output for as long as it runs; closed below)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         up = servers.wait_http_ok(f"http://127.0.0.1:{port}/health", 180, lambda: proc.poll() is None)
         assert up, (tmp_path / "ui.log").read_text()[-3000:]
@@ -105,8 +126,13 @@ def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
 def test_the_listening_check_sees_a_server_bound_to_every_interface(tmp_path):
     """The loopback check above can fail: a server on 0.0.0.0 shows as such, and answers on another address."""
     port = servers.free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert servers.wait_http_ok(f"http://127.0.0.1:{port}/", 60, lambda: proc.poll() is None)
         listening = servers.listening_addresses(servers.group_pids(proc.pid))
@@ -125,8 +151,13 @@ def test_mlflow_folder_never_shadows_the_package():
 
     assert Path(mlflow.__file__).parent != ROOT / "mlflow"
     # From the repository root the current folder comes first on sys.path: `mlflow` must still be the package.
-    done = subprocess.run([sys.executable, "-c", "import mlflow; print(mlflow.__file__); mlflow.MlflowClient"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import mlflow; print(mlflow.__file__); mlflow.MlflowClient"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     loaded = Path(done.stdout.strip().splitlines()[-1]).resolve()
     assert loaded == Path(mlflow.__file__).resolve() and ROOT / "mlflow" not in loaded.parents, loaded

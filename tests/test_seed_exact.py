@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pref_core.config import PromptConfig
-from pref_core.data import read_arena_csv
-from pref_core.prompts import PromptEncoder, explain_rows
+from pref_core.config.schema import PromptConfig
+from pref_core.data.arena import read_arena_csv
+from pref_core.text.prompts import PromptEncoder, explain_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = PromptConfig(template="seed", truncation="seed", max_length=1024)
@@ -30,7 +30,9 @@ def seed_reference(tokenizer, prompt_cell: str, a_cell: str, b_cell: str, max_le
     def enc(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    prompt, response_a, response_b = (["" if t is None else t for t in json.loads(c)] for c in (prompt_cell, a_cell, b_cell))
+    prompt, response_a, response_b = (
+        ["" if t is None else t for t in json.loads(c)] for c in (prompt_cell, a_cell, b_cell)
+    )
     p = enc("<prompt>: " + " ".join(prompt))
     a = enc("\n\n<response_a>: " + " ".join(response_a))
     b = enc("\n\n<response_b>: " + " ".join(response_b))
@@ -42,7 +44,24 @@ def seed_reference(tokenizer, prompt_cell: str, a_cell: str, b_cell: str, max_le
     return [tokenizer.bos_token_id] + p + a + b + q
 
 
-WORDS = ["zebra", "the", "über", "naïve", "日本語", "😀", "code", "\n", "  ", "?", "'s", "x" * 40, "!!", "\t", "42", "ß"]
+WORDS = [
+    "zebra",
+    "the",
+    "über",
+    "naïve",
+    "日本語",
+    "😀",
+    "code",
+    "\n",
+    "  ",
+    "?",
+    "'s",
+    "x" * 40,
+    "!!",
+    "\t",
+    "42",
+    "ß",
+]
 
 
 def generated_rows(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
@@ -61,18 +80,21 @@ def generated_rows(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
     rows = []
     for _ in range(n):
         n_turns = rng.choice([1, 1, 2, 3, 4])
-        rows.append(tuple(json.dumps([turn() for _ in range(n_turns)], ensure_ascii=rng.random() < 0.5)
-                          for _ in range(3)))
+        rows.append(
+            tuple(json.dumps([turn() for _ in range(n_turns)], ensure_ascii=rng.random() < 0.5) for _ in range(3))
+        )
     return rows
 
 
 def frame_of(raw_rows) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [str(i) for i in range(len(raw_rows))],
-        "prompt": [json.loads(r[0]) for r in raw_rows],
-        "response_a": [json.loads(r[1]) for r in raw_rows],
-        "response_b": [json.loads(r[2]) for r in raw_rows],
-    })
+    return pd.DataFrame(
+        {
+            "id": [str(i) for i in range(len(raw_rows))],
+            "prompt": [json.loads(r[0]) for r in raw_rows],
+            "response_a": [json.loads(r[1]) for r in raw_rows],
+            "response_b": [json.loads(r[2]) for r in raw_rows],
+        }
+    )
 
 
 @pytest.fixture(scope="module", params=["prefix_space", "no_prefix_space"])
@@ -113,7 +135,9 @@ def test_real_rows_id_for_id(tokenizer, real_train_csv):
     raw = pd.read_csv(real_train_csv, dtype=str, keep_default_na=False)
     parsed = read_arena_csv(real_train_csv, "train", max_bad_fraction=1.0).frame
     assert len(parsed) > 0
-    explained = {r["id"]: r["input_ids"] for r in explain_rows(tokenizer, parsed, SEED, "classifier", ("a", "b", "tie"))}
+    explained = {
+        r["id"]: r["input_ids"] for r in explain_rows(tokenizer, parsed, SEED, "classifier", ("a", "b", "tie"))
+    }
     raw = raw[raw["id"].isin(explained)]
     assert len(raw) == len(parsed)
     for row in raw.itertuples(index=False):
@@ -124,22 +148,41 @@ def test_real_rows_id_for_id(tokenizer, real_train_csv):
 def test_show_prompt_cli_gives_the_seeds_ids(tmp_path):
     """`arena-pref show-prompt --json` with the tiny config (tokenizer built from the train texts) on
     generated rows, against the reference with the same tokenizer; an unknown id is one line, exit 2."""
-    from pref_core.labels import LABEL_COLUMNS
     from transformers import AutoTokenizer
 
+    from pref_core.data.labels import LABEL_COLUMNS
+
     raw = generated_rows(40, seed=3)
-    train = pd.DataFrame({"id": [str(1000 + i) for i in range(len(raw))],
-                          "prompt": [r[0] for r in raw], "response_a": [r[1] for r in raw], "response_b": [r[2] for r in raw]})
+    train = pd.DataFrame(
+        {
+            "id": [str(1000 + i) for i in range(len(raw))],
+            "prompt": [r[0] for r in raw],
+            "response_a": [r[1] for r in raw],
+            "response_b": [r[2] for r in raw],
+        }
+    )
     for k, column in enumerate(LABEL_COLUMNS):
         train[column] = [int(i % 3 == k) for i in range(len(raw))]
     csv = tmp_path / "train.csv"
     train.to_csv(csv, index=False)
-    base = [sys.executable, "-m", "arena_pref.cli", "show-prompt", "--config", str(ROOT / "configs" / "tiny.yaml"),
-            "--set", "prompt.truncation=seed",
-            "--set", f"data.train_csv={csv}", "--set", f"output_dir={tmp_path / 'out'}"]
+    base = [
+        sys.executable,
+        "-m",
+        "arena_pref.cli",
+        "show-prompt",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--set",
+        "prompt.truncation=seed",
+        "--set",
+        f"data.train_csv={csv}",
+        "--set",
+        f"output_dir={tmp_path / 'out'}",
+    ]
     ids = list(train["id"])
-    done = subprocess.run(base + [a for i in ids for a in ("--id", i)] + ["--json"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=600)
+    done = subprocess.run(
+        base + [a for i in ids for a in ("--id", i)] + ["--json"], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert [r["id"] for r in shown] == ids

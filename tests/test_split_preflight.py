@@ -11,19 +11,23 @@ import pandas as pd
 import pytest
 
 from arena_pref import cli
-from pref_core.data import read_arena_csv
-from pref_core.folds import SplitError, check_splittable
-from pref_core.synthetic import make_synthetic_frames
+from arena_pref.commands.options import load_run_config
+from arena_pref.preflight import preflight
+from pref_core.data.arena import read_arena_csv
+from pref_core.data.folds import SplitError, check_splittable
+from pref_core.data.synthetic import make_synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _frame(n_rows: int, n_prompts: int, labels: list[int]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "id": [str(i) for i in range(n_rows)],
-        "prompt": [[f"prompt {i % n_prompts}"] for i in range(n_rows)],
-        "label": [labels[i % len(labels)] for i in range(n_rows)],
-    })
+    return pd.DataFrame(
+        {
+            "id": [str(i) for i in range(n_rows)],
+            "prompt": [[f"prompt {i % n_prompts}"] for i in range(n_rows)],
+            "label": [labels[i % len(labels)] for i in range(n_rows)],
+        }
+    )
 
 
 def test_too_few_prompts_is_refused_with_a_fix_that_works():
@@ -61,11 +65,20 @@ def test_missing_class_rare_class_and_small_folds_warn_once_each():
 
 def _train(capsys, tmp_path, train_csv: Path, *sets: str) -> tuple[int, str, float]:
     start = time.monotonic()
-    code = cli.main([
-        "train", "--config", str(ROOT / "configs" / "tiny.yaml"),
-        "--set", f"data.train_csv={train_csv}", "--set", f"output_dir={tmp_path / 'out'}",
-        "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *[a for s in sets for a in ("--set", s)],
-    ])
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--set",
+            f"data.train_csv={train_csv}",
+            "--set",
+            f"output_dir={tmp_path / 'out'}",
+            "--set",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
     captured = capsys.readouterr()
     return code, captured.out + captured.err, time.monotonic() - start
 
@@ -103,10 +116,15 @@ def test_one_class_file_warns_in_preflight(capsys, tmp_path):
     train, _ = make_synthetic_frames(n_train=200, n_test=0, seed=2)
     train["winner_model_a"], train["winner_model_b"], train["winner_tie"] = 1, 0, 0
     path = _write(tmp_path, train, "one_class.csv")
-    config = cli._load(ROOT / "configs" / "tiny.yaml", [
-        f"data.train_csv={path}", f"output_dir={tmp_path / 'out'}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
-    ])
-    cli.preflight(config)
+    config = load_run_config(
+        ROOT / "configs" / "tiny.yaml",
+        [
+            f"data.train_csv={path}",
+            f"output_dir={tmp_path / 'out'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+    )
+    preflight(config)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "winner_model_b, winner_tie" in lines[0]
     assert len(read_arena_csv(path, "train").frame) == 200

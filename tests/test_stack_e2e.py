@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from arena_pref import stack
-from pref_core.synthetic import write_synthetic_csvs
+from pref_core.data.synthetic import write_synthetic_csvs
 from tests import servers
 
 pytestmark = pytest.mark.slow
@@ -22,8 +22,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cv_training_deployment_on_two_workers(tmp_path):
-    from mlflow import MlflowClient
     from prefect.client.orchestration import get_client
+
+    from mlflow import MlflowClient
 
     train_csv, test_csv = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=20, signal=0.9, seed=5)
     state_dir = tmp_path / "stack"
@@ -38,13 +39,33 @@ def test_cv_training_deployment_on_two_workers(tmp_path):
             for address in servers.non_loopback_ipv4():
                 assert all(servers.refuses(address, port) for port in ports), f"the stack answers on {address}"
         env = stack.base_env(state)
-        overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={tmp_path / 'parent'}",
-                     "tracking.experiment=e2e", "tracking.registered_model=arena-pref-e2e", "train.num_epochs=1"]
+        overrides = [
+            f"data.train_csv={train_csv}",
+            f"data.test_csv={test_csv}",
+            f"output_dir={tmp_path / 'parent'}",
+            "tracking.experiment=e2e",
+            "tracking.registered_model=arena-pref-e2e",
+            "train.num_epochs=1",
+        ]
         run = subprocess.run(
-            [str(Path(sys.executable).with_name("prefect")), "deployment", "run", "cv-training/gpu",
-             "--param", "config_path=configs/tiny.yaml", "--param", f"overrides={json.dumps(overrides)}", "--watch",
-             "--watch-timeout", "900"],
-            env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1000,
+            [
+                str(Path(sys.executable).with_name("prefect")),
+                "deployment",
+                "run",
+                "cv-training/gpu",
+                "--param",
+                "config_path=configs/tiny.yaml",
+                "--param",
+                f"overrides={json.dumps(overrides)}",
+                "--watch",
+                "--watch-timeout",
+                "900",
+            ],
+            env=env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=1000,
         )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
@@ -55,8 +76,9 @@ def test_cv_training_deployment_on_two_workers(tmp_path):
         parent = parents[0]
         assert parent.info.status == "FINISHED"
         assert 0.0 < parent.data.metrics["oof_log_loss"] < 5.0
-        folds = client.search_runs([experiment.experiment_id],
-                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        folds = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        )
         assert sorted(int(r.data.tags["arena_pref.fold"]) for r in folds) == [0, 1, 2, 3, 4]
         # Folds ran in worker processes, not in the parent's.
         fold_pids = {r.data.tags["arena_pref.pid"] for r in folds}

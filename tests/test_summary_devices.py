@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from arena_pref.summary import print_summary
+from arena_pref.tasks.evaluation import OOFOutput
+from arena_pref.tasks.registry import RegistrationOutput
+from arena_pref.tasks.runs import CVTrainingResult
+from arena_pref.tasks.tracking import TAG_DEVICE
 from mlflow import MlflowClient
-
-from arena_pref import cli
-from arena_pref.tasks.training import TAG_DEVICE
+from pref_core.evaluate.oof import OOFScores
 
 
 def test_the_summary_shows_which_device_ran_which_fold(tmp_path, capsys):
@@ -15,13 +18,28 @@ def test_the_summary_shows_which_device_ran_which_fold(tmp_path, capsys):
     parent = client.create_run(experiment).info.run_id
     on_gpu = client.create_run(experiment, tags={TAG_DEVICE: "2,3"}).info.run_id
     in_process = client.create_run(experiment).info.run_id  # cv.execution=in_process: no slot
-    result = {
-        "metrics": {"oof_log_loss": 0.9, "oof_accuracy": 0.5, "n_oof": 40, "prior_log_loss": 1.09},
-        "fold_log_loss": {0: 0.8, 1: 1.0}, "fold_accuracy": {0: 0.6, 1: 0.4}, "fold_rows": {0: 20, 1: 20},
-        "fold_run_ids": {0: on_gpu, 1: in_process}, "parent_run_id": parent,
-        "model_uri": "models:/summary/1", "promoted": True, "promotion": "no champion yet", "oof_path": "oof.parquet",
-    }
-    cli._print_summary(result, uri)
+    scores = OOFScores(
+        log_loss=0.9,
+        accuracy=0.5,
+        prior_log_loss=1.09,
+        n_oof=40,
+        temperature=1.0,
+        fitted_temperature=1.2,
+        fold_accuracy={0: 0.6, 1: 0.4},
+        fold_rows={0: 20, 1: 20},
+    )
+    result = CVTrainingResult(
+        parent_run_id=parent,
+        fold_run_ids={0: on_gpu, 1: in_process},
+        run_key="k",
+        oof=OOFOutput(oof_path="oof.parquet", scores=scores, fold_log_loss={0: 0.8, 1: 1.0}),
+        registration=RegistrationOutput(
+            name="summary", version="1", model_uri="models:/summary/1", promoted=True, reason="no champion yet"
+        ),
+        submission_path=None,
+        rows={},
+    )
+    print_summary(result, uri)
     lines = capsys.readouterr().out.splitlines()
     header = lines.index("fold  log loss  accuracy   rows  device")
     assert lines[header + 1].split() == ["0", "0.8000", "0.600", "20", "2,3"]

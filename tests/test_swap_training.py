@@ -16,11 +16,11 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.labels import swap_label_index
-from pref_core.sampling import EpochSeededSampler, SwapViewDataset
-from pref_core.trainer import build_trainer
-from pref_core.training import fine_tune_fold, load_training_tokenizer
-from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
+from pref_core.data.labels import swap_label_index
+from pref_core.train.fold import fine_tune_fold, load_training_tokenizer
+from pref_core.train.sampling import EpochSeededSampler, SwapViewDataset
+from pref_core.train.trainer import build_trainer
+from tests.factories import CPU_TRAIN, lora_model, tiny_config, tiny_fold_data
 
 N_TRACED = 24  # rows of the traced dataset
 ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
@@ -29,14 +29,35 @@ ORIGINAL, SWAPPED = 1, 2  # second token of a traced row: which order it is in
 @pytest.fixture(scope="module")
 def fold_data(tmp_path_factory):
     """(train_ds, val_ds, base_model_dir): synthetic rows tokenized with the swapped view, a tiny model."""
-    return tiny_fold_data(tmp_path_factory.mktemp("swap_fold"), make_config().prompt, n_train=160, n_val=40, seed=1,
-                          hidden_size=32, intermediate_size=64, vocab_size=600)
+    return tiny_fold_data(
+        tmp_path_factory.mktemp("swap_fold"),
+        make_config().prompt,
+        n_train=160,
+        n_val=40,
+        seed=1,
+        hidden_size=32,
+        intermediate_size=64,
+        vocab_size=600,
+    )
 
 
 def make_config(lora: dict | None = None, **train):
-    return tiny_config("classifier", prompt={"max_length": 192}, lora={"r": 8, "alpha": 16, **(lora or {})}, **{
-        **CPU_TRAIN, "learning_rate": 2e-3, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
-        "warmup_steps": 2, "eval_batch_size": 64, "logging_steps": 2, "seed": 0, **train})
+    return tiny_config(
+        "classifier",
+        prompt={"max_length": 192},
+        lora={"r": 8, "alpha": 16, **(lora or {})},
+        **{
+            **CPU_TRAIN,
+            "learning_rate": 2e-3,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 2,
+            "eval_batch_size": 64,
+            "logging_steps": 2,
+            "seed": 0,
+            **train,
+        },
+    )
 
 
 def traced_dataset(n: int = N_TRACED) -> Dataset:
@@ -69,11 +90,10 @@ def expected_label(row: int, swapped: bool) -> int:
 @pytest.fixture(scope="module")
 def traced_trainer_factory(fold_data, tmp_path_factory):
     """build_trainer(config, ...) on the traced rows, with the fold's tiny model (never run on them)."""
-    from pref_core.modeling import build_model
 
     _, val_ds, base = fold_data
-    tokenizer = load_training_tokenizer(make_config(), base)
-    model = build_model(make_config(), tokenizer, base)
+    tokenizer = load_training_tokenizer(make_config().model, base)
+    model = lora_model(make_config(), tokenizer, base)
     folder = tmp_path_factory.mktemp("traced")
 
     def factory(config):
@@ -140,8 +160,13 @@ def test_swap_views_exchange_inputs_labels_and_teacher():
 def test_swap_without_swapped_view_names_the_field(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     with pytest.raises(ValueError, match=r"train\.swap=random needs an 'input_ids_swap' column.*with_swap=True"):
-        fine_tune_fold(make_config(swap="random"), train_ds.remove_columns(["input_ids_swap", "length_swap"]), val_ds,
-                   tmp_path / "fold", name_or_path=base)
+        fine_tune_fold(
+            make_config(swap="random"),
+            train_ds.remove_columns(["input_ids_swap", "length_swap"]),
+            val_ds,
+            tmp_path / "fold",
+            name_or_path=base,
+        )
     with pytest.raises(ValueError, match=r"train\.swap"):
         SwapViewDataset(traced_dataset().remove_columns(["input_ids_swap"]))
 
@@ -210,12 +235,17 @@ def test_resume_with_random_swap_is_exact(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     small_train = train_ds.select(range(24))  # 3 optimizer steps per epoch: 8 steps cross two epoch ends
     config = make_config(
-        lora={"dropout": 0.1}, swap="random", max_steps=8, save_steps=4, per_device_batch_size=4,
+        lora={"dropout": 0.1},
+        swap="random",
+        max_steps=8,
+        save_steps=4,
+        per_device_batch_size=4,
         gradient_accumulation_steps=2,
     )
     straight = fine_tune_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
-    interrupted = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()],
-                             name_or_path=base)
+    interrupted = fine_tune_fold(
+        config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base
+    )
     assert interrupted.metrics["global_step"] == 4
     resumed = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from pref_core.data import read_arena_csv
-from pref_core.folds import prompt_group_key
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.synthetic import MARKER_WORD, make_synthetic_frames, shuffle_labels, write_synthetic_csvs
+from pref_core.data.arena import read_arena_csv
+from pref_core.data.folds import prompt_group_key
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.synthetic import MARKER_WORD, make_synthetic_frames, shuffle_labels, write_synthetic_csvs
 
 
 def rule_labels(frame) -> np.ndarray:

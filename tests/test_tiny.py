@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pref_core.prompts import CLOSING_QUESTION, build_prompt
-from pref_core.tiny import tokenizer_corpus, train_tokenizer
+from pref_core.model.tiny import tokenizer_corpus, train_tokenizer
+from pref_core.text.prompts import CLOSING_QUESTION, build_prompt
 
 
 def test_corpus_is_template_text_then_non_empty_turns_column_by_column():
-    frame = pd.DataFrame({
-        "prompt": [["hi", "more"], ["q"]],
-        "response_a": [["a1", ""], ["a2"]],
-        "response_b": [["b1", None], ["b2"]],
-    })
+    frame = pd.DataFrame(
+        {
+            "prompt": [["hi", "more"], ["q"]],
+            "response_a": [["a1", ""], ["a2"]],
+            "response_b": [["b1", None], ["b2"]],
+        }
+    )
     assert tokenizer_corpus(frame) == [
-        CLOSING_QUESTION, "<prompt>: <response_a>: <response_b>:",
-        "hi", "more", "q", "a1", "a2", "b1", "b2",
+        CLOSING_QUESTION,
+        "<prompt>: <response_a>: <response_b>:",
+        "hi",
+        "more",
+        "q",
+        "a1",
+        "a2",
+        "b1",
+        "b2",
     ]
     assert tokenizer_corpus(frame, limit=1)[2:] == ["hi", "more", "a1", "b1"]
 

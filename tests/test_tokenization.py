@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-import pref_core.tokenization as tokenization
-from pref_core.config import PromptConfig
-from pref_core.labels import swap
-from pref_core.prompts import PromptEncoder
-from pref_core.tiny import train_tokenizer
-from pref_core.tokenization import (
+import pref_core.text.tokenization as tokenization
+from pref_core.config.schema import PromptConfig
+from pref_core.data.labels import swap
+from pref_core.model.tiny import train_tokenizer
+from pref_core.text.prompts import PromptEncoder
+from pref_core.text.tokenization import (
     FORMAT_VERSION,
     build_token_cache,
     compute_cache_key,
@@ -190,7 +190,7 @@ def test_concurrent_builds_of_one_key(tiny_tokenizer, small_frame, tmp_path, mon
     def build():
         try:
             results.append(build_token_cache(small_frame, tiny_tokenizer, CONFIG, tmp_path, data_hash="race"))
-        except BaseException as err:  # surfaced below with the thread's error
+        except BaseException as err:  # noqa: BLE001 (surfaced below with the thread's error)
             errors.append(err)
 
     threads = [threading.Thread(target=build) for _ in range(2)]
@@ -210,9 +210,7 @@ def test_concurrent_builds_of_one_key(tiny_tokenizer, small_frame, tmp_path, mon
 def test_null_turns_and_empty_frames(tiny_tokenizer):
     import pandas as pd
 
-    frame = pd.DataFrame(
-        {"id": ["1"], "prompt": [["q"]], "response_a": [[None]], "response_b": [["b"]], "label": [2]}
-    )
+    frame = pd.DataFrame({"id": ["1"], "prompt": [["q"]], "response_a": [[None]], "response_b": [["b"]], "label": [2]})
     dataset = tokenize_frame(frame, tiny_tokenizer, CONFIG, with_swap=True)
     encoder = PromptEncoder(tiny_tokenizer, CONFIG)
     assert dataset["input_ids"] == [encoder.encode(["q"], [None], ["b"])]  # null survives the Arrow round trip
@@ -229,4 +227,7 @@ def test_frame_read_back_from_parquet_gives_the_same_ids(tiny_tokenizer, small_f
     small_frame.to_parquet(tmp_path / "frame.parquet")
     back = pd.read_parquet(tmp_path / "frame.parquet")
     assert not isinstance(back["prompt"][0], list)
-    assert tokenize_frame(back, tiny_tokenizer, CONFIG).to_dict() == tokenize_frame(small_frame, tiny_tokenizer, CONFIG).to_dict()
+    assert (
+        tokenize_frame(back, tiny_tokenizer, CONFIG).to_dict()
+        == tokenize_frame(small_frame, tiny_tokenizer, CONFIG).to_dict()
+    )

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
-from pref_core.metrics import compute_log_loss
-from pref_core.fold_checks import check_fold_dataset
-from pref_core.sampling import EpochSeededSampler
-from pref_core.trainer import resolve_mixed_precision, resolve_optim
-from pref_core.training import find_resumable_checkpoint, fine_tune_fold
+from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.evaluate.metrics import compute_log_loss
+from pref_core.train.checks import check_fold_dataset
+from pref_core.train.fold import find_resumable_checkpoint, fine_tune_fold
+from pref_core.train.sampling import EpochSeededSampler
+from pref_core.train.trainer import resolve_mixed_precision, resolve_optim
 from tests.factories import CPU_TRAIN, tiny_config, tiny_fold_data
 
 pytestmark = pytest.mark.filterwarnings(
@@ -35,14 +35,35 @@ def fold_data(tmp_path_factory):
 
     signal=1.0: every row follows the marker rule, so a model that learns it gets far below ln 3.
     """
-    return tiny_fold_data(tmp_path_factory.mktemp("fold_data"), make_config().prompt, n_train=N_ROWS, n_val=N_VAL,
-                          seed=0, hidden_size=64, intermediate_size=128, vocab_size=1000)
+    return tiny_fold_data(
+        tmp_path_factory.mktemp("fold_data"),
+        make_config().prompt,
+        n_train=N_ROWS,
+        n_val=N_VAL,
+        seed=0,
+        hidden_size=64,
+        intermediate_size=128,
+        vocab_size=1000,
+    )
 
 
 def make_config(head: str = "label_token", lora: dict | None = None, **train):
-    return tiny_config(head, prompt={"max_length": 256}, lora={"r": 16, "alpha": 32, **(lora or {})}, **{
-        **CPU_TRAIN, "learning_rate": 2e-3, "per_device_batch_size": 8, "gradient_accumulation_steps": 1,
-        "warmup_steps": 10, "eval_batch_size": 32, "logging_steps": 10, "seed": 0, **train})
+    return tiny_config(
+        head,
+        prompt={"max_length": 256},
+        lora={"r": 16, "alpha": 32, **(lora or {})},
+        **{
+            **CPU_TRAIN,
+            "learning_rate": 2e-3,
+            "per_device_batch_size": 8,
+            "gradient_accumulation_steps": 1,
+            "warmup_steps": 10,
+            "eval_batch_size": 32,
+            "logging_steps": 10,
+            "seed": 0,
+            **train,
+        },
+    )
 
 
 class ParameterSnapshots(TrainerCallback):
@@ -88,8 +109,12 @@ def test_fold_learns_and_changes_only_lora_and_head(fold_data, tmp_path, head):
     train_ds, val_ds, base = fold_data
     snapshots, recorder = ParameterSnapshots(), MetricRecorder()
     result = fine_tune_fold(
-        make_config(head, max_steps=200, eval_steps=100), train_ds, val_ds, tmp_path / "fold",
-        callbacks=[snapshots, recorder], name_or_path=base,
+        make_config(head, max_steps=200, eval_steps=100),
+        train_ds,
+        val_ds,
+        tmp_path / "fold",
+        callbacks=[snapshots, recorder],
+        name_or_path=base,
     )
 
     # Learns the marker rule: far below the uniform prediction's ln 3 = 1.0986 after 200 steps.
@@ -111,12 +136,14 @@ def test_fold_learns_and_changes_only_lora_and_head(fold_data, tmp_path, head):
     assert (len(head_params) == 2) == (head == "classifier")  # weight + bias
 
     # The caller's callbacks see the validation metrics under the val_ prefix, in on_evaluate and on_log.
-    assert [m["val_log_loss"] for m in recorder.evaluated][-1] == pytest.approx(result.metrics["val_log_loss"], abs=1e-6)
+    assert [m["val_log_loss"] for m in recorder.evaluated][-1] == pytest.approx(
+        result.metrics["val_log_loss"], abs=1e-6
+    )
     assert any("val_accuracy" in logs for logs in recorder.logged)
     assert any("loss" in logs and "learning_rate" in logs for logs in recorder.logged)
 
     # Held-out predictions: the flow's parquet layout, in val_ds order, consistent with the metrics.
-    frame = pd.read_parquet(result.val_predictions_path)
+    frame = pd.read_parquet(result.val_predictions)
     assert list(frame.columns) == ["id", *LABEL_COLUMNS, "label"]
     assert frame["id"].tolist() == list(val_ds["id"]) and frame["label"].tolist() == list(val_ds["label"])
     probs = frame[list(LABEL_COLUMNS)].to_numpy()
@@ -139,11 +166,19 @@ def test_resumed_fold_matches_an_uninterrupted_one(fold_data, tmp_path):
     train_ds, val_ds, base = fold_data
     small_train = train_ds.select(range(48))  # 6 optimizer steps per epoch: 14 steps cross two epoch ends
     config = make_config(
-        "classifier", lora={"dropout": 0.1}, max_steps=14, save_steps=4, per_device_batch_size=4,
-        gradient_accumulation_steps=2, warmup_steps=2, tta_swap=True,
+        "classifier",
+        lora={"dropout": 0.1},
+        max_steps=14,
+        save_steps=4,
+        per_device_batch_size=4,
+        gradient_accumulation_steps=2,
+        warmup_steps=2,
+        tta_swap=True,
     )
     straight = fine_tune_fold(config, small_train, val_ds, tmp_path / "straight", name_or_path=base)
-    interrupted = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base)
+    interrupted = fine_tune_fold(
+        config, small_train, val_ds, tmp_path / "resumed", callbacks=[StopAfterFirstSave()], name_or_path=base
+    )
     assert interrupted.metrics["global_step"] == 4
     resumed = fine_tune_fold(config, small_train, val_ds, tmp_path / "resumed", name_or_path=base)
 
@@ -170,9 +205,14 @@ def test_epoch_seeded_sampler_depends_only_on_seed_and_epoch():
     assert list(EpochSeededSampler(lengths, batch_size=4, seed=7)) == first  # a fresh (resumed) process agrees
     sampler.set_epoch(1)
     assert list(sampler) != first
+
     # Grouped by length: batches are far more homogeneous than a plain shuffle.
     def padding(order):
-        return sum(max(lengths[i] for i in order[k : k + 4]) * 4 - sum(lengths[i] for i in order[k : k + 4]) for k in range(0, 64, 4))
+        return sum(
+            max(lengths[i] for i in order[k : k + 4]) * 4 - sum(lengths[i] for i in order[k : k + 4])
+            for k in range(0, 64, 4)
+        )
+
     plain = list(EpochSeededSampler(lengths, batch_size=4, seed=7, group_by_length=False))
     assert sorted(plain) == list(range(64)) and padding(first) < padding(plain) / 2
 
@@ -208,7 +248,7 @@ def test_auto_optimizer_and_precision_on_cpu():
 
 
 def test_cpu_threads_apply_only_inside_the_block():
-    from pref_core.training import torch_cpu_threads
+    from pref_core.train.fold import torch_cpu_threads
 
     before = torch.get_num_threads()
     with torch_cpu_threads(2):

@@ -1,0 +1,1 @@
+"""Scores: metrics, calibration, out-of-fold assembly, plots, reference baselines, champion promotion."""

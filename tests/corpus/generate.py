@@ -12,7 +12,17 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TRAIN = ["id", "model_a", "model_b", "prompt", "response_a", "response_b", "winner_model_a", "winner_model_b", "winner_tie"]
+TRAIN = [
+    "id",
+    "model_a",
+    "model_b",
+    "prompt",
+    "response_a",
+    "response_b",
+    "winner_model_a",
+    "winner_model_b",
+    "winner_tie",
+]
 TEST = ["id", "prompt", "response_a", "response_b"]
 
 
@@ -25,12 +35,23 @@ def _good_rows(n: int = 4) -> list[list[str]]:
     for i in range(n):
         label = [0, 0, 0]
         label[i % 3] = 1
-        rows.append([str(1000 + i), "model-x", "model-y", _cell(f"question {i}"), _cell(f"answer a {i}"),
-                     _cell(f"answer b {i}"), *map(str, label)])
+        rows.append(
+            [
+                str(1000 + i),
+                "model-x",
+                "model-y",
+                _cell(f"question {i}"),
+                _cell(f"answer a {i}"),
+                _cell(f"answer b {i}"),
+                *map(str, label),
+            ]
+        )
     return rows
 
 
-def _write(name: str, header: list[str], rows: list[list[str]], *, newline: str = "\n", encoding: str = "utf-8") -> None:
+def _write(
+    name: str, header: list[str], rows: list[list[str]], *, newline: str = "\n", encoding: str = "utf-8"
+) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator=newline)
     writer.writerow(header)
@@ -70,12 +91,14 @@ def main() -> None:
     _write("header_only.csv", TRAIN, [])
     # A Latin-1 export: the e-acute is one byte (0xE9), not valid UTF-8.
     latin = json.dumps(["caf\u00e9 au lait"], ensure_ascii=False)
-    _write("non_utf8.csv", TRAIN, [r[:3] + [latin] + r[4:] for r in good[:1]] + good[1:],
-           encoding="latin-1")
+    _write("non_utf8.csv", TRAIN, [r[:3] + [latin] + r[4:] for r in good[:1]] + good[1:], encoding="latin-1")
     (HERE / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (HERE / "good_train.csv").read_bytes())
     _write("crlf.csv", TRAIN, good, newline="\r\n")
-    _write("test_with_labels.csv", TEST + ["winner_model_a", "winner_model_b", "winner_tie"],
-           [[r[0], r[3], r[4], r[5], *r[6:]] for r in good])
+    _write(
+        "test_with_labels.csv",
+        TEST + ["winner_model_a", "winner_model_b", "winner_tie"],
+        [[r[0], r[3], r[4], r[5], *r[6:]] for r in good],
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,116 @@
+"""`arena-pref models | promote | predict | export`: the commands on registered models."""
+
+from __future__ import annotations
+
+from arena_pref.commands.options import add_tracking_uri
+from pref_core.errors import UserError
+
+
+def register(sub) -> None:
+    """models, promote, predict, export: the commands on registered models."""
+
+    def add_registry(p):
+        p.add_argument("--name", default="arena-pref", help="registered model name (tracking.registered_model)")
+        add_tracking_uri(p)
+
+    models = sub.add_parser("models", help="registered versions, aliases and metrics")
+    add_registry(models)
+    models.set_defaults(func=cmd_models)
+
+    promote = sub.add_parser("promote", help="give a registered version the @champion alias")
+    promote.add_argument("version", help="the registered version number (see `arena-pref models`)")
+    add_registry(promote)
+    promote.set_defaults(func=cmd_promote)
+
+    predict = sub.add_parser("predict", help="write a submission from a registered model")
+    predict.add_argument("--model", default="models:/arena-pref@champion", help="registered model URI")
+    predict.add_argument("--test-csv", required=True, help="Kaggle-format test.csv")
+    predict.add_argument("--out", default="submission.csv", help="where the submission goes")
+    add_tracking_uri(predict)
+    predict.add_argument(
+        "--base-model",
+        default=None,
+        metavar="PATH",
+        help="a local copy of the base model (checked against the one the model was trained on)",
+    )
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="write a registered model as an offline bundle (a Kaggle dataset)")
+    export.add_argument("model_uri", nargs="?", default="models:/arena-pref@champion", help="registered model URI")
+    export.add_argument("--out", required=True, help="new folder for the bundle")
+    export.add_argument(
+        "--folds",
+        choices=["ensemble", "average"],
+        default="ensemble",
+        help="ensemble: keep the K fold adapters and average probabilities; average: one adapter "
+        "with the mean weight delta (K times faster)",
+    )
+    export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
+    add_tracking_uri(export)
+    export.set_defaults(func=cmd_export)
+
+
+def _registry_client(args):
+    from arena_pref.tasks.tracking import default_tracking_uri
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+
+
+def cmd_models(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    client = _registry_client(args)
+    try:
+        registered = client.get_registered_model(args.name)
+    except MlflowException:
+        raise UserError(
+            f"no registered model {args.name!r} in {client.tracking_uri}; run `arena-pref train` first"
+        ) from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (registered.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = sorted(client.search_model_versions(f"name = '{args.name}'"), key=lambda v: int(v.version))
+    print(f"{'version':>7}  {'aliases':<20} {'oof_log_loss':>12} {'folds':>5}  {'data':<12}  run")
+    for v in versions:
+        print(
+            f"{v.version:>7}  {','.join(sorted(aliases.get(str(v.version), []))) or '-':<20} "
+            f"{v.tags.get('oof_log_loss', '?'):>12} {v.tags.get('n_folds', '?'):>5}  "
+            f"{v.tags.get('data_hash', '?')[:12]:<12}  {v.run_id}"
+        )
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from arena_pref.tasks.registry import promote
+
+    client = _registry_client(args)
+    try:
+        client.get_model_version(args.name, str(args.version))
+    except MlflowException:
+        raise UserError(f"{args.name} has no version {args.version}; see `arena-pref models`") from None
+    promote(client, args.name, str(args.version), "promoted by hand")
+    print(f"{args.name} version {args.version} is now @champion")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from arena_pref.flows.predict import predict
+    from arena_pref.preflight import check_predict_base
+
+    check_predict_base(args.model, args.tracking_uri, args.base_model)
+    out = predict(args.model, args.test_csv, args.out, args.tracking_uri, args.base_model)
+    print(f"submission written to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from arena_pref.export import export_bundle
+
+    out = export_bundle(
+        args.model_uri, args.out, args.tracking_uri, folds=args.folds, base_model_dir=args.base_model_dir
+    )
+    print(f"bundle written to {out}: upload it as a Kaggle dataset and run `python {out}/predict.py --help`")
+    return 0

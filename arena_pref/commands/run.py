@@ -1,0 +1,197 @@
+"""`arena-pref demo | train | validate | show-prompt`: the commands that read data (and run cv-training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arena_pref.commands.options import add_overrides, load_run_config
+from pref_core.errors import UserError
+
+TRAIN_EXAMPLES = """examples:
+  arena-pref train --config configs/tiny.yaml --set data.train_csv=train.csv --set data.test_csv=test.csv
+  arena-pref train --config configs/seed-llama3-8b.yaml --set data.train_csv=/data/train.csv --set cv.n_folds=3 -v"""
+
+
+def register(sub) -> None:
+    """demo, train, validate, show-prompt: the commands that read data."""
+    demo = sub.add_parser("demo", help="synthetic data + tiny offline model + full 5-fold cv-training")
+    demo.add_argument(
+        "--config", default="configs/tiny.yaml", help="YAML recipe (a shipped one when no such file here)"
+    )
+    demo.add_argument("--output-dir", default="outputs/demo", help="data, caches, runs and logs of the demo")
+    demo.add_argument("--n-train", type=int, default=1000, help="synthetic train rows")
+    demo.add_argument("--n-test", type=int, default=200, help="synthetic test rows")
+    demo.add_argument("--signal", type=float, default=0.9, help="share of rows that follow the learnable rule")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    demo.add_argument("--shuffle-labels", action="store_true", help="leakage check: OOF should stay near the prior")
+    add_overrides(demo)
+    # The demo builds its model locally, so it needs no Hub; like every command it leaves Hub access to the user.
+    demo.set_defaults(func=cmd_demo)
+
+    train = sub.add_parser(
+        "train",
+        help="run cv-training locally",
+        description="Run cv-training locally: "
+        "preflight checks, then ingest, tokenize, K folds, OOF evaluation, registry, submission.",
+        epilog=TRAIN_EXAMPLES,
+    )
+    train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/tiny.yaml")
+    add_overrides(train)
+    train.set_defaults(func=cmd_train)
+
+    validate = sub.add_parser("validate", help="check a Kaggle-format CSV; one line per problem")
+    validate.add_argument("path", help="the CSV file")
+    validate.add_argument("--kind", choices=["train", "test"], default="train", help="train (with labels) or test")
+    validate.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=1.0,
+        help="share of bad rows that still counts as readable (1: list them all)",
+    )
+    validate.set_defaults(func=cmd_validate)
+
+    show = sub.add_parser("show-prompt", help="the text pieces and token ids the model sees for some rows")
+    show.add_argument("--config", required=True, help="YAML recipe whose template, truncation and tokenizer to use")
+    show.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set prompt.max_length=512 (repeatable)",
+    )
+    show.add_argument(
+        "--id",
+        action="append",
+        required=True,
+        metavar="ROW_ID",
+        help="a row id of data.train_csv or data.test_csv (repeatable)",
+    )
+    show.add_argument("--json", action="store_true", help="one JSON list instead of text")
+    show.set_defaults(func=cmd_show_prompt)
+
+
+def run_training(config, force: bool = False, verbose: bool = True, command: str = "train"):
+    """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
+    from arena_pref import console
+    from arena_pref.preflight import preflight
+    from arena_pref.summary import print_summary
+    from arena_pref.tasks import workspace
+
+    preflight(config)
+    log_path = console.log_file_path(workspace.output_root(config), command)
+    if not verbose:
+        print(f"log: {log_path}  (-v shows it here)", flush=True)
+    with console.quiet_run(log_path, verbose=verbose) as user_console:
+        from arena_pref.flows.cv_training import cv_training
+        from arena_pref.tasks.tracking import resolve_tracking_uri
+
+        try:
+            result = cv_training(config, force=force)
+        except BaseException:
+            if not verbose:
+                user_console.err.write(f"the run failed; full log: {log_path}\n")
+            raise
+        print_summary(result, resolve_tracking_uri(config), user_console)
+    if not verbose:
+        # Prefect stops its temporary server at exit and says so; atexit runs this first (last in, first out).
+        import atexit
+        import logging
+
+        atexit.register(logging.getLogger("prefect").setLevel, logging.WARNING)
+    return result
+
+
+def cmd_train(args) -> int:
+    config = load_run_config(args.config, args.set)
+    run_training(config, force=args.force, verbose=args.verbose)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pref_core.data.synthetic import shuffle_labels, write_synthetic_csvs
+
+    out = Path(args.output_dir).resolve()
+    data_dir = out / "data"
+    train_csv, test_csv = write_synthetic_csvs(
+        data_dir, n_train=args.n_train, n_test=args.n_test, signal=args.signal, seed=args.seed
+    )
+    if args.shuffle_labels:
+        import pandas as pd
+
+        shuffled = shuffle_labels(pd.read_csv(train_csv, dtype=str, keep_default_na=False), seed=args.seed)
+        train_csv = data_dir / "train_shuffled.csv"
+        shuffled.to_csv(train_csv, index=False)
+    print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
+    overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={out}", *args.set]
+    config = load_run_config(args.config, overrides)
+    run_training(config, force=args.force, verbose=args.verbose, command="demo")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.evaluate.metrics import count_classes
+
+    result = read_arena_csv(args.path, kind=args.kind, max_bad_fraction=args.max_bad_fraction)
+    counts = f"{result.n_read} rows read, {result.n_kept} valid, {result.n_rejected} rejected"
+    print(f"{args.path}: {counts} ({args.kind} file)")
+    if args.kind == "train" and result.n_kept:
+        counts = count_classes(result.frame["label"].to_numpy())
+        print("labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    if result.n_rejected:
+        for row in result.rejected.itertuples(index=False):
+            print(f"rejected: row id={row.id} column={row.column}: {row.reason}")
+        return 1
+    return 0
+
+
+def cmd_show_prompt(args) -> int:
+    """The token ids the model sees for some rows, through the flow's own ingest and base-model steps."""
+    import json
+
+    import pandas as pd
+
+    from arena_pref.tasks import preparation
+    from pref_core.config.loading import require_train_csv
+    from pref_core.text.prompts import explain_rows
+    from pref_core.text.tokenization import load_tokenizer
+
+    config = load_run_config(args.config, args.set)
+    if config.model.tiny is not None:
+        require_train_csv(config, "the tiny model's tokenizer is built from the train texts")
+    elif config.data.test_csv is None:
+        require_train_csv(config, "the CSV that holds the rows, or data.test_csv")
+    frames, train = [], None
+    for kind in ("train", "test"):
+        if (config.data.train_csv if kind == "train" else config.data.test_csv) is not None:
+            ingested = preparation.ingest.fn(config, kind)
+            train = ingested if kind == "train" else train
+            frames.append(pd.read_parquet(ingested.parsed_path))
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
+    wanted = [str(i) for i in args.id]
+    missing = [i for i in wanted if i not in set(frame["id"].astype(str))]
+    if missing:
+        raise UserError(
+            f"--id: no row with id {', '.join(missing)} in "
+            f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}"
+        )
+    frame = frame.set_index(frame["id"].astype(str)).loc[wanted].reset_index(drop=True)
+    tokenizer = load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
+    try:
+        explained = explain_rows(tokenizer, frame, config.prompt, config.model.head, config.model.label_tokens)
+    except ValueError as err:  # a template too long for max_length, a label word that is not one token
+        raise UserError(str(err)) from None
+    if args.json:
+        print(json.dumps(explained, ensure_ascii=False, indent=1))
+        return 0
+    for row in explained:
+        print(
+            f"row {row['id']}: {row['n_tokens']} tokens ({row['n_tokens_untruncated']} before truncation), "
+            f"head reads position {row['head_position']}" + (f", label {row['label']}" if row["label"] else "")
+        )
+        if row["label_token_ids"]:
+            print("  label token ids: " + ", ".join(f"{k}={v}" for k, v in row["label_token_ids"].items()))
+        for seg in row["segments"]:
+            print(f"  [{seg['name']}] {len(seg['ids'])} ids: {seg['text']!r}")
+            print(f"    {seg['ids']}")
+    return 0

@@ -1,0 +1,1 @@
+"""The offline Kaggle bundle: its manifest, checks and `predict.py` command."""

@@ -1,0 +1,1 @@
+"""Predictions: batched inference with swap TTA, fold ensembles over one base, the submission."""
