@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pref_core.evaluate.compare import paired_difference
-from pref_core.metrics import compute_log_loss, row_log_losses
+from pref_core.evaluate.metrics import compute_log_loss, row_log_losses
 
 
 def test_row_log_losses_are_the_terms_of_the_log_loss():
@@ -39,7 +39,10 @@ def test_the_interval_matches_a_plain_bootstrap_loop():
     result = paired_difference(a, b, n_boot=500, seed=7)
     draws = np.random.default_rng(7).integers(0, 200, size=(500, 200))
     means = np.array([(b - a)[row].mean() for row in draws])
-    assert (result.low, result.high) == (pytest.approx(np.quantile(means, 0.025)), pytest.approx(np.quantile(means, 0.975)))
+    assert (result.low, result.high) == (
+        pytest.approx(np.quantile(means, 0.025)),
+        pytest.approx(np.quantile(means, 0.975)),
+    )
     assert result.low <= result.mean <= result.high
 
 

@@ -28,9 +28,11 @@ class PairedDifference:
 
     def in_words(self, name_a: str = "A", name_b: str = "B") -> str:
         """One line, e.g. 'B - A: -0.0123 log loss (95% interval -0.0201 .. -0.0049, B lower in 99.9% of resamples)'."""
-        return (f"{name_b} - {name_a}: {self.mean:+.4f} log loss over {self.n_rows} rows "
-                f"({self.level:.0%} interval {self.low:+.4f} .. {self.high:+.4f}, "
-                f"{name_b} lower in {self.share_b_better:.1%} of resamples)")
+        return (
+            f"{name_b} - {name_a}: {self.mean:+.4f} log loss over {self.n_rows} rows "
+            f"({self.level:.0%} interval {self.low:+.4f} .. {self.high:+.4f}, "
+            f"{name_b} lower in {self.share_b_better:.1%} of resamples)"
+        )
 
 
 def paired_difference(loss_a, loss_b, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> PairedDifference:
@@ -57,5 +59,11 @@ def paired_difference(loss_a, loss_b, n_boot: int = 2000, level: float = 0.95, s
         means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    return PairedDifference(n_rows=int(diff.size), mean=float(diff.mean()), low=float(low), high=float(high),
-                            level=level, share_b_better=float(np.mean(means < 0)))
+    return PairedDifference(
+        n_rows=int(diff.size),
+        mean=float(diff.mean()),
+        low=float(low),
+        high=float(high),
+        level=level,
+        share_b_better=float(np.mean(means < 0)),
+    )
