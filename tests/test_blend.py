@@ -155,9 +155,7 @@ def test_the_stacker_is_scikit_learns_logistic_regression_with_the_inner_cv_choi
     assert set(inner) == {"0.01", "1.0"} and params["C"] == min((v, float(c)) for c, v in inner.items())[1]
     features = np.hstack([np.log(probs[0]), np.log(probs[1])])
     with threadpool_limits(1):  # as fit_stack fits: many BLAS threads are slow on these narrow matrices
-        expected = (
-            LogisticRegression(C=params["C"], max_iter=2000, tol=1e-6).fit(features, labels).predict_proba(features)
-        )
+        expected = LogisticRegression(C=params["C"], max_iter=2000).fit(features, labels).predict_proba(features)
     blended = apply({"method": "stack", "members": ["a", "b"], **params}, list(probs))
     np.testing.assert_allclose(blended, expected, atol=1e-10)
 

@@ -238,7 +238,8 @@ def fit_weights(labels: np.ndarray, member_probs: np.ndarray) -> np.ndarray:
 def _logistic(c: float, warm_start: bool = False):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=c, max_iter=2000, tol=1e-6, warm_start=warm_start)
+    # scikit-learn's default tol (1e-4): on 57k rows 1e-6 took twice as long for a held-out log loss 1e-5 apart.
+    return LogisticRegression(C=c, max_iter=2000, warm_start=warm_start)
 
 
 def fit_stack(
