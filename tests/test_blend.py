@@ -212,3 +212,10 @@ def test_an_honest_stack_needs_three_folds():
     labels, folds, probs = synthetic_members(n=100, n_folds=2)
     with pytest.raises(BlendMembersError, match="cv.n_folds >= 3"):
         fit_blend(labels, folds, probs, "stack")
+
+
+def test_a_stacker_cannot_learn_a_class_it_never_saw():
+    labels, folds, probs = synthetic_members(n=120, n_folds=3)
+    labels = labels % 2  # no ties at all
+    with pytest.raises(BlendMembersError, match="hold no winner_tie row; fix: use --method weights"):
+        fit_blend(labels, folds, probs, "stack")

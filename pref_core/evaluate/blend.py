@@ -23,13 +23,14 @@ The member probabilities must mean the same thing when fitted and applied: pass 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from pref_core.labels import NUM_CLASSES
+from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
 from pref_core.metrics import row_log_losses
 
 if TYPE_CHECKING:  # the bundle copies this module for `apply`; compare is needed only to fit
@@ -89,14 +90,13 @@ def check_members(members: Sequence[BlendMember]) -> None:
                 f"{_member_label(j, member)} has {len(member.ids)} ids but {len(member.folds)} "
                 "fold indices; fix: read ids and folds from the same OOF table"
             )
-        counts: dict[str, int] = {}
-        for row_id in map(str, member.ids):
-            counts[row_id] = counts.get(row_id, 0) + 1
-            if counts[row_id] > 1:
-                raise BlendMembersError(
-                    f"{_member_label(j, member)} predicts row id {row_id} more than once; fix: "
-                    "give each member's OOF table with one row per id (its oof.parquet)"
-                )
+        ids = [str(i) for i in member.ids]
+        if len(set(ids)) < len(ids):
+            repeated = next(i for i, count in Counter(ids).items() if count > 1)
+            raise BlendMembersError(
+                f"{_member_label(j, member)} predicts row id {repeated} more than once; fix: "
+                "give each member's OOF table with one row per id (its oof.parquet)"
+            )
     first = members[0]
     first_folds = dict(zip(map(str, first.ids), (int(f) for f in first.folds)))
     for j, member in enumerate(members[1:], start=1):
@@ -257,6 +257,11 @@ def fit_stack(
             f"stack: its inner CV needs rows from 2+ folds, got folds {inner_folds.tolist()}; "
             "fix: train the members with cv.n_folds >= 3, or use --method weights"
         )
+    absent = [LABEL_COLUMNS[c] for c in range(NUM_CLASSES) if not (labels == c).any()]
+    if absent:  # a multinomial model cannot learn odds for a class it never saw
+        raise BlendMembersError(
+            f"stack: the rows it is fitted on hold no {', '.join(absent)} row; fix: use --method weights"
+        )
     grid = sorted(float(c) for c in c_grid)
     losses = np.empty((len(grid), len(labels)))  # (C, n) held-out row losses
     # One BLAS thread: the (n, 3K) matrices are too narrow for threads to pay (measured 5-7x slower with them on
@@ -267,34 +272,16 @@ def fit_stack(
             model = _logistic(grid[0], warm_start=True)  # each C starts from the previous C's solution
             for i, c in enumerate(grid):
                 model.set_params(C=c).fit(features[~held], labels[~held])
-                losses[i, held] = row_log_losses(labels[held], _expand(model, features[held]))
+                losses[i, held] = row_log_losses(labels[held], model.predict_proba(features[held]))
         inner_loss = {c: float(row.mean()) for c, row in zip(grid, losses)}
         best = min(grid, key=lambda c: (inner_loss[c], c))
         model = _logistic(best).fit(features, labels)
-    coef, intercept = _full_coefficients(model, features.shape[1])
     return {
         "C": best,
-        "coef": coef.tolist(),
-        "intercept": intercept.tolist(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_.tolist(),
         "inner_log_loss": {repr(c): loss for c, loss in inner_loss.items()},
     }
-
-
-def _full_coefficients(model, n_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """(3, n_features) coef and (3,) intercept; a class absent from the fitting rows gets -inf-like odds."""
-    coef = np.zeros((NUM_CLASSES, n_features))
-    intercept = np.full(NUM_CLASSES, np.log(_EPS))  # a class never seen: probability ~1e-15, still finite in JSON
-    for row, cls in enumerate(model.classes_):
-        coef[int(cls)] = model.coef_[row] if len(model.classes_) > 2 else (1 if row else -1) * model.coef_[0] / 2
-        intercept[int(cls)] = (
-            model.intercept_[row] if len(model.classes_) > 2 else (1 if row else -1) * model.intercept_[0] / 2
-        )
-    return coef, intercept
-
-
-def _expand(model, features: np.ndarray) -> np.ndarray:
-    coef, intercept = _full_coefficients(model, features.shape[1])
-    return _softmax(features @ coef.T + intercept)
 
 
 def fit_params(
