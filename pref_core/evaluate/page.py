@@ -25,7 +25,8 @@ h2 { font-size: 17px; margin: 28px 0 10px; padding-bottom: 4px; border-bottom: 1
 h3 { font-size: 14px; margin: 0 0 6px; }
 .sub { color: var(--muted); margin: 0 0 14px; }
 .tiles { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.tile { border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 150px; background: var(--soft); }
+.tile { border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 150px;
+        background: var(--soft); }
 .tile .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .tile .value { font-size: 26px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .tile .note { color: var(--muted); font-size: 12px; }
@@ -72,6 +73,20 @@ BASE_TEMPLATE = """<!DOCTYPE html>
 """
 
 
+# Shared pieces: a score tile and a figure with its caption.
+MACROS_TEMPLATE = """
+{% macro tile(label, value, note, kind="") %}
+<div class="tile {{ 'main' if kind == 'main' else '' }}"><div class="label">{{ label }}</div>
+  <div class="value{{ ' ' ~ kind if kind in ('good', 'bad') else '' }}">{{ value }}</div>
+  <div class="note">{{ note }}</div></div>
+{% endmacro %}
+{% macro figure(fig, cls="") %}
+<figure{% if cls %} class="{{ cls }}"{% endif %}><img alt="{{ fig.caption }}" src="{{ fig.src }}">
+  <figcaption>{{ fig.caption }}</figcaption></figure>
+{% endmacro %}
+"""
+
+
 def _number(value: Any, digits: int = 4, signed: bool = False) -> str:
     """A float with `digits` decimals (a leading + when `signed`); '–' for None or NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -85,12 +100,12 @@ def _count(value: Any) -> str:
 
 
 def make_environment(templates: Mapping[str, str]):
-    """A Jinja2 environment over `templates` (name -> source) plus `base.html`; autoescaping on for every
-    template, undefined names are errors (a typo fails the test, not the page)."""
+    """A Jinja2 environment over `templates` (name -> source) plus `base.html` and `macros.html`: autoescaping
+    on for every template, undefined names are errors (a typo fails the test, not the page)."""
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.DictLoader({"base.html": BASE_TEMPLATE, **templates}),
+        loader=jinja2.DictLoader({"base.html": BASE_TEMPLATE, "macros.html": MACROS_TEMPLATE, **templates}),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -55,7 +55,8 @@ class RunScores:
         if missing:
             raise ValueError(f"run scores need the metrics {list(required)}; missing {missing} "
                              "(is this a finished cv-training run?)")
-        optional = {k: float(metrics[k]) for k in ("oof_log_loss_calibrated", "temperature") if metrics.get(k) is not None}
+        optional = {k: float(metrics[k]) for k in ("oof_log_loss_calibrated", "temperature")
+                    if metrics.get(k) is not None}
         return cls(oof_log_loss=float(metrics["oof_log_loss"]), oof_accuracy=float(metrics["oof_accuracy"]),
                    prior_log_loss=float(metrics["prior_log_loss"]), n_oof=int(metrics["n_oof"]), **optional)
 
@@ -170,8 +171,10 @@ def error_rows(oof: pd.DataFrame, texts: Optional[pd.DataFrame], n: int = 20, n_
     for row in chosen.itertuples(index=False):
         record = {
             "id": row.id, "label": CLASS_NAMES[row.label], "predicted": CLASS_NAMES[row.predicted],
-            "label_index": row.label, "predicted_index": row.predicted,
-            "probs": [getattr(row, c) for c in LABEL_COLUMNS], "confidence": row.confidence,
+            # (probability, css class): the true class green, the predicted one red.
+            "prob_cells": [(getattr(row, c), "p-true" if k == row.label else "p-pred" if k == row.predicted else "")
+                           for k, c in enumerate(LABEL_COLUMNS)],
+            "confidence": row.confidence,
             "row_log_loss": row.row_log_loss,
         }
         if by_id is not None:
@@ -235,57 +238,59 @@ def _calibration_figure(plots, labels, probs, temperature, fit_temperature, appl
 
 
 RUN_TEMPLATE = """{% extends "base.html" %}
+{% import "macros.html" as m %}
 {% block title %}{{ s.name }} · OOF {{ s.scores.oof_log_loss | num }}{% endblock %}
 {% block body %}
 <h1>{{ s.name }}</h1>
-<p class="sub">{% for k, v in s.facts.items() %}{{ k }}: <b>{{ v }}</b>{% if not loop.last %} · {% endif %}{% endfor %}
-{% if s.run_id %}{% if s.facts %} · {% endif %}MLflow run <code>{{ s.run_id }}</code>{% endif %}</p>
+<p class="sub">{% for k, v in s.facts.items() %}{{ k }}: <b>{{ v }}</b>{{ " · " if not loop.last }}{% endfor %}
+{% if s.run_id %}{{ " · " if s.facts }}MLflow run <code>{{ s.run_id }}</code>{% endif %}</p>
 
 <div class="tiles">
-  <div class="tile main"><div class="label">OOF log loss</div><div class="value">{{ s.scores.oof_log_loss | num }}</div>
-    <div class="note">{{ s.scores.n_oof | count }} rows, {{ s.folds | length }} folds</div></div>
-  <div class="tile"><div class="label">calibrated OOF</div><div class="value">{{ s.scores.oof_log_loss_calibrated | num }}</div>
-    <div class="note">{% if s.scores.temperature is not none %}temperature {{ s.scores.temperature | num(3) }}{% else %}no calibration applied{% endif %}</div></div>
-  <div class="tile"><div class="label">class prior</div><div class="value">{{ s.scores.prior_log_loss | num }}</div>
-    <div class="note">always the class shares</div></div>
-  <div class="tile"><div class="label">gain over prior</div>
-    <div class="value {{ 'good' if s.scores.beats_prior else 'bad' }}">{{ s.scores.gain_over_prior | num(4, true) }}</div>
-    <div class="note">{{ (100 * s.scores.gain_over_prior / s.scores.prior_log_loss) | num(1, true) }} % of the prior</div></div>
-  <div class="tile"><div class="label">accuracy</div><div class="value">{{ s.scores.oof_accuracy | num(3) }}</div>
-    <div class="note">most probable class</div></div>
+{{ m.tile("OOF log loss", s.scores.oof_log_loss | num, (s.scores.n_oof | count) ~ " rows, "
+          ~ (s.folds | length) ~ " folds", "main") }}
+{{ m.tile("calibrated OOF", s.scores.oof_log_loss_calibrated | num,
+          "no calibration applied" if s.scores.temperature is none
+          else "temperature " ~ (s.scores.temperature | num(3))) }}
+{{ m.tile("class prior", s.scores.prior_log_loss | num, "always the class shares") }}
+{{ m.tile("gain over prior", s.scores.gain_over_prior | num(4, true), (gain_percent | num(1, true)) ~ " % of the prior",
+          "good" if s.scores.beats_prior else "bad") }}
+{{ m.tile("accuracy", s.scores.oof_accuracy | num(3), "most probable class") }}
 </div>
 {% for w in warnings %}<div class="banner bad">⚠ {{ w }}</div>{% endfor %}
-{% if s.decision %}<div class="banner {{ 'info' if s.scores.beats_prior else 'bad' }}"><b>Registry:</b> {{ s.decision }}</div>{% endif %}
+{% if s.decision %}
+<div class="banner {{ 'info' if s.scores.beats_prior else 'bad' }}"><b>Registry:</b> {{ s.decision }}</div>
+{% endif %}
 
 <h2>Folds</h2>
 <div class="row">
 <table>
-  <tr><th class="num">fold</th><th class="num">log loss</th><th class="num">accuracy</th><th class="num">rows</th><th>device</th></tr>
+  <tr><th class="num">fold</th><th class="num">log loss</th><th class="num">accuracy</th><th class="num">rows</th>
+      <th>device</th></tr>
   {% for f in s.folds %}
-  <tr><td class="num">{{ f.fold }}</td><td class="num">{{ f.log_loss | num }}</td><td class="num">{{ f.accuracy | num(3) }}</td>
-      <td class="num">{{ f.rows | count }}</td><td>{{ f.device or "–" }}</td></tr>
+  <tr><td class="num">{{ f.fold }}</td><td class="num">{{ f.log_loss | num }}</td>
+      <td class="num">{{ f.accuracy | num(3) }}</td><td class="num">{{ f.rows | count }}</td>
+      <td>{{ f.device or "–" }}</td></tr>
   {% endfor %}
-  <tr><th class="num">OOF</th><th class="num">{{ s.scores.oof_log_loss | num }}</th><th class="num">{{ s.scores.oof_accuracy | num(3) }}</th>
-      <th class="num">{{ s.scores.n_oof | count }}</th><th></th></tr>
+  <tr><th class="num">OOF</th><th class="num">{{ s.scores.oof_log_loss | num }}</th>
+      <th class="num">{{ s.scores.oof_accuracy | num(3) }}</th><th class="num">{{ s.scores.n_oof | count }}</th>
+      <th></th></tr>
 </table>
-{% for fig in figures if fig.key in ("folds", "length") %}
-<figure class="grow"><img alt="{{ fig.caption }}" src="{{ fig.src }}"><figcaption>{{ fig.caption }}</figcaption></figure>
-{% endfor %}
+{% for fig in figures if fig.key in ("folds", "length") %}{{ m.figure(fig, "grow") }}{% endfor %}
 </div>
 {% if no_length_reason %}<p class="muted">{{ no_length_reason }}</p>{% endif %}
 
 <h2>Calibration and errors</h2>
 <div class="figs">
-{% for fig in figures if fig.key not in ("folds", "length") %}
-  <figure><img alt="{{ fig.caption }}" src="{{ fig.src }}"><figcaption>{{ fig.caption }}</figcaption></figure>
-{% endfor %}
+{% for fig in figures if fig.key not in ("folds", "length") %}{{ m.figure(fig) }}{% endfor %}
 </div>
 
 <h2>Config overrides</h2>
 {% if s.overrides %}
 <table>
   <tr><th>key</th><th>value</th></tr>
-  {% for k, v in s.overrides.items() %}<tr><td class="key">{{ k }}</td><td class="value">{{ v }}</td></tr>{% endfor %}
+  {% for k, v in s.overrides.items() %}
+  <tr><td class="key">{{ k }}</td><td class="value">{{ v }}</td></tr>
+  {% endfor %}
 </table>
 {% else %}<p class="muted">None: the recipe as it is.</p>{% endif %}
 
@@ -295,11 +300,12 @@ RUN_TEMPLATE = """{% extends "base.html" %}
 {% if show_texts %}The first {{ n_chars }} characters of each text; {{ separator }} separates turns.{% endif %}</p>
 {% if errors %}
 <table>
-  <tr><th>id</th><th>label</th>{% for c in class_names %}<th class="num">p({{ c }})</th>{% endfor %}<th class="num">row loss</th>
-  {% if show_texts %}<th>prompt</th><th>response a</th><th>response b</th>{% endif %}</tr>
+  <tr><th>id</th><th>label</th>{% for c in class_names %}<th class="num">p({{ c }})</th>{% endfor %}
+      <th class="num">row loss</th>
+      {% if show_texts %}<th>prompt</th><th>response a</th><th>response b</th>{% endif %}</tr>
   {% for r in errors %}
   <tr><td class="key">{{ r.id }}</td><td>{{ r.label }}</td>
-    {% for p in r.probs %}<td class="num {{ 'p-true' if loop.index0 == r.label_index else ('p-pred' if loop.index0 == r.predicted_index else '') }}">{{ p | num(3) }}</td>{% endfor %}
+    {% for p, css in r.prob_cells %}<td class="num {{ css }}">{{ p | num(3) }}</td>{% endfor %}
     <td class="num">{{ r.row_log_loss | num(3) }}</td>
     {% if show_texts %}{% for t in r.texts %}<td class="text">{{ t }}</td>{% endfor %}{% endif %}</tr>
   {% endfor %}
@@ -329,4 +335,5 @@ def render_run_report(summary: RunSummary, oof: pd.DataFrame, texts: Optional[pd
         s=summary, warnings=summary.all_warnings(), figures=run_figures(summary, oof, lengths),
         errors=error_rows(oof, texts, n_errors, n_chars), show_texts=texts is not None, n_chars=n_chars,
         separator=TURN_SEPARATOR.strip(), class_names=CLASS_NAMES, no_length_reason=no_length_reason, footer=footer,
+        gain_percent=100 * summary.scores.gain_over_prior / summary.scores.prior_log_loss,
     )
