@@ -163,3 +163,10 @@ def test_the_summary_survives_json_and_reads_metrics_dicts():
 def test_an_oof_table_without_its_columns_is_refused_by_name():
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['label'\]"):
         select_confident_errors(oof_frame([[1, 0, 0]], [0]).drop(columns=["label"]))
+
+
+def test_rows_without_text_are_said_so_and_the_length_plot_left_out(run_oof, run_texts):
+    html = render_run_report(summary(), run_oof, run_texts[run_texts["id"] != "9"])
+    assert "Log loss by length left out: some OOF ids have no text." in html
+    assert html.count("(text not available)") == 3  # row 9, the most confident error: prompt and both responses
+    assert len(IMG.findall(html)) == 4
