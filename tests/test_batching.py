@@ -109,12 +109,20 @@ def test_token_budget_predictions_equal_fixed_batch_predictions():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pref_core.inference import PreferenceCollator, predict_token_ids
-    from pref_core.modeling import PreferenceModel
+    from pref_core.model.preference import PreferenceModel
+    from pref_core.predict.inference import PreferenceCollator, predict_token_ids
 
     torch.manual_seed(0)
-    backbone = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                            num_attention_heads=4, num_key_value_heads=2))
+    backbone = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     model = PreferenceModel(backbone, "label_token", [5, 6, 7], pad_token_id=0).eval()
     rng = np.random.default_rng(1)
     lengths = rng.integers(3, 90, size=37)

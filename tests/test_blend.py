@@ -17,7 +17,7 @@ from pref_core.evaluate.blend import (
     fit_stack,
     fit_weights,
 )
-from pref_core.metrics import compute_log_loss
+from pref_core.evaluate.metrics import compute_log_loss
 
 
 def member(name, ids, folds, data_hash="h" * 64, probs=None):

@@ -24,8 +24,18 @@ from pref_core.predict.budget import (
 )
 
 
-@pytest.mark.parametrize("text, seconds", [("9h", 32400), ("90m", 5400), ("3600s", 3600), ("8h30m", 30600),
-                                           ("2.5h", 9000), (" 1H 30M ", 5400), ("1h0m30s", 3630)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("9h", 32400),
+        ("90m", 5400),
+        ("3600s", 3600),
+        ("8h30m", 30600),
+        ("2.5h", 9000),
+        (" 1H 30M ", 5400),
+        ("1h0m30s", 3630),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -109,9 +119,16 @@ def test_remaining_seconds_by_hand():
 
 def test_candidate_settings_order():
     assert candidate_settings(Setting(True, 2048), 1920) == [
-        Setting(True, 2048), Setting(False, 2048), Setting(False, 1984), Setting(False, 1920)]
+        Setting(True, 2048),
+        Setting(False, 2048),
+        Setting(False, 1984),
+        Setting(False, 1920),
+    ]
     assert candidate_settings(Setting(False, 100), 50, length_step=30) == [
-        Setting(False, 100), Setting(False, 70), Setting(False, 50)]
+        Setting(False, 100),
+        Setting(False, 70),
+        Setting(False, 50),
+    ]
     assert candidate_settings(Setting(False, 512), 512) == [Setting(False, 512)]
     with pytest.raises(ValueError, match="floor 4096 is above max_length 2048"):
         candidate_settings(Setting(True, 2048), 4096)

@@ -27,7 +27,7 @@ from pref_core.model.precision import (
     register_softcap_attention,
     softcap_attention,
 )
-from pref_core.modeling import PreferenceModel
+from pref_core.model.preference import PreferenceModel
 
 LABEL_IDS = [5, 6, 7]
 FP16_MIN = torch.finfo(torch.float16).min
@@ -37,10 +37,20 @@ def _gemma2(attn: str = "eager"):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
-                          sliding_window=8, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
-                          attn_implementation=attn)
+    config = Gemma2Config(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        attn_implementation=attn,
+    )
     return Gemma2ForCausalLM(config).eval()
 
 
@@ -48,8 +58,15 @@ def _llama(attn: str = "eager"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation=attn)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation=attn,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -111,8 +128,9 @@ def test_gemma2_softcap_in_fp16_loses_precision_that_fp32_scores_keep(std, overf
     k = (torch.randn(1, 2, 48, 256, generator=gen) * std).half()  # (batch, kv_heads, seq, head_dim)
     v = torch.randn(1, 2, 48, 256, generator=gen).half()
     module, mask = _Attention(256, 2), _causal_mask(48)
-    exact, _ = eager_attention_forward(module, q.double(), k.double(), v.double(), mask.double(), scaling=1 / 16,
-                                       softcap=50.0)
+    exact, _ = eager_attention_forward(
+        module, q.double(), k.double(), v.double(), mask.double(), scaling=1 / 16, softcap=50.0
+    )
     naive, _ = eager_attention_forward(module, q, k, v, mask, scaling=1 / 16, softcap=50.0)
     ours, weights = softcap_attention(module, q, k, v, mask, scaling=1 / 16, softcap=50.0)
     raw_scores = torch.matmul(q, k.repeat_interleave(2, dim=1).transpose(2, 3))  # what fp16 eager starts from
@@ -207,8 +225,9 @@ def test_mlp_overflow_is_caught_by_the_finite_check_naming_row_and_module():
     assert locate_nonfinite(model, **_batch()) == "backbone.model.layers.0.mlp.down_proj"
 
 
-TARGET_LOGITS = torch.tensor([[21.3, 20.95, 19.6], [24.0, 24.5, 23.2], [18.1, 19.0, 18.6], [26.0, 25.2, 25.9]],
-                             dtype=torch.float64)  # (4, 3): close logits where tanh(x / 30) bends
+TARGET_LOGITS = torch.tensor(
+    [[21.3, 20.95, 19.6], [24.0, 24.5, 23.2], [18.1, 19.0, 18.6], [26.0, 25.2, 25.9]], dtype=torch.float64
+)  # (4, 3): close logits where tanh(x / 30) bends
 
 
 def test_the_final_logit_softcap_runs_in_fp32_on_three_logits():

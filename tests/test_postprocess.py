@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.data import parse_turns
+from pref_core.data.arena import parse_turns
+from pref_core.data.folds import make_folds
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.data.synthetic import make_synthetic_frames
 from pref_core.evaluate.postprocess import (
     NO_KIND,
     PostprocessRulesError,
@@ -20,9 +23,6 @@ from pref_core.evaluate.postprocess import (
     row_kind,
     row_kinds,
 )
-from pref_core.folds import make_folds
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.synthetic import make_synthetic_frames
 
 # -- kinds --------------------------------------------------------------------------------------------------
 

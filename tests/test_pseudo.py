@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.folds import prompt_group_key
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.folds import prompt_group_key
+from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.train.pseudo import (
     PseudoLabelError,
     check_unlabeled_columns,

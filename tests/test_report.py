@@ -11,9 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pref_core.evaluate.report import (FoldScore, RunScores, RunSummary, preview_text, render_run_report,
-                                       select_confident_errors)
-from pref_core.labels import LABEL_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.evaluate.report import (
+    FoldScore,
+    RunScores,
+    RunSummary,
+    preview_text,
+    render_run_report,
+    select_confident_errors,
+)
 
 IMG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 
@@ -21,15 +27,27 @@ IMG = re.compile(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)
 def oof_frame(probs, labels, ids=None) -> pd.DataFrame:
     probs = np.asarray(probs, dtype=float)
     ids = [str(i) for i in (ids if ids is not None else range(len(labels)))]
-    return pd.DataFrame({"id": ids, "fold": np.arange(len(labels)) % 2,
-                         **{c: probs[:, k] for k, c in enumerate(LABEL_COLUMNS)}, "label": labels})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "fold": np.arange(len(labels)) % 2,
+            **{c: probs[:, k] for k, c in enumerate(LABEL_COLUMNS)},
+            "label": labels,
+        }
+    )
 
 
 def summary(**changes) -> RunSummary:
     base = dict(
         name="tiny·label_token·lr=2e-3·3f09d8",
-        scores=RunScores(oof_log_loss=0.81234, oof_accuracy=0.6125, prior_log_loss=1.09861, n_oof=40,
-                         oof_log_loss_calibrated=0.80111, temperature=1.25),
+        scores=RunScores(
+            oof_log_loss=0.81234,
+            oof_accuracy=0.6125,
+            prior_log_loss=1.09861,
+            n_oof=40,
+            oof_log_loss_calibrated=0.80111,
+            temperature=1.25,
+        ),
         folds=(FoldScore(0, 0.79876, 0.65, 20, "cuda:0"), FoldScore(1, 0.82592, 0.575, 20, None)),
         overrides={"train.learning_rate": 0.002},
         decision="models:/arena-pref/3 is @challenger, @champion unchanged: oof_log_loss does not beat v2",
@@ -55,9 +73,14 @@ def run_oof():
 def run_texts(run_oof):
     prompts = [[f"prompt of row {i}", "second turn"] for i in range(40)]
     prompts[7] = ["<script>alert('x')</script> which & why?"]
-    return pd.DataFrame({"id": run_oof["id"], "prompt": prompts,
-                         "response_a": [["answer a " + "word " * 60] for _ in range(40)],
-                         "response_b": [[None] for _ in range(40)]})
+    return pd.DataFrame(
+        {
+            "id": run_oof["id"],
+            "prompt": prompts,
+            "response_a": [["answer a " + "word " * 60] for _ in range(40)],
+            "response_b": [[None] for _ in range(40)],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +90,8 @@ def page(run_oof, run_texts):
 
 def test_the_fold_table_and_the_scores_are_on_the_page(page):
     cells = re.findall(r'<td class="num">([^<]*)</td>', page)
-    assert ["0", "0.7988", "0.650", "20"] == cells[:4]  # fold 0: log loss, accuracy, rows (4 decimals, 3 for accuracy)
-    assert ["1", "0.8259", "0.575", "20"] == cells[4:8]
+    assert cells[:4] == ["0", "0.7988", "0.650", "20"]  # fold 0: log loss, accuracy, rows (4 decimals, 3 for accuracy)
+    assert cells[4:8] == ["1", "0.8259", "0.575", "20"]
     assert "<td>cuda:0</td>" in page and "<td>–</td>" in page  # fold 1 has no device
     for shown in ("0.8123", "0.8011", "1.0986", "0.613", "temperature 1.250"):
         assert shown in page
@@ -82,8 +105,9 @@ def test_user_text_is_escaped_and_the_page_has_no_script(run_oof, run_texts):
     probs[7] = 0.0
     probs[7, (labels[7] + 1) % 3] = 0.99  # row 7 becomes the most confidently wrong one
     probs[7, labels[7]] = 0.01
-    html = render_run_report(summary(name="<b>run</b>", overrides={"data.train_csv": "<img src=x>"}),
-                             oof_frame(probs, labels), run_texts)
+    html = render_run_report(
+        summary(name="<b>run</b>", overrides={"data.train_csv": "<img src=x>"}), oof_frame(probs, labels), run_texts
+    )
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; which &amp; why?" in html
     assert "&lt;b&gt;run&lt;/b&gt;" in html and "&lt;img src=x&gt;" in html
     assert "<script" not in html.lower() and "<b>run" not in html
@@ -151,8 +175,12 @@ def test_a_run_worse_than_the_prior_is_flagged_in_red():
 
 
 def test_the_summary_survives_json_and_reads_metrics_dicts():
-    original = summary(config={"train.learning_rate": 0.002, "data.test_csv": None}, facts={"recipe": "tiny"},
-                       warnings=("training data lacks class tie",), run_id="abc")
+    original = summary(
+        config={"train.learning_rate": 0.002, "data.test_csv": None},
+        facts={"recipe": "tiny"},
+        warnings=("training data lacks class tie",),
+        run_id="abc",
+    )
     assert RunSummary.from_dict(json.loads(json.dumps(original.to_dict()))) == original
     scores = RunScores.from_metrics({"oof_log_loss": 0.8, "oof_accuracy": 0.6, "prior_log_loss": 1.1, "n_oof": 10.0})
     assert scores == RunScores(0.8, 0.6, 1.1, 10) and scores.beats_prior

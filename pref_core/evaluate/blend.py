@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
-from pref_core.metrics import row_log_losses
+from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.evaluate.metrics import row_log_losses
 
 if TYPE_CHECKING:  # the bundle copies this module for `apply`; compare is needed only to fit
     from pref_core.evaluate.compare import PairedDifference

@@ -15,10 +15,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from pref_core.data.labels import LABEL_COLUMNS
 from pref_core.evaluate.compare import PairedDifference, paired_difference
+from pref_core.evaluate.metrics import row_log_losses
 from pref_core.evaluate.report import RunSummary, check_oof_frame, run_figures, text_lengths_or_none
-from pref_core.labels import LABEL_COLUMNS
-from pref_core.metrics import row_log_losses
 
 
 @dataclass
@@ -51,13 +51,20 @@ class OOFAlignment:
         lost = ", ".join(f"{name} {self.dropped[name]:,} of {self.rows[name]:,}" for name in self.names)
         text = f"{len(self.ids):,} rows scored by all {len(self.names)} runs; left out: {lost}"
         if self.label_conflicts:
-            text += (f"; {len(self.label_conflicts):,} common rows carry different labels in different runs "
-                     f"(e.g. id {', '.join(self.label_conflicts[:3])}): the runs were trained on different data")
+            text += (
+                f"; {len(self.label_conflicts):,} common rows carry different labels in different runs "
+                f"(e.g. id {', '.join(self.label_conflicts[:3])}): the runs were trained on different data"
+            )
         return text
 
     def to_dict(self) -> dict:
-        return {"names": list(self.names), "n_common": len(self.ids), "rows": dict(self.rows),
-                "dropped": dict(self.dropped), "label_conflicts": list(self.label_conflicts)}
+        return {
+            "names": list(self.names),
+            "n_common": len(self.ids),
+            "rows": dict(self.rows),
+            "dropped": dict(self.dropped),
+            "label_conflicts": list(self.label_conflicts),
+        }
 
 
 def align_oof(frames: Mapping[str, pd.DataFrame]) -> OOFAlignment:
@@ -75,17 +82,22 @@ def align_oof(frames: Mapping[str, pd.DataFrame]) -> OOFAlignment:
         ids = frame["id"].astype(str)
         repeated = ids[ids.duplicated()].unique().tolist()
         if repeated:
-            raise ValueError(f"run {name!r}: the OOF table holds {len(repeated)} repeated ids (e.g. {repeated[:3]}); "
-                             "an OOF table scores each row once")
+            raise ValueError(
+                f"run {name!r}: the OOF table holds {len(repeated)} repeated ids (e.g. {repeated[:3]}); "
+                "an OOF table scores each row once"
+            )
         indexed[name] = frame.assign(id=ids).set_index("id")
     common = sorted(set.intersection(*(set(f.index) for f in indexed.values())))
-    labels = pd.DataFrame({name: f.loc[common, "label"].astype(int).to_numpy() for name, f in indexed.items()},
-                          index=pd.Index(common, dtype=object))
+    labels = pd.DataFrame(
+        {name: f.loc[common, "label"].astype(int).to_numpy() for name, f in indexed.items()},
+        index=pd.Index(common, dtype=object),
+    )
     agree = labels.nunique(axis=1) == 1
     conflicts = tuple(labels.index[~agree])
     kept = labels.index[agree].tolist()
     return OOFAlignment(
-        names=tuple(frames), ids=tuple(kept),
+        names=tuple(frames),
+        ids=tuple(kept),
         labels=labels.loc[kept].iloc[:, 0].to_numpy(dtype=np.int64) if kept else np.zeros(0, dtype=np.int64),
         probs={name: f.loc[kept, list(LABEL_COLUMNS)].to_numpy(dtype=np.float64) for name, f in indexed.items()},
         rows={name: len(f) for name, f in indexed.items()},
@@ -110,17 +122,24 @@ class PairedComparison:
         d = self.difference
         interval = f"{d.level:.0%} interval {d.low:+.4f} .. {d.high:+.4f}"
         if d.high < 0:
-            return (f"{self.other} is better than {self.reference}: lower log loss by {-d.mean:.4f} "
-                    f"({interval}, all below 0)")
+            return (
+                f"{self.other} is better than {self.reference}: lower log loss by {-d.mean:.4f} "
+                f"({interval}, all below 0)"
+            )
         if d.low > 0:
-            return (f"{self.other} is worse than {self.reference}: higher log loss by {d.mean:.4f} "
-                    f"({interval}, all above 0)")
+            return (
+                f"{self.other} is worse than {self.reference}: higher log loss by {d.mean:.4f} "
+                f"({interval}, all above 0)"
+            )
         return f"no clear difference between {self.other} and {self.reference}: the {interval} contains 0"
 
     def short_verdict(self) -> str:
         """'better: the whole interval is below 0', 'worse: ...above 0' or 'unclear: the interval contains 0'."""
-        return {"better": "better: the whole interval is below 0", "worse": "worse: the whole interval is above 0",
-                "unclear": "unclear: the interval contains 0"}[self.outcome]
+        return {
+            "better": "better: the whole interval is below 0",
+            "worse": "worse: the whole interval is above 0",
+            "unclear": "unclear: the interval contains 0",
+        }[self.outcome]
 
     @property
     def outcome(self) -> str:
@@ -131,18 +150,25 @@ class PairedComparison:
         return {**asdict(self), "verdict": self.verdict(), "outcome": self.outcome}
 
 
-def compare_runs(alignment: OOFAlignment, n_boot: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> list[PairedComparison]:
+def compare_runs(
+    alignment: OOFAlignment, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> list[PairedComparison]:
     """Every run after the first against the first (the reference), paired on the aligned rows."""
     if not alignment.ids:
-        raise ValueError("the runs have no OOF row in common (with one label): a paired comparison needs rows all "
-                         "runs scored; compare runs trained on the same data and folds")
+        raise ValueError(
+            "the runs have no OOF row in common (with one label): a paired comparison needs rows all "
+            "runs scored; compare runs trained on the same data and folds"
+        )
     reference = alignment.names[0]
     losses = {name: row_log_losses(alignment.labels, alignment.probs[name]) for name in alignment.names}  # (n,) each
     return [
-        PairedComparison(reference=reference, other=name, reference_log_loss=float(losses[reference].mean()),
-                         other_log_loss=float(losses[name].mean()),
-                         difference=paired_difference(losses[reference], losses[name], n_boot, level, seed))
+        PairedComparison(
+            reference=reference,
+            other=name,
+            reference_log_loss=float(losses[reference].mean()),
+            other_log_loss=float(losses[name].mean()),
+            difference=paired_difference(losses[reference], losses[name], n_boot, level, seed),
+        )
         for name in alignment.names[1:]
     ]
 
@@ -275,8 +301,15 @@ bootstrap resamples of the rows give the interval of the mean difference.</p>
 _FIGURES = ("folds", "reliability", "calibration", "confusion", "length")
 
 
-def render_comparison(runs: Sequence[RunResult], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                      ignore: Iterable[str] = (), footer: str = "arena-pref run comparison") -> str:
+def render_comparison(
+    runs: Sequence[RunResult],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    ignore: Iterable[str] = (),
+    footer: str = "arena-pref run comparison",
+) -> str:
     """The comparison page of `runs` (the first is the reference) as one HTML string.
 
     `ignore`: config keys or sections left out of the differences (e.g. the result-neutral fields)."""
@@ -296,13 +329,23 @@ def render_comparison(runs: Sequence[RunResult], *, n_boot: int = 2000, level: f
     ignored = list(ignore)
     differences = diff_configs({name: r.summary.config for name, r in zip(names, runs)}, ignored)
     per_run = [{f["key"]: f for f in run_figures(r.summary, r.oof, text_lengths_or_none(r.oof, r.texts))} for r in runs]
-    figure_rows = [[figures.get(key) for figures in per_run] for key in _FIGURES
-                   if any(key in figures for figures in per_run)]
+    figure_rows = [
+        [figures.get(key) for figures in per_run] for key in _FIGURES if any(key in figures for figures in per_run)
+    ]
     best = min(zip(names, runs), key=lambda item: item[1].summary.scores.oof_log_loss)[0]
     template = make_environment({"comparison.html": COMPARISON_TEMPLATE}).get_template("comparison.html")
     return template.render(
-        names=names, runs=[(name, r.summary) for name, r in zip(names, runs)], best=best, alignment=alignment,
+        names=names,
+        runs=[(name, r.summary) for name, r in zip(names, runs)],
+        best=best,
+        alignment=alignment,
         reference_loss=runs[0].summary.scores.oof_log_loss,
-        pairs=pairs, no_pairs_reason=no_pairs_reason, level=f"{level:.0%}", n_boot=n_boot, differences=differences,
-        ignored=ignored, figure_rows=figure_rows, footer=footer,
+        pairs=pairs,
+        no_pairs_reason=no_pairs_reason,
+        level=f"{level:.0%}",
+        n_boot=n_boot,
+        differences=differences,
+        ignored=ignored,
+        figure_rows=figure_rows,
+        footer=footer,
     )

@@ -118,7 +118,7 @@ def make_environment(templates: Mapping[str, str]):
 
 
 def figure_to_data_uri(fig, dpi: int = 110) -> str:
-    """`data:image/png;base64,...` of a matplotlib figure (pref_core.plots builds them on the Agg canvas)."""
+    """`data:image/png;base64,...` of a matplotlib figure (pref_core.evaluate.plots builds them on the Agg canvas)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

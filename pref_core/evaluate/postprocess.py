@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES
-from pref_core.metrics import row_log_losses
+from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.evaluate.metrics import row_log_losses
 
 ROW_KINDS: tuple[str, ...] = ("both_empty", "a_empty", "b_empty", "identical", "near_identical")
 NO_KIND = ""

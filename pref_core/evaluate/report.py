@@ -1,7 +1,7 @@
 """The report page of one CV run: one self-contained HTML file a Kaggler reads at a glance.
 
 Scores first (OOF log loss, calibrated OOF, class prior, accuracy, the gain over the prior), then the fold
-table, the diagnostic plots of pref_core.plots (embedded PNG), the config overrides, the registry decision in
+table, the diagnostic plots of pref_core.evaluate.plots (embedded PNG), the config overrides, the registry decision in
 words, and the 20 most confidently wrong OOF rows with the start of their texts.
 
 Inputs are plain data: a RunSummary (scores, folds, overrides, decision; JSON via to_dict/from_dict), the OOF
@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from pref_core.labels import LABEL_COLUMNS, TURN_COLUMNS
-from pref_core.metrics import row_log_losses
+from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
+from pref_core.evaluate.metrics import row_log_losses
 
 # "winner_model_a" -> "a", "winner_tie" -> "tie": the short class names, derived from the one definition.
 CLASS_NAMES: tuple[str, ...] = tuple(name.rsplit("_", 1)[-1] for name in LABEL_COLUMNS)
@@ -53,12 +53,19 @@ class RunScores:
         required = ("oof_log_loss", "oof_accuracy", "prior_log_loss", "n_oof")
         missing = [k for k in required if k not in metrics]
         if missing:
-            raise ValueError(f"run scores need the metrics {list(required)}; missing {missing} "
-                             "(is this a finished cv-training run?)")
-        optional = {k: float(metrics[k]) for k in ("oof_log_loss_calibrated", "temperature")
-                    if metrics.get(k) is not None}
-        return cls(oof_log_loss=float(metrics["oof_log_loss"]), oof_accuracy=float(metrics["oof_accuracy"]),
-                   prior_log_loss=float(metrics["prior_log_loss"]), n_oof=int(metrics["n_oof"]), **optional)
+            raise ValueError(
+                f"run scores need the metrics {list(required)}; missing {missing} (is this a finished cv-training run?)"
+            )
+        optional = {
+            k: float(metrics[k]) for k in ("oof_log_loss_calibrated", "temperature") if metrics.get(k) is not None
+        }
+        return cls(
+            oof_log_loss=float(metrics["oof_log_loss"]),
+            oof_accuracy=float(metrics["oof_accuracy"]),
+            prior_log_loss=float(metrics["prior_log_loss"]),
+            n_oof=int(metrics["n_oof"]),
+            **optional,
+        )
 
     @property
     def gain_over_prior(self) -> float:
@@ -107,9 +114,12 @@ class RunSummary:
         """The given warnings, plus one when the OOF log loss does not beat the class prior."""
         found = list(self.warnings)
         if not self.scores.beats_prior:
-            found.insert(0, f"OOF log loss {self.scores.oof_log_loss:.4f} does not beat the class prior "
-                            f"{self.scores.prior_log_loss:.4f}: the model learned nothing the class shares do not "
-                            "already say (too few rows or steps, a learning rate far off, or broken labels).")
+            found.insert(
+                0,
+                f"OOF log loss {self.scores.oof_log_loss:.4f} does not beat the class prior "
+                f"{self.scores.prior_log_loss:.4f}: the model learned nothing the class shares do not "
+                "already say (too few rows or steps, a learning rate far off, or broken labels).",
+            )
         return found
 
 
@@ -117,8 +127,10 @@ def check_oof_frame(oof: pd.DataFrame) -> None:
     """Raise ValueError naming the missing columns unless `oof` has id, label and the three probability columns."""
     missing = [c for c in ("id", *LABEL_COLUMNS, "label") if c not in oof.columns]
     if missing:
-        raise ValueError(f"the OOF table lacks column(s) {missing}; expected id, {', '.join(LABEL_COLUMNS)}, label "
-                         "(pref_core.oof.OOF_COLUMNS)")
+        raise ValueError(
+            f"the OOF table lacks column(s) {missing}; expected id, {', '.join(LABEL_COLUMNS)}, label "
+            "(pref_core.oof.OOF_COLUMNS)"
+        )
 
 
 def select_confident_errors(oof: pd.DataFrame, n: int = 20) -> pd.DataFrame:
@@ -135,15 +147,17 @@ def select_confident_errors(oof: pd.DataFrame, n: int = 20) -> pd.DataFrame:
     probs = oof[list(LABEL_COLUMNS)].to_numpy(dtype=np.float64)  # (rows, 3)
     labels = oof["label"].to_numpy()
     predicted = probs.argmax(axis=1)
-    table = pd.DataFrame({
-        "id": oof["id"].astype(str).to_numpy(),
-        "label": labels.astype(int),
-        "predicted": predicted,
-        "confidence": probs.max(axis=1),
-        "p_true": probs[np.arange(len(labels)), labels.astype(int)],
-        "row_log_loss": row_log_losses(labels.astype(int), probs),
-        **{c: probs[:, k] for k, c in enumerate(LABEL_COLUMNS)},
-    })
+    table = pd.DataFrame(
+        {
+            "id": oof["id"].astype(str).to_numpy(),
+            "label": labels.astype(int),
+            "predicted": predicted,
+            "confidence": probs.max(axis=1),
+            "p_true": probs[np.arange(len(labels)), labels.astype(int)],
+            "row_log_loss": row_log_losses(labels.astype(int), probs),
+            **{c: probs[:, k] for k, c in enumerate(LABEL_COLUMNS)},
+        }
+    )
     wrong = table[table["predicted"] != table["label"]]
     ordered = wrong.sort_values(["confidence", "row_log_loss", "id"], ascending=[False, False, True], kind="mergesort")
     return ordered.head(n).reset_index(drop=True)
@@ -170,17 +184,22 @@ def error_rows(oof: pd.DataFrame, texts: Optional[pd.DataFrame], n: int = 20, n_
     rows = []
     for row in chosen.itertuples(index=False):
         record = {
-            "id": row.id, "label": CLASS_NAMES[row.label], "predicted": CLASS_NAMES[row.predicted],
+            "id": row.id,
+            "label": CLASS_NAMES[row.label],
+            "predicted": CLASS_NAMES[row.predicted],
             # (probability, css class): the true class green, the predicted one red.
-            "prob_cells": [(getattr(row, c), "p-true" if k == row.label else "p-pred" if k == row.predicted else "")
-                           for k, c in enumerate(LABEL_COLUMNS)],
+            "prob_cells": [
+                (getattr(row, c), "p-true" if k == row.label else "p-pred" if k == row.predicted else "")
+                for k, c in enumerate(LABEL_COLUMNS)
+            ],
             "confidence": row.confidence,
             "row_log_loss": row.row_log_loss,
         }
         if by_id is not None:
             found = row.id in by_id.index
-            record["texts"] = [preview_text(by_id.at[row.id, c], n_chars) if found else "(text not available)"
-                               for c in TURN_COLUMNS]
+            record["texts"] = [
+                preview_text(by_id.at[row.id, c], n_chars) if found else "(text not available)" for c in TURN_COLUMNS
+            ]
         rows.append(record)
     return rows
 
@@ -190,7 +209,7 @@ def text_lengths_or_none(oof: pd.DataFrame, texts: Optional[pd.DataFrame]) -> Op
     or when some OOF id has no text (the length plot is then left out, and the page says so)."""
     if texts is None:
         return None
-    from pref_core.oof import text_lengths
+    from pref_core.evaluate.oof import text_lengths
 
     try:
         return text_lengths(texts, oof["id"])
@@ -198,29 +217,41 @@ def text_lengths_or_none(oof: pd.DataFrame, texts: Optional[pd.DataFrame]) -> Op
         return None
 
 
-def run_figures(summary: RunSummary, oof: pd.DataFrame, lengths: Optional[np.ndarray],
-                which: Sequence[str] = ("folds", "reliability", "calibration", "confusion", "length")) -> list[dict]:
-    """The run's plots (pref_core.plots) as [{key, caption, src}] with base64 PNG sources, in `which` order;
+def run_figures(
+    summary: RunSummary,
+    oof: pd.DataFrame,
+    lengths: Optional[np.ndarray],
+    which: Sequence[str] = ("folds", "reliability", "calibration", "confusion", "length"),
+) -> list[dict]:
+    """The run's plots (pref_core.evaluate.plots) as [{key, caption, src}] with base64 PNG sources, in `which` order;
     'length' is left out without lengths."""
-    from pref_core import plots
-    from pref_core.calibration import apply_temperature, fit_temperature
+    from pref_core.evaluate import plots
+    from pref_core.evaluate.calibration import apply_temperature, fit_temperature
     from pref_core.evaluate.page import figure_to_data_uri
 
     labels = oof["label"].to_numpy().astype(int)
     probs = oof[list(LABEL_COLUMNS)].to_numpy(dtype=np.float64)  # (rows, 3)
     scores = summary.scores
     builders = {
-        "folds": ("Validation log loss per fold, against the OOF and the class prior",
-                  lambda: plots.plot_fold_log_loss({f.fold: f.log_loss for f in summary.folds}, scores.oof_log_loss,
-                                                   scores.prior_log_loss)),
-        "reliability": ("Reliability per class: points on the diagonal are calibrated",
-                        lambda: plots.plot_reliability(labels, probs)),
-        "calibration": ("Top-class calibration before and after temperature scaling",
-                        lambda: _calibration_figure(plots, labels, probs, scores.temperature, fit_temperature,
-                                                    apply_temperature)),
+        "folds": (
+            "Validation log loss per fold, against the OOF and the class prior",
+            lambda: plots.plot_fold_log_loss(
+                {f.fold: f.log_loss for f in summary.folds}, scores.oof_log_loss, scores.prior_log_loss
+            ),
+        ),
+        "reliability": (
+            "Reliability per class: points on the diagonal are calibrated",
+            lambda: plots.plot_reliability(labels, probs),
+        ),
+        "calibration": (
+            "Top-class calibration before and after temperature scaling",
+            lambda: _calibration_figure(plots, labels, probs, scores.temperature, fit_temperature, apply_temperature),
+        ),
         "confusion": ("Confusion matrix of the most probable class", lambda: plots.plot_confusion(labels, probs)),
-        "length": ("OOF log loss by prompt + responses length: long rows lose most to truncation",
-                   lambda: plots.plot_log_loss_by_length(labels, probs, lengths, scores.oof_log_loss)),
+        "length": (
+            "OOF log loss by prompt + responses length: long rows lose most to truncation",
+            lambda: plots.plot_log_loss_by_length(labels, probs, lengths, scores.oof_log_loss),
+        ),
     }
     figures = []
     for key in which:
@@ -315,8 +346,15 @@ RUN_TEMPLATE = """{% extends "base.html" %}
 """
 
 
-def render_run_report(summary: RunSummary, oof: pd.DataFrame, texts: Optional[pd.DataFrame] = None, *,
-                      n_errors: int = 20, n_chars: int = 160, footer: str = "arena-pref run report") -> str:
+def render_run_report(
+    summary: RunSummary,
+    oof: pd.DataFrame,
+    texts: Optional[pd.DataFrame] = None,
+    *,
+    n_errors: int = 20,
+    n_chars: int = 160,
+    footer: str = "arena-pref run report",
+) -> str:
     """The run's page as one HTML string (write it with encoding='utf-8').
 
     `oof`: the run's OOF table (id, label and the three probability columns; fold optional). `texts`: the
@@ -328,12 +366,20 @@ def render_run_report(summary: RunSummary, oof: pd.DataFrame, texts: Optional[pd
     lengths = text_lengths_or_none(oof, texts)
     no_length_reason = ""
     if lengths is None:
-        no_length_reason = ("Log loss by length left out: " + ("no texts were given." if texts is None
-                                                                else "some OOF ids have no text."))
+        no_length_reason = "Log loss by length left out: " + (
+            "no texts were given." if texts is None else "some OOF ids have no text."
+        )
     template = make_environment({"run.html": RUN_TEMPLATE}).get_template("run.html")
     return template.render(
-        s=summary, warnings=summary.all_warnings(), figures=run_figures(summary, oof, lengths),
-        errors=error_rows(oof, texts, n_errors, n_chars), show_texts=texts is not None, n_chars=n_chars,
-        separator=TURN_SEPARATOR.strip(), class_names=CLASS_NAMES, no_length_reason=no_length_reason, footer=footer,
+        s=summary,
+        warnings=summary.all_warnings(),
+        figures=run_figures(summary, oof, lengths),
+        errors=error_rows(oof, texts, n_errors, n_chars),
+        show_texts=texts is not None,
+        n_chars=n_chars,
+        separator=TURN_SEPARATOR.strip(),
+        class_names=CLASS_NAMES,
+        no_length_reason=no_length_reason,
+        footer=footer,
         gain_percent=100 * summary.scores.gain_over_prior / summary.scores.prior_log_loss,
     )

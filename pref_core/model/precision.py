@@ -41,8 +41,11 @@ def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return states
     batch, kv_heads, seq, head_dim = states.shape
-    return states[:, :, None].expand(batch, kv_heads, groups, seq, head_dim).reshape(batch, kv_heads * groups, seq,
-                                                                                    head_dim)
+    return (
+        states[:, :, None]
+        .expand(batch, kv_heads, groups, seq, head_dim)
+        .reshape(batch, kv_heads * groups, seq, head_dim)
+    )
 
 
 def softcap_attention(
@@ -132,12 +135,15 @@ def check_finite_probabilities(probs: np.ndarray, row_ids: Sequence, dtype: str 
     kind = "NaN" if np.isnan(probs[first]).any() else "infinite"
     more = f" (and {bad.size - 1} more of {len(probs)} rows)" if bad.size > 1 else f" (1 of {len(probs)} rows)"
     if dtype == "fp16":
-        fix = ("float16 overflowed inside the model: rerun with --dtype bf16 (emulated on a T4: slower) or "
-               "--dtype fp32 (CPU, or a GPU with the memory)")
+        fix = (
+            "float16 overflowed inside the model: rerun with --dtype bf16 (emulated on a T4: slower) or "
+            "--dtype fp32 (CPU, or a GPU with the memory)"
+        )
     else:
         fix = f"this is not a float16 overflow (dtype {dtype}): check the adapters and the base model for NaN weights"
-    raise NonFiniteProbabilityError(f"row id {row_ids[first]}{more}: predicted probabilities are {kind} under "
-                                    f"dtype {dtype}; {fix}")
+    raise NonFiniteProbabilityError(
+        f"row id {row_ids[first]}{more}: predicted probabilities are {kind} under dtype {dtype}; {fix}"
+    )
 
 
 def locate_nonfinite(model: nn.Module, **inputs) -> Optional[str]:
@@ -151,8 +157,11 @@ def locate_nonfinite(model: nn.Module, **inputs) -> Optional[str]:
         if not found and torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
             found.append(name)
 
-    handles = [m.register_forward_hook(lambda mod, a, out, name=name: hook(mod, a, out, name))
-               for name, m in model.named_modules() if name]
+    handles = [
+        m.register_forward_hook(lambda mod, a, out, name=name: hook(mod, a, out, name))
+        for name, m in model.named_modules()
+        if name
+    ]
     try:
         with torch.inference_mode():
             model(**inputs)

@@ -64,10 +64,17 @@ class BatchPlan:
 
     def to_dict(self) -> dict:
         """A summary to log (not the row indices): budget, batches, rows, padded tokens, the first batch's shape."""
-        return {"max_batch_tokens": self.max_batch_tokens, "batch_tokens": self.batch_tokens,
-                "batches": len(self.batches), "rows": self.n_rows, "padded_tokens": int(sum(self.padded_tokens())),
-                "first_batch": {"rows": len(self.batches[0]) if self.batches else 0,
-                                "width": self.widths[0] if self.widths else 0}}
+        return {
+            "max_batch_tokens": self.max_batch_tokens,
+            "batch_tokens": self.batch_tokens,
+            "batches": len(self.batches),
+            "rows": self.n_rows,
+            "padded_tokens": int(sum(self.padded_tokens())),
+            "first_batch": {
+                "rows": len(self.batches[0]) if self.batches else 0,
+                "width": self.widths[0] if self.widths else 0,
+            },
+        }
 
 
 def padded_width(length: int, pad_to_multiple_of: Optional[int] = None) -> int:
@@ -107,7 +114,8 @@ def plan_token_batches(
         raise ValueError(
             f"max_batch_tokens={max_batch_tokens} is smaller than the longest row (row {int(order[0])}: "
             f"{int(lengths[order[0]])} tokens, padded to {widest}); raise max_batch_tokens to at least {widest} "
-            "or lower max_length")
+            "or lower max_length"
+        )
     first_rows = max_batch_tokens // widest if max_rows is None else min(max_rows, max_batch_tokens // widest)
     batch_tokens = first_rows * widest  # every batch keeps to the first batch's size: the first is the peak
     batches: list[np.ndarray] = []
@@ -124,9 +132,8 @@ def plan_token_batches(
     return BatchPlan(tuple(batches), tuple(widths), int(max_batch_tokens), int(batch_tokens))
 
 
-def plan_fixed_batches(lengths: Sequence[int], batch_size: int,
-                       pad_to_multiple_of: Optional[int] = None) -> BatchPlan:
-    """Today's prediction batches as a plan: `batch_size` rows each, longest first (pref_core.inference's order).
+def plan_fixed_batches(lengths: Sequence[int], batch_size: int, pad_to_multiple_of: Optional[int] = None) -> BatchPlan:
+    """Today's prediction batches as a plan: `batch_size` rows each, longest first (predict.inference's order).
 
     For comparing the two (bench/, tests); `max_batch_tokens` and `batch_tokens` hold the largest batch's size.
     """

@@ -70,8 +70,13 @@ def format_duration(seconds: float) -> str:
 # -- pricing and projection ------------------------------------------------------------------------------------------
 
 
-def attention_width_scale(hidden_size: int, intermediate_size: int, num_attention_heads: int,
-                          num_key_value_heads: Optional[int] = None, head_dim: Optional[int] = None) -> float:
+def attention_width_scale(
+    hidden_size: int,
+    intermediate_size: int,
+    num_attention_heads: int,
+    num_key_value_heads: Optional[int] = None,
+    head_dim: Optional[int] = None,
+) -> float:
     """The width (tokens) at which a token's attention costs as many FLOPs as its projections and MLP.
 
     Per token and layer: projections and MLP 2 x (hidden x q + 2 x hidden x kv + q x hidden + 3 x hidden x
@@ -106,16 +111,19 @@ class Projection:
         return max(0.0, self.total_s - self.elapsed_s)
 
     def in_words(self) -> str:
-        return (f"projected {format_duration(self.total_s)} for the whole file from {self.measured_batches} "
-                f"batch(es) in {format_duration(self.elapsed_s)} ({format_duration(self.by_tokens_s)} by tokens "
-                "alone, which over-prices the shorter rows still to come)")
+        return (
+            f"projected {format_duration(self.total_s)} for the whole file from {self.measured_batches} "
+            f"batch(es) in {format_duration(self.elapsed_s)} ({format_duration(self.by_tokens_s)} by tokens "
+            "alone, which over-prices the shorter rows still to come)"
+        )
 
     def to_dict(self) -> dict:
         return {**asdict(self), "remaining_s": self.remaining_s}
 
 
-def project_time(shapes: Sequence[tuple[int, int]], seconds: Sequence[float], width_scale: float = math.inf,
-                 skip_first: bool = True) -> Projection:
+def project_time(
+    shapes: Sequence[tuple[int, int]], seconds: Sequence[float], width_scale: float = math.inf, skip_first: bool = True
+) -> Projection:
     """Project the whole run from the first len(`seconds`) batches of `shapes` (every batch's (rows, width), in run
     order: BatchPlan.shapes(), one plan after another when a device runs both views).
 
@@ -153,9 +161,17 @@ class Setting:
         return f"TTA {'on' if self.tta_swap else 'off'}, max_length {self.max_length}"
 
 
-def remaining_seconds(setting: Setting, lengths: Sequence[int], seconds_per_unit: float, max_batch_tokens: int, *,
-                      max_rows: Optional[int] = None, width_scale: float = math.inf, n_devices: int = 1,
-                      pad_to_multiple_of: Optional[int] = None) -> float:
+def remaining_seconds(
+    setting: Setting,
+    lengths: Sequence[int],
+    seconds_per_unit: float,
+    max_batch_tokens: int,
+    *,
+    max_rows: Optional[int] = None,
+    width_scale: float = math.inf,
+    n_devices: int = 1,
+    pad_to_multiple_of: Optional[int] = None,
+) -> float:
     """Seconds to predict the rows of token `lengths` (those not predicted yet) under `setting`, at a measured rate.
 
     A shorter max_length is priced as min(length, max_length) per row: an upper bound, since the seed truncation may
@@ -202,8 +218,10 @@ def candidate_settings(current: Setting, floor_max_length: int, length_step: int
     floor (TTA off). Example: (TTA on, 2048), floor 1920, step 64 -> (on, 2048), (off, 2048), (off, 1984), (off, 1920).
     """
     if floor_max_length > current.max_length:
-        raise ValueError(f"the max_length floor {floor_max_length} is above max_length {current.max_length}; "
-                         "lower the floor or raise max_length")
+        raise ValueError(
+            f"the max_length floor {floor_max_length} is above max_length {current.max_length}; "
+            "lower the floor or raise max_length"
+        )
     if length_step < 1:
         raise ValueError(f"length_step={length_step}: must be at least 1")
     out = [current]
@@ -218,9 +236,17 @@ def candidate_settings(current: Setting, floor_max_length: int, length_step: int
     return out
 
 
-def decide_settings(current: Setting, seconds_at: Callable[[Setting], float], limit_s: float, elapsed_s: float,
-                    floor_max_length: int, *, length_step: int = 64, reserve_s: float = 600.0,
-                    margin: float = 0.10) -> BudgetDecision:
+def decide_settings(
+    current: Setting,
+    seconds_at: Callable[[Setting], float],
+    limit_s: float,
+    elapsed_s: float,
+    floor_max_length: int,
+    *,
+    length_step: int = 64,
+    reserve_s: float = 600.0,
+    margin: float = 0.10,
+) -> BudgetDecision:
     """The first of `candidate_settings` whose projected seconds (`seconds_at(setting)`, e.g. `remaining_seconds`
     with the measured rate) fit: projected x (1 + margin) <= limit - elapsed - reserve.
 
@@ -229,11 +255,15 @@ def decide_settings(current: Setting, seconds_at: Callable[[Setting], float], li
     rows the class prior, so a complete submission is written before the limit.
     """
     if limit_s <= 0 or elapsed_s < 0 or reserve_s < 0 or margin < 0:
-        raise ValueError(f"limit_s must be > 0 and elapsed_s, reserve_s, margin >= 0; got limit_s={limit_s}, "
-                         f"elapsed_s={elapsed_s}, reserve_s={reserve_s}, margin={margin}")
+        raise ValueError(
+            f"limit_s must be > 0 and elapsed_s, reserve_s, margin >= 0; got limit_s={limit_s}, "
+            f"elapsed_s={elapsed_s}, reserve_s={reserve_s}, margin={margin}"
+        )
     available = limit_s - elapsed_s - reserve_s
-    room = (f"the {format_duration(max(available, 0.0))} left of the {format_duration(limit_s)} limit "
-            f"({format_duration(elapsed_s)} elapsed, {format_duration(reserve_s)} reserve, {margin:.0%} margin)")
+    room = (
+        f"the {format_duration(max(available, 0.0))} left of the {format_duration(limit_s)} limit "
+        f"({format_duration(elapsed_s)} elapsed, {format_duration(reserve_s)} reserve, {margin:.0%} margin)"
+    )
     results = []  # (setting, projected seconds, fits) of each setting tried, in order
     for setting in candidate_settings(current, floor_max_length, length_step):
         projected = float(seconds_at(setting))
@@ -242,16 +272,31 @@ def decide_settings(current: Setting, seconds_at: Callable[[Setting], float], li
             break
     setting, projected, fits = results[-1]
     first = results[0]
-    words = [f"projected {format_duration(first[1])} at {current.in_words()} {'fits' if first[2] else 'exceeds'} "
-             f"{room}"]
+    words = [
+        f"projected {format_duration(first[1])} at {current.in_words()} {'fits' if first[2] else 'exceeds'} {room}"
+    ]
     shown = [r for r in results[1:] if r[0].max_length == current.max_length or r is results[-1]]
     for tried, seconds, ok in shown:
         floor = " (the floor)" if not ok and tried.max_length == floor_max_length else ""
         words.append(f"{tried.in_words()}{floor}: {format_duration(seconds)}{' fits' if ok else ''}")
     if not fits:
         words.append("nothing fits: the rows still unpredicted when time runs out get the class prior")
-    lowered = tuple(name for name, changed in (("tta_swap", setting.tta_swap != current.tta_swap),
-                                               ("max_length", setting.max_length != current.max_length)) if changed)
-    return BudgetDecision(fits=fits, tta_swap=setting.tta_swap, max_length=setting.max_length, projected_s=projected,
-                          available_s=available, limit_s=limit_s, elapsed_s=elapsed_s, lowered=lowered,
-                          reason="; ".join(words))
+    lowered = tuple(
+        name
+        for name, changed in (
+            ("tta_swap", setting.tta_swap != current.tta_swap),
+            ("max_length", setting.max_length != current.max_length),
+        )
+        if changed
+    )
+    return BudgetDecision(
+        fits=fits,
+        tta_swap=setting.tta_swap,
+        max_length=setting.max_length,
+        projected_s=projected,
+        available_s=available,
+        limit_s=limit_s,
+        elapsed_s=elapsed_s,
+        lowered=lowered,
+        reason="; ".join(words),
+    )

@@ -25,8 +25,8 @@ from collections.abc import Collection, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from pref_core.folds import prompt_group_key
-from pref_core.labels import LABEL_COLUMNS, NUM_CLASSES, TURN_COLUMNS
+from pref_core.data.folds import prompt_group_key
+from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES, TURN_COLUMNS
 
 PSEUDO_COLUMNS: tuple[str, ...] = ("id", "teacher_fold", *LABEL_COLUMNS)
 CACHE_KEY_FORMAT = 1
