@@ -13,8 +13,9 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from arena_pref import environment
+from arena_pref import environment, interruption
 from arena_pref.commands.options import HelpFormatter
+from arena_pref.interruption import RunStopped
 from pref_core.errors import UserError
 
 # The command groups in help order: arena_pref.commands.<name>, whose register(sub) adds its subcommands.
@@ -60,9 +61,13 @@ def apply_environment(args: argparse.Namespace) -> dict[str, str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a stopped run prints as its resume command
     apply_environment(args)
     try:
         return int(args.func(args) or 0)
+    except RunStopped as err:  # Ctrl-C during train or demo: one line, what stopped and how to resume
+        print(str(err), file=sys.stderr)
+        return interruption.EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 from prefect import flow
@@ -11,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, training
+from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, stopping, training
 from pref_core.config.schema import RunConfig
 from pref_core.train.devices import DeviceSlots, plan_device_slots
 
@@ -51,6 +52,8 @@ def cv_training(
             "train.num_epochs": num_epochs,
         },
     )
+    stopping.reset()  # what this run creates, for a Ctrl-C to stop (arena_pref.tasks.stopping)
+    stopping.record_flow_run(flow_run.get_id())
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
@@ -61,8 +64,9 @@ def cv_training(
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
         artifacts.publish_summary(config, parent_run_id, fold_run_ids, oof, registered, submission)
-    except BaseException:
-        runs.close_run(config, parent_run_id, "FAILED")
+    except BaseException as err:
+        # Ctrl-C: KILLED (arena_pref.interruption ends the folds' runs and the flow runs the same way)
+        runs.close_run(config, parent_run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     runs.close_run(config, parent_run_id, "FINISHED")
     return runs.CVTrainingResult(
@@ -94,7 +98,7 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
     # subprocess: cv.max_parallel fold processes at once, one device slot each; a fold starts when a
     # worker (and so a device) frees up.
     slots = DeviceSlots(plan_device_slots(config.cv.max_parallel, config.train.num_processes))
-    with ThreadPoolTaskRunner(max_workers=len(slots)) as runner:
+    with ThreadPoolTaskRunner(max_workers=len(slots)) as runner, _fold_processes_stopped_on_interrupt():
         futures = [
             runner.submit(
                 fold_launcher.run_fold_in_subprocess,
@@ -111,6 +115,17 @@ def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, forc
             for k, run_id in fold_run_ids.items()
         ]
         _wait(futures, progress)
+
+
+@contextlib.contextmanager
+def _fold_processes_stopped_on_interrupt():
+    """On Ctrl-C, end the fold processes before the task runner waits for its threads (each waits for its process)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        stopping.request_stop()
+        stopping.terminate_fold_processes()
+        raise
 
 
 def _wait(futures, progress) -> None:

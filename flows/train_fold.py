@@ -6,6 +6,7 @@
 from prefect import flow
 
 from arena_pref.flows.preparation import prepare_inputs
+from arena_pref.tasks.stopping import leave_terminal_group
 from arena_pref.tasks.training import fit_fold
 from pref_core.config.schema import RunConfig
 from pref_core.train.result import FoldResult
@@ -14,6 +15,7 @@ from pref_core.train.result import FoldResult
 @flow(name="train-fold", log_prints=True)
 def train_fold(config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool = False) -> FoldResult:
     """Prepare inputs (cache hits where they exist), then train fold `fold`, logging into `mlflow_run_id`."""
+    leave_terminal_group()  # started by cv-training: its Ctrl-C stops this process, not the terminal's
     prepared = prepare_inputs(config)
     if prepared.train_hash != train_hash:
         raise ValueError(

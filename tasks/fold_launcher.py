@@ -18,7 +18,7 @@ from prefect.flow_engine import run_flow_in_subprocess
 from prefect.settings import get_current_settings
 from prefect.states import Failed
 
-from arena_pref.tasks import tracking
+from arena_pref.tasks import stopping, tracking
 from arena_pref.tasks.preparation import TASK_DEFAULTS
 from arena_pref.tasks.training import FoldFailedError, recorded_fold_error
 from pref_core.config.schema import RunConfig
@@ -54,6 +54,8 @@ def _prefect_child_env() -> dict[str, str]:
 
 def _retry_killed_fold(task, task_run, state) -> bool:
     """Retry a fold whose process was killed (OOM killer, preemption, SIGKILL): it resumes from its checkpoint."""
+    if stopping.stop_requested():  # the user's Ctrl-C killed it: the rerun resumes, not a retry now
+        return False
     try:
         state.result()
     except FoldProcessKilledError:
@@ -80,9 +82,11 @@ def run_fold_in_subprocess(
 
     With `slots` (cv.max_parallel), the process gets a free device slot of its own for as long as it runs.
     """
+    stopping.raise_if_stopping(f"fold {fold}")
     if slots is None:
         return _run_fold_process(fold_flow, config, fold, mlflow_run_id, train_hash, force, slot=None)
     with slots.take() as slot:
+        stopping.raise_if_stopping(f"fold {fold}")
         return _run_fold_process(fold_flow, config, fold, mlflow_run_id, train_hash, force, slot=slot)
 
 
@@ -97,7 +101,9 @@ def _run_fold_process(
     with get_prefect_client(sync_client=True) as client:
         _wait_for_task_run_record(client, task_run.id)
         flow_run = client.create_flow_run(fold_flow, parameters=parameters, parent_task_run_id=task_run.id, name=name)
+    stopping.record_flow_run(flow_run.id)
     env = {
+        stopping.FOLD_GROUP_ENV: "1",  # its own process group: the terminal's Ctrl-C reaches the parent alone
         **_prefect_child_env(),
         "DISABLE_MLFLOW_INTEGRATION": "TRUE",  # the Trainer must never open MLflow runs of its own
         **console_child_env(),  # the progress bar's way to the console
@@ -121,7 +127,15 @@ def _run_fold_process(
         env=env,
         context={"tags_context": TagsContext.get().serialize()},
     )
-    process.join()
+    stopping.add_process(process)
+    if stopping.stop_requested():  # the stop came while it started: it was not among those stopped
+        stopping.terminate_fold_processes()
+    try:
+        process.join()
+    finally:
+        stopping.remove_process(process)
+    if stopping.stop_requested():  # ended by the user's Ctrl-C: the parent marks its runs, the rerun resumes
+        raise stopping.RunStoppedError(f"fold {fold}: stopped by the user")
     with get_prefect_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
     # The process exits 0 when the flow failed inside it: its run's state is what says how it went.

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from prefect import task
 
-from arena_pref.tasks import resources, tracking
+from arena_pref.tasks import resources, stopping, tracking
 from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from arena_pref.tasks.registry import RegistrationOutput
@@ -72,6 +72,7 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     if commit:
         tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment_id, run_name="cv-training", tags=tags)
+    stopping.record_mlflow_run(uri, run.info.run_id)
     tracking.log_params(client, run.info.run_id, config.flat())
     tracking.log_config(client, run.info.run_id, config)
     LOGGER.info("MLflow parent run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)

@@ -93,6 +93,24 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingUnavailableError(f"MLflow store {uri}: cannot create {folder} ({err})") from None
         if not os.access(folder, os.W_OK):
             raise TrackingUnavailableError(f"MLflow store {uri}: folder {folder} is not writable")
+        create_sqlite_store(uri)
+
+
+def create_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a local SQLite store once, whatever number of runs start at the same moment.
+
+    MLflow creates its tables the first time a client touches a new file; two processes doing it at once collide
+    inside its schema set-up. An exclusive lock on `<store>.lock` makes one create it while the others wait, then find
+    it ready. Cheap once the store exists (the lock is held for one query)."""
+    import fcntl
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)  # the first touch creates the tables
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def get_client(config: RunConfig) -> MlflowClient:

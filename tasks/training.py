@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 from prefect import get_run_logger, task
 
-from arena_pref.tasks import distillation, resources, tracking, workspace
+from arena_pref.tasks import distillation, resources, stopping, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from pref_core.config.schema import RunConfig
 from pref_core.data import fold_rows
@@ -44,6 +44,7 @@ def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
         run_name=f"fold-{fold}",
         tags={tracking.TAG_PARENT: parent_run_id, tracking.TAG_FOLD: str(fold), tracking.TAG_KIND: "fold"},
     )
+    stopping.record_mlflow_run(client.tracking_uri, run.info.run_id)
     tracking.log_params(client, run.info.run_id, {**config.flat(), "fold": fold})
     tracking.log_config(client, run.info.run_id, config)
     return run.info.run_id

@@ -120,9 +120,9 @@ def test_concurrent_runs_share_output_root_and_store_without_collisions(tmp_path
         "--set",
         "train.num_epochs=1",
     ]
-    # The tracking store is created once up front: concurrent first-time schema migrations of one
-    # SQLite file are not something MLflow supports.
-    MlflowClient(uri).search_experiments()
+    # The store does not exist yet: both runs start on a brand-new SQLite file, and the first to open it creates
+    # MLflow's tables while the other waits (tasks.tracking.create_sqlite_store).
+    assert not (tmp_path / "mlflow.db").exists()
     procs = []
     for lr in ("1e-3", "3e-3"):
         env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"prefect-{lr}")}

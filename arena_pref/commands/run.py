@@ -70,9 +70,10 @@ def register(sub) -> None:
     show.set_defaults(func=cmd_show_prompt)
 
 
-def run_training(config, force: bool = False, verbose: bool = True, command: str = "train"):
-    """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file."""
-    from arena_pref import console
+def run_training(config, force: bool = False, verbose: bool = True, command: str = "train", argv=None):
+    """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file.
+    A Ctrl-C stops it cleanly (arena_pref.interruption); `argv` (the command's arguments) is the resume command."""
+    from arena_pref import console, interruption
     from arena_pref.preflight import preflight
     from arena_pref.summary import print_summary
     from arena_pref.tasks import workspace
@@ -86,7 +87,13 @@ def run_training(config, force: bool = False, verbose: bool = True, command: str
         from arena_pref.tasks.tracking import resolve_tracking_uri
 
         try:
-            result = cv_training(config, force=force)
+            with (
+                interruption.prefect_server_apart() as server,
+                interruption.stop_on_interrupt(argv or [command], user_console.err, server),
+            ):
+                result = cv_training(config, force=force)
+        except interruption.RunStopped:
+            raise
         except BaseException:
             if not verbose:
                 user_console.err.write(f"the run failed; full log: {log_path}\n")
@@ -103,7 +110,7 @@ def run_training(config, force: bool = False, verbose: bool = True, command: str
 
 def cmd_train(args) -> int:
     config = load_run_config(args.config, args.set)
-    run_training(config, force=args.force, verbose=args.verbose)
+    run_training(config, force=args.force, verbose=args.verbose, argv=getattr(args, "argv", None))
     return 0
 
 
@@ -124,7 +131,7 @@ def cmd_demo(args) -> int:
     print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
     overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={out}", *args.set]
     config = load_run_config(args.config, overrides)
-    run_training(config, force=args.force, verbose=args.verbose, command="demo")
+    run_training(config, force=args.force, verbose=args.verbose, command="demo", argv=getattr(args, "argv", None))
     return 0
 
 
