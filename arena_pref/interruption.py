@@ -51,7 +51,7 @@ def _die_with_parent():
 
 
 class PrefectServer:
-    """A Prefect API server for one run (`prefect server start`, API only) in a session of its own: the terminal's
+    """A Prefect API server for one run (`prefect server start`, without the UI) in a session of its own: the terminal's
     Ctrl-C cannot kill it while the parent still needs it to record the stop. Ended by `stop` (or with this process)."""
 
     def __init__(self, process: subprocess.Popen, api_url: str):
@@ -67,10 +67,15 @@ class PrefectServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",  # nothing to schedule: the run starts its flows
+        }
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         process = subprocess.Popen(
-            [*command, "--no-services"],
+            command,  # with its services: task runs reach the API as events, which a service records
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
