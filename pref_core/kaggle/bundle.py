@@ -633,11 +633,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    per_1000 = summary["seconds"] / max(summary["predicted"], 1) * 1000
+    rate = ""
+    if summary["predicted"]:
+        rate = f", {summary['seconds'] / summary['predicted'] * 1000:.1f} s per 1,000 rows"
     print(
         f"wrote {summary['rows']} rows to {summary['out']} ({summary['predicted']} predicted on "
-        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s, {per_1000:.1f} s per 1,000 rows; "
-        f"log: {log_path})"
+        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s{rate}; log: {log_path})"
     )
     if summary["not_reached"]:
         print(
