@@ -14,7 +14,10 @@ Steps, each a child process with its own time limit and log in DIR (install.log,
    largest batch that fits; prediction of 1,000 realistic rows with and without swap TTA (first: the goals'
    numbers; it saves its JSON after every phase, so a run cut off at its limit keeps what it measured);
 4. `pytest -m gpu tests/gpu` (CUDA-only tests; every one skips without CUDA), with a JUnit XML report;
-   tests that measure something (the resume tolerance) append it to DIR/gpu_measurements.jsonl.
+   tests that measure something (the resume tolerance) append it to DIR/gpu_measurements.jsonl;
+5. `python -m bench.kaggle_throughput` (issue 29): fp16 rows/s of a Gemma-2-9B-shaped random model at 2,048
+   tokens with and without swap TTA, and the projected time for 25,000 rows on this card (DIR/kaggle.json; its
+   output goes to the end of throughput.log). Last, so that it takes only what the budget has left.
 
 Then it writes DIR/summary.json (every step's outcome, the machine, test counts and failures, the
 measurements and the goals) and prints a short table last. The exit code is 0 only when every step
@@ -44,6 +47,7 @@ SUMMARY_FILE = "summary.json"
 MEASUREMENTS_FILE = "gpu_measurements.jsonl"  # tests/gpu append {"name", "value", "unit", "tolerance"} lines
 TESTS_XML = "gpu_tests.xml"
 THROUGHPUT_JSON = "throughput.json"
+KAGGLE_JSON = "kaggle.json"
 # Packages whose versions the summary records (and whose import errors it shows).
 PACKAGES = (
     "torch",
@@ -61,10 +65,10 @@ PACKAGES = (
     "pytest",
 )
 # Seconds per step on the H200 (the whole check must fit 8 minutes with room for a rerun); --small: CPU.
-STEP_LIMITS = {"install": 90, "environment": 60, "throughput": 300, "tests": 200}
+STEP_LIMITS = {"install": 90, "environment": 60, "throughput": 300, "tests": 200, "kaggle": 150}
 # On a shared 2-core CI machine a loaded neighbour can triple wall times: --small gets far more room (and a
-# 900 s budget), since it checks the script, not the 8-minute sizing.
-SMALL_STEP_LIMITS = {"install": 120, "environment": 120, "throughput": 360, "tests": 300}
+# 1,200 s budget), since it checks the script, not the 8-minute sizing.
+SMALL_STEP_LIMITS = {"install": 120, "environment": 120, "throughput": 360, "tests": 300, "kaggle": 240}
 # The throughput step's arguments on the GPU: one 8B build per side, a handful of timed steps after warm-up.
 GPU_THROUGHPUT_ARGS = ["--blocks", "4", "--steps-per-block", "5", "--headroom-steps", "5", "--predict-rows", "1000"]
 # --small: the same code paths at the smallest sizes (a 4,096-word vocabulary: the seed's full fp16 logits are
@@ -205,6 +209,12 @@ def read_measurements(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def read_kaggle(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def read_throughput(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
@@ -278,6 +288,22 @@ def _build_table(summary: dict) -> tuple[list[str], list[list[Any]]]:
                         where,
                     ]
                 )
+    kaggle = summary.get("kaggle")
+    if kaggle and "tta" in kaggle:
+        where = kaggle["device"] if kaggle["mode"] == "gpu" else "CPU smoke run, not a GPU number"
+        for key in ("no_tta", "tta"):
+            rows.append(
+                [
+                    f"Gemma-2-9B fp16 rows/s ({key.replace('_', ' ')})",
+                    f"{kaggle[key]['rows_per_s']:,.2f}",
+                    f"{kaggle['rows']} rows x {kaggle['length']} tokens, finite={kaggle[key]['finite']}",
+                    where,
+                ]
+            )
+            hours = kaggle["projected_25k"][f"{key}_all_{kaggle['length']}_h"]
+            rows.append([f"25,000 rows projected ({key.replace('_', ' ')})", f"{hours:.2f} h", "one card", where])
+    elif kaggle:
+        rows.append(["Gemma-2-9B fp16", "failed", kaggle.get("error", "")[:80], ""])
     return ["what", "value", "detail", "goal / note"], rows
 
 
@@ -302,17 +328,17 @@ def main(argv=None) -> int:
         "--skip",
         nargs="*",
         default=[],
-        choices=["install", "tests", "throughput"],
+        choices=["install", "tests", "throughput", "kaggle"],
         help="steps to leave out (a rerun of only what failed)",
     )
     parser.add_argument(
         "--budget-s",
         type=float,
         default=None,
-        help="wall-clock budget of the whole check (default 480 s, 900 s with --small)",
+        help="wall-clock budget of the whole check (default 480 s, 1,200 s with --small)",
     )
     args = parser.parse_args(argv)
-    args.budget_s = args.budget_s or (900.0 if args.small else 480.0)
+    args.budget_s = args.budget_s or (1200.0 if args.small else 480.0)
 
     started = time.perf_counter()
     out = args.out.resolve()
@@ -322,6 +348,7 @@ def main(argv=None) -> int:
         MEASUREMENTS_FILE,
         TESTS_XML,
         THROUGHPUT_JSON,
+        KAGGLE_JSON,
         "install.log",
         "tests.log",
         "throughput.log",
@@ -432,6 +459,24 @@ def main(argv=None) -> int:
             remaining("tests"),
         )
 
+    if "kaggle" in args.skip:
+        steps["kaggle"] = {"status": "skipped (--skip)", "seconds": 0.0}
+    else:
+        steps["kaggle"] = run_step(
+            "kaggle",
+            [
+                sys.executable,
+                "-m",
+                "bench.kaggle_throughput",
+                *(["--small"] if args.small else []),
+                "--out",
+                str(out / KAGGLE_JSON),
+            ],
+            out / "throughput.log",
+            env,
+            remaining("kaggle"),
+        )
+
     summary = {
         "mode": "small (2-layer config on CPU: checks the script; its numbers are not GPU numbers)"
         if args.small
@@ -448,6 +493,7 @@ def main(argv=None) -> int:
         "tests": read_junit(out / TESTS_XML),
         "measurements": read_measurements(out / MEASUREMENTS_FILE),
         "throughput": read_throughput(out / THROUGHPUT_JSON),
+        "kaggle": read_kaggle(out / KAGGLE_JSON),
     }
     ok = all(step["status"] == "ok" or step["status"].startswith("skipped") for step in steps.values())
     summary["ok"] = ok

@@ -16,8 +16,14 @@ def predict(
     out: str = "outputs/submission.csv",
     tracking_uri: Optional[str] = None,
     base_model: Optional[str] = None,
+    max_batch_tokens: Optional[int] = None,
+    dtype: Optional[str] = None,
 ) -> str:
     """A submission from a registered model. Defaults: the champion, the demo's test file, outputs/submission.csv
     (paths relative to the project root on the worker); `tracking_uri` defaults to $MLFLOW_TRACKING_URI;
-    `base_model`: a local copy of the base model (checked against the registered fingerprint)."""
-    return predict_submission(model_uri, test_csv, out, tracking_uri, base_model)
+    `base_model`: a local copy of the base model (checked against the registered fingerprint);
+    `max_batch_tokens`: padded tokens per batch instead of train.eval_batch_size rows; `dtype`: auto, fp16, bf16
+    or fp32 instead of the run's model.dtype."""
+    return predict_submission(
+        model_uri, test_csv, out, tracking_uri, base_model, max_batch_tokens=max_batch_tokens, dtype=dtype
+    )

@@ -28,10 +28,17 @@ def download_bundle(model_uri: str, tracking_uri: str, dest: Path) -> Path:
 
 @task(name="predict-submission", **TASK_DEFAULTS)
 def predict_submission(
-    model_uri: str, test_csv: str, out: str, tracking_uri: Optional[str] = None, base_model: Optional[str] = None
+    model_uri: str,
+    test_csv: str,
+    out: str,
+    tracking_uri: Optional[str] = None,
+    base_model: Optional[str] = None,
+    max_batch_tokens: Optional[int] = None,
+    dtype: Optional[str] = None,
 ) -> str:
     """`base_model`: a local copy of the registered model's base (``--base-model PATH``), checked against the
-    fingerprint in the bundle; default: the recorded folder or Hub id at its commit."""
+    fingerprint in the bundle; default: the recorded folder or Hub id at its commit. `max_batch_tokens` and
+    `dtype`: see flows.predict."""
     import json
 
     from arena_pref.tasks.pyfunc_model import predict_parsed
@@ -43,7 +50,9 @@ def predict_submission(
     with tempfile.TemporaryDirectory() as tmp:
         bundle = download_bundle(model_uri, tracking_uri, Path(tmp))
         base = locate_base(json.loads((bundle / "base_model.json").read_text()), base_model)
-        submission = predict_parsed(bundle, test.frame, progress=True, base_model=base)
+        submission = predict_parsed(
+            bundle, test.frame, progress=True, base_model=base, max_batch_tokens=max_batch_tokens, dtype=dtype
+        )
     validate_submission(submission, test.frame["id"].astype(str).tolist())
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)

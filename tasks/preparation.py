@@ -252,6 +252,8 @@ def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: st
     )
     if not result.hit:
         console_note(f"tokenize {ingested.kind}: {result.n_rows} rows in {time.monotonic() - started:.1f} s")
+    if config.train.eval_max_batch_tokens is not None:  # before any fold trains, not when it predicts
+        check_eval_token_budget(config, result.path)
     LOGGER.info(
         "tokenize %s: %s (%d rows, key %s)",
         ingested.kind,
@@ -266,6 +268,26 @@ def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: st
         n_rows=result.n_rows,
         tokenizer_hash=tokenization.hash_tokenizer(tokenizer),
     )
+
+
+def check_eval_token_budget(config: RunConfig, cache_path) -> None:
+    """train.eval_max_batch_tokens holds the longest row of the token cache (either view), or TokenBudgetError."""
+    import torch
+
+    from pref_core.predict.batching import check_token_budget
+
+    dataset = tokenization.load_token_cache(cache_path)
+    pad_to_multiple_of = 8 if torch.cuda.is_available() else None  # as pref_core.train.trainer.resolve_padding
+    for column in ("length", "length_swap"):
+        if column in dataset.column_names:
+            check_token_budget(
+                dataset[column],
+                config.train.eval_max_batch_tokens,
+                pad_to_multiple_of,
+                dataset["id"],
+                option="train.eval_max_batch_tokens",
+                length_option="prompt.max_length",
+            )
 
 
 @task(name="make-folds", **TASK_DEFAULTS)

@@ -49,15 +49,22 @@ def read_bundle(bundle: str | Path):
 
 
 def predict_parsed(
-    bundle: str | Path, frame: pd.DataFrame, progress: bool = False, base_model: str | None = None
+    bundle: str | Path,
+    frame: pd.DataFrame,
+    progress: bool = False,
+    base_model: str | None = None,
+    max_batch_tokens: int | None = None,
+    dtype: str | None = None,
 ) -> pd.DataFrame:
     """Predict a validated frame (turn lists, as pref_core.data.arena returns it): average the fold adapters.
-    `base_model`: where to load the base from instead of the bundle's record (a checked local copy)."""
+    `base_model`: where to load the base from instead of the bundle's record (a checked local copy);
+    `max_batch_tokens`: token-budget batches; `dtype`: instead of the run's model.dtype."""
     from pref_core.predict.ensemble import predict_frame_probabilities
 
     config, base, adapters, temperature = read_bundle(bundle)
+    model_config = config.model if dtype is None else config.model.model_copy(update={"dtype": dtype})
     probs = predict_frame_probabilities(
-        config.model,
+        model_config,
         config.prompt,
         adapters,
         frame,
@@ -66,6 +73,7 @@ def predict_parsed(
         base_model=base_model or base["name_or_path"],
         temperature=temperature,
         progress=progress,
+        max_batch_tokens=max_batch_tokens,
     )
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())

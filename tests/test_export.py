@@ -383,3 +383,79 @@ def test_mlflow_models_serve_answers_a_dataframe_split_request(champion, tmp_pat
         log.close()
     assert predictions["id"].tolist() == test["id"].tolist()
     np.testing.assert_allclose(predictions[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_kaggle_options_bad_ones_stop_in_one_line_before_the_model_loads(champion, blocked_env, tmp_path):
+    """Issue 29: an unknown dtype, a token budget below the longest row, --fit-time without --time-limit: one line,
+    exit 2, no submission."""
+    bundle = export(champion, tmp_path / "bundle", "--folds", "average")
+    common = ["--base-model", str(base_model_dir(bundle)), "--test-csv", str(champion["test_csv"])]
+    out = tmp_path / "sub.csv"
+    _one_line_exit_2(run_bundle(bundle, blocked_env, *common, "--out", str(out), "--dtype", "fp64"), "--dtype")
+    budget = run_bundle(bundle, blocked_env, *common, "--out", str(out), "--max-batch-tokens", "8")
+    _one_line_exit_2(budget, "--max-batch-tokens 8", "longest row", "id ")
+    _one_line_exit_2(run_bundle(bundle, blocked_env, *common, "--out", str(out), "--fit-time"), "--time-limit")
+    _one_line_exit_2(
+        run_bundle(bundle, blocked_env, *common, "--out", str(out), "--time-limit", "soon"), "--time-limit"
+    )
+    assert not out.exists()
+
+
+def test_kaggle_options_token_budget_merged_adapter_and_a_time_limit(champion, blocked_env, tmp_path):
+    """--max-batch-tokens and --merge-adapter give the plain run's probabilities; a time limit already spent still
+    writes a complete, valid submission (every row the class prior) and says so; library output goes to the log."""
+    bundle = export(champion, tmp_path / "bundle", "--folds", "average")
+    common = ["--base-model", str(base_model_dir(bundle)), "--test-csv", str(champion["test_csv"]), "--dtype", "fp32"]
+    plain = run_bundle(bundle, blocked_env, *common, "--out", str(tmp_path / "plain.csv"))
+    assert plain.returncode == 0, plain.stderr
+    assert (tmp_path / "plain.log").is_file()
+    tuned = run_bundle(
+        bundle,
+        blocked_env,
+        *common,
+        "--out",
+        str(tmp_path / "tuned.csv"),
+        "--max-batch-tokens",
+        "4096",
+        "--merge-adapter",
+        "--time-limit",
+        "2h",
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    want = pd.read_csv(tmp_path / "plain.csv", dtype={"id": str})
+    got = pd.read_csv(tmp_path / "tuned.csv", dtype={"id": str})
+    assert got["id"].tolist() == want["id"].tolist()
+    np.testing.assert_allclose(got[list(LABEL_COLUMNS)].to_numpy(), want[list(LABEL_COLUMNS)].to_numpy(), atol=1e-5)
+
+    late = run_bundle(
+        bundle, blocked_env, *common, "--out", str(tmp_path / "late.csv"), "--time-limit", "2s", "--time-reserve", "1s"
+    )
+    assert late.returncode == 0, late.stderr
+    assert "30 of 30 rows were not reached in time and got the class prior" in late.stdout
+    sub = pd.read_csv(tmp_path / "late.csv", dtype={"id": str})
+    prior = json.loads((bundle / "class_prior.json").read_text())["prior"]
+    assert sub["id"].tolist() == want["id"].tolist()
+    np.testing.assert_allclose(sub[list(LABEL_COLUMNS)].to_numpy(), np.tile(prior, (30, 1)), atol=1e-12)
+
+
+@pytest.mark.parametrize("quantization, tolerance", [("8bit", 0.05), ("4bit", 0.25)])
+def test_kaggle_quantized_bundle_agrees_with_full_precision_and_keeps_the_console_clean(
+    champion, blocked_env, tmp_path, quantization, tolerance
+):
+    """--quantization through bitsandbytes' CPU backend on the trained tiny champion: probabilities near the fp32
+    run's (measured values in docs/benchmarks.md) and bitsandbytes' messages in the log, not on the console."""
+    bundle = export(champion, tmp_path / "bundle", "--folds", "average")
+    common = ["--base-model", str(base_model_dir(bundle)), "--test-csv", str(champion["test_csv"]), "--dtype", "fp32"]
+    full = run_bundle(bundle, blocked_env, *common, "--out", str(tmp_path / "full.csv"))
+    assert full.returncode == 0, full.stderr
+    quant = run_bundle(bundle, blocked_env, *common, "--out", str(tmp_path / "q.csv"), "--quantization", quantization)
+    assert quant.returncode == 0, quant.stderr
+    assert quant.stderr.strip() == "", quant.stderr
+    assert [line.split(" ")[0] for line in quant.stdout.splitlines() if line.strip()] == ["wrote"], quant.stdout
+    want = pd.read_csv(tmp_path / "full.csv", dtype={"id": str})[list(LABEL_COLUMNS)].to_numpy()
+    got = pd.read_csv(tmp_path / "q.csv", dtype={"id": str})[list(LABEL_COLUMNS)].to_numpy()
+    diff = float(np.abs(got - want).max())
+    agree = float((got.argmax(axis=1) == want.argmax(axis=1)).mean())
+    print(f"{quantization} vs fp32 on the trained tiny champion: max |dp| {diff:.4f}, argmax agreement {agree:.3f}")
+    assert diff < tolerance
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)

@@ -33,6 +33,7 @@ def register(sub) -> None:
         metavar="PATH",
         help="a local copy of the base model (checked against the one the model was trained on)",
     )
+    add_prediction_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     export = sub.add_parser("export", help="write a registered model as an offline bundle (a Kaggle dataset)")
@@ -48,6 +49,37 @@ def register(sub) -> None:
     export.add_argument("--base-model-dir", default=None, help="copy this base model folder into the bundle")
     add_tracking_uri(export)
     export.set_defaults(func=cmd_export)
+
+
+def add_prediction_options(p) -> None:
+    """--max-batch-tokens and --dtype, as the Kaggle bundle's predict.py takes them."""
+    from pref_core.config.choices import MODEL_DTYPES
+
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="batches of at most N padded tokens (rows x longest row), longest rows first, so the first batch is "
+        "the largest (default: train.eval_batch_size rows per batch)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        metavar="|".join(MODEL_DTYPES),
+        help="weights' precision (default: the run's model.dtype; auto = bf16 on compute capability 8.0+, fp16 "
+        "below, fp32 on CPU)",
+    )
+
+
+def check_prediction_options(args) -> None:
+    """--dtype and --max-batch-tokens, in one line before anything loads."""
+    from pref_core.config.choices import MODEL_DTYPES
+
+    if args.dtype is not None and args.dtype not in MODEL_DTYPES:
+        raise UserError(f"--dtype {args.dtype}: use one of {', '.join(MODEL_DTYPES)}")
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise UserError(f"--max-batch-tokens {args.max_batch_tokens}: must be a positive number of tokens, e.g. 16384")
 
 
 def _registry_client(args):
@@ -100,8 +132,17 @@ def cmd_predict(args) -> int:
     from arena_pref.flows.predict import predict
     from arena_pref.preflight import check_predict_base
 
+    check_prediction_options(args)
     check_predict_base(args.model, args.tracking_uri, args.base_model)
-    out = predict(args.model, args.test_csv, args.out, args.tracking_uri, args.base_model)
+    out = predict(
+        args.model,
+        args.test_csv,
+        args.out,
+        args.tracking_uri,
+        args.base_model,
+        max_batch_tokens=args.max_batch_tokens,
+        dtype=args.dtype,
+    )
     print(f"submission written to {out}")
     return 0
 

@@ -207,6 +207,13 @@ class TrainConfig(_Section):
         ge=1,
         description="Rows per forward pass when predicting validation and test rows; lower it on out-of-memory.",
     )
+    eval_max_batch_tokens: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Padded tokens (rows x longest row) per forward pass when predicting validation and test rows: "
+        "rows go longest first, so the first batch is the largest and an out-of-memory shows at once; "
+        "train.eval_batch_size still caps the rows (null: train.eval_batch_size rows per batch).",
+    )
     logging_steps: int = Field(10, ge=1, description="Log the training loss to MLflow every N optimizer steps.")
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0: at the end of each epoch only).")
     save_steps: int = Field(

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
-from pref_core.config.choices import QUANTIZATIONS
+from pref_core.config.choices import MODEL_DTYPES, QUANTIZATIONS
 from pref_core.errors import UserError
 
 BUNDLE_FORMAT = 1
@@ -52,10 +52,16 @@ CODE_MODULES = (
     "kaggle/bundle",
     "model/backbone",
     "model/losses",
+    "model/precision",
     "model/preference",
+    "predict/batching",
+    "predict/budget",
+    "predict/deadline",
     "predict/ensemble",
     "predict/inference",
+    "predict/runner",
     "predict/submission",
+    "predict/workers",
     "text/prompts",
     "text/truncation",
 )
@@ -266,8 +272,15 @@ def visible_devices() -> list[str]:
     return ["cpu"]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad option is one line on stderr and exit code 2 (argparse would print the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see predict.py --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="predict.py", description="Kaggle submission from an arena-pref bundle (offline; see README.md)."
     )
     parser.add_argument(
@@ -281,25 +294,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--rejected", default=None, help="where rows that cannot be read are listed (default: <out>.rejected.csv)"
     )
     parser.add_argument(
+        "--log",
+        default=None,
+        help="log file: library output, warnings, the time checks and decisions (default: <out> with .log)",
+    )
+    parser.add_argument(
         "--devices",
         default="auto",
         help="comma-separated devices, one worker process each: auto (every GPU, else cpu), "
-        "cuda:0,cuda:1, cpu, or cpu,cpu (two CPU workers)",
+        "cuda:0,cuda:1, cpu, or cpu,cpu (two CPU workers); with swap TTA on two devices one reads the "
+        "original order and the other the swapped order",
     )
     parser.add_argument(
         "--tta-swap",
         choices=["config", "on", "off"],
         default="config",
-        help="also read every row with responses a and b exchanged and average (2x time)",
+        help="also read every row with responses a and b exchanged and average (2x the work)",
     )
     parser.add_argument("--max-length", type=int, default=None, help="override prompt.max_length (tokens per row)")
+    parser.add_argument(
+        "--dtype",
+        choices=["config", *MODEL_DTYPES],
+        default="config",
+        help="weights' precision: auto = bf16 on compute capability 8.0+, fp16 below (T4), fp32 on CPU",
+    )
     parser.add_argument(
         "--quantization",
         choices=["config", *QUANTIZATIONS],
         default="config",
-        help="load the base with bitsandbytes 8-bit or 4-bit (CUDA)",
+        help="load the base with bitsandbytes 8-bit or 4-bit",
     )
-    parser.add_argument("--batch-size", type=int, default=None, help="override train.eval_batch_size")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train.eval_batch_size (rows per batch)")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="batches of at most this many padded tokens (rows x longest row), longest rows first, so the first "
+        "batch is the largest; --batch-size still caps the rows",
+    )
+    parser.add_argument(
+        "--merge-adapter",
+        action="store_true",
+        help="merge the one adapter of a --folds average bundle into the base weights at load (no LoRA "
+        "matmuls; not with --quantization)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        default=None,
+        help="e.g. 9h or 8h30m, counted from the start of predict.py: project the time after the first batches, "
+        "and stop in time (rows not reached get the class prior)",
+    )
+    parser.add_argument(
+        "--fit-time",
+        action="store_true",
+        help="with --time-limit: when the projection does not fit, turn swap TTA off, then lower --max-length step "
+        "by step down to --max-length-floor",
+    )
+    parser.add_argument(
+        "--max-length-floor", type=int, default=None, help="lowest max_length --fit-time may use (default: half)"
+    )
+    parser.add_argument(
+        "--time-reserve",
+        default=None,
+        help="time kept back before the limit for writing the submission (default: 5%% of it, at most 10m)",
+    )
     parser.add_argument(
         "--skip-base-hash",
         action="store_true",
@@ -319,11 +377,44 @@ def apply_options(settings: PredictionSettings, args) -> PredictionSettings:
         settings.prompt.max_length = args.max_length
     if args.quantization != "config":
         settings.model.quantization = args.quantization
+    if args.dtype != "config":
+        settings.model.dtype = args.dtype
     if args.batch_size is not None:
         if args.batch_size < 1:
             raise BundleError(f"--batch-size {args.batch_size}: must be at least 1")
         settings.batch_size = args.batch_size
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise BundleError(
+            f"--max-batch-tokens {args.max_batch_tokens}: must be a positive number of tokens, e.g. 16384"
+        )
+    if args.merge_adapter and settings.model.quantization != "none":
+        raise BundleError(
+            f"--merge-adapter with quantization {settings.model.quantization}: merging into quantized weights loses "
+            "precision; use --quantization none, or leave --merge-adapter out"
+        )
     return settings
+
+
+def read_time_limit(args, max_length: int, started_at: float):
+    """The --time-limit options as a deadline.TimeLimit (None without --time-limit); BundleError when one is bad."""
+    from pref_core.predict.budget import parse_duration
+    from pref_core.predict.deadline import TimeLimit
+
+    if args.time_limit is None:
+        if args.fit_time or args.max_length_floor is not None or args.time_reserve is not None:
+            raise BundleError("--fit-time, --max-length-floor and --time-reserve need --time-limit, e.g. 9h")
+        return None
+    try:
+        limit_s = parse_duration(args.time_limit)
+        reserve_s = parse_duration(args.time_reserve) if args.time_reserve is not None else None
+    except ValueError as error:
+        raise BundleError(f"--time-limit/--time-reserve: {error}") from None
+    floor = args.max_length_floor
+    if floor is not None and not 32 <= floor <= max_length:
+        raise BundleError(f"--max-length-floor {floor}: use a value from 32 to max_length ({max_length})")
+    if reserve_s is not None and reserve_s >= limit_s:
+        raise BundleError(f"--time-reserve {args.time_reserve} is not shorter than --time-limit {args.time_limit}")
+    return TimeLimit(limit_s, started_at, fit=args.fit_time, floor_max_length=floor, reserve_s=reserve_s)
 
 
 def _parse_devices(spec: str) -> list[str]:
@@ -363,12 +454,76 @@ def assemble_submission(ids: Sequence[str], predicted_ids: Sequence[str], probs,
     return out
 
 
-def run(args) -> dict:
-    """predict.py's work; returns a summary. Raises BundleError/DataValidationError for user errors."""
+class LogFile:
+    """The run's log file: library output (transformers, bitsandbytes), warnings and the time decisions go there,
+    so that only predict.py's own lines reach the console; progress bars still do (pref_core.progress)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "LogFile":
+        import logging
+        import os
+
+        from pref_core.progress import CONSOLE_FD_ENV
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed in __exit__)
+        self._handler = logging.FileHandler(self.path, encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+        root = logging.getLogger()
+        self._level = root.level
+        root.addHandler(self._handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:  # transformers logs through a handler of its own on stderr
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_default_handler()
+            hf_logging.enable_propagation()
+        except ImportError:
+            pass
+        sys.stderr.flush()
+        self._console = os.dup(2)  # progress bars and, after the run, error lines
+        os.environ[CONSOLE_FD_ENV] = str(self._console)
+        self._saved_stderr = os.dup(2)
+        os.dup2(self._file.fileno(), 2)  # C libraries and spawned workers inherit it
+        self._stderr = sys.stderr
+        sys.stderr = self._file
+        return self
+
+    def write(self, text: str) -> None:
+        self._file.write(time.strftime("%Y-%m-%d %H:%M:%S ") + text.rstrip("\n") + "\n")
+
+    def __exit__(self, *exc) -> None:
+        import logging
+        import os
+
+        from pref_core.progress import CONSOLE_FD_ENV
+
+        sys.stderr = self._stderr
+        os.dup2(self._saved_stderr, 2)
+        os.close(self._saved_stderr)
+        os.environ.pop(CONSOLE_FD_ENV, None)
+        logging.getLogger().removeHandler(self._handler)
+        logging.getLogger().setLevel(self._level)
+        logging.captureWarnings(False)
+        self._handler.close()
+        self._file.close()
+        os.close(self._console)
+
+
+def run(args, started_at: Optional[float] = None, say=print) -> dict:
+    """predict.py's work; returns a summary. Raises BundleError/DataValidationError for user errors.
+
+    `started_at` (time.time() when predict.py started) is where --time-limit counts from; `say` prints our lines."""
     from pref_core.data.arena import read_arena_csv, write_rejected
-    from pref_core.predict.ensemble import predict_frame_probabilities
+    from pref_core.predict.deadline import TimeKeeper
+    from pref_core.predict.ensemble import predict_frame
+    from pref_core.predict.runner import width_scale_of
     from pref_core.predict.submission import test_file_ids
 
+    started_at = time.time() if started_at is None else started_at
     bundle_dir = Path(__file__).resolve().parents[2]  # <bundle>/pref_core/kaggle/bundle.py
     manifest = verify_bundle(bundle_dir)
     base_dir = Path(args.base_model) if args.base_model else bundle_dir / BASE_MODEL_DIR
@@ -380,20 +535,29 @@ def run(args) -> dict:
     test_csv = Path(args.test_csv)
     if not test_csv.is_file():
         raise BundleError(f"--test-csv {test_csv}: no such file")
-    # Input first (cheap), then the base model, then the expensive part.
+    # Options first (instant), then the input (cheap), then the base model, then the expensive part.
+    settings = apply_options(read_prediction_settings(bundle_dir), args)
+    limit = read_time_limit(args, settings.prompt.max_length, started_at)
+    adapters = adapter_dirs(bundle_dir)
+    if args.merge_adapter and len(adapters) != 1:
+        raise BundleError(
+            f"--merge-adapter needs the one averaged adapter of an `arena-pref export --folds average` bundle; "
+            f"this one holds {len(adapters)} fold adapters"
+        )
+    devices = _parse_devices(args.devices)
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=1.0)
     check_base_model(base_dir, manifest, verify_hash=not args.skip_base_hash)
-    settings = apply_options(read_prediction_settings(bundle_dir), args)
-    devices = _parse_devices(args.devices)
     temperature = float(json.loads((bundle_dir / "calibration.json").read_text())["temperature"])
     prior = json.loads((bundle_dir / "class_prior.json").read_text())["prior"]
     out = Path(args.out)
     rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
+    log = getattr(args, "log_file", None)
+    keeper = TimeKeeper(limit, width_scale_of(base_dir)) if limit is not None else None
     start = time.perf_counter()
-    probs = predict_frame_probabilities(
+    prediction = predict_frame(
         settings.model,
         settings.prompt,
-        adapter_dirs(bundle_dir),
+        adapters,
         test.frame,
         batch_size=settings.batch_size,
         tta_swap=settings.tta_swap,
@@ -401,41 +565,86 @@ def run(args) -> dict:
         temperature=temperature,
         devices=devices,
         progress=args.progress,
+        max_batch_tokens=args.max_batch_tokens,
+        merge_adapter=args.merge_adapter,
+        keeper=keeper,
+        say=say,
+        log=log.write if log is not None else (lambda text: None),
+        log_path=str(log.path) if log is not None else None,
     )
     seconds = time.perf_counter() - start
-    submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
+    frame_ids = test.frame["id"].astype(str).to_numpy()
+    predicted_ids = frame_ids[prediction.predicted].tolist()
+    from pref_core.model.precision import check_finite_probabilities
+
+    check_finite_probabilities(prediction.probabilities, predicted_ids, settings.model.dtype)
+    submission = assemble_submission(test_file_ids(test_csv), predicted_ids, prediction.probabilities, prior)
     out.parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(out, index=False)
     if test.n_rejected:
         write_rejected(test.rejected, rejected_path)
-    return {
+    summary = {
         "rows": len(submission),
-        "predicted": len(test.frame),
+        "predicted": int(prediction.predicted.sum()),
+        "not_reached": int((~prediction.predicted).sum()),
         "rejected": test.n_rejected,
         "rejected_path": str(rejected_path) if test.n_rejected else None,
         "seconds": seconds,
         "devices": devices,
         "out": str(out),
+        "workers": prediction.run.workers,
+        "decisions": [d.to_dict() for d in prediction.run.decisions],
+        "total_s": time.time() - started_at,
     }
+    if keeper is not None:
+        summary["time"] = {
+            "limit_s": limit.limit_s,
+            "reserve_s": limit.reserve,
+            "stopped_at_s": prediction.run.stopped_at_s,
+            "first_projection": keeper.first_projection(),
+            "predict_s": time.time() - keeper.predict_started_at if keeper.predict_started_at else None,
+            "checks": [c.to_dict() for c in keeper.checks],
+        }
+    if log is not None:
+        log.write("summary: " + json.dumps(summary, default=str))
+    return summary
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    started_at = time.time()
     from pref_core.data.arena import DataValidationError
 
     args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    log_path = Path(args.log) if args.log else out.with_suffix(".log")
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+        if getattr(args, "log_file", None) is not None:
+            args.log_file.write(text)
+
     try:
-        summary = run(args)
+        with LogFile(log_path) as log:
+            args.log_file = log
+            summary = run(args, started_at, say)
     except DataValidationError as err:  # file-level problems only (bad rows get the prior): one line
         print(f"error: {' '.join([err.headline, *map(str, err.problems)])}", file=sys.stderr)
         return 2
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    per_1000 = summary["seconds"] / max(summary["predicted"], 1) * 1000
+    rate = ""
+    if summary["predicted"]:
+        rate = f", {summary['seconds'] / summary['predicted'] * 1000:.1f} s per 1,000 rows"
     print(
         f"wrote {summary['rows']} rows to {summary['out']} ({summary['predicted']} predicted on "
-        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s, {per_1000:.1f} s per 1,000 rows)"
+        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s{rate}; log: {log_path})"
     )
+    if summary["not_reached"]:
+        print(
+            f"time limit {args.time_limit}: {summary['not_reached']} of {summary['predicted'] + summary['not_reached']}"
+            " rows were not reached in time and got the class prior (the submission is complete and valid)"
+        )
     if summary["rejected"]:
         print(f"{summary['rejected']} rows could not be read and got the class prior; see {summary['rejected_path']}")
     return 0

@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The model.dtype / --dtype name of a torch dtype: torch.float16 -> "fp16"."""
+    return {value: key for key, value in _DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
+
+
 def native_bf16() -> bool:
     """True on a CUDA GPU with bf16 tensor cores (compute capability 8.0+: A100, A10, L4, H100, RTX 30xx+).
 
@@ -53,6 +58,21 @@ def resolve_attn_implementation(model_config: "ModelConfig") -> str:
             )
             return "sdpa"
     return wanted
+
+
+def attention_for(source: str, revision: Optional[str], requested: str, dtype: torch.dtype) -> str:
+    """The attention implementation to load `source` with: `requested`, except for a model with attention
+    softcapping (Gemma-2) in fp16 or under sdpa, which gets eager attention with the scores in fp32
+    (pref_core.model.precision.choose_attention; registered here)."""
+    from transformers import AutoConfig
+
+    from pref_core.model.precision import FP32_SOFTCAP_ATTENTION, choose_attention, register_softcap_attention
+
+    config = AutoConfig.from_pretrained(source, revision=revision)
+    chosen = choose_attention(requested, config.get_text_config(), dtype)
+    if chosen == FP32_SOFTCAP_ATTENTION:
+        register_softcap_attention()
+    return chosen
 
 
 def build_quantization_config(model_config: "ModelConfig"):
@@ -98,7 +118,8 @@ def load_backbone(
     """Load the causal LM named by model.name_or_path (or `name_or_path`, e.g. a built tiny model folder).
 
     Applies model.dtype, model.quantization (bitsandbytes 8-bit, or 4-bit nf4 with double quantisation),
-    model.attn_implementation and model.gradient_checkpointing (non-reentrant). The weights stay frozen
+    model.attn_implementation (Gemma-2 in fp16: fp32 attention scores, see `attention_for`) and
+    model.gradient_checkpointing (non-reentrant). The weights stay frozen
     here; `build_model` adds the trainable parts.
 
     Weights go straight from the (memory-mapped) safetensors files onto `device` (default: see
@@ -108,9 +129,12 @@ def load_backbone(
     from transformers import AutoModelForCausalLM
 
     source = resolve_model_source(model_config, name_or_path)
+    dtype = resolve_dtype(model_config)
     kwargs = {
-        "dtype": resolve_dtype(model_config),
-        "attn_implementation": resolve_attn_implementation(model_config),
+        "dtype": dtype,
+        "attn_implementation": attention_for(
+            source, model_config.revision, resolve_attn_implementation(model_config), dtype
+        ),
         "revision": model_config.revision,
     }
     quantization_config = build_quantization_config(model_config)

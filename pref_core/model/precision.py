@@ -122,10 +122,13 @@ class NonFiniteProbabilityError(UserError, ValueError):
     """A predicted probability is NaN or infinite: the run must stop rather than write it into a submission."""
 
 
-def check_finite_probabilities(probs: np.ndarray, row_ids: Sequence, dtype: str = "fp16") -> None:
+def check_finite_probabilities(
+    probs: np.ndarray, row_ids: Sequence, dtype: str = "fp16", module: Optional[str] = None
+) -> None:
     """Raise NonFiniteProbabilityError, in one line naming the first bad row's id and the fix, when any row of
     `probs` (n, 3) holds a NaN or an infinity. `row_ids` (n,) are the rows' ids (the test CSV's id column); `dtype`
-    is the precision the model ran in (model.dtype / --dtype).
+    is the precision the model ran in (model.dtype / --dtype); `module`, where known (`locate_nonfinite`), the first
+    module whose output was not finite.
     """
     probs = np.asarray(probs)
     if probs.ndim != 2 or len(probs) != len(row_ids):
@@ -143,8 +146,9 @@ def check_finite_probabilities(probs: np.ndarray, row_ids: Sequence, dtype: str 
         )
     else:
         fix = f"this is not a float16 overflow (dtype {dtype}): check the adapters and the base model for NaN weights"
+    where = f" (first non-finite output: {module})" if module else ""
     raise NonFiniteProbabilityError(
-        f"row id {row_ids[first]}{more}: predicted probabilities are {kind} under dtype {dtype}; {fix}"
+        f"row id {row_ids[first]}{more}: predicted probabilities are {kind} under dtype {dtype}{where}; {fix}"
     )
 
 

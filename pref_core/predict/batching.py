@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pref_core.errors import UserError
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -145,3 +147,52 @@ def plan_fixed_batches(lengths: Sequence[int], batch_size: int, pad_to_multiple_
     widths = tuple(padded_width(lengths[b[0]], pad_to_multiple_of) for b in batches)
     peak = max((len(b) * w for b, w in zip(batches, widths)), default=0)
     return BatchPlan(batches, widths, peak, peak)
+
+
+def plan_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_batch_tokens: Optional[int] = None,
+    pad_to_multiple_of: Optional[int] = None,
+) -> BatchPlan:
+    """The batches prediction runs, longest first: `batch_size` rows each, or with `max_batch_tokens`
+    (train.eval_max_batch_tokens, --max-batch-tokens) at most that many padded tokens and `batch_size` rows.
+
+    Raises ValueError naming the row, its length and the fix when the budget cannot hold the longest row.
+    """
+    if max_batch_tokens is None:
+        return plan_fixed_batches(lengths, batch_size, pad_to_multiple_of)
+    return plan_token_batches(lengths, max_batch_tokens, max_rows=batch_size, pad_to_multiple_of=pad_to_multiple_of)
+
+
+class TokenBudgetError(UserError, ValueError):
+    """A token budget that cannot hold the longest row: one line, exit code 2, before any model loads."""
+
+
+def check_token_budget(
+    lengths: Sequence[int],
+    max_batch_tokens: Optional[int],
+    pad_to_multiple_of: Optional[int] = None,
+    row_ids: Optional[Sequence] = None,
+    option: str = "--max-batch-tokens",
+    length_option: str = "--max-length",
+) -> None:
+    """Raise TokenBudgetError, in one line naming the longest row (its id from `row_ids`), its length and the fix,
+    when `max_batch_tokens` cannot hold it; nothing without a budget. Call it after encoding, before loading a model."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_batch_tokens is None:
+        return
+    if max_batch_tokens < 1:
+        raise TokenBudgetError(f"{option} {max_batch_tokens}: must be a positive number of tokens, e.g. 16384")
+    if lengths.size == 0:
+        return
+    row = int(np.argmax(lengths))  # the first of the longest
+    widest = padded_width(lengths[row], pad_to_multiple_of)
+    if widest > max_batch_tokens:
+        name = f"id {row_ids[row]}" if row_ids is not None else f"row {row}"
+        padded = f", padded to {widest}" if widest != lengths[row] else ""
+        raise TokenBudgetError(
+            f"{option} {max_batch_tokens} is smaller than the longest row "
+            f"({name}: {int(lengths[row])} tokens{padded}); "
+            f"raise it to at least {widest} or lower {length_option}"
+        )

@@ -7,15 +7,18 @@ two agree to float precision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
 
 from pref_core.data.labels import TURN_COLUMNS
+from pref_core.errors import UserError
 
 if TYPE_CHECKING:  # type only: the Kaggle bundle imports this module without pydantic
     from pref_core.config.schema import ModelConfig, PromptConfig
+    from pref_core.predict.runner import RunOutput
 
 
 def average_probabilities(per_model: Sequence[np.ndarray], temperature: float = 1.0) -> np.ndarray:
@@ -63,44 +66,111 @@ def split_rows(lengths: Sequence[int], n_parts: int) -> list[np.ndarray]:
     return [np.sort(order[k::n_parts]) for k in range(n_parts)]
 
 
-def _fold_probabilities_on_device(
-    model_config,
-    adapter_dirs,
-    input_ids,
-    input_ids_swap,
-    base_model,
-    device,
-    batch_size: int,
-    progress: bool = False,
-    num_threads: Optional[int] = None,
-):
-    """Per-adapter (n, 3) probabilities of the rows, one base loaded on `device` with every adapter switched in."""
-    import os
-
+def _pad_to_multiple_of(devices: Sequence[Optional[str]]) -> Optional[int]:
+    """8 (tensor-core friendly widths) when a worker runs on a GPU; on CPU padding only costs."""
     import torch
 
-    from pref_core.model.preference import load_preference_ensemble
-    from pref_core.predict.inference import predict_token_ids
+    on_gpu = any(str(d).startswith("cuda") or (d is None and torch.cuda.is_available()) for d in devices)
+    return 8 if on_gpu else None
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    model, tokenizer, names = load_preference_ensemble(
-        model_config, adapter_dirs, name_or_path=base_model, device=device
-    )
-    outputs = []
-    for name in names:
-        model.set_adapter(name)  # LoRA weights and the classifier head (modules_to_save) switch together
-        outputs.append(
-            predict_token_ids(
-                model,
-                input_ids,
-                input_ids_swap,
-                batch_size=batch_size,
-                pad_token_id=tokenizer.pad_token_id,
-                progress=progress,
-            )
+
+def _dtype_name(model_config) -> str:
+    from pref_core.model.backbone import dtype_name, resolve_dtype
+
+    return dtype_name(resolve_dtype(model_config))
+
+
+def run_ensemble(
+    model_config: "ModelConfig",
+    adapter_dirs: Sequence[str | Path],
+    views: dict[str, list],
+    *,
+    batch_size: int,
+    base_model: Optional[str] = None,
+    devices: Optional[Sequence[str]] = None,
+    progress: bool = False,
+    max_batch_tokens: Optional[int] = None,
+    merge_adapter: bool = False,
+    row_ids: Optional[Sequence] = None,
+    pad_token_id: Optional[int] = None,
+    keeper=None,
+    max_length: Optional[int] = None,
+    reencode=None,
+    say: Callable[[str], None] = lambda text: None,
+    log: Callable[[str], None] = lambda text: None,
+    log_path: Optional[str] = None,
+):
+    """Every adapter's probabilities of every view of `views` ("rows": token ids per row, and "swapped" for swap
+    TTA), one base loaded per device: a pref_core.predict.runner.RunOutput.
+
+    One device (default: the GPU if there is one, else the CPU) runs in this process; several (``["cuda:0",
+    "cuda:1"]``, or ``["cpu", "cpu"]`` to stand in for two GPUs) each get a spawned worker process (`log_path`: where
+    their output goes). With swap TTA on two devices each runs one view over all rows; otherwise they share the rows
+    (pref_core.predict.runner). `max_batch_tokens` is checked against the longest row before any model loads;
+    `merge_adapter` merges a single adapter into the base weights at load. `keeper` (a deadline.TimeKeeper, with
+    `max_length` and `reencode`) applies a time limit; `say` and `log` get its lines.
+    """
+    from pref_core.predict.batching import check_token_budget
+    from pref_core.predict.runner import RunOutput, n_devices_for_threads, run_batches
+    from pref_core.predict.workers import WorkerSpec, close_workers, start_workers
+
+    devices = list(devices) if devices else [None]
+    pad = _pad_to_multiple_of(devices)
+    for ids in views.values():
+        check_token_budget([len(seq) for seq in ids], max_batch_tokens, pad, row_ids)
+    if merge_adapter and (len(adapter_dirs) != 1 or model_config.quantization != "none"):
+        raise EnsembleOptionError(
+            f"merging the adapter into the base needs one adapter (--folds average) over an unquantized base; got "
+            f"{len(adapter_dirs)} adapter(s) and quantization {model_config.quantization}"
         )
-    return outputs, os.getpid()
+    if pad_token_id is None:
+        from transformers import AutoTokenizer
+
+        pad_token_id = AutoTokenizer.from_pretrained(adapter_dirs[0]).pad_token_id
+    threads = n_devices_for_threads(devices) if len(devices) > 1 else None
+    specs = [
+        WorkerSpec(
+            model_config,
+            tuple(str(d) for d in adapter_dirs),
+            base_model,
+            device,
+            0 if pad_token_id is None else int(pad_token_id),
+            pad,
+            threads if str(device).startswith("cpu") else None,
+            merge_adapter,
+            log_path,
+        )
+        for device in devices
+    ]
+    n = len(views["rows"])
+    if keeper is not None and keeper.time_left() <= 0:  # the limit has passed before any model loaded
+        empty = {view: np.full((len(adapter_dirs), n, 3), np.nan, dtype=np.float32) for view in views}
+        return RunOutput(empty, {view: np.zeros(n, dtype=bool) for view in views}, [], stopped_at_s=keeper.elapsed())
+    workers = start_workers(specs, in_process=len(devices) == 1)
+    try:
+        return run_batches(
+            workers,
+            [str(d or "default") for d in devices],
+            views,
+            n_adapters=1 if merge_adapter else len(adapter_dirs),
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            pad_to_multiple_of=pad,
+            row_ids=row_ids,
+            dtype_name=_dtype_name(model_config),
+            keeper=keeper,
+            max_length=max_length,
+            reencode=reencode,
+            say=say,
+            log=log,
+            progress=progress,
+        )
+    finally:
+        close_workers(workers)
+
+
+class EnsembleOptionError(UserError, ValueError):
+    """A prediction option that does not fit the model (e.g. merging several adapters): one line, exit 2."""
 
 
 def predict_fold_probabilities(
@@ -113,62 +183,28 @@ def predict_fold_probabilities(
     base_model: Optional[str] = None,
     devices: Optional[Sequence[str]] = None,
     progress: bool = False,
+    max_batch_tokens: Optional[int] = None,
 ):
-    """Per-adapter (n, 3) probabilities in row order, and which worker did what: [(device, pid, n_rows)].
+    """Per-adapter (n, 3) probabilities in row order (with `input_ids_swap`, the two views averaged), and which
+    worker did what: [(device, pid, rows run)] (see `run_ensemble`).
 
     `model_config`: the model section the adapters were trained with; `batch_size`: rows per forward pass
-    (train.eval_batch_size).
-
-    One device (default: the GPU if there is one, else the CPU) runs in this process. Several devices
-    (e.g. ``["cuda:0", "cuda:1"]``, or ``["cpu", "cpu"]`` to stand in for two GPUs) each get one spawned
-    worker process that loads the base once and predicts its share of the rows (`split_rows`); the
-    shares are merged back in the original row order.
+    (train.eval_batch_size), `max_batch_tokens`: padded tokens per forward pass instead.
     """
-    if not devices or len(devices) == 1:
-        device = devices[0] if devices else None
-        outputs, pid = _fold_probabilities_on_device(
-            model_config, adapter_dirs, input_ids, input_ids_swap, base_model, device, batch_size, progress=progress
-        )
-        return outputs, [(str(device or "default"), pid, len(input_ids))]
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    adapter_dirs = [str(d) for d in adapter_dirs]
-    shares = split_rows([len(seq) for seq in input_ids], len(devices))
-    n_cpu_workers = sum(1 for d in devices if str(d).startswith("cpu"))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // n_cpu_workers) if n_cpu_workers else None
-    merged = None
-    workers = []
-    # spawn, never fork: a forked CUDA context (or a forked OpenMP pool) is unusable in the child.
-    with ProcessPoolExecutor(max_workers=len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = []
-        for device, share in zip(devices, shares):
-            ids = [input_ids[i] for i in share]
-            ids_swap = None if input_ids_swap is None else [input_ids_swap[i] for i in share]
-            futures.append(
-                pool.submit(
-                    _fold_probabilities_on_device,
-                    model_config,
-                    adapter_dirs,
-                    ids,
-                    ids_swap,
-                    base_model,
-                    device,
-                    batch_size,
-                    False,
-                    threads if str(device).startswith("cpu") else None,
-                )
-            )
-        for device, share, future in zip(devices, shares, futures):
-            outputs, pid = future.result()
-            if merged is None:
-                merged = [np.empty((len(input_ids), p.shape[1]), dtype=p.dtype) for p in outputs]
-            for target, part in zip(merged, outputs):
-                target[share] = part
-            workers.append((str(device), pid, len(share)))
-    return merged, workers
+    views = {"rows": list(input_ids)}
+    if input_ids_swap is not None:
+        views["swapped"] = list(input_ids_swap)
+    out = run_ensemble(
+        model_config,
+        adapter_dirs,
+        views,
+        batch_size=batch_size,
+        base_model=base_model,
+        devices=devices,
+        progress=progress,
+        max_batch_tokens=max_batch_tokens,
+    )
+    return out.per_adapter(), out.workers
 
 
 def predict_with_adapters(
@@ -182,6 +218,7 @@ def predict_with_adapters(
     progress: bool = False,
     temperature: float = 1.0,
     devices: Optional[Sequence[str]] = None,
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """Average the predictions of the fold adapters on `dataset` (`tta_swap`, train.tta_swap: also the
     a/b-swapped view), each fold's calibrated by `temperature` first (see `average_probabilities`).
@@ -208,8 +245,84 @@ def predict_with_adapters(
         base_model=base_model,
         devices=devices,
         progress=progress,
+        max_batch_tokens=max_batch_tokens,
     )
     return average_probabilities(outputs, temperature)
+
+
+@dataclass
+class FramePrediction:
+    """What `predict_frame` returns: the calibrated fold mean of the rows it reached, which rows, and the run."""
+
+    probabilities: np.ndarray  # (m, 3) float64, the rows where `predicted` is True, in frame order
+    predicted: np.ndarray  # (n,) bool; False only when a time limit stopped the run first
+    run: "RunOutput"
+
+
+def predict_frame(
+    model_config: "ModelConfig",
+    prompt: "PromptConfig",
+    adapter_dirs: Sequence[str | Path],
+    frame,
+    *,
+    batch_size: int,
+    tta_swap: bool,
+    base_model: Optional[str] = None,
+    temperature: float = 1.0,
+    devices: Optional[Sequence[str]] = None,
+    progress: bool = False,
+    max_batch_tokens: Optional[int] = None,
+    merge_adapter: bool = False,
+    keeper=None,
+    say: Callable[[str], None] = lambda text: None,
+    log: Callable[[str], None] = lambda text: None,
+    log_path: Optional[str] = None,
+) -> FramePrediction:
+    """Encode a validated frame with the adapters' tokenizer and `prompt`, check the token budget, then predict it
+    on `devices` (`run_ensemble`); with `keeper` (a time limit) the rows not reached are left out of
+    `probabilities` (the caller gives them the class prior). Each fold's probabilities are calibrated by
+    `temperature` before the mean, as the OOF temperature was fit."""
+    import copy
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
+    input_ids, input_ids_swap = encode_frame(frame, tokenizer, prompt, with_swap=tta_swap)
+    views = {"rows": input_ids}
+    if tta_swap:
+        views["swapped"] = input_ids_swap
+
+    def reencode(rows: np.ndarray, max_length: int, with_swap: bool):
+        shorter = copy.copy(prompt)
+        shorter.max_length = max_length
+        return encode_frame(frame.iloc[rows], tokenizer, shorter, with_swap=with_swap)
+
+    run = run_ensemble(
+        model_config,
+        adapter_dirs,
+        views,
+        batch_size=batch_size,
+        base_model=base_model,
+        devices=devices,
+        progress=progress,
+        max_batch_tokens=max_batch_tokens,
+        merge_adapter=merge_adapter,
+        row_ids=frame["id"].astype(str).tolist(),
+        pad_token_id=tokenizer.pad_token_id,
+        keeper=keeper,
+        max_length=prompt.max_length,
+        reencode=reencode,
+        say=say,
+        log=log,
+        log_path=log_path,
+    )
+    predicted = run.predicted
+    outputs = run.per_adapter()
+    if predicted.any():
+        probabilities = average_probabilities(outputs, temperature)
+    else:
+        probabilities = np.empty((0, 3), dtype=np.float64)
+    return FramePrediction(probabilities, predicted, run)
 
 
 def predict_frame_probabilities(
@@ -224,23 +337,21 @@ def predict_frame_probabilities(
     temperature: float = 1.0,
     devices: Optional[Sequence[str]] = None,
     progress: bool = False,
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
-    """Calibrated fold-ensemble probabilities (n, 3) of a validated frame: what `arena-pref predict`, the
-    registered pyfunc and the exported Kaggle bundle all run, with the run's model and prompt sections and its
-    train.eval_batch_size / train.tta_swap."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dirs[0])
-    input_ids, input_ids_swap = encode_frame(frame, tokenizer, prompt, with_swap=tta_swap)
-    # Each fold's probabilities are calibrated before the mean, as the OOF temperature was fit.
-    return predict_with_adapters(
+    """Calibrated fold-ensemble probabilities (n, 3) of a validated frame: what `arena-pref predict` and the
+    registered pyfunc run, with the run's model and prompt sections and its train.eval_batch_size /
+    train.tta_swap (`predict_frame` without a time limit)."""
+    return predict_frame(
         model_config,
+        prompt,
         adapter_dirs,
-        {"input_ids": input_ids, "input_ids_swap": input_ids_swap},
+        frame,
         batch_size=batch_size,
         tta_swap=tta_swap,
         base_model=base_model,
-        progress=progress,
-        devices=devices,
         temperature=temperature,
-    )
+        devices=devices,
+        progress=progress,
+        max_batch_tokens=max_batch_tokens,
+    ).probabilities

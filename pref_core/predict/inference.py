@@ -2,7 +2,9 @@
 
 Rows are run longest first in batches padded to the batch's own longest row
 (little padding, and an out-of-memory error shows up on the first batch, not
-the last); the probabilities come back in the dataset's original order.
+the last); the probabilities come back in the dataset's original order. A batch holds
+`batch_size` rows, or with `max_batch_tokens` as many rows as fit that many padded tokens
+(pref_core.predict.batching: the first batch is the largest).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from pref_core.data.labels import NUM_CLASSES, swap_probabilities
+from pref_core.predict.batching import plan_batches
 
 
 @dataclass
@@ -56,6 +59,14 @@ class PreferenceCollator:
         return batch
 
 
+def forward_probabilities(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(rows, 3) float32 probabilities of one collated batch, on the CPU."""
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))[
+        "logits"
+    ]  # (batch, 3)
+    return torch.softmax(logits.float(), dim=-1).cpu()
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -75,6 +86,7 @@ def _predict_column(
     pad_token_id: int,
     pad_to_multiple_of: Optional[int],
     progress: bool,
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """Probabilities (n, 3) for one input column of a datasets.Dataset, in dataset order."""
     length_column = input_column.replace("input_ids", "length")
@@ -92,6 +104,7 @@ def _predict_column(
         pad_to_multiple_of,
         progress,
         view="swapped" if input_column.endswith("_swap") else "rows",
+        max_batch_tokens=max_batch_tokens,
     )
 
 
@@ -104,24 +117,21 @@ def _predict_sequences(
     pad_to_multiple_of: Optional[int],
     progress: bool,
     view: str = "rows",
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """Probabilities (n, 3) for n token sequences (`sequences_at(row indices)` returns those rows), in row order."""
-    order = np.argsort(-lengths, kind="stable")  # longest first
+    plan = plan_batches(lengths, batch_size, max_batch_tokens, pad_to_multiple_of)
     collate = PreferenceCollator(pad_token_id, pad_to_multiple_of)
     device = _model_device(model)
     probabilities = np.empty((len(lengths), NUM_CLASSES), dtype=np.float32)
-    starts = range(0, len(order), batch_size)
+    batches = plan.batches
     if progress:
         from pref_core.progress import progress_bar
 
-        starts = progress_bar(starts, desc=f"predict {len(order)} {view}", unit="batch")
-    for start in starts:
-        index = order[start : start + batch_size]
+        batches = progress_bar(batches, desc=f"predict {len(lengths)} {view}", unit="batch")
+    for index in batches:
         batch = collate([{"input_ids": seq} for seq in sequences_at(index.tolist())])
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))[
-            "logits"
-        ]  # (batch, 3)
-        probabilities[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        probabilities[index] = forward_probabilities(model, batch, device).numpy()
     return probabilities
 
 
@@ -151,11 +161,12 @@ def predict_token_ids(
     pad_token_id: Optional[int] = None,
     progress: bool = False,
     pad_to_multiple_of: Optional[int] = None,
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """`predict_probabilities` over plain lists of token ids (no `datasets`): (n, 3) probabilities in row order.
 
     With `input_ids_swap` (the a/b-swapped view of the same rows) the two views are averaged, as `predict_probabilities`
-    does with tta_swap.
+    does with tta_swap. `max_batch_tokens`: token-budget batches (see `plan_batches`).
     """
     if len(input_ids) == 0:
         return np.empty((0, NUM_CLASSES), dtype=np.float32)
@@ -174,6 +185,7 @@ def predict_token_ids(
             pad_to_multiple_of,
             progress,
             view="swapped" if swapped else "rows",
+            max_batch_tokens=max_batch_tokens,
         )
 
     return _average_views(model, predict_view, with_swap=input_ids_swap is not None)
@@ -187,12 +199,14 @@ def predict_probabilities(
     pad_token_id: Optional[int] = None,
     progress: bool = False,
     pad_to_multiple_of: Optional[int] = None,
+    max_batch_tokens: Optional[int] = None,
 ) -> np.ndarray:
     """Class probabilities (n, 3), columns in LABEL_COLUMNS order, rows in dataset order.
 
     `dataset`: a datasets.Dataset with ``input_ids`` (and ``length``). With `tta_swap`, the model also
     reads ``input_ids_swap`` (responses a and b exchanged); those probabilities get their a/b columns
-    exchanged back and the two views are averaged.
+    exchanged back and the two views are averaged. `max_batch_tokens` (train.eval_max_batch_tokens): batches of
+    at most that many padded tokens and `batch_size` rows instead of `batch_size` rows each.
     """
     if len(dataset) == 0:
         return np.empty((0, NUM_CLASSES), dtype=np.float32)
@@ -205,6 +219,8 @@ def predict_probabilities(
 
     def predict_view(swapped: bool) -> np.ndarray:
         column = "input_ids_swap" if swapped else "input_ids"
-        return _predict_column(model, dataset, column, batch_size, pad_token_id, pad_to_multiple_of, progress)
+        return _predict_column(
+            model, dataset, column, batch_size, pad_token_id, pad_to_multiple_of, progress, max_batch_tokens
+        )
 
     return _average_views(model, predict_view, with_swap=tta_swap)

@@ -38,10 +38,18 @@ class PreferenceTrainer(Trainer):
     `distill`: the distill section when distill.teacher_csv is set, else None (teacher columns are ignored).
     """
 
-    def __init__(self, *args, swap: str = "none", distill: Optional[DistillConfig] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        swap: str = "none",
+        distill: Optional[DistillConfig] = None,
+        eval_max_batch_tokens: Optional[int] = None,
+        **kwargs,
+    ):
         check_swap_mode(swap)
         self.swap = swap
         self.distill = distill
+        self.eval_max_batch_tokens = eval_max_batch_tokens
         super().__init__(*args, **kwargs)
 
     # (rows, sequence length) of the batch in the step that runs now: what an out-of-memory error hit.
@@ -109,6 +117,39 @@ class PreferenceTrainer(Trainer):
             temperature=self.distill.temperature,
         )
         return (loss, {**outputs, "loss": loss}) if return_outputs else loss
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """With train.eval_max_batch_tokens (one process): batches of at most that many padded tokens and
+        train.eval_batch_size rows, in dataset order (fine_tune_fold sorts the rows longest first, so each batch is a
+        run of consecutive rows and the first is the largest)."""
+        if self.eval_max_batch_tokens is None or self.args.world_size > 1:
+            return super().get_eval_dataloader(eval_dataset)
+        from torch.utils.data import DataLoader
+
+        from pref_core.predict.batching import plan_batches
+
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        lengths = dataset_lengths(dataset)
+        plan = plan_batches(
+            lengths,
+            self.args.eval_batch_size,
+            self.eval_max_batch_tokens,
+            getattr(self.data_collator, "pad_to_multiple_of", None),
+        )
+        batches = sorted((b.tolist() for b in plan.batches), key=lambda rows: rows[0])
+        if [row for rows in batches for row in rows] != list(range(len(lengths))):
+            raise ValueError("token-budget evaluation needs the eval rows sorted longest first (fine_tune_fold does)")
+        # A plain DataLoader: the Trainer moves each batch to the device itself, and accelerate's remainder
+        # bookkeeping (which assumes equal batch sizes) stays out of the way of gathering the predictions.
+        return DataLoader(
+            dataset,
+            batch_sampler=batches,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     def _get_eval_sampler(self, eval_dataset):
         # Dataset order, so that recorded predictions line up with rows (fine_tune_fold sorts rows by length first).
@@ -257,6 +298,7 @@ def build_trainer(
         callbacks=list(callbacks),
         swap=config.train.swap,
         distill=distill,
+        eval_max_batch_tokens=config.train.eval_max_batch_tokens,
     )
     trainer.remove_callback(PrinterCallback)  # LoggingCallback reports through logging instead of print
     return trainer
