@@ -115,9 +115,9 @@ def check_teacher_split(
             f"its data hash {tags.get('arena_pref.train_hash', '?')[:12]} differs from this run's "
             f"{train_hash[:12]} (train it on the same data.train_csv)"
         )
-    for field, value in (("cv.n_folds", n_folds), ("cv.seed", seed)):
-        if params.get(field) != str(value):
-            problems.append(f"its {field}={params.get(field)} differs from this run's {value}")
+    for name, value in (("cv.n_folds", n_folds), ("cv.seed", seed)):
+        if params.get(name) != str(value):
+            problems.append(f"its {name}={params.get(name)} differs from this run's {value}")
     if need_train_rows and params.get("train.predict_train_rows") not in ("True", "true"):
         problems.append("it ran without train.predict_train_rows=true, so it has no per-fold soft labels")
     if problems:
