@@ -57,7 +57,8 @@ class PostprocessRulesError(UserError, ValueError):
 
 def side_text(turns: Sequence[str | None] | None) -> str:
     """A response's turns joined by "\\n", None read as "" (a missing cell as no turns)."""
-    return "\n".join("" if t is None else t for t in (turns or []))
+    # `turns` may be a list, a numpy array (a list column read from parquet) or None.
+    return "\n".join("" if t is None else t for t in ([] if turns is None else turns))
 
 
 def _squeezed(text: str) -> str:
