@@ -79,12 +79,22 @@ def cmd_blend(args) -> int:
     from pathlib import Path
 
     from arena_pref import console
+    from arena_pref.environment import NO_PROGRESS_BARS
     from arena_pref.summary import registry_decision, run_link
     from arena_pref.tasks.tracking import default_tracking_uri
     from arena_pref.tasks.workspace import OUTPUT_DIR_ENV
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
-    check_members(args.model_uris, tracking_uri)
+    saved = {key: os.environ.get(key) for key in NO_PROGRESS_BARS}
+    os.environ.update(NO_PROGRESS_BARS)  # the members' OOF downloads show no bars on the console
+    try:
+        check_members(args.model_uris, tracking_uri)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     log_path = console.log_file_path(Path(os.environ.get(OUTPUT_DIR_ENV) or args.output_dir).resolve(), "blend")
     if not args.verbose:
         print(f"log: {log_path}  (-v shows it here)", flush=True)
