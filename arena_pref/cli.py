@@ -1,4 +1,5 @@
-"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, stack, ui, config).
+"""`arena-pref`: the command line of the pipeline (demo, train, validate, models, promote, predict, blend, stack, ui,
+config).
 
 This module assembles the parser from the command groups (arena_pref/commands/) and runs the chosen command.
 User errors (bad config, bad data, unreachable tracking store, a failed fold: every pref_core.errors.UserError)
@@ -23,6 +24,7 @@ from pref_core.errors import UserError
 COMMAND_GROUPS = (
     "run",  # demo, train, validate, show-prompt
     "registry",  # models, promote, predict, export
+    "blend",  # blend
     "services",  # stack, ui
     "config",  # config show | fields
 )

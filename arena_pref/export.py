@@ -145,8 +145,10 @@ def export_bundle(
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle
     from arena_pref.tasks.tracking import default_tracking_uri
+    from pref_core.evaluate.postprocess import RULES_FILE
     from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
     from pref_core.model.averaging import average_adapters
+    from pref_core.predict.members import read_blend_spec
     from pref_core.publish import publishing_dir
 
     if folds not in ("ensemble", "average"):
@@ -159,6 +161,10 @@ def export_bundle(
         raise ExportError(f"--base-model-dir {base_dir}: no config.json there; pass the base model's folder")
     with tempfile.TemporaryDirectory() as tmp:
         registered = download_bundle(model_uri, tracking_uri or default_tracking_uri(), Path(tmp))
+        if read_blend_spec(registered) is not None:  # a registered blend: every member, each base listed once
+            from arena_pref.export_blend import write_blend_bundle
+
+            return write_blend_bundle(registered, out, model_uri, folds, base_dir)
         config, base, adapters, temperature = read_bundle(registered)
         with publishing_dir(out, prefix=f".{out.name}.partial-") as staging:
             (staging / "adapters").mkdir(parents=True)
@@ -169,6 +175,8 @@ def export_bundle(
                     shutil.copytree(adapter, staging / "adapters" / adapter.name)
             for name in ("config.yaml", "base_model.json", "calibration.json"):
                 shutil.copy2(registered / name, staging / name)
+            if (registered / RULES_FILE).is_file():  # post-processing learned on OOF (absent: postprocess.mode=off)
+                shutil.copy2(registered / RULES_FILE, staging / RULES_FILE)
             (staging / "class_prior.json").write_text(json.dumps(_class_prior(registered), indent=2))
             head = json.loads((adapters[0] / "preference_head.json").read_text())
             (staging / "label_tokens.json").write_text(

@@ -72,6 +72,19 @@ def preflight(config) -> None:
         from arena_pref.tasks.distillation import check_teacher_run
 
         check_teacher_run(config, train.data_hash, tracking.get_client(config))
+    if config.distill.pseudo_from is not None:
+        check_pseudo_labels(config, train)
+
+
+def check_pseudo_labels(config, train) -> None:
+    """Before any training: the unlabelled rows (no label columns, rows present, ids unused by the training and
+    extra rows) and the teacher of distill.pseudo_from (a cv-training run on the same data and folds, every fold
+    finished). The checked rows are cached, so the flow's ingest is a cache hit."""
+    from arena_pref.tasks import preparation, pseudo_labels, tracking
+
+    extra = preparation.ingest_extra.fn(config, train)
+    pseudo_labels.ingest_unlabeled.fn(config, train, extra)
+    pseudo_labels.resolve_teacher(config, train.data_hash, tracking.get_client(config))
 
 
 def check_split(config, parsed_path) -> None:

@@ -52,6 +52,8 @@ def print_summary(result, tracking_uri: str, out=None) -> None:
     if scores.calibrated_log_loss is not None:
         write(f"calibrated OOF log loss {scores.calibrated_log_loss:.4f} (temperature {scores.temperature:.3f})")
     write(f"class prior log loss {scores.prior_log_loss:.4f} (always predicting the training class shares)")
+    if result.oof.postprocess_summary:
+        write(result.oof.postprocess_summary)
     write(f"registry: {registry_decision(result.registration)}")
     if result.submission_path:
         write(f"submission: {result.submission_path}")

@@ -12,7 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, stopping, training
+from arena_pref.tasks import artifacts, evaluation, fold_launcher, pseudo_labels, registry, runs, stopping, training
 from pref_core.config.schema import RunConfig
 from pref_core.train.devices import DeviceSlots, plan_device_slots
 
@@ -59,6 +59,8 @@ def cv_training(
         prepared = prepare_inputs(config)
         runs.log_inputs(config, parent_run_id, prepared)
         fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k) for k in config.cv.fold_indices()}
+        if config.distill.pseudo_from is not None:  # every teacher fold over one base load, before the folds
+            pseudo_labels.teacher_pseudo_labels(config, prepared, list(fold_run_ids))
         _train_folds(config, fold_run_ids, prepared, force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)

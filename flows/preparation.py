@@ -7,7 +7,7 @@ shared data location.
 
 from __future__ import annotations
 
-from arena_pref.tasks import preparation
+from arena_pref.tasks import preparation, pseudo_labels
 from arena_pref.tasks.preparation import PreparedInputs
 from pref_core.config.loading import require_train_csv
 from pref_core.config.run_key import compute_run_key, teacher_hashes
@@ -19,6 +19,7 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
     train = preparation.ingest(config, "train")
     test = preparation.ingest(config, "test") if config.data.test_csv else None
     extra = preparation.ingest_extra(config, train)
+    unlabeled = pseudo_labels.ingest_unlabeled(config, train, extra)
     base_model = preparation.prepare_base_model(config, train)
     run_key = compute_run_key(
         config,
@@ -27,12 +28,17 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
             "test": test.data_hash if test else None,
             "extra": extra.data_hash if extra else None,
             **teacher_hashes(config.distill),
+            # Only when set: run keys of runs without unlabelled rows stay what they were.
+            **({"unlabeled": unlabeled.data_hash} if unlabeled else {}),
         },
     )
     # Training reads the swapped view for swap augmentation, inference for swap TTA.
     train_swap = config.train.tta_swap or config.train.swap != "none"
     train_tokens = preparation.tokenize_and_cache(config, train, base_model, with_swap=train_swap)
     extra_tokens = preparation.tokenize_and_cache(config, extra, base_model, with_swap=train_swap) if extra else None
+    unlabeled_tokens = (
+        preparation.tokenize_and_cache(config, unlabeled, base_model, with_swap=train_swap) if unlabeled else None
+    )
     test_tokens = (
         preparation.tokenize_and_cache(config, test, base_model, with_swap=config.train.tta_swap) if test else None
     )
@@ -48,4 +54,6 @@ def prepare_inputs(config: RunConfig) -> PreparedInputs:
         test_tokens=test_tokens,
         extra=extra,
         extra_tokens=extra_tokens,
+        unlabeled=unlabeled,
+        unlabeled_tokens=unlabeled_tokens,
     )

@@ -98,6 +98,8 @@ def summary_markdown(
         lines.append(
             f"- **calibrated OOF log loss**: {scores.calibrated_log_loss:.4f} (temperature {scores.temperature:.3f})"
         )
+    if oof.postprocess_summary:
+        lines.append(f"- **{oof.postprocess_summary.split(': ', 1)[0]}**: {oof.postprocess_summary.split(': ', 1)[1]}")
     lines += [
         f"- **class prior log loss**: {scores.prior_log_loss:.4f}",
         f"- **registry**: {decision}",

@@ -7,6 +7,7 @@ assembly, scoring and checks are pref_core.evaluate.oof and pref_core.predict.su
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -19,8 +20,16 @@ from prefect import task
 from arena_pref.tasks import tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from pref_core.config.schema import RunConfig
-from pref_core.data.labels import TURN_COLUMNS
+from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 from pref_core.evaluate.oof import OOFScores, assemble_oof, oof_figures, score_oof, text_lengths
+from pref_core.evaluate.postprocess import (
+    ROW_KIND_COLUMN,
+    RULES_FILE,
+    apply_to_rows,
+    fit_oof_table,
+    postprocess_metrics,
+    row_kinds,
+)
 from pref_core.predict.submission import (
     average_fold_predictions,
     class_prior,
@@ -40,6 +49,8 @@ class OOFOutput:
     oof_path: str
     scores: OOFScores
     fold_log_loss: dict[int, float]
+    postprocess: Optional[dict] = None  # postprocess.json (pref_core.evaluate.postprocess); None: postprocess.mode=off
+    postprocess_summary: Optional[str] = None  # one line: what post-processing changed
 
     @property
     def temperature(self) -> float:
@@ -69,6 +80,9 @@ def evaluate_oof(
     }
     parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *TURN_COLUMNS])
     oof = assemble_oof(predictions, parsed, pd.read_parquet(prepared.folds_path))
+    # Each row's kind (identical answers, an empty answer, ...): what post-processing and blends read.
+    texts = parsed.set_index(parsed["id"].astype(str)).loc[oof["id"]]
+    oof[ROW_KIND_COLUMN] = row_kinds(texts["response_a"], texts["response_b"])
     scores = score_oof(oof, config.calibration.method)
 
     out_dir = workspace.run_dir(config, prepared.run_key)
@@ -89,7 +103,30 @@ def evaluate_oof(
         scores.temperature,
         scores.log_loss if scores.calibrated_log_loss is None else scores.calibrated_log_loss,
     )
-    return OOFOutput(oof_path=str(oof_path), scores=scores, fold_log_loss=fold_log_loss)
+    rules = _fit_postprocess(config, client, parent_run_id, oof, scores.temperature, out_dir)
+    return OOFOutput(
+        oof_path=str(oof_path),
+        scores=scores,
+        fold_log_loss=fold_log_loss,
+        postprocess=rules.to_dict() if rules else None,
+        postprocess_summary=rules.summary() if rules else None,
+    )
+
+
+def _fit_postprocess(config: RunConfig, client, run_id: str, oof: pd.DataFrame, temperature: float, out_dir: Path):
+    """postprocess.mode=auto: the per-kind rules fitted on the calibrated OOF rows, logged as postprocess.json
+    with their metrics; None when off."""
+    if config.postprocess.mode == "off":
+        return None
+    rules = fit_oof_table(
+        oof, temperature, min_rows=config.postprocess.min_rows, near_identical=config.postprocess.near_identical
+    )
+    path = out_dir / RULES_FILE
+    path.write_text(json.dumps(rules.to_dict(), indent=2), encoding="utf-8")
+    client.log_artifact(run_id, str(path))
+    tracking.log_metrics(client, run_id, postprocess_metrics(rules))
+    LOGGER.info("%s", rules.summary())
+    return rules
 
 
 def _fill_rejected_with_prior(submission: pd.DataFrame, prepared: PreparedInputs) -> tuple[pd.DataFrame, list[str]]:
@@ -118,6 +155,11 @@ def make_submission(
     test_ids = pd.read_parquet(prepared.test.parsed_path, columns=["id"])["id"].astype(str).tolist()
     frames = list(_read_fold_tables(client, fold_run_ids, TEST_PREDICTIONS_FILE).values())
     submission = average_fold_predictions(frames, test_ids, oof.temperature)
+    if oof.postprocess is not None:  # the rules learned on OOF, applied as the registered model and bundle apply them
+        test = pd.read_parquet(prepared.test.parsed_path, columns=["id", "response_a", "response_b"])
+        submission[list(LABEL_COLUMNS)] = apply_to_rows(
+            oof.postprocess, test["response_a"], test["response_b"], submission[list(LABEL_COLUMNS)].to_numpy()
+        )
     if prepared.test.n_rejected:
         submission, test_ids = _fill_rejected_with_prior(submission, prepared)
         tracking.log_metrics(client, parent_run_id, {"n_test_prior_filled": prepared.test.n_rejected})

@@ -44,12 +44,16 @@ def predict_submission(
     from arena_pref.tasks.pyfunc_model import predict_parsed
     from pref_core.data.arena import read_arena_csv
     from pref_core.model.fingerprint import locate_base
+    from pref_core.predict.members import read_blend_spec
 
     tracking_uri = tracking_uri or default_tracking_uri()
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=0.0)  # fail on bad input before loading models
     with tempfile.TemporaryDirectory() as tmp:
         bundle = download_bundle(model_uri, tracking_uri, Path(tmp))
-        base = locate_base(json.loads((bundle / "base_model.json").read_text()), base_model)
+        if read_blend_spec(bundle) is not None:  # a registered blend: every member's base, checked the same way
+            base = locate_blend_base(bundle, base_model)
+        else:
+            base = locate_base(json.loads((bundle / "base_model.json").read_text()), base_model)
         submission = predict_parsed(
             bundle, test.frame, progress=True, base_model=base, max_batch_tokens=max_batch_tokens, dtype=dtype
         )
@@ -59,3 +63,28 @@ def predict_submission(
     submission.to_csv(out_path, index=False)
     LOGGER.info("wrote %d predictions from %s to %s", len(submission), model_uri, out_path)
     return str(out_path)
+
+
+def locate_blend_base(bundle: Path, base_model: Optional[str]) -> Optional[str]:
+    """Check every base of a registered blend as a single model's is checked (pref_core.model.fingerprint.
+    locate_base); returns `base_model` when given (allowed only when the members share one base), else None (each
+    member loads its recorded base)."""
+    import json
+
+    from pref_core.model.fingerprint import locate_base
+    from pref_core.model.source import BaseModelError
+    from pref_core.predict.members import MEMBERS_DIR, base_identity, read_blend_spec
+
+    fingerprints = {}
+    for name in read_blend_spec(bundle)["members"]:
+        fingerprint = json.loads((bundle / MEMBERS_DIR / name / "base_model.json").read_text())
+        fingerprints.setdefault(base_identity(fingerprint), fingerprint)
+    if base_model is not None and len(fingerprints) > 1:
+        raise BaseModelError(
+            f"--base-model {base_model}: this blend's members use {len(fingerprints)} different bases "
+            f"({', '.join(f['name_or_path'] for f in fingerprints.values())}); leave --base-model out so that each "
+            "member loads its own"
+        )
+    for fingerprint in fingerprints.values():
+        located = locate_base(fingerprint, base_model)
+    return located if base_model is not None else None

@@ -72,6 +72,8 @@ class PreparedInputs:
     test_tokens: Optional[TokenCacheOutput] = None
     extra: Optional[IngestOutput] = None  # extra training rows (data.extra_csvs / data.extra_pairs)
     extra_tokens: Optional[TokenCacheOutput] = None
+    unlabeled: Optional[IngestOutput] = None  # rows to pseudo-label (data.unlabeled_csvs / data.unlabeled_pairs)
+    unlabeled_tokens: Optional[TokenCacheOutput] = None
 
     @property
     def train_hash(self) -> str:
@@ -95,6 +97,8 @@ class PreparedInputs:
                 n_extra_kept=self.extra.n_kept,
                 n_extra_rejected_or_duplicate=self.extra.n_rejected,
             )
+        if self.unlabeled:
+            out.update(n_unlabeled_read=self.unlabeled.n_read, n_unlabeled_used=self.unlabeled.n_kept)
         return out
 
     def rejected_files(self) -> list[str]:

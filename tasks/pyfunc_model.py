@@ -5,7 +5,12 @@ Bundle layout (logged as the artifact ``bundle``):
   base_model.json        where the base weights come from (hub id + revision, or local path + fingerprint);
                          the base weights themselves are not copied
   calibration.json       the temperature fit on the OOF predictions (1.0 when calibration.method=none)
+  postprocess.json       rules for rows the model cannot judge, learned on OOF (absent: postprocess.mode=off)
   adapters/fold_<k>/     one LoRA adapter per fold (safetensors, adapter config, tokenizer files, head)
+
+A registered blend (`arena-pref blend --register`) holds blend.json (method, members in order, final weights),
+members/<name>/ (each member's bundle as above, without its own postprocess.json), class_prior.json and the
+postprocess.json learned on the blend's OOF rows; `predict` runs every member (each base loaded once) and blends.
 
 `predict(df)` takes a Kaggle-format test frame and returns
 ``id, winner_model_a, winner_model_b, winner_tie``, averaging the folds (and the
@@ -56,28 +61,70 @@ def predict_parsed(
     max_batch_tokens: int | None = None,
     dtype: str | None = None,
 ) -> pd.DataFrame:
-    """Predict a validated frame (turn lists, as pref_core.data.arena returns it): average the fold adapters.
+    """Predict a validated frame (turn lists, as pref_core.data.arena returns it): average the fold adapters (a
+    blend: each member's, then the blend's weights), then the post-processing rules learned on OOF.
     `base_model`: where to load the base from instead of the bundle's record (a checked local copy);
-    `max_batch_tokens`: token-budget batches; `dtype`: instead of the run's model.dtype."""
+    `max_batch_tokens`: token-budget batches; `dtype`: instead of the run's model.dtype (single models; a blend
+    predicts its members as they were registered)."""
     from pref_core.predict.ensemble import predict_frame_probabilities
+    from pref_core.predict.members import blend_members_probabilities, predict_members, read_blend_spec
 
-    config, base, adapters, temperature = read_bundle(bundle)
-    model_config = config.model if dtype is None else config.model.model_copy(update={"dtype": dtype})
-    probs = predict_frame_probabilities(
-        model_config,
-        config.prompt,
-        adapters,
-        frame,
-        batch_size=config.train.eval_batch_size,
-        tta_swap=config.train.tta_swap,
-        base_model=base_model or base["name_or_path"],
-        temperature=temperature,
-        progress=progress,
-        max_batch_tokens=max_batch_tokens,
-    )
+    spec = read_blend_spec(bundle)
+    if spec is not None:
+        probs = blend_members_probabilities(
+            spec, predict_members(blend_member_models(bundle, spec, base_model), frame, progress=progress)
+        )
+    else:
+        config, base, adapters, temperature = read_bundle(bundle)
+        model_config = config.model if dtype is None else config.model.model_copy(update={"dtype": dtype})
+        probs = predict_frame_probabilities(
+            model_config,
+            config.prompt,
+            adapters,
+            frame,
+            batch_size=config.train.eval_batch_size,
+            tta_swap=config.train.tta_swap,
+            base_model=base_model or base["name_or_path"],
+            temperature=temperature,
+            progress=progress,
+            max_batch_tokens=max_batch_tokens,
+        )
+    probs = postprocess_rows(bundle, frame, probs)
     out = pd.DataFrame(probs, columns=list(LABEL_COLUMNS))
     out.insert(0, "id", frame["id"].astype(str).to_numpy())
     return out
+
+
+def blend_member_models(bundle: str | Path, spec: dict, base_model: str | None = None) -> list:
+    """A registered blend's members (pref_core.predict.members.MemberModel), read from members/<name>/ in the
+    blend's order; `base_model` (a checked local copy) replaces the recorded base of every member (one base)."""
+    from pref_core.predict.members import MEMBERS_DIR, MemberModel, base_identity
+
+    members = []
+    for name in spec["members"]:
+        config, base, adapters, temperature = read_bundle(Path(bundle) / MEMBERS_DIR / name)
+        members.append(
+            MemberModel(
+                name=name,
+                model=config.model,
+                prompt=config.prompt,
+                tta_swap=config.train.tta_swap,
+                batch_size=config.train.eval_batch_size,
+                temperature=temperature,
+                adapter_dirs=adapters,
+                base=base_model or base["name_or_path"],
+                base_key=base_identity(base),
+            )
+        )
+    return members
+
+
+def postprocess_rows(bundle: str | Path, frame: pd.DataFrame, probs):
+    """The bundle's postprocess.json rules applied to the predicted rows (unchanged without the file)."""
+    from pref_core.evaluate.postprocess import apply_to_rows, read_rules
+
+    rules = read_rules(bundle)
+    return probs if rules is None else apply_to_rows(rules, frame["response_a"], frame["response_b"], probs)
 
 
 def predict_frame(bundle: str | Path, raw: pd.DataFrame, progress: bool = False) -> pd.DataFrame:

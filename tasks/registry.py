@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from pref_core.config.loading import dump_config
 from pref_core.config.schema import RunConfig
 from pref_core.evaluate import promotion
+from pref_core.evaluate.postprocess import RULES_FILE
 from pref_core.model.fingerprint import fingerprint_base, pin_base
 
 LOGGER = logging.getLogger(__name__)
@@ -114,23 +115,14 @@ def register_model(
     config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs, oof: OOFOutput
 ) -> RegistrationOutput:
     """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`."""
-    import mlflow
-    from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
-
     client = tracking.get_client(config)
     name = config.tracking.registered_model
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle", oof.temperature)
         write_class_prior(prepared, bundle)
-        mlflow.set_tracking_uri(client.tracking_uri)
-        with mlflow.start_run(run_id=parent_run_id):
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT,
-                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # models from code: no pickle
-                artifacts={BUNDLE_ARTIFACT: str(bundle)},
-                signature=MODEL_SIGNATURE,
-                pip_requirements=_pip_requirements(),
-            )
+        if oof.postprocess is not None:  # the rules learned on OOF, applied by predict, export and the bundle
+            (bundle / RULES_FILE).write_text(json.dumps(oof.postprocess, indent=2))
+        info = log_bundle_model(client, parent_run_id, bundle)
     tags = {
         "oof_log_loss": f"{oof.scores.log_loss:.6f}",
         "n_folds": str(len(fold_run_ids)),
@@ -140,10 +132,32 @@ def register_model(
         "data_hash": prepared.train_hash,
         "run_key": prepared.run_key,
     }
+    return register_logged_model(client, name, info, parent_run_id, tags)
+
+
+def log_bundle_model(client: MlflowClient, run_id: str, bundle: Path):
+    """Log a bundle folder as the registered model's pyfunc on `run_id` (models from code: nothing pickled)."""
+    import mlflow
+    from arena_pref.tasks.pyfunc_model import BUNDLE_ARTIFACT, MODEL_SIGNATURE
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={BUNDLE_ARTIFACT: str(bundle)},
+            signature=MODEL_SIGNATURE,
+            pip_requirements=_pip_requirements(),
+        )
+
+
+def register_logged_model(client: MlflowClient, name: str, info, run_id: str, tags: dict) -> RegistrationOutput:
+    """Register the pyfunc `info` (logged on `run_id`) as a version of `name` with `tags`, alias it `challenger`,
+    and `champion` when it beats the champion on the same data and rows (a CV run's fold ensemble, or a blend)."""
     with contextlib.suppress(MlflowException):  # exists already
         client.create_registered_model(name, description="arena-pref fold ensembles (LoRA adapters over a base LM)")
     version = client.create_model_version(
-        name, source=info.model_uri, run_id=parent_run_id, tags=tags, model_id=getattr(info, "model_id", None)
+        name, source=info.model_uri, run_id=run_id, tags=tags, model_id=getattr(info, "model_id", None)
     )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     version = client.get_model_version(name, version.version)
@@ -153,7 +167,7 @@ def register_model(
     else:
         client.set_model_version_tag(name, version.version, "arena_pref.promotion", reason)
     tracking.set_tags(
-        client, parent_run_id, {"arena_pref.registered_version": version.version, "arena_pref.promotion": reason}
+        client, run_id, {"arena_pref.registered_version": version.version, "arena_pref.promotion": reason}
     )
     LOGGER.info("registered %s version %s (%s)", name, version.version, "champion: " + reason if promoted else reason)
     return RegistrationOutput(

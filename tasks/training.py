@@ -17,7 +17,7 @@ from typing import Optional
 import pandas as pd
 from prefect import get_run_logger, task
 
-from arena_pref.tasks import distillation, resources, stopping, tracking, workspace
+from arena_pref.tasks import distillation, pseudo_labels, resources, stopping, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from pref_core.config.schema import RunConfig
 from pref_core.data import fold_rows
@@ -95,8 +95,8 @@ def fit_fold(
 
 
 def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, client):
-    """(train, validation, test) datasets of the fold: the split, extra rows and teacher labels
-    (pref_core.data.fold_rows)."""
+    """(train, validation, test) datasets of the fold and counts to log: the split, extra rows, teacher labels and
+    pseudo-labelled rows (pref_core.data.fold_rows, arena_pref.tasks.pseudo_labels)."""
     from pref_core.text.tokenization import load_token_cache
 
     train_ds, val_ds = fold_rows.split_fold(
@@ -104,24 +104,28 @@ def _fold_datasets(config: RunConfig, fold: int, prepared: PreparedInputs, clien
     )
     extra_ds = load_token_cache(prepared.extra_tokens.path) if prepared.extra_tokens else None
     teacher = distillation.teacher_frame(config, fold, prepared.train_hash, val_ds["id"], client)
-    train_ds = fold_rows.fold_train_set(train_ds, extra_ds, teacher)
+    pseudo_ds, counts = pseudo_labels.fold_pseudo_rows(config, prepared, fold, val_ds["id"])
+    train_ds = fold_rows.fold_train_set(train_ds, extra_ds, teacher, pseudo_ds)
     # The test set is predicted by the trained model in memory: no second load of the base.
     test_ds = load_token_cache(prepared.test_tokens.path) if prepared.test_tokens else None
-    return train_ds, val_ds, test_ds
+    return train_ds, val_ds, test_ds, counts
 
 
 def _train_new_fold(
     config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, folder: Path, client, attempt: int
 ) -> FoldResult:
     logger = get_run_logger()
-    train_ds, val_ds, test_ds = _fold_datasets(config, fold, prepared, client)
+    train_ds, val_ds, test_ds, counts = _fold_datasets(config, fold, prepared, client)
     logger.info(
-        "fold %d: %d train rows (%d extra), %d validation rows",
+        "fold %d: %d train rows (%d extra, %d pseudo-labelled), %d validation rows",
         fold,
         len(train_ds),
         prepared.extra.n_kept if prepared.extra else 0,
+        counts.get("n_pseudo_rows", 0),
         len(val_ds),
     )
+    if counts:  # how many pseudo-labelled rows this fold trained on, and how many a validation prompt kept out
+        tracking.log_metrics(client, mlflow_run_id, counts)
     monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
     try:
         with monitor:

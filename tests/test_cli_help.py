@@ -100,6 +100,7 @@ def test_a_command_group_is_one_line_of_the_cli():
     assert registered == {
         "run": {"demo", "train", "validate", "show-prompt"},
         "registry": {"models", "promote", "predict", "export"},
+        "blend": {"blend"},
         "services": {"stack", "ui"},
         "config": {"config"},
     }

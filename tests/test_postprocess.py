@@ -50,6 +50,16 @@ def test_row_kinds_follow_their_definitions(a, b, kind):
     assert row_kind(a, b) == kind
 
 
+def test_row_kinds_read_turn_arrays_from_parquet(tmp_path):
+    frame = pd.DataFrame(
+        {"response_a": [["x", "y"], ["", ""], ["A b"]], "response_b": [["x", "y"], ["b", "c"], ["a  B"]]}
+    )
+    frame.to_parquet(tmp_path / "rows.parquet")
+    back = pd.read_parquet(tmp_path / "rows.parquet")  # list cells come back as numpy arrays
+    assert isinstance(back["response_a"].iloc[0], np.ndarray)
+    assert row_kinds(back["response_a"], back["response_b"]).tolist() == ["identical", "a_empty", "near_identical"]
+
+
 def test_near_identical_is_optional():
     assert row_kind(["Paris."], ["paris."], near_identical=False) == NO_KIND
     assert row_kinds([["x"], ["Paris."], [None]], [["x"], ["paris."], ["y"]]).tolist() == [

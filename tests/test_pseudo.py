@@ -1,4 +1,4 @@
-"""Pseudo-labels fold by fold (pref_core.train.pseudo): the checks on unlabelled rows, the seeded selection, the
+"""Pseudo-labels fold by fold (pref_core.data.pseudo): the checks on unlabelled rows, the seeded selection, the
 content hash and cache key, and the leak rule (fold k reads teacher fold k only, never its validation prompts)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from pref_core.data.folds import prompt_group_key
 from pref_core.data.labels import LABEL_COLUMNS
-from pref_core.train.pseudo import (
+from pref_core.data.pseudo import (
     PseudoLabelError,
     check_unlabeled_columns,
     check_unlabeled_rows,

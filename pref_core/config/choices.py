@@ -23,6 +23,8 @@ SwapMode = Literal["none", "random", "both"]  # train.swap
 DistributedMode = Literal["ddp", "fsdp"]  # train.distributed
 FoldExecution = Literal["subprocess", "in_process", "deployment"]  # cv.execution
 CalibrationMethod = Literal["none", "temperature"]  # calibration.method
+PostprocessMode = Literal["auto", "off"]  # postprocess.mode
+BlendMethod = Literal["mean", "weights", "stack"]  # arena-pref blend --method
 
 
 def allowed_values(choice: Any) -> tuple[str, ...]:
@@ -56,3 +58,5 @@ SWAP_MODES = allowed_values(SwapMode)
 DISTRIBUTED_MODES = allowed_values(DistributedMode)
 FOLD_EXECUTIONS = allowed_values(FoldExecution)
 CALIBRATION_METHODS = allowed_values(CalibrationMethod)
+POSTPROCESS_MODES = allowed_values(PostprocessMode)
+BLEND_METHODS = allowed_values(BlendMethod)

@@ -113,6 +113,27 @@ def _some_loss(teacher_csv, teacher_run, teacher_dir, hard_weight, kl_weight) ->
     return None
 
 
+@rule("distill.pseudo_from", "data.unlabeled_csvs", "data.unlabeled_pairs", "distill.kl_weight")
+def _pseudo_labels_complete(pseudo_from, unlabeled_csvs, unlabeled_pairs, kl_weight) -> Optional[str]:
+    has_rows = bool(unlabeled_csvs) or bool(unlabeled_pairs)
+    if pseudo_from is not None and not has_rows:
+        return (
+            f"distill.pseudo_from: got {pseudo_from!r} but no unlabelled rows; set data.unlabeled_csvs or "
+            "data.unlabeled_pairs, or set distill.pseudo_from=null"
+        )
+    if pseudo_from is None and has_rows:
+        return (
+            "data.unlabeled_csvs / data.unlabeled_pairs: unlabelled rows need a teacher; set "
+            "distill.pseudo_from=<teacher's cv-training run id or models:/ URI>, or remove them"
+        )
+    if pseudo_from is not None and kl_weight == 0:
+        return (
+            "distill.kl_weight: got 0 with distill.pseudo_from set; pseudo-labelled rows learn only through the KL "
+            "term, so set distill.kl_weight above 0"
+        )
+    return None
+
+
 def _lookup(root: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         root = getattr(root, part)

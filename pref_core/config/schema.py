@@ -25,6 +25,7 @@ from pref_core.config.choices import (
     MixedPrecision,
     ModelDtype,
     Optimizer,
+    PostprocessMode,
     Quantization,
     SwapMode,
     Template,
@@ -83,6 +84,32 @@ class DataConfig(_Section):
         "(chosen on side a or b at random, no ties) and used like data.extra_csvs.",
     )
     extra_seed: int = Field(0, description="Seed of the random side given to the chosen response of extra pairs.")
+    unlabeled_csvs: list[Path] = Field(
+        default_factory=list,
+        json_schema_extra=RESULT_NEUTRAL,
+        description="Arena-format CSVs without label columns (id, prompt, response_a, response_b): pseudo-labelled "
+        "fold by fold by distill.pseudo_from's fold models and added to the training folds only; ids must not "
+        "repeat a training or extra row's id.",
+    )
+    unlabeled_pairs: list[Path] = Field(
+        default_factory=list,
+        json_schema_extra=RESULT_NEUTRAL,
+        description="Chosen/rejected pairs (JSON lines, HH-RLHF transcripts; .gz ok) used as unlabelled rows: the "
+        "two answers go to sides a and b (seeded by data.extra_seed) and the recorded choice is ignored (the "
+        "teacher labels them like data.unlabeled_csvs).",
+    )
+    pseudo_weight: float = Field(
+        1.0,
+        ge=0.0,
+        description="Loss weight of a pseudo-labelled row relative to a labelled one (its KL term to the teacher "
+        "fold's soft label, times distill.kl_weight).",
+    )
+    pseudo_max_rows: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Use at most this many unlabelled rows (drawn once with cv.seed, the same rows for every "
+        "fold); null: all of them.",
+    )
 
 
 class PromptConfig(_Section):
@@ -342,10 +369,18 @@ class DistillConfig(_Section):
         "that never trained on fold k's validation rows.",
     )
 
+    pseudo_from: Optional[str] = Field(
+        None,
+        description="Teacher of the unlabelled rows (data.unlabeled_csvs / data.unlabeled_pairs): the parent run id "
+        "of a cv-training run, or a models:/ URI of its registered version, on the same data, cv.n_folds and "
+        "cv.seed. Student fold k learns the rows' soft labels from teacher fold k only (the one teacher model "
+        "that never saw fold k's validation rows); each teacher fold predicts the rows once (cached by content).",
+    )
+
     @property
     def enabled(self) -> bool:
-        """True when any teacher source is set."""
-        return any(v is not None for v in (self.teacher_csv, self.teacher_run, self.teacher_dir))
+        """True when any teacher source (of the training rows or of pseudo-labelled rows) is set."""
+        return any(v is not None for v in (self.teacher_csv, self.teacher_run, self.teacher_dir, self.pseudo_from))
 
 
 class CalibrationConfig(_Section):
@@ -354,6 +389,25 @@ class CalibrationConfig(_Section):
         description="temperature: one scalar T fit on the OOF predictions (p ∝ p_model^(1/T)), applied to each fold "
         "model's probabilities before they are averaged (where it was fit), in the submission and by the "
         "registered model; OOF log loss is reported before and after.",
+    )
+
+
+class PostprocessConfig(_Section):
+    """Rules learned on OOF rows for rows the model cannot judge from the text (pref_core.evaluate.postprocess)."""
+
+    mode: PostprocessMode = Field(
+        "auto",
+        description="auto: for each row kind (identical answers, one empty answer, both empty, and with "
+        "postprocess.near_identical answers equal up to whitespace and case) learn class shares on the OOF rows, "
+        "smoothed toward the model's mean by a weight fitted on OOF, and switch a kind on only where its nested "
+        "OOF log loss beats the model's; applied to the submission, by the registered model and by the Kaggle "
+        "bundle, logged as postprocess.json. off: predictions as the model gives them.",
+    )
+    min_rows: int = Field(
+        30, ge=2, description="OOF rows (over 2+ folds) a kind needs before a rule is learned for it."
+    )
+    near_identical: bool = Field(
+        True, description="Also learn a rule for answers that are equal once whitespace and case are ignored."
     )
 
 
@@ -382,6 +436,12 @@ class RunConfig(_Section):
     )
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Calibration fit on the OOF predictions."
+    )
+    postprocess: PostprocessConfig = Field(
+        default_factory=PostprocessConfig,
+        json_schema_extra=RESULT_NEUTRAL,
+        description="Post-processing learned on the OOF predictions (fitted after the folds on every run, so "
+        "changing it reuses the finished folds).",
     )
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, json_schema_extra=RESULT_NEUTRAL, description="Where MLflow records the runs."

@@ -26,10 +26,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pref_core.config.choices import BLEND_METHODS
 from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
 from pref_core.errors import UserError
 from pref_core.evaluate.metrics import row_log_losses
@@ -37,8 +38,6 @@ from pref_core.evaluate.metrics import row_log_losses
 if TYPE_CHECKING:  # the bundle copies this module for `apply`; compare is needed only to fit
     from pref_core.evaluate.compare import PairedDifference
 
-BlendMethod = Literal["mean", "weights", "stack"]
-BLEND_METHODS: tuple[str, ...] = get_args(BlendMethod)
 PARAMS_FORMAT = 1
 DEFAULT_C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 _EPS = 1e-15  # the clipping of metrics.row_log_losses: log(0) never reaches the stacker

@@ -196,3 +196,20 @@ def plot_log_loss_by_length(
     ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def plot_blend_log_loss(member_log_loss: Mapping[str, float], mean_log_loss: float, blend_log_loss: float, method: str):
+    """OOF log loss of each blend member, their plain mean and the blend (honest: fitted on the other folds)."""
+    names = [*member_log_loss, "mean", f"blend ({method})"]
+    values = [*member_log_loss.values(), mean_log_loss, blend_log_loss]
+    fig = _figure(width=max(5.0, 1.2 * len(names)))
+    ax = fig.add_subplot()
+    colors = ["#4c72b0"] * len(member_log_loss) + ["#8c8c8c", "#55a868"]
+    ax.bar(names, values, color=colors)
+    for x, value in enumerate(values):
+        ax.annotate(f"{value:.4f}", (x, value), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("OOF log loss")
+    ax.set_title("Blend members, mean and blend")
+    ax.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return fig

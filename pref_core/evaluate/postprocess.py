@@ -44,6 +44,7 @@ NO_KIND = ""
 DEFAULT_MIN_ROWS = 30  # a share estimated from 30 rows has a standard error of at most 0.09
 RULES_FORMAT = 1
 RULES_FILE = "postprocess.json"
+ROW_KIND_COLUMN = "row_kind"  # the kind of each row of an OOF table (oof_predictions.parquet)
 _EPS = 1e-15
 
 
@@ -56,7 +57,8 @@ class PostprocessRulesError(UserError, ValueError):
 
 def side_text(turns: Sequence[str | None] | None) -> str:
     """A response's turns joined by "\\n", None read as "" (a missing cell as no turns)."""
-    return "\n".join("" if t is None else t for t in (turns or []))
+    # `turns` may be a list, a numpy array (a list column read from parquet) or None.
+    return "\n".join("" if t is None else t for t in ([] if turns is None else turns))
 
 
 def _squeezed(text: str) -> str:
@@ -89,6 +91,12 @@ def row_kinds(responses_a: Sequence, responses_b: Sequence, near_identical: bool
             "response_b cells; fix: pass the two columns of one frame"
         )
     return np.asarray([row_kind(a, b, near_identical) for a, b in zip(responses_a, responses_b)], dtype=object)
+
+
+def kinds_to_fit(near_identical: bool) -> tuple[str, ...]:
+    """The kinds a rule is learned for (postprocess.near_identical adds the last one). Kinds are always computed
+    with near_identical on: it is the last kind checked, so leaving its rule out leaves those rows alone."""
+    return ROW_KINDS if near_identical else tuple(k for k in ROW_KINDS if k != "near_identical")
 
 
 # -- fitting ------------------------------------------------------------------------------------------------
@@ -291,6 +299,34 @@ def _fit_one_kind(kind, labels, folds, mask, probs, before, min_rows) -> tuple[K
     ), nested
 
 
+def fit_oof_table(oof, temperature: float = 1.0, *, min_rows: int = DEFAULT_MIN_ROWS, near_identical: bool = True):
+    """The rules of an OOF table (columns fold, label, LABEL_COLUMNS and ROW_KIND_COLUMN), fitted on its
+    probabilities after the calibration `temperature`: what the submission writes before post-processing."""
+    from pref_core.evaluate.calibration import apply_temperature
+
+    probs = apply_temperature(oof[list(LABEL_COLUMNS)].to_numpy(dtype=np.float64), temperature)
+    return fit_postprocess(
+        oof["label"].to_numpy(),
+        oof["fold"].to_numpy(),
+        oof[ROW_KIND_COLUMN].to_numpy(),
+        probs,
+        min_rows=min_rows,
+        fit_kinds=kinds_to_fit(near_identical),
+    )
+
+
+def postprocess_metrics(rules: PostprocessRules) -> dict[str, float]:
+    """The rules as MLflow metrics: OOF log loss before/after (nested) and, per kind, its rows and whether it is on."""
+    out = {
+        "oof_log_loss_postprocess_before": rules.oof_log_loss_before,
+        "oof_log_loss_postprocessed": rules.oof_log_loss_after,
+    }
+    for kind, rule in rules.kinds.items():
+        out[f"postprocess_rows_{kind}"] = rule.n_rows
+        out[f"postprocess_on_{kind}"] = int(rule.enabled)
+    return out
+
+
 # -- apply: numpy only, shared by the flow, the registered pyfunc and the Kaggle bundle ------------------------
 
 
@@ -327,3 +363,23 @@ def apply(rules: dict, kinds, probs) -> np.ndarray:
             )
         out[kinds == kind] = target
     return out
+
+
+def apply_to_rows(rules: dict, responses_a, responses_b, probs) -> np.ndarray:
+    """`apply` with the kinds computed from the rows' two response columns (turn lists): the one call the flow's
+    submission, the registered pyfunc and the Kaggle bundle make."""
+    return apply(rules, row_kinds(responses_a, responses_b), probs)
+
+
+def read_rules(folder) -> dict | None:
+    """The RULES_FILE of a model folder (a registered bundle, a Kaggle bundle), or None when it has none."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / RULES_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise PostprocessRulesError(f"{path}: not valid JSON ({err.msg}); fix: export the model again") from None

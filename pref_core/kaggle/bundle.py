@@ -59,6 +59,7 @@ CODE_MODULES = (
     "predict/deadline",
     "predict/ensemble",
     "predict/inference",
+    "predict/members",
     "predict/runner",
     "predict/submission",
     "predict/workers",
@@ -454,6 +455,15 @@ def assemble_submission(ids: Sequence[str], predicted_ids: Sequence[str], probs,
     return out
 
 
+def postprocess_bundle_rows(bundle_dir: Path, frame, probs):
+    """The bundle's postprocess.json rules (learned on OOF) applied to the predicted rows, as `arena-pref predict`
+    applies them; unchanged without the file."""
+    from pref_core.evaluate.postprocess import apply_to_rows, read_rules
+
+    rules = read_rules(bundle_dir)
+    return probs if rules is None else apply_to_rows(rules, frame["response_a"], frame["response_b"], probs)
+
+
 class LogFile:
     """The run's log file: library output (transformers, bitsandbytes), warnings and the time decisions go there,
     so that only predict.py's own lines reach the console; progress bars still do (pref_core.progress)."""
@@ -526,6 +536,8 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     started_at = time.time() if started_at is None else started_at
     bundle_dir = Path(__file__).resolve().parents[2]  # <bundle>/pref_core/kaggle/bundle.py
     manifest = verify_bundle(bundle_dir)
+    if manifest.get("kind") == "blend":  # several models' adapters over one or more bases
+        return run_blend(args, bundle_dir, manifest)
     base_dir = Path(args.base_model) if args.base_model else bundle_dir / BASE_MODEL_DIR
     if args.base_model is None and not base_dir.is_dir():
         raise BundleError(
@@ -578,7 +590,8 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     from pref_core.model.precision import check_finite_probabilities
 
     check_finite_probabilities(prediction.probabilities, predicted_ids, settings.model.dtype)
-    submission = assemble_submission(test_file_ids(test_csv), predicted_ids, prediction.probabilities, prior)
+    probs = postprocess_bundle_rows(bundle_dir, test.frame[prediction.predicted], prediction.probabilities)
+    submission = assemble_submission(test_file_ids(test_csv), predicted_ids, probs, prior)
     out.parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(out, index=False)
     if test.n_rejected:
@@ -608,6 +621,100 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     if log is not None:
         log.write("summary: " + json.dumps(summary, default=str))
     return summary
+
+
+# -- a blend's bundle ---------------------------------------------------------------------------------------------
+
+
+def base_folders(args, bundle_dir: Path, bases: list[dict]) -> list[Path]:
+    """The folder of each base in manifest order: --base-model's comma-separated folders, or the bundle's copy."""
+    names = ", ".join(str(b["base_model"].get("name_or_path")) for b in bases)
+    if args.base_model:
+        folders = [Path(p.strip()) for p in args.base_model.split(",") if p.strip()]
+    elif len(bases) == 1 and (bundle_dir / BASE_MODEL_DIR).is_dir():
+        folders = [bundle_dir / BASE_MODEL_DIR]
+    else:
+        raise BundleError(
+            f"--base-model is required: attach this blend's base model(s) ({names}) and pass their folders, "
+            "comma-separated, in that order"
+        )
+    if len(folders) != len(bases):
+        raise BundleError(
+            f"--base-model: {len(folders)} folder(s) given, but this blend's members use {len(bases)} base(s) "
+            f"({names}); pass one folder per base, comma-separated, in that order"
+        )
+    return folders
+
+
+def run_blend(args, bundle_dir: Path, manifest: dict) -> dict:
+    """predict.py's work for a blend's bundle (`arena-pref export` of a registered blend); the summary of `run`.
+
+    manifest.json lists the bases (`bases`: fingerprint, what the export could describe of it, the members over
+    it); each --base-model folder is checked as a single model's base is. Every member is predicted as its own
+    bundle would predict it (pref_core.predict.members: each base loaded once), the members are combined with
+    the blend's final parameters (blend.json), then the rules learned on the blend's OOF rows are applied."""
+    from pref_core.data.arena import read_arena_csv, write_rejected
+    from pref_core.predict.members import (
+        MEMBERS_DIR,
+        MemberModel,
+        base_identity,
+        blend_members_probabilities,
+        predict_members,
+        read_blend_spec,
+    )
+    from pref_core.predict.submission import test_file_ids
+
+    bases = manifest["bases"]
+    folders = base_folders(args, bundle_dir, bases)
+    test_csv = Path(args.test_csv)
+    if not test_csv.is_file():
+        raise BundleError(f"--test-csv {test_csv}: no such file")
+    # Input first (cheap), then the base models, then the expensive part.
+    test = read_arena_csv(test_csv, kind="test", max_bad_fraction=1.0)
+    for folder, base in zip(folders, bases):
+        check_base_model(folder, base, verify_hash=not args.skip_base_hash)
+    folder_of = {name: str(folder) for folder, base in zip(folders, bases) for name in base["members"]}
+    spec = read_blend_spec(bundle_dir)
+    members = []
+    for name in spec["members"]:
+        member_dir = bundle_dir / MEMBERS_DIR / name
+        settings = apply_options(read_prediction_settings(member_dir), args)
+        members.append(
+            MemberModel(
+                name=name,
+                model=settings.model,
+                prompt=settings.prompt,
+                tta_swap=settings.tta_swap,
+                batch_size=settings.batch_size,
+                temperature=float(json.loads((member_dir / "calibration.json").read_text())["temperature"]),
+                adapter_dirs=adapter_dirs(member_dir),
+                base=folder_of[name],
+                base_key=base_identity(json.loads((member_dir / "base_model.json").read_text())),
+            )
+        )
+    devices = _parse_devices(args.devices)
+    prior = json.loads((bundle_dir / "class_prior.json").read_text())["prior"]
+    out = Path(args.out)
+    rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
+    start = time.perf_counter()
+    member_probs = predict_members(members, test.frame, devices=devices, progress=args.progress)
+    probs = postprocess_bundle_rows(bundle_dir, test.frame, blend_members_probabilities(spec, member_probs))
+    seconds = time.perf_counter() - start
+    submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(out, index=False)
+    if test.n_rejected:
+        write_rejected(test.rejected, rejected_path)
+    return {
+        "rows": len(submission),
+        "predicted": len(test.frame),
+        "rejected": test.n_rejected,
+        "rejected_path": str(rejected_path) if test.n_rejected else None,
+        "seconds": seconds,
+        "devices": devices,
+        "out": str(out),
+        "not_reached": 0,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -39,16 +39,22 @@ def distillation_loss(
     hard_weight: float = 1.0,
     kl_weight: float = 1.0,
     temperature: float = 1.0,
+    hard_mask: Optional[torch.Tensor] = None,
+    row_weight: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Mean over rows of ``hard_weight * CE(label) + kl_weight * T^2 * KL(teacher_T || student_T)``.
+    """Mean over rows of ``row_weight * (hard_weight * CE(label) * hard_mask + kl_weight * T^2 * KL(teacher_T ||
+    student_T) * has_teacher)``.
 
     teacher_T = softmax(log(teacher_probs) / T), student_T = softmax(logits / T) (Hinton et al.; the T^2 keeps
     the soft term's gradient scale independent of T). Rows whose `has_teacher` is False (e.g. extra data
     without a teacher row) get the hard term only; their `teacher_probs` are placeholders and never read.
-    The KL term is averaged over all rows, so a teacher row weighs the same whatever the batch holds.
+    Rows whose `hard_mask` is False (pseudo-labelled rows: no true label) get the soft term only; their
+    `labels` are placeholders. `row_weight` scales each row's loss (data.pseudo_weight on pseudo-labelled rows).
+    The mean runs over all rows, so a row weighs the same whatever else the batch holds.
 
     logits: (batch, 3). labels: (batch,) class ids. teacher_probs: (batch, 3) probabilities (no gradient).
-    has_teacher: (batch,) bool, default all True. Returns a scalar float32 tensor.
+    has_teacher, hard_mask: (batch,) bool, default all True. row_weight: (batch,) float, default all 1.
+    Returns a scalar float32 tensor.
     """
     if teacher_probs.shape != logits.shape:
         raise ValueError(
@@ -70,4 +76,9 @@ def distillation_loss(
     # xlogy: 0 * log 0 = 0 for the classes the teacher rules out.
     kl = (torch.xlogy(teacher_t, teacher_t) - teacher_t * student_log_t).sum(dim=-1)  # (batch,)
     kl = torch.where(has_teacher, kl, torch.zeros_like(kl))
-    return (hard_weight * hard + kl_weight * temperature**2 * kl).mean()
+    if hard_mask is not None:
+        hard = torch.where(hard_mask.to(device=logits.device, dtype=torch.bool), hard, torch.zeros_like(hard))
+    per_row = hard_weight * hard + kl_weight * temperature**2 * kl  # (batch,)
+    if row_weight is not None:
+        per_row = per_row * row_weight.to(device=logits.device, dtype=torch.float32)
+    return per_row.mean()

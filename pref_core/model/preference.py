@@ -89,9 +89,16 @@ class PreferenceModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.pad_token_id = pad_token_id
-        text_config = backbone.config.get_text_config()
+        self.add_head(head, label_token_ids)
+
+    def add_head(self, head: str, label_token_ids: Optional[Sequence[int]] = None) -> None:
+        """Build `head` on this backbone (its label token ids for label_token). One base can carry both heads when
+        it serves models trained with different heads (blend members, `load_preference_members`); `use_head` picks
+        the one forward reads."""
+        require_choice("model.head", head, Head)
+        text_config = self.backbone.config.get_text_config()
         # bitsandbytes backbones are placed at load time and never moved: put the head beside them.
-        device = backbone.get_input_embeddings().weight.device
+        device = self.backbone.get_input_embeddings().weight.device
         if head == "label_token":
             if label_token_ids is None or len(label_token_ids) != NUM_CLASSES:
                 raise ValueError(f"the label_token head needs {NUM_CLASSES} label token ids, got {label_token_ids!r}")
@@ -100,12 +107,23 @@ class PreferenceModel(nn.Module):
             self.register_buffer("label_token_ids", ids, persistent=False)
             # Gemma-2/3 squash the LM logits with tanh softcapping; apply it so the head equals the LM's own logits.
             self.logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
-        else:
+        elif not hasattr(self, CLASSIFIER_NAME):
             # With a bias, so the head can learn the class prior (the tie rate) directly.
             score = nn.Linear(text_config.hidden_size, NUM_CLASSES, bias=True)
             nn.init.normal_(score.weight, std=getattr(text_config, "initializer_range", 0.02))
             nn.init.zeros_(score.bias)
             self.add_module(CLASSIFIER_NAME, score.to(device=device, dtype=torch.float32))
+
+    def use_head(self, head: str, label_token_ids: Optional[Sequence[int]] = None) -> None:
+        """Read `head` from now on (built by add_head); a label_token head reads these label token ids."""
+        if head == "label_token":
+            if not hasattr(self, "label_token_ids"):
+                raise ValueError("use_head('label_token'): the model has no label_token head; add_head it first")
+            if label_token_ids is not None:
+                self.label_token_ids.copy_(torch.as_tensor(list(label_token_ids), dtype=torch.long))
+        elif not hasattr(self, CLASSIFIER_NAME):
+            raise ValueError("use_head('classifier'): the model has no classifier head; add_head it first")
+        self.head = head
 
     @property
     def config(self):
@@ -353,3 +371,45 @@ def load_preference_ensemble(
         peft_model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
     peft_model.set_adapter(names[0])
     return _ready_for_inference(peft_model, model_config, device), tokenizer, names
+
+
+def member_adapter_name(member: int, index: int) -> str:
+    """peft adapter name of the `index`-th adapter of member `member` in `load_preference_members`."""
+    return f"m{member}_fold_{index}"
+
+
+def load_preference_members(
+    members: Sequence[tuple["ModelConfig", Sequence[Union[str, Path]]]],
+    name_or_path: Optional[Union[str, Path]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+):
+    """One base model with the adapters of several models trained over it (blend members), loaded once.
+
+    `members`: (model section, adapter folders) per member; the sections must agree on how the base loads (the
+    caller groups members by base fingerprint, dtype and quantization); heads may differ: the base carries every
+    head a member needs, and `PreferenceModel.use_head` switches it. Returns (model, names, heads): names[j] the
+    peft adapter names of member j (`member_adapter_name`), heads[j] its saved head description (head, label
+    token ids). Predict member j with ``inner.use_head(heads[j]["head"], heads[j]["label_token_ids"])`` and
+    ``model.set_adapter(name)`` for each of its names.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    if not members or any(not dirs for _, dirs in members):
+        raise ValueError("load_preference_members needs members with at least one adapter folder each")
+    saved = [[_read_saved_head(cfg, Path(d)) for d in dirs] for cfg, dirs in members]  # before the base load
+    first_config, first_dirs = members[0]
+    tokenizer = AutoTokenizer.from_pretrained(Path(first_dirs[0]))
+    backbone = load_backbone(first_config, name_or_path, device=device)
+    model = build_preference_model(first_config, backbone, tokenizer)
+    heads = [heads_of_member[0] for heads_of_member in saved]
+    for head in heads:
+        model.add_head(head["head"], head.get("label_token_ids"))
+    model.use_head(heads[0]["head"], heads[0].get("label_token_ids"))
+    names = [[member_adapter_name(j, i) for i in range(len(dirs))] for j, (_, dirs) in enumerate(members)]
+    flat = [(name, Path(d)) for member_names, (_, dirs) in zip(names, members) for name, d in zip(member_names, dirs)]
+    peft_model = PeftModel.from_pretrained(model, flat[0][1], adapter_name=flat[0][0], is_trainable=False)
+    for name, adapter_dir in flat[1:]:
+        peft_model.load_adapter(adapter_dir, adapter_name=name, is_trainable=False)
+    peft_model.set_adapter(flat[0][0])
+    return _ready_for_inference(peft_model, first_config, device), names, heads

@@ -27,7 +27,9 @@ class PreferenceCollator:
     Right padding; the model finds each row's last real token from the attention mask. Rows with a
     ``label`` column (>= 0) also produce ``labels``. `input_column` picks ``input_ids`` or ``input_ids_swap``.
     Training rows with a teacher (teachers.attach_teacher_probs) also produce ``teacher_probs`` (batch, 3) float32
-    and ``has_teacher`` (batch,) bool, for the distillation loss of pref_core.train.trainer.PreferenceTrainer.
+    and ``has_teacher`` (batch,) bool, for the distillation loss of pref_core.train.trainer.PreferenceTrainer; with
+    pseudo-labelled rows among them (fold_rows.fold_train_set), also ``hard_mask`` (batch,) bool (False: no true
+    label) and ``row_weight`` (batch,) float32.
     """
 
     pad_token_id: int
@@ -55,6 +57,11 @@ class PreferenceCollator:
             )  # (batch, 3)
             batch["has_teacher"] = torch.as_tensor(
                 [bool(row.get("has_teacher", True)) for row in rows], dtype=torch.bool
+            )  # (batch,)
+        if "hard_mask" in rows[0]:  # pseudo-labelled rows in the fold's training set (distill.pseudo_from)
+            batch["hard_mask"] = torch.as_tensor([bool(row["hard_mask"]) for row in rows], dtype=torch.bool)  # (batch,)
+            batch["row_weight"] = torch.as_tensor(
+                [float(row["row_weight"]) for row in rows], dtype=torch.float32
             )  # (batch,)
         return batch
 

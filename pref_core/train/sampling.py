@@ -48,7 +48,7 @@ class SwapViewDataset(TorchDataset):
                 "train.swap needs an 'input_ids_swap' column in the train dataset (have "
                 f"{dataset.column_names}); tokenize the train rows with with_swap=True, or set train.swap=none"
             )
-        wanted = ("input_ids", "input_ids_swap", "label", "teacher_probs", "has_teacher")
+        wanted = ("input_ids", "input_ids_swap", "label", "teacher_probs", "has_teacher", "hard_mask", "row_weight")
         # Only the needed columns are decoded per row (the arrow table stays on disk / memory-mapped).
         self.rows = dataset.select_columns([c for c in wanted if c in dataset.column_names])
         self.lengths = dataset_lengths(dataset)  # of the original order; the swapped one differs by truncation only
@@ -73,6 +73,8 @@ class SwapViewDataset(TorchDataset):
             probs = row["teacher_probs"]
             item["teacher_probs"] = swap_probabilities(np.asarray(probs)).tolist() if swapped else probs
             item["has_teacher"] = bool(row.get("has_teacher", True))
+        if "hard_mask" in row:  # a pseudo-labelled row's marks do not depend on the order of its answers
+            item["hard_mask"], item["row_weight"] = bool(row["hard_mask"]), float(row["row_weight"])
         return item
 
 

@@ -101,6 +101,8 @@ class PreferenceTrainer(Trainer):
         inputs = dict(inputs)  # the caller's batch stays as it was
         teacher_probs = inputs.pop("teacher_probs", None)  # (batch, 3)
         has_teacher = inputs.pop("has_teacher", None)  # (batch,)
+        hard_mask = inputs.pop("hard_mask", None)  # (batch,) False on pseudo-labelled rows
+        row_weight = inputs.pop("row_weight", None)  # (batch,)
         if self.distill is None or teacher_probs is None or not model.training or "labels" not in inputs:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -115,6 +117,8 @@ class PreferenceTrainer(Trainer):
             hard_weight=self.distill.hard_weight,
             kl_weight=self.distill.kl_weight,
             temperature=self.distill.temperature,
+            hard_mask=hard_mask,
+            row_weight=row_weight,
         )
         return (loss, {**outputs, "loss": loss}) if return_outputs else loss
 

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from pref_core.data.arena import IngestResult
 from pref_core.data.folds import prompt_group_key
 from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES, TURN_COLUMNS
 from pref_core.errors import UserError
@@ -64,6 +66,53 @@ def check_unlabeled_rows(frame: pd.DataFrame, source: str, taken_ids: Collection
     repeated = ids[ids.duplicated()]
     if not repeated.empty:
         raise PseudoLabelError(f"{source}: row id {repeated.iloc[0]} appears more than once; fix: ids must be unique")
+
+
+def _header(path) -> list[str]:
+    """The CSV's column names, or [] when the file cannot be read as one (the arena reader says why)."""
+    try:
+        return list(pd.read_csv(path, nrows=0, dtype=str, encoding="utf-8-sig").columns)
+    except (OSError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError):
+        return []
+
+
+def read_unlabeled_sources(
+    unlabeled_csvs: Sequence[str | Path],
+    unlabeled_pairs: Sequence[str | Path],
+    taken_ids: Collection[str],
+    *,
+    seed: int = 0,
+    max_bad_fraction: float = 0.0,
+) -> tuple[IngestResult, dict]:
+    """Every unlabelled source read and checked: data.unlabeled_csvs as arena rows without labels (a label column
+    is refused before anything is read), data.unlabeled_pairs as HH-RLHF pairs whose recorded choice is dropped
+    (the two answers go to sides a and b as data.extra_pairs puts them, seeded by `seed`). Each source must
+    hold rows, and no id may repeat or equal one of `taken_ids` (the training and extra rows' ids).
+
+    Returns (result, counts): result.frame the rows (id and turn lists), result.rejected the rows the arena
+    reader rejected under `max_bad_fraction`, counts the rows per source."""
+    from pref_core.data.arena import read_arena_csv
+    from pref_core.data.extra import read_pairs
+
+    frames, rejected, counts, n_read = [], [], {}, 0
+    for index, path in enumerate([*unlabeled_csvs, *unlabeled_pairs]):
+        if index < len(unlabeled_csvs):
+            source = f"data.unlabeled_csvs: {path}"
+            check_unlabeled_columns(_header(path), source)
+            result = read_arena_csv(path, kind="test", max_bad_fraction=max_bad_fraction)
+        else:
+            source = f"data.unlabeled_pairs: {path}"
+            result = read_pairs(path, seed=seed, max_bad_fraction=max_bad_fraction)
+        frame = result.frame[["id", *TURN_COLUMNS]].assign(id=result.frame["id"].astype(str))
+        check_unlabeled_rows(frame, source, taken_ids)
+        frames.append(frame)
+        rejected.append(result.rejected.assign(source=str(path)))
+        counts[f"n_unlabeled_{Path(path).name}"] = len(frame)
+        n_read += result.n_read
+    combined = pd.concat(frames, ignore_index=True)
+    check_unlabeled_rows(combined, "data.unlabeled_csvs / data.unlabeled_pairs", ())  # an id in two sources
+    rejected_frame = pd.concat(rejected, ignore_index=True)
+    return IngestResult(combined, rejected_frame, n_read, len(combined), n_read - len(combined)), counts
 
 
 def select_pseudo_rows(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
@@ -118,6 +167,12 @@ def pseudo_labels_frame(ids, probs, teacher_fold: int) -> pd.DataFrame:
     for k, column in enumerate(LABEL_COLUMNS):
         frame[column] = normalised[:, k]
     return frame
+
+
+def validation_prompt_keys(frame: pd.DataFrame, val_ids: Iterable) -> set[str]:
+    """The prompt keys (folds.prompt_group_key) of the rows of `frame` (id, prompt) whose id is in `val_ids`."""
+    wanted = {str(i) for i in val_ids}
+    return set(frame.loc[frame["id"].astype(str).isin(wanted), "prompt"].map(prompt_group_key))
 
 
 def rows_for_fold(
