@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 
 from arena_pref.tasks import distillation, resources, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from pref_core.config.naming import fold_run_name
 from pref_core.config.schema import RunConfig
 from pref_core.data import fold_rows
 from pref_core.errors import UserError
@@ -35,13 +36,14 @@ class FoldFailedError(UserError, RuntimeError):
 
 
 @task(name="open-fold-run", **TASK_DEFAULTS)
-def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
-    """Create the fold's nested MLflow run up front, so retries and remote workers log into the same one."""
+def open_fold_run(config: RunConfig, parent_run_id: str, fold: int, parent_name: Optional[str] = None) -> str:
+    """Create the fold's nested MLflow run up front, so retries and remote workers log into the same one; it is
+    named '<parent name>/fold-k' (the parent's current name when `parent_name` is not given)."""
     client = tracking.get_client(config)
     parent = client.get_run(parent_run_id)
     run = client.create_run(
         parent.info.experiment_id,
-        run_name=f"fold-{fold}",
+        run_name=fold_run_name(parent_name or parent.info.run_name, fold),
         tags={tracking.TAG_PARENT: parent_run_id, tracking.TAG_FOLD: str(fold), tracking.TAG_KIND: "fold"},
     )
     tracking.log_params(client, run.info.run_id, {**config.flat(), "fold": fold})
@@ -156,10 +158,35 @@ def _train_new_fold(
     return result
 
 
+# FoldResult.metrics that a fold run shows as metrics, at the step they were computed (the last optimizer step);
+# the rest is bookkeeping, logged as params (FOLD_PARAMS: metric key -> param name).
+FOLD_FINAL_METRICS = ("val_log_loss", "val_accuracy", "train_tokens_per_second", "train_samples_per_second")
+FOLD_PARAMS = {"global_step": "global_step", "train_runtime_s": "train_runtime_s", "train_loss": "train_loss_mean"}
+
+
+def fold_final_metrics(client, run_id: str, metrics: dict) -> tuple[int, dict[str, float]]:
+    """(step, metrics) to log when a fold ends: FOLD_FINAL_METRICS at the fold's last optimizer step, less the
+    validation metrics the Trainer callback already logged at that step (no second point, and never a step-0
+    copy of the final value that would make every curve start at its end)."""
+    step = int(metrics.get("global_step", 0))
+    out = {}
+    for key in FOLD_FINAL_METRICS:
+        if key not in metrics:
+            continue
+        if key.startswith("val_") and any(m.step == step for m in client.get_metric_history(run_id, key)):
+            continue
+        out[key] = metrics[key]
+    return step, out
+
+
 def _log_fold_outputs(client, fold: int, run_id: str, result: FoldResult) -> None:
     """Metrics, adapter and predictions to the fold's run, then close it; a failure here loses nothing."""
     try:
-        tracking.log_metrics(client, run_id, result.metrics)
+        step, final = fold_final_metrics(client, run_id, result.metrics)
+        tracking.log_metrics(client, run_id, final, step=step)
+        tracking.log_params(
+            client, run_id, {p: result.metrics[k] for k, p in FOLD_PARAMS.items() if k in result.metrics}
+        )
         client.log_artifacts(run_id, str(result.adapter_dir), artifact_path="adapter")
         client.log_artifact(run_id, str(result.val_predictions))
         if result.test_predictions:

@@ -83,7 +83,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     assert sorted(oof["id"]) == sorted(train["id"])
     assert oof["id"].is_unique
     np.testing.assert_allclose(oof[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
-    assert parent.data.metrics["n_oof"] == len(train)
+    assert parent.data.params["n_oof"] == str(len(train)) and "n_oof" not in parent.data.metrics
 
     submission = pd.read_csv(result.submission_path, dtype={"id": str})
     test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
