@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.errors import UserError
 from pref_core.evaluate.metrics import row_log_losses
 
 if TYPE_CHECKING:  # the bundle copies this module for `apply`; compare is needed only to fit
@@ -43,7 +44,7 @@ DEFAULT_C_GRID: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 _EPS = 1e-15  # the clipping of metrics.row_log_losses: log(0) never reaches the stacker
 
 
-class BlendMembersError(ValueError):
+class BlendMembersError(UserError, ValueError):
     """The members cannot be blended (other data, other folds, other rows, bad parameters): one line says the
     first difference and the fix."""
 

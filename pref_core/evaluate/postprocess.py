@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES
+from pref_core.errors import UserError
 from pref_core.evaluate.metrics import row_log_losses
 
 ROW_KINDS: tuple[str, ...] = ("both_empty", "a_empty", "b_empty", "identical", "near_identical")
@@ -46,7 +47,7 @@ RULES_FILE = "postprocess.json"
 _EPS = 1e-15
 
 
-class PostprocessRulesError(ValueError):
+class PostprocessRulesError(UserError, ValueError):
     """Post-processing rules or inputs that cannot be used: one line says what and how to fix it."""
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pref_core.errors import UserError
+
 # Names under which `register_softcap_attention` registers the attention below (transformers' AttentionInterface).
 FP32_SOFTCAP_ATTENTION = "eager_fp32_softcap"
 
@@ -116,7 +118,7 @@ def choose_attention(requested: str, text_config, dtype: torch.dtype) -> str:
 # -- finite probabilities ------------------------------------------------------------------------------------------
 
 
-class NonFiniteProbabilityError(ValueError):
+class NonFiniteProbabilityError(UserError, ValueError):
     """A predicted probability is NaN or infinite: the run must stop rather than write it into a submission."""
 
 

@@ -27,12 +27,13 @@ import pandas as pd
 
 from pref_core.data.folds import prompt_group_key
 from pref_core.data.labels import LABEL_COLUMNS, NUM_CLASSES, TURN_COLUMNS
+from pref_core.errors import UserError
 
 PSEUDO_COLUMNS: tuple[str, ...] = ("id", "teacher_fold", *LABEL_COLUMNS)
 CACHE_KEY_FORMAT = 1
 
 
-class PseudoLabelError(ValueError):
+class PseudoLabelError(UserError, ValueError):
     """Unlabelled rows or pseudo-labels that cannot be used without a leak or a wrong join: one line, the fix."""
 
 
