@@ -6,9 +6,7 @@ from __future__ import annotations
 def registry_decision(registration) -> str:
     """The registry's decision (a RegistrationOutput) in plain words (the first version becoming @champion is not
     a failure)."""
-    from arena_pref.tasks.artifacts import decision_in_words
-
-    return decision_in_words(registration.model_uri, registration.promoted, registration.reason)
+    return registration.in_words()
 
 
 def run_link(tracking_uri: str, run_id: str) -> str:

@@ -55,7 +55,8 @@ def cv_training(
     try:
         prepared = prepare_inputs(config)
         runs.log_inputs(config, parent_run_id, prepared)
-        fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k) for k in config.cv.fold_indices()}
+        name = runs.name_run(config, parent_run_id, prepared.run_key)
+        fold_run_ids = {k: training.open_fold_run(config, parent_run_id, k, name) for k in config.cv.fold_indices()}
         _train_folds(config, fold_run_ids, prepared, force)
         oof = evaluation.evaluate_oof(config, parent_run_id, fold_run_ids, prepared)
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)

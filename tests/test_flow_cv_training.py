@@ -43,10 +43,13 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
 
     client = MlflowClient(config.tracking.uri)
     parent = client.get_run(result.parent_run_id)
-    assert parent.info.run_name == "cv-training"
+    # A config built in code has no recipe: base model, head and the short run key name the run.
+    assert parent.info.run_name == f"tiny·label_token·{result.run_key[:6]}"
     assert parent.info.status == "FINISHED"
-    for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "n_train_kept", "n_train_rejected"):
+    for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "fold_log_loss"):
         assert key in parent.data.metrics, key
+    for key in ("n_train_kept", "n_train_rejected", "n_oof"):  # bookkeeping: params, not charts
+        assert key in parent.data.params and key not in parent.data.metrics, key
     assert parent.data.params["model.head"] == "label_token"
     assert parent.data.params["cv.n_folds"] == "5"
     assert parent.data.tags["arena_pref.train_hash"]
@@ -55,6 +58,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(int(r.data.tags["arena_pref.fold"]) for r in children) == [0, 1, 2, 3, 4]
+    assert sorted(r.info.run_name for r in children) == [f"{parent.info.run_name}/fold-{k}" for k in range(5)]
     for child in children:
         assert child.info.status == "FINISHED"
         assert {"val_log_loss", "val_accuracy", "train_loss", "learning_rate"} <= set(child.data.metrics)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
-from pref_core.config.schema import ModelConfig
+from pref_core.config.schema import ModelConfig, RunConfig
 
 SEPARATOR = "·"
 RUN_KEY_CHARS = 6  # of the run key in a name: enough to tell runs apart at a glance
@@ -143,3 +143,10 @@ def describe_overrides(recipe: Optional[str], overrides: Mapping[str, Any]) -> s
     lines = [f"{head}, with these overrides:", ""]
     lines += [f"- `{key}` = `{json.dumps(value, default=str)}`" for key, value in overrides.items()]
     return "\n".join(lines)
+
+
+def with_recipe(config: RunConfig, recipe: Union[str, Path]) -> RunConfig:
+    """`config` with tracking.recipe set to the YAML it was loaded from (unless it names one already)."""
+    if config.tracking.recipe:
+        return config
+    return config.model_copy(update={"tracking": config.tracking.model_copy(update={"recipe": str(recipe)})})
