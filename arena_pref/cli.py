@@ -24,6 +24,7 @@ COMMAND_GROUPS = (
     "registry",  # models, promote, predict, export
     "services",  # stack, ui
     "config",  # config show | fields
+    "report",  # report RUN_OR_MODEL ...
 )
 
 

@@ -54,5 +54,7 @@ def print_summary(result, tracking_uri: str, out=None) -> None:
     if result.submission_path:
         write(f"submission: {result.submission_path}")
     write(f"OOF predictions: {result.oof.oof_path}")
+    if getattr(result, "report_path", None):
+        write(f"report page: {result.report_path}")
     write(f"MLflow: {run_link(tracking_uri, result.parent_run_id)}")
     write("open the MLflow UI: arena-pref ui   (then http://127.0.0.1:5000)")

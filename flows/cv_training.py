@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, runs, training
+from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, report_page, runs, training
 from pref_core.config.schema import RunConfig
 from pref_core.train.devices import DeviceSlots, plan_device_slots
 
@@ -62,6 +62,7 @@ def cv_training(
         submission = evaluation.make_submission(config, parent_run_id, fold_run_ids, prepared, oof)
         registered = registry.register_model(config, parent_run_id, fold_run_ids, prepared, oof)
         artifacts.publish_summary(config, parent_run_id, fold_run_ids, oof, registered, submission)
+        report = report_page.publish_report(config, parent_run_id, fold_run_ids, prepared, oof, registered)
     except BaseException:
         runs.close_run(config, parent_run_id, "FAILED")
         raise
@@ -74,6 +75,7 @@ def cv_training(
         registration=registered,
         submission_path=submission,
         rows=prepared.counts(),
+        report_path=str(report) if report else None,
     )
 
 

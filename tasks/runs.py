@@ -35,6 +35,7 @@ class CVTrainingResult:
     registration: RegistrationOutput  # the registered version and whether it became @champion
     submission_path: Optional[str]  # None without data.test_csv
     rows: dict[str, int]  # rows read, kept and rejected per input file (PreparedInputs.counts)
+    report_path: Optional[str] = None  # the run's report page (report.html in the run folder)
 
 
 @task(name="resolve-config", **TASK_DEFAULTS)

@@ -137,3 +137,6 @@ def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synth
         assert run.data.metrics["val_log_loss"] == pytest.approx(first.oof.fold_log_loss[fold])
     assert second.oof.scores.log_loss == pytest.approx(first.oof.scores.log_loss)
     assert second.submission_path is None
+    # The same computation again: nothing new in the registry, the run names the version that holds it.
+    assert first.registration.registered and not second.registration.registered
+    assert second.registration.version == first.registration.version
