@@ -7,11 +7,12 @@ from typing import Optional
 from prefect import flow
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
-from arena_pref.tasks import artifacts, evaluation, fold_launcher, registry, report_page, runs, training
+from arena_pref.tasks import artifacts, evaluation, flow_checks, fold_launcher, registry, report_page, runs, training
 from pref_core.config.schema import RunConfig
 from pref_core.train.devices import DeviceSlots, plan_device_slots
 
@@ -32,10 +33,23 @@ def cv_training(
 ) -> runs.CVTrainingResult:
     """K-fold LoRA fine-tuning with out-of-fold evaluation, tracked in one parent MLflow run.
 
-    Give either `config` or `config_path` (+ `overrides`, `key=value` strings). `fold_execution`
-    overrides cv.execution (the GPU deployment sets `deployment`). `force` retrains folds that an
-    earlier run with the same config and data finished. The typed parameters after `force` (a form in the
-    Prefect UI) override their config fields, after `overrides`.
+    Give either `config` or `config_path` (+ `overrides`, `key=value` strings). The typed parameters after
+    `force` (a form in the Prefect UI) override their config fields, after `overrides`. Missing or bad data ends
+    the run in its preflight (state message: the reason; no MLflow run); a finished run's state message holds
+    the OOF log loss and the registry's decision.
+
+    Args:
+        config: A whole run config (Python callers); leave empty in the form and give `config_path`.
+        config_path: YAML recipe, e.g. configs/tiny.yaml (a path here, in the project folder, or a shipped recipe).
+        overrides: Config overrides as key=value strings, e.g. train.learning_rate=1e-4 (applied in order).
+        fold_execution: cv.execution for this run: in_process, subprocess or deployment (empty: the recipe's).
+        force: Retrain folds that an earlier run with the same config and data already finished.
+        train_csv: data.train_csv: the Kaggle-format train.csv (empty: the recipe's).
+        test_csv: data.test_csv: a Kaggle-format test.csv to write a submission for (empty: none or the recipe's).
+        n_folds: cv.n_folds: number of prompt-grouped folds (empty: the recipe's).
+        model_name_or_path: model.name_or_path: the base model, a Hub id or a folder (empty: the recipe's).
+        learning_rate: train.learning_rate: peak learning rate of the LoRA weights (empty: the recipe's).
+        num_epochs: train.num_epochs: passes over each fold's training rows (empty: the recipe's).
     """
     config = runs.resolve_config(
         config,
@@ -51,6 +65,10 @@ def cv_training(
             "train.num_epochs": num_epochs,
         },
     )
+    try:
+        flow_checks.check_inputs(config)
+    except flow_checks.PREFLIGHT_ERRORS as err:  # before any MLflow run exists: nothing left behind
+        return Failed(message=f"preflight: {err}", data=err)
     parent_run_id = runs.open_parent_run(config, flow_run.get_name() or "")
     try:
         prepared = prepare_inputs(config)
@@ -67,7 +85,7 @@ def cv_training(
         runs.close_run(config, parent_run_id, "FAILED")
         raise
     runs.close_run(config, parent_run_id, "FINISHED")
-    return runs.CVTrainingResult(
+    result = runs.CVTrainingResult(
         parent_run_id=parent_run_id,
         fold_run_ids=fold_run_ids,
         run_key=prepared.run_key,
@@ -77,6 +95,8 @@ def cv_training(
         rows=prepared.counts(),
         report_path=str(report) if report else None,
     )
+    # The flow run's state message (what `prefect deployment run ... --watch` ends with); callers get `result`.
+    return Completed(message=runs.final_message(result), data=result)
 
 
 def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, force: bool) -> None:

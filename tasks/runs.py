@@ -38,6 +38,16 @@ class CVTrainingResult:
     report_path: Optional[str] = None  # the run's report page (report.html in the run folder)
 
 
+def final_message(result: CVTrainingResult) -> str:
+    """One line for the flow run's state: OOF (calibrated) and prior log loss, then the registry's decision."""
+    scores = result.oof.scores
+    calibrated = f", calibrated {scores.calibrated_log_loss:.4f}" if scores.calibrated_log_loss is not None else ""
+    return (
+        f"OOF log loss {scores.log_loss:.4f}{calibrated} (class prior {scores.prior_log_loss:.4f}); "
+        f"registry: {result.registration.in_words()}"
+    )
+
+
 @task(name="resolve-config", **TASK_DEFAULTS)
 def resolve_config(
     config: Optional[RunConfig],
