@@ -14,6 +14,7 @@ from arena_pref.flows.preparation import prepare_inputs
 from arena_pref.flows.train_fold import train_fold
 from arena_pref.tasks import artifacts, evaluation, flow_checks, fold_launcher, registry, report_page, runs, training
 from pref_core.config.schema import RunConfig
+from pref_core.progress import console_note
 from pref_core.train.devices import DeviceSlots, plan_device_slots
 
 
@@ -100,8 +101,23 @@ def cv_training(
 
 
 def _train_folds(config: RunConfig, fold_run_ids: dict[int, str], prepared, force: bool) -> None:
-    """Every fold trained by cv.execution's way; all folds run even if one fails, the errors come together."""
+    """Every fold trained by cv.execution's way; all folds run even if one fails, the errors come together.
+
+    Folds an identical earlier run finished (unless `force`) are reused here, in this process, and said so: no
+    fold process or deployment run starts for them, so a rerun whose folds are all done takes seconds."""
     progress = artifacts.start_progress(len(fold_run_ids))
+    reused = [] if force else training.finished_folds(config, prepared.run_key, fold_run_ids)
+    if reused:
+        console_note(
+            f"reusing fold{'s' if len(reused) > 1 else ''} {', '.join(map(str, reused))}: finished by an identical "
+            f"earlier run (same run key {prepared.run_key[:12]}; --force retrains)"
+        )
+        for done, k in enumerate(reused, start=1):
+            training.fit_fold(config, k, fold_run_ids[k], prepared, force=False)
+            artifacts.advance_progress(progress, done, len(fold_run_ids))
+        fold_run_ids = {k: run_id for k, run_id in fold_run_ids.items() if k not in reused}
+        if not fold_run_ids:
+            return
     if config.cv.execution == "in_process":  # on the inputs prepared above: no subflow or re-preparation
         for done, (k, run_id) in enumerate(fold_run_ids.items(), start=1):
             training.fit_fold(config, k, run_id, prepared, force=force)

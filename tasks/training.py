@@ -70,6 +70,11 @@ def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
     return attempt
 
 
+def finished_folds(config: RunConfig, run_key: str, folds) -> list[int]:
+    """The folds of `folds` that a run with this run key finished (their result file exists), in order."""
+    return [k for k in sorted(folds) if (workspace.fold_dir(config, run_key, k) / RESULT_FILE).is_file()]
+
+
 @task(name="fit-fold", **TASK_DEFAULTS)
 def fit_fold(
     config: RunConfig, fold: int, mlflow_run_id: str, prepared: PreparedInputs, force: bool = False
