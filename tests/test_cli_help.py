@@ -102,4 +102,5 @@ def test_a_command_group_is_one_line_of_the_cli():
         "registry": {"models", "promote", "predict", "export"},
         "services": {"stack", "ui"},
         "config": {"config"},
+        "report": {"report"},
     }
