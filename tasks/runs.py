@@ -127,24 +127,29 @@ def parent_run_name(config: RunConfig, run_key: Optional[str], overrides: Option
 def name_run(config: RunConfig, parent_run_id: str, run_key: str) -> str:
     """Name the parent MLflow run and this Prefect flow run once the run key is known; returns the name."""
     name = parent_run_name(config, run_key)
-    tracking.get_client(config).update_run(parent_run_id, name=name)
-    rename_flow_run(name)
+    client = tracking.get_client(config)
+    client.update_run(parent_run_id, name=name)
+    if rename_flow_run(name):
+        tracking.set_tags(client, parent_run_id, {"arena_pref.prefect_flow_run": name})
     return name
 
 
-def rename_flow_run(name: str) -> None:
-    """Give the running Prefect flow run `name` (the UI's runs list and `prefect flow-run ls` show it)."""
+def rename_flow_run(name: str) -> bool:
+    """Give the running Prefect flow run `name` (the UI's runs list and `prefect flow-run ls` show it); False when
+    there is none or the API refused."""
     from prefect import get_client
     from prefect.runtime import flow_run
 
     flow_run_id = flow_run.get_id()
     if not flow_run_id:
-        return
+        return False
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run_id, name=name)
     except Exception as err:  # noqa: BLE001 (a name is not worth failing a run over)
         LOGGER.warning("could not rename the Prefect flow run to %r: %s", name, err)
+        return False
+    return True
 
 
 @task(name="log-inputs", **TASK_DEFAULTS)
