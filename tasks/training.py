@@ -163,24 +163,23 @@ def _train_new_fold(
     return result
 
 
-# FoldResult.metrics that a fold run shows as metrics, at the step they were computed (the last optimizer step);
-# the rest is bookkeeping, logged as params (FOLD_PARAMS: metric key -> param name).
-FOLD_FINAL_METRICS = ("val_log_loss", "val_accuracy", "train_tokens_per_second", "train_samples_per_second")
+# FoldResult.metrics that are bookkeeping, logged as params (metric key -> param name); every other final metric
+# (val_log_loss, val_accuracy, val_log_loss_no_tta, throughput) is a metric at the fold's last optimizer step.
 FOLD_PARAMS = {"global_step": "global_step", "train_runtime_s": "train_runtime_s", "train_loss": "train_loss_mean"}
 
 
 def fold_final_metrics(client, run_id: str, metrics: dict) -> tuple[int, dict[str, float]]:
-    """(step, metrics) to log when a fold ends: FOLD_FINAL_METRICS at the fold's last optimizer step, less the
-    validation metrics the Trainer callback already logged at that step (no second point, and never a step-0
-    copy of the final value that would make every curve start at its end)."""
+    """(step, metrics) to log when a fold ends: its final metrics less FOLD_PARAMS, at the fold's last optimizer
+    step, less the validation metrics the Trainer callback already logged at that step (no second point, and
+    never a step-0 copy of the final value that would make every curve start at its end)."""
     step = int(metrics.get("global_step", 0))
     out = {}
-    for key in FOLD_FINAL_METRICS:
-        if key not in metrics:
+    for key, value in metrics.items():
+        if key in FOLD_PARAMS:
             continue
         if key.startswith("val_") and any(m.step == step for m in client.get_metric_history(run_id, key)):
             continue
-        out[key] = metrics[key]
+        out[key] = value
     return step, out
 
 
