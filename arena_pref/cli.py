@@ -27,6 +27,7 @@ COMMAND_GROUPS = (
     "blend",  # blend
     "services",  # stack, ui
     "config",  # config show | fields
+    "report",  # report RUN_OR_MODEL ...
 )
 
 

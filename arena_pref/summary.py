@@ -6,9 +6,24 @@ from __future__ import annotations
 def registry_decision(registration) -> str:
     """The registry's decision (a RegistrationOutput) in plain words (the first version becoming @champion is not
     a failure)."""
-    from arena_pref.tasks.artifacts import decision_in_words
+    return registration.in_words()
 
-    return decision_in_words(registration.model_uri, registration.promoted, registration.reason)
+
+# MLflow 3's UI opens an experiment on its GenAI pages unless the link asks for the model-training view (it reads
+# the query, then the browser's last choice; no server-side default).
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_hint(tracking_uri: str, run_id: str) -> str:
+    """How to open the MLflow UI on this run's experiment, in the model-training view."""
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
+        page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+    except Exception:  # noqa: BLE001 (the summary must not fail on a link)
+        page = "http://127.0.0.1:5000"
+    return f"open the MLflow UI: arena-pref ui   (then {page})"
 
 
 def run_link(tracking_uri: str, run_id: str) -> str:
@@ -18,7 +33,7 @@ def run_link(tracking_uri: str, run_id: str) -> str:
             from mlflow import MlflowClient
 
             experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
-            return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+            return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
         except Exception:  # noqa: BLE001 (the summary must not fail on a link)
             pass
     return f"run {run_id} in {tracking_uri}"
@@ -58,5 +73,7 @@ def print_summary(result, tracking_uri: str, out=None) -> None:
     if result.submission_path:
         write(f"submission: {result.submission_path}")
     write(f"OOF predictions: {result.oof.oof_path}")
+    if getattr(result, "report_path", None):
+        write(f"report page: {result.report_path}")
     write(f"MLflow: {run_link(tracking_uri, result.parent_run_id)}")
-    write("open the MLflow UI: arena-pref ui   (then http://127.0.0.1:5000)")
+    write(ui_hint(tracking_uri, result.parent_run_id))

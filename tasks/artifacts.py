@@ -4,7 +4,7 @@ markdown summary (fold table, OOF and calibrated OOF, class prior, the registry 
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 from uuid import UUID
 
 from prefect import task
@@ -28,8 +28,14 @@ LOGGER = logging.getLogger(__name__)
 PROGRESS_KEY, TABLE_KEY, SUMMARY_KEY = "cv-training-progress", "cv-training-folds", "cv-training-summary"
 
 
-def decision_in_words(model_uri: str, promoted: bool, reason: str) -> str:
+def decision_in_words(
+    model_uri: str, promoted: bool, reason: str, registered: bool = True, warnings: Sequence[str] = ()
+) -> str:
     """The registry's decision as a sentence (the first version becoming @champion is not a failure)."""
+    if not registered:
+        return f"{reason}; its model is {model_uri}"
+    if warnings:
+        return f"{model_uri} registered WITHOUT an alias (@challenger, @champion unchanged): {'; '.join(warnings)}"
     if promoted:
         if reason == "no champion yet":
             return f"{model_uri} is now @champion (the first version registered)"
@@ -40,7 +46,7 @@ def decision_in_words(model_uri: str, promoted: bool, reason: str) -> str:
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A browser link to an MLflow run on a server; the bare run id for a file store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
     return f"run `{run_id}` in `{tracking_uri}`"
 
 
@@ -124,7 +130,7 @@ def publish_summary(
     experiment_id = tracking.get_client(config).get_run(parent_run_id).info.experiment_id
     links = {k: run_link(uri, experiment_id, run_id) for k, run_id in fold_run_ids.items()}
     rows = fold_rows(oof, fold_run_ids, links)
-    decision = decision_in_words(registered.model_uri, registered.promoted, registered.reason)
+    decision = registered.in_words()
     markdown = summary_markdown(oof, rows, decision, run_link(uri, experiment_id, parent_run_id), submission)
     create_table_artifact(rows, key=TABLE_KEY, description="per-fold validation metrics")
     create_markdown_artifact(markdown, key=SUMMARY_KEY, description="OOF scores, calibration and the registry decision")

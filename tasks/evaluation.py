@@ -71,25 +71,28 @@ def _read_fold_tables(client, fold_run_ids: dict[int, str], name: str) -> dict[i
 def evaluate_oof(
     config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs
 ) -> OOFOutput:
-    """Join the folds' validation predictions, check coverage, compute OOF metrics, log table and plots."""
+    """Join the folds' validation predictions, check coverage, compute OOF metrics, log table and plots.
+
+    The parent's metrics are the scores (OOF, calibrated OOF, class prior, accuracy, and `fold_log_loss` at
+    step k for fold k); what they were computed on (rows, the applied temperature) goes to its params."""
     client = tracking.get_client(config)
     predictions = _read_fold_tables(client, fold_run_ids, VAL_PREDICTIONS_FILE)
-    fold_log_loss = {
-        fold: float(client.get_run(run_id).data.metrics["val_log_loss"])
-        for fold, run_id in sorted(fold_run_ids.items())
-    }
     parsed = pd.read_parquet(prepared.train.parsed_path, columns=["id", "label", *TURN_COLUMNS])
     oof = assemble_oof(predictions, parsed, pd.read_parquet(prepared.folds_path))
     # Each row's kind (identical answers, an empty answer, ...): what post-processing and blends read.
     texts = parsed.set_index(parsed["id"].astype(str)).loc[oof["id"]]
     oof[ROW_KIND_COLUMN] = row_kinds(texts["response_a"], texts["response_b"])
     scores = score_oof(oof, config.calibration.method)
+    fold_log_loss = dict(scores.fold_log_loss)  # each fold model's validation log loss, from its predictions
 
     out_dir = workspace.run_dir(config, prepared.run_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     oof_path = out_dir / "oof_predictions.parquet"
     oof.to_parquet(oof_path, index=False)
     tracking.log_metrics(client, parent_run_id, scores.metrics)
+    for fold, loss in fold_log_loss.items():  # one chart over the folds: step k is fold k
+        tracking.log_metrics(client, parent_run_id, {"fold_log_loss": loss}, step=fold)
+    tracking.log_params(client, parent_run_id, scores.params)
     client.log_artifact(parent_run_id, str(oof_path))
     lengths = text_lengths(parsed, oof["id"])
     for name, figure in oof_figures(oof, scores, fold_log_loss, lengths).items():
@@ -162,7 +165,7 @@ def make_submission(
         )
     if prepared.test.n_rejected:
         submission, test_ids = _fill_rejected_with_prior(submission, prepared)
-        tracking.log_metrics(client, parent_run_id, {"n_test_prior_filled": prepared.test.n_rejected})
+        tracking.log_params(client, parent_run_id, {"n_test_prior_filled": prepared.test.n_rejected})
     validate_submission(submission, test_ids)
     dest = workspace.run_dir(config, prepared.run_key) / "submission.csv"
     submission.to_csv(dest, index=False)

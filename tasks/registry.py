@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,14 @@ class RegistrationOutput:
     model_uri: str
     promoted: bool
     reason: str
+    registered: bool = True  # False: an identical earlier run's version (`version`) holds this computation
+    warnings: tuple[str, ...] = ()  # why the version got no alias (promotion.registration_warnings)
+
+    def in_words(self) -> str:
+        """The decision as the console, the summary and the report page say it."""
+        from arena_pref.tasks.artifacts import decision_in_words
+
+        return decision_in_words(self.model_uri, self.promoted, self.reason, self.registered, self.warnings)
 
 
 def _pip_requirements() -> list[str]:
@@ -114,9 +123,19 @@ def promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
 def register_model(
     config: RunConfig, parent_run_id: str, fold_run_ids: dict[int, str], prepared: PreparedInputs, oof: OOFOutput
 ) -> RegistrationOutput:
-    """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`."""
+    """Log the fold ensemble as a pyfunc on the parent run, register it, alias it `challenger`, maybe `champion`.
+
+    An identical rerun (a version with the same run key exists) registers nothing and names that version; a
+    model no better than the class prior, trained without some class or with its temperature at a bound is
+    registered with an `arena_pref.warning` tag and no alias (promotion.decide_registration)."""
     client = tracking.get_client(config)
     name = config.tracking.registered_model
+    same_key = [
+        v.version for v in client.search_model_versions(f"name = '{name}' and tags.run_key = '{prepared.run_key}'")
+    ]
+    decision = promotion.decide_registration(same_key, _warnings(config, prepared, oof))
+    if not decision.register:
+        return _already_registered(client, name, decision.existing, parent_run_id, prepared.run_key)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle", oof.temperature)
         write_class_prior(prepared, bundle)
@@ -131,8 +150,11 @@ def register_model(
         "base_model": prepared.base_model,
         "data_hash": prepared.train_hash,
         "run_key": prepared.run_key,
+        "prior_log_loss": f"{oof.scores.prior_log_loss:.6f}",
+        "run_name": client.get_run(parent_run_id).info.run_name or "",
+        "recipe": config.tracking.recipe or "",
     }
-    return register_logged_model(client, name, info, parent_run_id, tags)
+    return register_logged_model(client, name, info, parent_run_id, tags, decision.warnings)
 
 
 def log_bundle_model(client: MlflowClient, run_id: str, bundle: Path):
@@ -151,21 +173,30 @@ def log_bundle_model(client: MlflowClient, run_id: str, bundle: Path):
         )
 
 
-def register_logged_model(client: MlflowClient, name: str, info, run_id: str, tags: dict) -> RegistrationOutput:
+def register_logged_model(
+    client: MlflowClient, name: str, info, run_id: str, tags: dict, warnings: Sequence[str] = ()
+) -> RegistrationOutput:
     """Register the pyfunc `info` (logged on `run_id`) as a version of `name` with `tags`, alias it `challenger`,
-    and `champion` when it beats the champion on the same data and rows (a CV run's fold ensemble, or a blend)."""
+    and `champion` when it beats the champion on the same data and rows (a CV run's fold ensemble, or a blend).
+    With `warnings` (promotion.decide_registration's), the version gets an `arena_pref.warning` tag and no alias."""
+    warnings = tuple(warnings)
     with contextlib.suppress(MlflowException):  # exists already
         client.create_registered_model(name, description="arena-pref fold ensembles (LoRA adapters over a base LM)")
     version = client.create_model_version(
         name, source=info.model_uri, run_id=run_id, tags=tags, model_id=getattr(info, "model_id", None)
     )
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    version = client.get_model_version(name, version.version)
-    promoted, reason = compare_with_champion(client, name, version)
-    if promoted:
-        promote(client, name, version.version, reason)
-    else:
+    if warnings:
+        promoted, reason = False, "no alias: " + "; ".join(warnings)
+        client.set_model_version_tag(name, version.version, "arena_pref.warning", "; ".join(warnings))
         client.set_model_version_tag(name, version.version, "arena_pref.promotion", reason)
+    else:
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        version = client.get_model_version(name, version.version)
+        promoted, reason = compare_with_champion(client, name, version)
+        if promoted:
+            promote(client, name, version.version, reason)
+        else:
+            client.set_model_version_tag(name, version.version, "arena_pref.promotion", reason)
     tracking.set_tags(
         client, run_id, {"arena_pref.registered_version": version.version, "arena_pref.promotion": reason}
     )
@@ -176,4 +207,44 @@ def register_logged_model(client: MlflowClient, name: str, info, run_id: str, ta
         model_uri=f"models:/{name}/{version.version}",
         promoted=promoted,
         reason=reason,
+        warnings=warnings,
+    )
+
+
+def missing_classes(prepared: PreparedInputs) -> list[str]:
+    """The label columns (winner_model_a/b, winner_tie) that no kept training row has."""
+    import pandas as pd
+
+    from pref_core.data.labels import LABEL_COLUMNS
+
+    labels = set(pd.read_parquet(prepared.train.parsed_path, columns=["label"])["label"].astype(int))
+    return [column for k, column in enumerate(LABEL_COLUMNS) if k not in labels]
+
+
+def _warnings(config: RunConfig, prepared: PreparedInputs, oof: OOFOutput) -> list[str]:
+    scores = oof.scores
+    return promotion.registration_warnings(
+        scores.calibrated_log_loss if scores.calibrated_log_loss is not None else scores.log_loss,
+        scores.prior_log_loss,
+        missing_classes(prepared),
+        temperature=scores.fitted_temperature if config.calibration.method == "temperature" else None,
+    )
+
+
+def _already_registered(
+    client: MlflowClient, name: str, existing: str, parent_run_id: str, run_key: str
+) -> RegistrationOutput:
+    """An identical rerun: nothing registered, the run points at the version that holds its computation."""
+    reason = f"identical to version {existing} (same config and data, run key {run_key[:12]}): nothing registered"
+    tracking.set_tags(
+        client, parent_run_id, {"arena_pref.registered_version": existing, "arena_pref.promotion": reason}
+    )
+    LOGGER.info("%s %s", name, reason)
+    return RegistrationOutput(
+        name=name,
+        version=str(existing),
+        model_uri=f"models:/{name}/{existing}",
+        promoted=False,
+        reason=reason,
+        registered=False,
     )

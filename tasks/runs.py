@@ -16,7 +16,9 @@ from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from arena_pref.tasks.registry import RegistrationOutput
 from arena_pref.tasks.retry import retry_on_io
+from pref_core.config.fields import result_neutral_fields
 from pref_core.config.loading import apply_overrides, load_config, parse_config
+from pref_core.config.naming import base_model_label, config_overrides, describe_overrides, run_name, with_recipe
 from pref_core.config.schema import ConfigError, RunConfig
 
 LOGGER = logging.getLogger(__name__)
@@ -33,6 +35,17 @@ class CVTrainingResult:
     registration: RegistrationOutput  # the registered version and whether it became @champion
     submission_path: Optional[str]  # None without data.test_csv
     rows: dict[str, int]  # rows read, kept and rejected per input file (PreparedInputs.counts)
+    report_path: Optional[str] = None  # the run's report page (report.html in the run folder)
+
+
+def final_message(result: CVTrainingResult) -> str:
+    """One line for the flow run's state: OOF (calibrated) and prior log loss, then the registry's decision."""
+    scores = result.oof.scores
+    calibrated = f", calibrated {scores.calibrated_log_loss:.4f}" if scores.calibrated_log_loss is not None else ""
+    return (
+        f"OOF log loss {scores.log_loss:.4f}{calibrated} (class prior {scores.prior_log_loss:.4f}); "
+        f"registry: {result.registration.in_words()}"
+    )
 
 
 @task(name="resolve-config", **TASK_DEFAULTS)
@@ -51,7 +64,8 @@ def resolve_config(
     extra = [*(overrides or []), *(f"{k}={v}" for k, v in (fields or {}).items() if v is not None)]
     extra += [f"cv.execution={fold_execution}"] if fold_execution else []
     if config_path is not None:
-        return load_config(resources.find_config(config_path), extra)
+        found = resources.find_config(config_path)
+        return with_recipe(load_config(found, extra), found)
     return parse_config(apply_overrides(config.model_dump(mode="json"), extra)) if extra else config
 
 
@@ -71,12 +85,72 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     commit = tracking.git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    run = client.create_run(experiment_id, run_name="cv-training", tags=tags)
+    recipe, overrides = recipe_overrides(config)
+    tags["mlflow.note.content"] = describe_overrides(recipe, overrides)  # the run page's description
+    run = client.create_run(experiment_id, run_name=parent_run_name(config, None, overrides), tags=tags)
     stopping.record_mlflow_run(uri, run.info.run_id)
     tracking.log_params(client, run.info.run_id, config.flat())
     tracking.log_config(client, run.info.run_id, config)
     LOGGER.info("MLflow parent run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
     return run.info.run_id
+
+
+def recipe_overrides(config: RunConfig) -> tuple[Optional[str], dict[str, Any]]:
+    """(recipe path, the fields whose value differs from it); no overrides when the recipe is unknown or no longer
+    loads on its own."""
+    recipe = config.tracking.recipe
+    if not recipe or not Path(recipe).is_file():
+        return recipe, {}
+    try:
+        recipe_flat = load_config(recipe).flat()
+    except ConfigError:
+        return recipe, {}
+    return recipe, config_overrides(config.flat(), recipe_flat)
+
+
+def parent_run_name(config: RunConfig, run_key: Optional[str], overrides: Optional[dict[str, Any]] = None) -> str:
+    """tracking.run_name, else recipe·base·head·overrides·run key (pref_core.config.naming.run_name)."""
+    if config.tracking.run_name:
+        return config.tracking.run_name
+    if overrides is None:
+        overrides = recipe_overrides(config)[1]
+    return run_name(
+        config.tracking.recipe,
+        base_model_label(config.model),
+        config.model.head,
+        overrides,
+        run_key,
+        neutral=result_neutral_fields(),
+    )
+
+
+@task(name="name-run", **TASK_DEFAULTS)
+def name_run(config: RunConfig, parent_run_id: str, run_key: str) -> str:
+    """Name the parent MLflow run and this Prefect flow run once the run key is known; returns the name."""
+    name = parent_run_name(config, run_key)
+    client = tracking.get_client(config)
+    client.update_run(parent_run_id, name=name)
+    if rename_flow_run(name):
+        tracking.set_tags(client, parent_run_id, {"arena_pref.prefect_flow_run": name})
+    return name
+
+
+def rename_flow_run(name: str) -> bool:
+    """Give the running Prefect flow run `name` (the UI's runs list and `prefect flow-run ls` show it); False when
+    there is none or the API refused."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    flow_run_id = flow_run.get_id()
+    if not flow_run_id:
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run_id, name=name)
+    except Exception as err:  # noqa: BLE001 (a name is not worth failing a run over)
+        LOGGER.warning("could not rename the Prefect flow run to %r: %s", name, err)
+        return False
+    return True
 
 
 @task(name="log-inputs", **TASK_DEFAULTS)
@@ -95,7 +169,7 @@ def log_inputs(config: RunConfig, parent_run_id: str, prepared: PreparedInputs) 
             "arena_pref.tokenizer_hash": prepared.tokenizer_hash,
         },
     )
-    tracking.log_metrics(client, parent_run_id, prepared.counts())
+    tracking.log_params(client, parent_run_id, prepared.counts())  # bookkeeping: params, not metric charts
     for path in prepared.rejected_files():
         client.log_artifact(parent_run_id, path, artifact_path="rejected")
     client.log_inputs(parent_run_id, datasets=dataset_inputs(prepared))

@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 
 from arena_pref.tasks import distillation, pseudo_labels, resources, stopping, tracking, workspace
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
+from pref_core.config.naming import fold_run_name
 from pref_core.config.schema import RunConfig
 from pref_core.data import fold_rows
 from pref_core.errors import UserError
@@ -35,13 +36,14 @@ class FoldFailedError(UserError, RuntimeError):
 
 
 @task(name="open-fold-run", **TASK_DEFAULTS)
-def open_fold_run(config: RunConfig, parent_run_id: str, fold: int) -> str:
-    """Create the fold's nested MLflow run up front, so retries and remote workers log into the same one."""
+def open_fold_run(config: RunConfig, parent_run_id: str, fold: int, parent_name: Optional[str] = None) -> str:
+    """Create the fold's nested MLflow run up front, so retries and remote workers log into the same one; it is
+    named '<parent name>/fold-k' (the parent's current name when `parent_name` is not given)."""
     client = tracking.get_client(config)
     parent = client.get_run(parent_run_id)
     run = client.create_run(
         parent.info.experiment_id,
-        run_name=f"fold-{fold}",
+        run_name=fold_run_name(parent_name or parent.info.run_name, fold),
         tags={tracking.TAG_PARENT: parent_run_id, tracking.TAG_FOLD: str(fold), tracking.TAG_KIND: "fold"},
     )
     stopping.record_mlflow_run(client.tracking_uri, run.info.run_id)
@@ -67,6 +69,11 @@ def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
         },
     )
     return attempt
+
+
+def finished_folds(config: RunConfig, run_key: str, folds) -> list[int]:
+    """The folds of `folds` that a run with this run key finished (their result file exists), in order."""
+    return [k for k in sorted(folds) if (workspace.fold_dir(config, run_key, k) / RESULT_FILE).is_file()]
 
 
 @task(name="fit-fold", **TASK_DEFAULTS)
@@ -161,10 +168,34 @@ def _train_new_fold(
     return result
 
 
+# FoldResult.metrics that are bookkeeping, logged as params (metric key -> param name); every other final metric
+# (val_log_loss, val_accuracy, val_log_loss_no_tta, throughput) is a metric at the fold's last optimizer step.
+FOLD_PARAMS = {"global_step": "global_step", "train_runtime_s": "train_runtime_s", "train_loss": "train_loss_mean"}
+
+
+def fold_final_metrics(client, run_id: str, metrics: dict) -> tuple[int, dict[str, float]]:
+    """(step, metrics) to log when a fold ends: its final metrics less FOLD_PARAMS, at the fold's last optimizer
+    step, less the validation metrics the Trainer callback already logged at that step (no second point, and
+    never a step-0 copy of the final value that would make every curve start at its end)."""
+    step = int(metrics.get("global_step", 0))
+    out = {}
+    for key, value in metrics.items():
+        if key in FOLD_PARAMS:
+            continue
+        if key.startswith("val_") and any(m.step == step for m in client.get_metric_history(run_id, key)):
+            continue
+        out[key] = value
+    return step, out
+
+
 def _log_fold_outputs(client, fold: int, run_id: str, result: FoldResult) -> None:
     """Metrics, adapter and predictions to the fold's run, then close it; a failure here loses nothing."""
     try:
-        tracking.log_metrics(client, run_id, result.metrics)
+        step, final = fold_final_metrics(client, run_id, result.metrics)
+        tracking.log_metrics(client, run_id, final, step=step)
+        tracking.log_params(
+            client, run_id, {p: result.metrics[k] for k, p in FOLD_PARAMS.items() if k in result.metrics}
+        )
         client.log_artifacts(run_id, str(result.adapter_dir), artifact_path="adapter")
         client.log_artifact(run_id, str(result.val_predictions))
         if result.test_predictions:

@@ -103,4 +103,5 @@ def test_a_command_group_is_one_line_of_the_cli():
         "blend": {"blend"},
         "services": {"stack", "ui"},
         "config": {"config"},
+        "report": {"report"},
     }

@@ -43,10 +43,13 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
 
     client = MlflowClient(config.tracking.uri)
     parent = client.get_run(result.parent_run_id)
-    assert parent.info.run_name == "cv-training"
+    # A config built in code has no recipe: base model, head and the short run key name the run.
+    assert parent.info.run_name == f"tiny·label_token·{result.run_key[:6]}"
     assert parent.info.status == "FINISHED"
-    for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "n_train_kept", "n_train_rejected"):
+    for key in ("oof_log_loss", "oof_accuracy", "prior_log_loss", "fold_log_loss"):
         assert key in parent.data.metrics, key
+    for key in ("n_train_kept", "n_train_rejected", "n_oof"):  # bookkeeping: params, not charts
+        assert key in parent.data.params and key not in parent.data.metrics, key
     assert parent.data.params["model.head"] == "label_token"
     assert parent.data.params["cv.n_folds"] == "5"
     assert parent.data.tags["arena_pref.train_hash"]
@@ -55,6 +58,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert sorted(int(r.data.tags["arena_pref.fold"]) for r in children) == [0, 1, 2, 3, 4]
+    assert sorted(r.info.run_name for r in children) == [f"{parent.info.run_name}/fold-{k}" for k in range(5)]
     for child in children:
         assert child.info.status == "FINISHED"
         assert {"val_log_loss", "val_accuracy", "train_loss", "learning_rate"} <= set(child.data.metrics)
@@ -83,7 +87,7 @@ def test_cv_training_five_folds_in_subprocesses(prefect_harness, tmp_path, synth
     assert sorted(oof["id"]) == sorted(train["id"])
     assert oof["id"].is_unique
     np.testing.assert_allclose(oof[list(LABEL_COLUMNS)].sum(axis=1), 1.0, atol=1e-6)
-    assert parent.data.metrics["n_oof"] == len(train)
+    assert parent.data.params["n_oof"] == str(len(train)) and "n_oof" not in parent.data.metrics
 
     submission = pd.read_csv(result.submission_path, dtype={"id": str})
     test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
@@ -133,3 +137,6 @@ def test_rerun_reuses_finished_folds_in_process(prefect_harness, tmp_path, synth
         assert run.data.metrics["val_log_loss"] == pytest.approx(first.oof.fold_log_loss[fold])
     assert second.oof.scores.log_loss == pytest.approx(first.oof.scores.log_loss)
     assert second.submission_path is None
+    # The same computation again: nothing new in the registry, the run names the version that holds it.
+    assert first.registration.registered and not second.registration.registered
+    assert second.registration.version == first.registration.version

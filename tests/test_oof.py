@@ -74,9 +74,12 @@ def test_scores_match_hand_computed_values():
     assert scores.metrics["oof_accuracy"] == 1.0
     # Class shares 2/4, 1/4, 1/4: prior log loss = -(2 ln .5 + ln .25 + ln .25) / 4.
     assert scores.metrics["prior_log_loss"] == pytest.approx(-(2 * math.log(0.5) + 2 * math.log(0.25)) / 4)
-    assert scores.metrics["n_oof"] == 4
-    assert scores.temperature == 1.0 and "temperature" not in scores.metrics
+    # Scores are metrics; what they were computed on is bookkeeping (params).
+    assert set(scores.metrics) == {"oof_log_loss", "oof_accuracy", "prior_log_loss"}
+    assert scores.params == {"n_oof": 4}
+    assert scores.temperature == 1.0 and "temperature" not in scores.params
     assert scores.fold_rows == {0: 2, 1: 2} and scores.fold_accuracy == {0: 1.0, 1: 1.0}
+    assert scores.fold_log_loss == {0: pytest.approx(math.log(2)), 1: pytest.approx(math.log(2))}
 
 
 def test_temperature_is_applied_only_when_asked_and_never_hurts():
@@ -85,6 +88,7 @@ def test_temperature_is_applied_only_when_asked_and_never_hurts():
     # Every row right but at p=0.5: sharpening (T < 1) lowers the loss.
     assert calibrated.temperature < 1.0
     assert calibrated.metrics["oof_log_loss_calibrated"] < calibrated.metrics["oof_log_loss"]
+    assert calibrated.params["temperature"] == calibrated.temperature
     assert plain.fitted_temperature == pytest.approx(calibrated.temperature)
 
 

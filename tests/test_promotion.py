@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pref_core.evaluate.promotion import decide_promotion
+from pref_core.evaluate.calibration import TEMPERATURE_BOUNDS
+from pref_core.evaluate.promotion import decide_promotion, decide_registration, registration_warnings
 
 CHAMPION = {"oof_log_loss": "0.950000", "data_hash": "abc123abc123ff", "n_oof": "1000"}
 
@@ -30,3 +31,21 @@ def test_other_data_or_other_rows_are_not_compared():
 
 def test_the_champion_itself_is_not_promoted_again():
     assert decide_promotion("1", CHAMPION, "1", CHAMPION) == (False, "already champion")
+
+
+def test_an_identical_rerun_registers_nothing_and_names_the_version():
+    decision = decide_registration(["7", "3"], ["ignored"])
+    assert not decision.register and decision.existing == "3" and not decision.aliases_allowed
+
+
+def test_a_model_no_better_than_the_prior_or_missing_a_class_is_registered_without_aliases():
+    assert registration_warnings(0.95, 1.09) == []
+    worse = registration_warnings(1.10, 1.09)
+    assert len(worse) == 1 and "does not beat the class prior 1.0900" in worse[0]
+    missing = registration_warnings(0.5, 1.0, missing_classes=["winner_tie"])
+    assert len(missing) == 1 and "no row of class winner_tie" in missing[0]
+    at_bound = registration_warnings(0.5, 1.0, temperature=TEMPERATURE_BOUNDS[1])
+    assert len(at_bound) == 1 and "at its bound" in at_bound[0]
+    decision = decide_registration([], worse)
+    assert decision.register and not decision.aliases_allowed and decision.warnings == tuple(worse)
+    assert decide_registration([], []).aliases_allowed

@@ -346,7 +346,8 @@ def test_winners_options_together_through_the_flow(prefect_harness, tmp_path, sy
     result = cv_training(config)
     client = MlflowClient(config.tracking.uri)
     parent = client.get_run(result.parent_run_id)
-    assert {"oof_log_loss", "oof_log_loss_calibrated", "temperature"} <= set(parent.data.metrics)
+    assert {"oof_log_loss", "oof_log_loss_calibrated"} <= set(parent.data.metrics)
+    assert "temperature" in parent.data.params and "temperature" not in parent.data.metrics
     assert parent.data.metrics["oof_log_loss_calibrated"] <= parent.data.metrics["oof_log_loss"] + 1e-9
     fold = client.get_run(result.fold_run_ids[0])
     assert "val_log_loss_no_tta" in fold.data.metrics  # swap TTA evaluated

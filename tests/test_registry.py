@@ -136,6 +136,14 @@ def registered(tmp_path, synthetic_frames):
         "adapters": adapters,
         "base": base,
         "test": synthetic_frames[1].head(6),
+        "register": lambda run_key, oof_output: register_model.fn(
+            config,
+            client.create_run(experiment).info.run_id,
+            fold_runs,
+            SimpleNamespace(**{**vars(prepared), "run_key": run_key}),
+            oof_output,
+        ),
+        "oof": oof,
     }
 
 
@@ -203,3 +211,27 @@ def test_registered_model_loads_and_predicts_with_every_unpickler_refusing(regis
     # What MLflow stored is the model's code and its bundle: no pickled object anywhere in the artifact.
     local = Path(mlflow.artifacts.download_artifacts(registered["model_uri"]))
     assert not [p for p in local.rglob("*") if p.suffix in {".pkl", ".pickle", ".bin", ".pt", ".pth"}]
+
+
+def test_an_identical_rerun_registers_nothing_and_says_which_version_holds_it(registered):
+    client = MlflowClient(registered["uri"])
+    again = registered["register"]("k1", registered["oof"])  # the same run key as version 1
+    assert not again.registered and again.version == "1" and again.model_uri == f"models:/{NAME}/1"
+    assert "identical to version 1" in again.in_words() and "nothing registered" in again.in_words()
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
+def test_a_model_no_better_than_the_prior_is_registered_with_a_warning_and_no_alias(registered):
+    from dataclasses import replace
+
+    client = MlflowClient(registered["uri"])
+    oof = registered["oof"]
+    worse = replace(oof, scores=replace(oof.scores, log_loss=1.2, calibrated_log_loss=1.1))
+    result = registered["register"]("k2", worse)
+    assert result.registered and result.version == "2" and not result.promoted
+    assert "does not beat the class prior" in result.warnings[0]
+    assert "WITHOUT an alias" in result.in_words()
+    version = client.get_model_version(NAME, "2")
+    assert "does not beat the class prior" in version.tags["arena_pref.warning"] and not version.aliases
+    model = client.get_registered_model(NAME)
+    assert {k: str(v) for k, v in model.aliases.items()} == {"challenger": "1", "champion": "1"}  # unchanged

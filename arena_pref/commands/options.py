@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -32,6 +32,13 @@ def add_overrides(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set train.learning_rate=1e-4 (repeatable)",
     )
+    p.add_argument(
+        "--run-name",
+        default=None,
+        metavar="NAME",
+        help="name of the MLflow run and the Prefect flow run (tracking.run_name; fold runs NAME/fold-k) "
+        "(default: recipe·base·head·overrides·run key)",
+    )
     p.add_argument("--force", action="store_true", help="retrain folds that an identical earlier run finished")
     p.add_argument(
         "-v",
@@ -50,9 +57,16 @@ def add_tracking_uri(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_run_config(config_path: str | Path, overrides: Sequence[str]):
-    """The config a --config names: the file, else the shipped recipe of that name (arena_pref.tasks.resources)."""
+def load_run_config(config_path: str | Path, overrides: Sequence[str], run_name: Optional[str] = None):
+    """The config a --config names: the file, else the shipped recipe of that name (arena_pref.tasks.resources);
+    tracking.recipe names that file (run names list what differs from it), `run_name` (--run-name) sets
+    tracking.run_name."""
     from arena_pref.tasks.resources import find_config
     from pref_core.config.loading import load_config
+    from pref_core.config.naming import with_recipe
 
-    return load_config(find_config(config_path), overrides)
+    found = find_config(config_path)
+    config = with_recipe(load_config(found, overrides), found)
+    if run_name:
+        config = config.model_copy(update={"tracking": config.tracking.model_copy(update={"run_name": run_name})})
+    return config

@@ -13,7 +13,9 @@ def register(sub) -> None:
         p.add_argument("--name", default="arena-pref", help="registered model name (tracking.registered_model)")
         add_tracking_uri(p)
 
-    models = sub.add_parser("models", help="registered versions, aliases and metrics")
+    models = sub.add_parser(
+        "models", help="registered versions: aliases, OOF and prior log loss, data hash, run name, warnings"
+    )
     add_registry(models)
     models.set_defaults(func=cmd_models)
 
@@ -103,14 +105,32 @@ def cmd_models(args) -> int:
     for alias, version in (registered.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     versions = sorted(client.search_model_versions(f"name = '{args.name}'"), key=lambda v: int(v.version))
-    print(f"{'version':>7}  {'aliases':<20} {'oof_log_loss':>12} {'folds':>5}  {'data':<12}  run")
-    for v in versions:
-        print(
-            f"{v.version:>7}  {','.join(sorted(aliases.get(str(v.version), []))) or '-':<20} "
-            f"{v.tags.get('oof_log_loss', '?'):>12} {v.tags.get('n_folds', '?'):>5}  "
-            f"{v.tags.get('data_hash', '?')[:12]:<12}  {v.run_id}"
-        )
+    print(models_table(versions, aliases))
     return 0
+
+
+def models_table(versions, aliases: dict[str, list[str]]) -> str:
+    """One line per registered version: aliases, OOF and prior log loss, folds, data hash, run name (else recipe,
+    else run id); a version registered with a warning says so under its line."""
+    lines = [f"{'version':>7}  {'aliases':<18} {'oof':>7} {'prior':>7} {'folds':>5}  {'data':<12}  run"]
+    for v in versions:
+        tags = v.tags or {}
+        lines.append(
+            f"{v.version:>7}  {','.join('@' + a for a in sorted(aliases.get(str(v.version), []))) or '-':<18} "
+            f"{_short(tags.get('oof_log_loss')):>7} {_short(tags.get('prior_log_loss')):>7} "
+            f"{tags.get('n_folds', '?'):>5}  {tags.get('data_hash', '?')[:12]:<12}  "
+            f"{tags.get('run_name') or tags.get('recipe') or v.run_id}"
+        )
+        if tags.get("arena_pref.warning"):
+            lines.append(f"{'':>9}warning: {tags['arena_pref.warning']}")
+    return "\n".join(lines)
+
+
+def _short(value) -> str:
+    try:
+        return f"{float(value):.4f}"
+    except (TypeError, ValueError):
+        return "?"
 
 
 def cmd_promote(args) -> int:

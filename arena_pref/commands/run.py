@@ -109,7 +109,7 @@ def run_training(config, force: bool = False, verbose: bool = True, command: str
 
 
 def cmd_train(args) -> int:
-    config = load_run_config(args.config, args.set)
+    config = load_run_config(args.config, args.set, args.run_name)
     run_training(config, force=args.force, verbose=args.verbose, argv=getattr(args, "argv", None))
     return 0
 
@@ -130,7 +130,7 @@ def cmd_demo(args) -> int:
         shuffled.to_csv(train_csv, index=False)
     print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
     overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={out}", *args.set]
-    config = load_run_config(args.config, overrides)
+    config = load_run_config(args.config, overrides, args.run_name)
     run_training(config, force=args.force, verbose=args.verbose, command="demo", argv=getattr(args, "argv", None))
     return 0
 

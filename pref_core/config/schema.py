@@ -422,6 +422,17 @@ class TrackingConfig(_Section):
     system_metrics_interval_s: float = Field(
         10.0, ge=0.0, description="Seconds between CPU/memory/GPU samples on fold runs (MLflow system metrics); 0: off."
     )
+    run_name: Optional[str] = Field(
+        None,
+        description="Name of the parent MLflow run and of the Prefect flow run (fold runs: '<name>/fold-k'); "
+        "null: the recipe, base model, head, the overrides that differ from the recipe and a short run key "
+        "(e.g. tiny·label_token·lr=2e-3·3f09d8). `--run-name` sets it.",
+    )
+    recipe: Optional[str] = Field(
+        None,
+        description="The YAML recipe the config was loaded from (`--config` sets it); run names and descriptions "
+        "list the fields that differ from it.",
+    )
 
 
 class RunConfig(_Section):

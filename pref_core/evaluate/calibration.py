@@ -14,6 +14,8 @@ import numpy as np
 from pref_core.evaluate.metrics import compute_log_loss
 
 _EPS = 1e-15
+# Where fit_temperature searches; a fit at either end found no useful scale (e.g. uniform predictions push T up).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -26,7 +28,7 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return out / out.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The T in `bounds` minimising log loss of apply_temperature(probs, T) against `labels`.
 
     Log loss is unimodal in log T for a fixed set of predictions, so a golden-section search on
@@ -53,3 +55,11 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray, bounds: tuple[float, 
             b = lo + ratio * (hi - lo)
             fb = loss(b)
     return float(np.exp((lo + hi) / 2.0))
+
+
+def temperature_at_bound(
+    temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS, rel: float = 1e-3
+) -> bool:
+    """True when a fitted `temperature` sits at either end of `bounds` (within `rel` relative distance)."""
+    low, high = bounds
+    return temperature <= low * (1 + rel) or temperature >= high * (1 - rel)

@@ -37,18 +37,23 @@ class OOFScores:
     calibrated_log_loss: Optional[float] = None  # with calibration.method=temperature
     fold_accuracy: dict[int, float] = field(default_factory=dict)
     fold_rows: dict[int, int] = field(default_factory=dict)
+    fold_log_loss: dict[int, float] = field(default_factory=dict)  # of each fold's validation rows
 
     @property
     def metrics(self) -> dict[str, float]:
-        """The scores under their MLflow metric names (the parent run's metrics, read by the registry)."""
-        out = {
-            "oof_log_loss": self.log_loss,
-            "oof_accuracy": self.accuracy,
-            "prior_log_loss": self.prior_log_loss,
-            "n_oof": self.n_oof,
-        }
+        """The scores under their MLflow metric names: what the parent run's charts and comparisons lead with
+        (bookkeeping such as the row count is in `params`)."""
+        out = {"oof_log_loss": self.log_loss, "oof_accuracy": self.accuracy, "prior_log_loss": self.prior_log_loss}
         if self.calibrated_log_loss is not None:
-            out.update(temperature=self.temperature, oof_log_loss_calibrated=self.calibrated_log_loss)
+            out["oof_log_loss_calibrated"] = self.calibrated_log_loss
+        return out
+
+    @property
+    def params(self) -> dict[str, float]:
+        """What the scores were computed on and with (rows, the applied temperature): MLflow params, not metrics."""
+        out: dict[str, float] = {"n_oof": self.n_oof}
+        if self.calibrated_log_loss is not None:
+            out["temperature"] = self.temperature
         return out
 
 
@@ -105,6 +110,7 @@ def score_oof(oof: pd.DataFrame, calibration_method: str) -> OOFScores:
         calibrated_log_loss=calibrated,
         fold_accuracy={k: metrics.compute_accuracy(labels[fold_index == k], probs[fold_index == k]) for k in folds},
         fold_rows={k: int((fold_index == k).sum()) for k in folds},
+        fold_log_loss={k: metrics.compute_log_loss(labels[fold_index == k], probs[fold_index == k]) for k in folds},
     )
 
 

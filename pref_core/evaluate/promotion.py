@@ -1,9 +1,14 @@
-"""When a newly registered fold ensemble replaces the champion: only on the same data and OOF rows, and
-only with a lower OOF log loss. Tags in, decision out; the registry calls are the caller's."""
+"""What the registry does with a finished run: register it or not (an identical rerun registers nothing), alias
+it or not (a model no better than the class prior, or trained without some class, gets no alias), and when it
+replaces the champion (only on the same data and OOF rows, and only with a lower OOF log loss). Tags and scores
+in, decisions out; the registry calls are the caller's."""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from pref_core.evaluate.calibration import TEMPERATURE_BOUNDS, temperature_at_bound
 
 
 def decide_promotion(
@@ -30,3 +35,55 @@ def decide_promotion(
     if new < best:
         return True, f"oof_log_loss {new:.5f} beats champion v{champion_version} ({best:.5f})"
     return False, f"oof_log_loss {new:.5f} does not beat champion v{champion_version} ({best:.5f})"
+
+
+@dataclass(frozen=True)
+class RegistrationDecision:
+    """Whether a finished run becomes a registry version, and whether it may carry an alias.
+
+    `existing`: the version that already holds this computation (same run key); then nothing is registered.
+    `warnings`: why the version gets no alias (@challenger / @champion); empty when it may have them."""
+
+    register: bool
+    existing: Optional[str] = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def aliases_allowed(self) -> bool:
+        return self.register and not self.warnings
+
+
+def registration_warnings(
+    oof_log_loss: float,
+    prior_log_loss: float,
+    missing_classes: Sequence[str] = (),
+    temperature: Optional[float] = None,
+    temperature_bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+) -> list[str]:
+    """Why a model must not be aliased automatically: no better than the class prior, trained without some class,
+    or a calibration temperature stuck at one of its bounds (the fit found no useful scale)."""
+    found = []
+    if not oof_log_loss < prior_log_loss:
+        found.append(
+            f"OOF log loss {oof_log_loss:.4f} does not beat the class prior {prior_log_loss:.4f} "
+            "(always predicting the class shares)"
+        )
+    if missing_classes:
+        found.append(
+            f"the training data has no row of class {', '.join(missing_classes)}: the model never saw "
+            f"{'it' if len(missing_classes) == 1 else 'them'}"
+        )
+    if temperature is not None and temperature_at_bound(temperature, temperature_bounds):
+        found.append(
+            f"the calibration temperature {temperature:.3g} is at its bound "
+            f"({temperature_bounds[0]:g}..{temperature_bounds[1]:g}): the predictions carry no usable confidence"
+        )
+    return found
+
+
+def decide_registration(same_key_versions: Sequence[str], warnings: Sequence[str] = ()) -> RegistrationDecision:
+    """Register a run unless a version with its run key exists (an identical rerun: say which version it is);
+    a version with `warnings` (registration_warnings) is registered without aliases."""
+    if same_key_versions:
+        return RegistrationDecision(register=False, existing=min(same_key_versions, key=int))
+    return RegistrationDecision(register=True, warnings=tuple(warnings))
