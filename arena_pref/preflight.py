@@ -60,13 +60,18 @@ def preflight(config, console=None) -> None:
     a reachable tracking store, the device plan, the base model, the teacher run. A bad file is reported here in
     one line per problem, with no orchestration traceback; the validated rows are cached, so the flow's ingest is
     a cache hit."""
-    from arena_pref import tracking_probe
-    from arena_pref.tasks import intake, workspace
-    from arena_pref.tasks.store import default_tracking_uri
     from pref_core.config.loading import require_train_csv
 
     require_train_csv(config)
+    from arena_pref import tracking_probe
+    from arena_pref.tasks import workspace
+    from arena_pref.tasks.store import default_tracking_uri
+
     check_writable_folder(workspace.output_root(config), "output_dir")
+    tracking_uri = config.tracking.uri or default_tracking_uri()
+    tracking_probe.check_scheme(tracking_uri)  # a typo in the URI: before reading any data
+    from arena_pref.tasks import intake  # pandas: only once the cheap checks passed
+
     train = intake.ingest_file(config, "train")
     if config.data.test_csv is not None:
         intake.ingest_file(config, "test")
@@ -75,7 +80,6 @@ def preflight(config, console=None) -> None:
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path, console)
-    tracking_uri = config.tracking.uri or default_tracking_uri()
     tracking_probe.check_reachable(tracking_uri, writable=True)
     if config.cv.execution == "subprocess":
         from pref_core.train.devices import plan_device_slots
