@@ -121,14 +121,19 @@ def cmd_predict(args) -> int:
     """Every input checked before the flow starts (the output path, the test file as `validate --kind test`, the
     model URI in the registry, the base model), then the predict flow; the submission is written whole or not at
     all (a temporary name, renamed when complete)."""
+    from pathlib import Path
+
     from arena_pref import tracking_probe
-    from pref_core.data.arena import read_arena_csv
     from pref_core.publish import check_output_file
 
     uri = _tracking_uri(args)
     check_output_file(args.out, "--out")
+    if not Path(args.test_csv).is_file():  # before pandas is imported
+        raise UserError(f"--test-csv {args.test_csv}: file not found; pass the Kaggle-format test.csv")
+    tracking_probe.check_model_uri(uri, args.model)  # a read-only probe: no MLflow import
+    from pref_core.data.arena import read_arena_csv
+
     read_arena_csv(args.test_csv, kind="test", max_bad_fraction=0.0)
-    tracking_probe.check_model_uri(uri, args.model)
     from arena_pref.flows.predict import predict
     from arena_pref.preflight import check_predict_base
 

@@ -128,6 +128,9 @@ def cmd_demo(args) -> int:
 def cmd_validate(args) -> int:
     """Exit 0 when every row is valid; a file that cannot be read, or any rejected row, is exit 2 (the error
     contract: something the user must fix), with one line per problem."""
+    if not Path(args.path).is_file():  # before pandas is imported
+        what = "is a folder, not a CSV file" if Path(args.path).is_dir() else "file not found"
+        raise UserError(f"{args.path}: {what}; pass the path of a Kaggle-format CSV")
     from pref_core.data.arena import read_arena_csv
     from pref_core.evaluate.metrics import count_classes
 
