@@ -69,7 +69,7 @@ def preflight(config, console=None) -> None:
 
     check_writable_folder(workspace.output_root(config), "output_dir")
     tracking_uri = config.tracking.uri or default_tracking_uri()
-    tracking_probe.check_scheme(tracking_uri)  # a typo in the URI: before reading any data
+    tracking_probe.check_reachable(tracking_uri)  # a typo in the URI, a server that is down: before reading data
     from arena_pref.tasks import intake  # pandas: only once the cheap checks passed
 
     train = intake.ingest_file(config, "train")
@@ -80,7 +80,8 @@ def preflight(config, console=None) -> None:
 
         read_teacher_probs(config.distill.teacher_csv)
     check_split(config, train.parsed_path, console)
-    tracking_probe.check_reachable(tracking_uri, writable=True)
+    if tracking_probe.scheme_of(tracking_uri) == "sqlite":  # its folder, created only once the data is known good
+        tracking_probe.check_reachable(tracking_uri, writable=True)
     if config.cv.execution == "subprocess":
         from pref_core.train.devices import plan_device_slots
 

@@ -44,11 +44,15 @@ class RecordingStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         with self._lock:
-            self.target.write(text)
+            # Recorded first: a line the user has seen is already in the log (a Ctrl-C right after it was shown
+            # interrupts nothing that the log would miss).
             if self.record is not None:
                 *finished, self._pending = (self._pending + text).split("\n")
                 for line in finished:
                     self.record.write(f"{RECORD_PREFIX}{visible_text(line)}\n")
+                if finished:
+                    self.record.flush()
+            self.target.write(text)
         return len(text)
 
     def flush(self) -> None:
