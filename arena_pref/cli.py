@@ -62,21 +62,63 @@ def apply_environment(args: argparse.Namespace) -> dict[str, str]:
     return environment.apply_defaults(*environment.PRODUCT, environment.local_prefect(resources.project_root()))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def command_name(args: argparse.Namespace) -> str:
+    """The subcommand as typed (`config show`), for the log file's name."""
+    return " ".join(str(part) for part in (args.command, getattr(args, "config_command", None)) if part)
+
+
+def describe_error(error: BaseException) -> str:
+    """The text after `error: ` for an error the user can fix: the UserError's own message (one line, or a short
+    report of one line per problem); a file-system error as `PATH: reason`, never a raw `[Errno N]`."""
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        return f"{where}{error.strerror[0].lower()}{error.strerror[1:]}"
+    return str(error)
+
+
+def run_command(args: argparse.Namespace, frame) -> int:
+    """Run the parsed command inside its frame: a user error is one line (exit 2), a bug one line naming the log
+    that holds its traceback (exit 1); tracebacks never reach the console."""
+    console = frame.console
+    try:
+        return int(args.func(args) or 0)
+    except RunStopped as stopped:  # Ctrl-C during train or demo: one line, what stopped and how to resume
+        frame.log_exception(stopped)
+        console.err.write(f"{stopped}\n")
+        console.err.flush()
+        return interruption.EXIT_CODE
+    except KeyboardInterrupt as interrupt:
+        frame.log_exception(interrupt)
+        console.error("interrupted")
+        return 130
+    except (UserError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+        frame.log_exception(err)  # what the user can fix: one line here, the traceback in the log
+        console.error(describe_error(err))
+        return 2
+    except Exception as bug:  # noqa: BLE001 (a bug: one line here, the traceback in the log)
+        frame.log_exception(bug)
+        where = f"; the traceback is in {frame.keep_path}" if frame.keep_path else ""
+        console.error(f"unexpected {type(bug).__name__}: {bug} (a bug in arena-pref{where}; please report it)")
+        return 1
+
+
+def main(argv: Optional[Sequence[str]] = None, *, hold_until_exit: Optional[bool] = None) -> int:
+    """Parse `argv` (default: the process's arguments) and run the command inside its console frame
+    (arena_pref.console). The program itself (`argv` None) keeps the frame until the interpreter exits, so that
+    what libraries print at exit (Prefect stopping its temporary server) goes to the log too; a caller passing
+    `argv` (a test) gets its terminal back when main returns."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what a stopped run prints as its resume command
     apply_environment(args)
+    from arena_pref.console import CommandFrame
+
+    frame = CommandFrame(command_name(args), verbose=bool(getattr(args, "verbose", False)))
+    args.console, args.frame = frame.console, frame
     try:
-        return int(args.func(args) or 0)
-    except RunStopped as err:  # Ctrl-C during train or demo: one line, what stopped and how to resume
-        print(str(err), file=sys.stderr)
-        return interruption.EXIT_CODE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (UserError, FileNotFoundError, PermissionError) as err:  # what the user can fix: one line, no traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return run_command(args, frame)
+    finally:
+        if not (argv is None if hold_until_exit is None else hold_until_exit):
+            frame.close()
 
 
 if __name__ == "__main__":

@@ -144,12 +144,12 @@ def export_bundle(
     """Download `model_uri`'s registered bundle and write the offline bundle to `out` (must not exist or be empty)."""
     from arena_pref.tasks.prediction import download_bundle
     from arena_pref.tasks.pyfunc_model import read_bundle
-    from arena_pref.tasks.tracking import default_tracking_uri
+    from arena_pref.tasks.store import default_tracking_uri
     from pref_core.evaluate.postprocess import RULES_FILE
     from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
     from pref_core.model.averaging import average_adapters
     from pref_core.predict.members import read_blend_spec
-    from pref_core.publish import publishing_dir
+    from pref_core.publish import publishing_new_dir
 
     if folds not in ("ensemble", "average"):
         raise ExportError(f"--folds {folds!r}: use ensemble or average")
@@ -166,7 +166,7 @@ def export_bundle(
 
             return write_blend_bundle(registered, out, model_uri, folds, base_dir)
         config, base, adapters, temperature = read_bundle(registered)
-        with publishing_dir(out, prefix=f".{out.name}.partial-") as staging:
+        with publishing_new_dir(out, "--out", prefix=f".{out.name}.partial-") as staging:
             (staging / "adapters").mkdir(parents=True)
             if folds == "average":
                 average_adapters(adapters, staging / "adapters" / "average")

@@ -27,7 +27,7 @@ def write_blend_bundle(registered: Path, out: Path, model_uri: str, folds: str, 
     from pref_core.kaggle.bundle import BASE_MODEL_DIR, write_manifest
     from pref_core.model.averaging import average_adapters
     from pref_core.predict.members import BLEND_FILE, MEMBERS_DIR, base_identity, read_blend_spec
-    from pref_core.publish import publishing_dir
+    from pref_core.publish import publishing_new_dir
 
     spec = read_blend_spec(registered)
     bases: dict[str, dict] = {}
@@ -41,7 +41,7 @@ def write_blend_bundle(registered: Path, out: Path, model_uri: str, folds: str, 
             f"--base-model-dir {base_dir}: this blend's members use {len(bases)} bases; leave it out and attach "
             "each base as its own Kaggle input"
         )
-    with publishing_dir(out, prefix=f".{out.name}.partial-") as staging:
+    with publishing_new_dir(out, "--out", prefix=f".{out.name}.partial-") as staging:
         for name, config, adapters, _ in members:
             source, dest = registered / MEMBERS_DIR / name, staging / MEMBERS_DIR / name
             (dest / "adapters").mkdir(parents=True)

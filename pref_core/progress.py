@@ -16,8 +16,7 @@ from typing import IO, Optional
 
 from transformers import TrainerCallback
 
-CONSOLE_FD_ENV = "ARENA_PREF_CONSOLE_FD"
-CONSOLE_PATH_ENV = "ARENA_PREF_CONSOLE_PATH"
+from pref_core.terminal import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, RecordingStream
 
 _streams: dict[int, IO[str]] = {}
 _opened: dict[str, Optional[int]] = {}
@@ -54,13 +53,24 @@ def console_child_env() -> dict[str, Optional[str]]:
     return {CONSOLE_FD_ENV: None}
 
 
+class _CurrentStderr:
+    """sys.stderr as it is at each write (the log file in a quiet run): where console lines are recorded."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def console_stream() -> Optional[IO[str]]:
-    """A text stream on the console for progress bars, or None (then tqdm uses sys.stderr)."""
+    """A text stream on the console for progress bars, or None (then tqdm uses sys.stderr). Each finished line is
+    also recorded in the log (pref_core.terminal.RecordingStream): the log says what the user saw."""
     fd = console_fd()
     if fd is None:
         return None
     if fd not in _streams:
-        _streams[fd] = os.fdopen(fd, "w", buffering=1, closefd=False)
+        _streams[fd] = RecordingStream(os.fdopen(fd, "w", buffering=1, closefd=False), _CurrentStderr())
     return _streams[fd]
 
 

@@ -19,9 +19,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from arena_pref.tasks import workspace
+from arena_pref.tasks.intake import IngestOutput, ingest_file
 from arena_pref.tasks.retry import retry_on_io
 from pref_core.config.schema import RunConfig
-from pref_core.data.arena import read_arena_csv, write_rejected
+from pref_core.data.arena import write_rejected
 from pref_core.data.folds import make_folds
 from pref_core.hashing import hash_file, hash_json
 from pref_core.model.tiny import build_tiny_checkpoint, tokenizer_corpus
@@ -34,19 +35,6 @@ LOGGER = logging.getLogger(__name__)
 # Tasks take the config and return small records of paths: no caching of their
 # inputs by Prefect (the content-hash caches below are the source of truth).
 TASK_DEFAULTS = dict(cache_policy=NO_CACHE, persist_result=False)
-
-
-@dataclass
-class IngestOutput:
-    kind: str
-    source: str
-    data_hash: str
-    parsed_path: str
-    rejected_path: Optional[str]
-    n_read: int
-    n_kept: int
-    n_rejected: int
-    reused: bool = False
 
 
 @dataclass
@@ -112,46 +100,9 @@ def _atomic_write_parquet(frame: pd.DataFrame, dest: Path) -> None:
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)
 def ingest(config: RunConfig, kind: str) -> IngestOutput:
-    """Validate one Kaggle CSV (train or test) and store its parsed rows as parquet, keyed by the file's hash."""
-    source = Path(config.data.train_csv if kind == "train" else config.data.test_csv)
-    data_hash = hash_file(source)
-    folder = workspace.ingest_dir(config, data_hash)
-    parsed_path, meta_path = folder / f"{kind}.parquet", folder / f"{kind}.json"
-    rejected_path = folder / f"{kind}_rejected.csv"
-
-    if meta_path.exists() and parsed_path.exists():
-        meta = json.loads(meta_path.read_text())
-        # The same file under a stricter policy must fail again, not reuse a lenient earlier result.
-        if meta["n_rejected"] <= config.data.max_bad_fraction * meta["n_read"]:
-            LOGGER.info("ingest %s: %s already validated (hash %s), reusing", kind, source, data_hash[:12])
-            return IngestOutput(**{**meta, "source": str(source), "reused": True})
-
-    result = read_arena_csv(source, kind=kind, max_bad_fraction=config.data.max_bad_fraction)
-    _atomic_write_parquet(result.frame, parsed_path)
-    has_rejected = result.n_rejected > 0
-    if has_rejected:
-        write_rejected(result.rejected, rejected_path)
-        LOGGER.warning(
-            "ingest %s: %d of %d rows rejected (data.max_bad_fraction=%s); reasons in %s",
-            kind,
-            result.n_rejected,
-            result.n_read,
-            config.data.max_bad_fraction,
-            rejected_path,
-        )
-    out = IngestOutput(
-        kind=kind,
-        source=str(source),
-        data_hash=data_hash,
-        parsed_path=str(parsed_path),
-        rejected_path=str(rejected_path) if has_rejected else None,
-        n_read=result.n_read,
-        n_kept=result.n_kept,
-        n_rejected=result.n_rejected,
-    )
-    meta_path.write_text(json.dumps({k: v for k, v in asdict(out).items() if k not in ("source", "reused")}))
-    LOGGER.info("ingest %s: kept %d of %d rows from %s", kind, out.n_kept, out.n_read, source)
-    return out
+    """Validate one Kaggle CSV (train or test) and store its parsed rows as parquet, keyed by the file's hash
+    (arena_pref.tasks.intake, which the CLI's preflight calls before Prefect is imported)."""
+    return ingest_file(config, kind)
 
 
 @task(name="ingest-extra", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_on_io, **TASK_DEFAULTS)

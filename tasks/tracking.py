@@ -22,9 +22,15 @@ from mlflow.entities import Metric, Param, RunTag
 from transformers import TrainerCallback
 
 from arena_pref.tasks import resources
+from arena_pref.tasks.store import (  # noqa: F401 (re-exported: the tasks' names for the store)
+    TrackingUnavailableError,
+    default_tracking_uri,
+    local_artifact_root,
+    local_store_uri,
+    running_local_server_url,
+)
 from mlflow import MlflowClient
 from pref_core.config.schema import RunConfig
-from pref_core.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,35 +40,6 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_DEVICE = "arena_pref.device"  # the device slot a fold process ran on (cv.max_parallel)
 # MLflow params are capped in length; longer values (lists of modules) are cut with a marker.
 _PARAM_MAX = 500
-
-
-class TrackingUnavailableError(UserError, RuntimeError):
-    """The MLflow tracking store cannot be reached; raised before any training starts."""
-
-
-# The local store (`arena-pref ui` serves it; the embedded default when no server runs) is
-# resources.store_dir(): mlflow/ in the project folder, never site-packages.
-def local_store_uri() -> str:
-    return f"sqlite:///{(resources.store_dir() / 'mlflow.db').as_posix()}"
-
-
-def local_artifact_root() -> Path:
-    return resources.store_dir() / "artifacts"
-
-
-def running_local_server_url() -> Optional[str]:
-    """URL of the server started by `arena-pref ui`/`mlflow/launch.sh` when it is alive, else None."""
-    try:
-        state = json.loads((resources.store_dir() / "server.json").read_text())
-        os.kill(int(state["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return str(state["url"])
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI > the running local server > the local SQLite file."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or running_local_server_url() or local_store_uri()
 
 
 def resolve_tracking_uri(config: RunConfig) -> str:

@@ -71,15 +71,24 @@ def test_the_cli_prints_a_user_error_in_one_line_with_exit_code_2(monkeypatch, c
     assert err == f"error: {error}\n"
 
 
-def test_the_cli_keeps_the_traceback_of_a_bug(monkeypatch):
+def test_the_cli_keeps_the_traceback_of_a_bug(monkeypatch, capsys, tmp_path):
+    """A bug is one line naming the log that holds its traceback (exit 1); the traceback never reaches the console."""
     from arena_pref import cli
 
     def fail(args):
         raise KeyError("a bug")
 
+    monkeypatch.setenv("ARENA_PREF_LOG_DIR", str(tmp_path))
     monkeypatch.setattr(cli, "build_parser", _parser_running(fail))
-    with pytest.raises(KeyError):
-        cli.main(["anything"])
+    assert cli.main(["anything"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1, captured.err
+    assert captured.err.startswith("error: unexpected KeyError: 'a bug' (a bug in arena-pref; the traceback is in ")
+    logs = list(tmp_path.glob("*-anything.log"))
+    assert len(logs) == 1 and str(logs[0]) in captured.err
+    text = logs[0].read_text()
+    assert "Traceback (most recent call last)" in text and "raise KeyError" in text
 
 
 def _parser_running(func):

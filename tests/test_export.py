@@ -274,6 +274,61 @@ def test_bad_bundle_base_model_and_test_csv_stop_in_one_line(champion, blocked_e
     assert cli_main(["export", champion["model_uri"], "--out", str(bundle), "--tracking-uri", champion["uri"]]) == 2
 
 
+def _edited_bundle(bundle: Path, folder: Path, edit) -> Path:
+    """A copy of `bundle` whose manifest `edit` changed (the edit re-hashes what it rewrote, as a hand edit might)."""
+    copy = folder
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(copy, manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_the_bundle_trusts_only_what_it_lists_and_writes_whole_or_nothing(champion, blocked_env, tmp_path):
+    from pref_core.hashing import hash_file
+
+    bundle = export(champion, tmp_path / "bundle")
+    base = base_model_dir(bundle)
+    good = tmp_path / "good.csv"
+    good.write_text("a good earlier submission\n")
+    common = ["--base-model", str(base), "--test-csv", str(champion["test_csv"])]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside the bundle")
+
+    def files_a_list(copy, manifest):
+        manifest["files"] = sorted(manifest["files"])
+
+    def outside(copy, manifest):
+        manifest["files"]["../secret.txt"] = hash_file(secret)
+
+    def emptied_calibration(copy, manifest):
+        (copy / "calibration.json").write_text("{}")
+        manifest["files"]["calibration.json"] = hash_file(copy / "calibration.json")
+
+    for name, edit, word in [
+        ("list", files_a_list, "'files'"),
+        ("outside", outside, "outside the bundle"),
+        ("calibration", emptied_calibration, "calibration.json"),
+    ]:
+        broken = _edited_bundle(bundle, tmp_path / name, edit)
+        _one_line_exit_2(run_bundle(broken, blocked_env, *common, "--out", str(good)), word)
+        assert good.read_text() == "a good earlier submission\n", name  # never replaced on failure
+    (tmp_path / "array").mkdir()
+    shutil.copytree(bundle, tmp_path / "array" / "b")
+    (tmp_path / "array" / "b" / "manifest.json").write_text("[1, 2]")
+    _one_line_exit_2(run_bundle(tmp_path / "array" / "b", blocked_env, *common, "--out", str(good)), "manifest")
+
+    # --out is checked before any prediction: a folder is refused at once, and nothing is left beside it.
+    folder_out = tmp_path / "out_folder"
+    folder_out.mkdir()
+    _one_line_exit_2(run_bundle(bundle, blocked_env, *common, "--out", str(folder_out)), "--out", "is a folder")
+    assert list(folder_out.iterdir()) == []
+    # A good run publishes the file whole: no temporary name is left beside it.
+    done = run_bundle(bundle, blocked_env, *common, "--out", str(tmp_path / "fresh" / "sub.csv"))
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in (tmp_path / "fresh").iterdir()] == ["sub.csv"]
+
+
 def _mlflow_env(champion) -> dict:
     root = str(Path(__file__).resolve().parents[1])
     env = dict(

@@ -128,3 +128,20 @@ def test_one_class_file_warns_in_preflight(capsys, tmp_path):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ") and "winner_model_b, winner_tie" in lines[0]
     assert len(read_arena_csv(path, "train").frame) == 200
+
+
+def test_every_fold_must_train_on_every_class_the_data_has():
+    from pref_core.data.folds import check_fold_classes
+
+    # 6 rows, 2 of each class, 5 folds: no class has a row for each fold (sklearn would refuse to stratify).
+    with pytest.raises(SplitError, match=r"every class has fewer rows than cv.n_folds=5 .*--set cv.n_folds=2"):
+        check_fold_classes(_frame(6, 6, [0, 1, 2]), n_folds=5, seed=0)
+    # The only tie rows share one prompt: the fold validating that prompt has no tie row to train on.
+    frame = _frame(40, 20, [0, 1])
+    frame.loc[[0, 20], "label"] = 2  # rows 0 and 20 both hold "prompt 0"
+    with pytest.raises(SplitError, match="all 2 winner_tie rows share one prompt"):
+        check_fold_classes(frame, n_folds=2, seed=0)
+    # 4 rows, 2 folds, a single winner_model_b row: the fold that validates it cannot train on that class.
+    with pytest.raises(SplitError, match="the only winner_model_b row lands in one fold.s validation set"):
+        check_fold_classes(_frame(4, 4, [0, 1, 2]), n_folds=2, seed=0)
+    check_fold_classes(_frame(60, 30, [0, 1, 2]), n_folds=3, seed=0)  # a splittable file passes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from arena_pref.commands.options import add_tracking_uri
 from pref_core.config.choices import BLEND_METHODS
+from pref_core.errors import UserError
 
 BLEND_EXAMPLES = """examples:
   arena-pref blend models:/arena-pref/1 models:/arena-pref/2
@@ -75,16 +76,25 @@ def check_members(model_uris: list[str], tracking_uri: str) -> None:
 
 
 def cmd_blend(args) -> int:
+    if len(args.model_uris) < 2:  # before anything heavy is imported
+        raise UserError(
+            f"a blend needs at least 2 members, got {len(args.model_uris)}; fix: name two or more registered models"
+        )
     import os
     from pathlib import Path
 
     from arena_pref import console
     from arena_pref.environment import NO_PROGRESS_BARS
     from arena_pref.summary import registry_decision, run_link
-    from arena_pref.tasks.tracking import default_tracking_uri
+    from arena_pref.tasks.store import default_tracking_uri
     from arena_pref.tasks.workspace import OUTPUT_DIR_ENV
 
     tracking_uri = args.tracking_uri or default_tracking_uri()
+    from arena_pref import tracking_probe
+
+    tracking_probe.check_reachable(tracking_uri)
+    for model_uri in args.model_uris:
+        tracking_probe.check_model_uri(tracking_uri, model_uri)  # a read-only probe: no MLflow import
     saved = {key: os.environ.get(key) for key in NO_PROGRESS_BARS}
     os.environ.update(NO_PROGRESS_BARS)  # the members' OOF downloads show no bars on the console
     try:
@@ -96,22 +106,23 @@ def cmd_blend(args) -> int:
             else:
                 os.environ[key] = value
     log_path = console.log_file_path(Path(os.environ.get(OUTPUT_DIR_ENV) or args.output_dir).resolve(), "blend")
-    if not args.verbose:
-        print(f"log: {log_path}  (-v shows it here)", flush=True)
-    with console.quiet_run(log_path, verbose=args.verbose) as user_console:
-        from arena_pref.flows.blend import blend
+    frame, user_console = args.frame, args.console
+    if not frame.verbose:
+        frame.place_log(log_path)
+        user_console.print(f"log: {log_path}  (-v shows it here)")
+    from arena_pref.flows.blend import blend
 
-        result = blend(
-            args.model_uris,
-            tracking_uri,
-            method=args.method,
-            register_version=args.register,
-            registered_model=args.name,
-            postprocess_mode=args.postprocess,
-        )
-        for line in result.lines:
-            user_console.print(line)
-        user_console.print(f"MLflow: {run_link(tracking_uri, result.run_id)}")
-        if result.registration is not None:
-            user_console.print(f"registry: {registry_decision(result.registration)}")
+    result = blend(
+        args.model_uris,
+        tracking_uri,
+        method=args.method,
+        register_version=args.register,
+        registered_model=args.name,
+        postprocess_mode=args.postprocess,
+    )
+    for line in result.lines:
+        user_console.print(line)
+    user_console.print(f"MLflow: {run_link(tracking_uri, result.run_id)}")
+    if result.registration is not None:
+        user_console.print(f"registry: {registry_decision(result.registration)}")
     return 0

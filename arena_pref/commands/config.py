@@ -38,7 +38,7 @@ def cmd_config_show(args) -> int:
     """The resolved, validated config as YAML: defaults filled in, overrides applied."""
     from pref_core.config.loading import config_yaml
 
-    print(config_yaml(load_run_config(args.config, args.set)), end="")
+    args.console.print(config_yaml(load_run_config(args.config, args.set)).rstrip("\n"))
     return 0
 
 
@@ -54,10 +54,11 @@ def cmd_config_fields(args) -> int:
         raise UserError(f"no config field or section {args.prefix!r}; `arena-pref config fields` lists them all")
     # A few choice types are long (lr_scheduler): they push their own default right rather than every row's.
     name_width, type_width = max(len(d.name) for d in docs), min(24, max(len(d.type) for d in docs))
-    print(f"{'field':<{name_width}}  {'type':<{type_width}}  default")
+    console = args.console
+    console.print(f"{'field':<{name_width}}  {'type':<{type_width}}  default")
     for doc in docs:
         neutral = "  (result-neutral: not in the run key)" if doc.result_neutral else ""
-        print(f"{doc.name:<{name_width}}  {doc.type:<{type_width}}  {doc.default}{neutral}")
+        console.print(f"{doc.name:<{name_width}}  {doc.type:<{type_width}}  {doc.default}{neutral}")
         for line in textwrap.wrap(doc.description, width=96):
-            print(f"    {line}")
+            console.print(f"    {line}")
     return 0

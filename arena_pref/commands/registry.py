@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from arena_pref.commands.options import add_tracking_uri
 from pref_core.errors import UserError
 
@@ -84,28 +87,50 @@ def check_prediction_options(args) -> None:
         raise UserError(f"--max-batch-tokens {args.max_batch_tokens}: must be a positive number of tokens, e.g. 16384")
 
 
-def _registry_client(args):
-    from arena_pref.tasks.tracking import default_tracking_uri
-    from mlflow import MlflowClient
+def _tracking_uri(args) -> str:
+    """--tracking-uri, else the default store (arena_pref.tasks.store), known without importing mlflow."""
+    from arena_pref.tasks.store import default_tracking_uri
 
-    return MlflowClient(tracking_uri=args.tracking_uri or default_tracking_uri())
+    return args.tracking_uri or default_tracking_uri()
+
+
+@contextlib.contextmanager
+def store_errors(tracking_uri: str) -> Iterator[None]:
+    """An MLflow error about the store or the registry (what the probe could not tell in advance: another kind of
+    store, a server that failed meanwhile) as one line naming the store; the traceback goes to the log."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        first = (str(getattr(err, "message", None) or err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"MLflow store {tracking_uri}: {first[:300]}") from None
 
 
 def cmd_models(args) -> int:
-    from mlflow.exceptions import MlflowException
+    from arena_pref import tracking_probe
 
-    client = _registry_client(args)
-    try:
+    uri = _tracking_uri(args)
+    tracking_probe.check_reachable(uri)
+    tracking_probe.check_registered_model(uri, args.name)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    with store_errors(uri):
         registered = client.get_registered_model(args.name)
-    except MlflowException:
-        raise UserError(
-            f"no registered model {args.name!r} in {client.tracking_uri}; run `arena-pref train` first"
-        ) from None
+        versions = sorted(client.search_model_versions(f"name = '{args.name}'"), key=lambda v: int(v.version))
     aliases: dict[str, list[str]] = {}
     for alias, version in (registered.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
     versions = sorted(client.search_model_versions(f"name = '{args.name}'"), key=lambda v: int(v.version))
-    print(models_table(versions, aliases))
+    for line in models_table(versions, aliases).splitlines():
+        args.console.print(line)
+    if registered.aliases and "champion" in registered.aliases:  # MLflow's own clients need the store's URI
+        args.console.print("")
+        args.console.print(
+            f"MLflow's clients: MLFLOW_TRACKING_URI={uri} mlflow models predict -m models:/{args.name}@champion "
+            "-i test.csv -t csv --env-manager local"
+        )
     return 0
 
 
@@ -134,44 +159,74 @@ def _short(value) -> str:
 
 
 def cmd_promote(args) -> int:
-    from mlflow.exceptions import MlflowException
+    from arena_pref import tracking_probe
 
+    uri = _tracking_uri(args)
+    tracking_probe.check_reachable(uri)
+    tracking_probe.check_registered_model(uri, args.name)
+    tracking_probe.check_version(uri, args.name, str(args.version))
     from arena_pref.tasks.registry import promote
+    from mlflow import MlflowClient
 
-    client = _registry_client(args)
-    try:
+    client = MlflowClient(tracking_uri=uri)
+    with store_errors(uri):
         client.get_model_version(args.name, str(args.version))
-    except MlflowException:
-        raise UserError(f"{args.name} has no version {args.version}; see `arena-pref models`") from None
-    promote(client, args.name, str(args.version), "promoted by hand")
-    print(f"{args.name} version {args.version} is now @champion")
+        promote(client, args.name, str(args.version), "promoted by hand")
+    args.console.print(f"{args.name} version {args.version} is now @champion")
     return 0
 
 
 def cmd_predict(args) -> int:
+    """Every input checked before the flow starts (the output path, the test file as `validate --kind test`, the
+    model URI in the registry, the base model), then the predict flow; the submission is written whole or not at
+    all (a temporary name, renamed when complete)."""
+    from pathlib import Path
+
+    from arena_pref import tracking_probe
+    from pref_core.publish import check_output_file
+
+    check_prediction_options(args)
+    uri = _tracking_uri(args)
+    check_output_file(args.out, "--out")
+    if not Path(args.test_csv).is_file():  # before pandas is imported
+        raise UserError(f"--test-csv {args.test_csv}: file not found; pass the Kaggle-format test.csv")
+    tracking_probe.check_model_uri(uri, args.model)  # a read-only probe: no MLflow import
+    from pref_core.data.arena import read_arena_csv
+
+    read_arena_csv(args.test_csv, kind="test", max_bad_fraction=0.0)
     from arena_pref.flows.predict import predict
     from arena_pref.preflight import check_predict_base
 
-    check_prediction_options(args)
-    check_predict_base(args.model, args.tracking_uri, args.base_model)
-    out = predict(
-        args.model,
-        args.test_csv,
-        args.out,
-        args.tracking_uri,
-        args.base_model,
-        max_batch_tokens=args.max_batch_tokens,
-        dtype=args.dtype,
-    )
-    print(f"submission written to {out}")
+    with store_errors(uri):
+        check_predict_base(args.model, uri, args.base_model)
+        out = predict(
+            args.model,
+            args.test_csv,
+            args.out,
+            uri,
+            args.base_model,
+            max_batch_tokens=args.max_batch_tokens,
+            dtype=args.dtype,
+        )
+    args.console.print(f"submission written to {out}")
     return 0
 
 
 def cmd_export(args) -> int:
-    from arena_pref.export import export_bundle
+    """The output folder (new, writable, not being written by another export) and the model URI in the registry,
+    checked before anything is downloaded; the bundle appears whole or not at all."""
+    from arena_pref import tracking_probe
+    from pref_core.publish import check_new_folder, exclusive_target
 
-    out = export_bundle(
-        args.model_uri, args.out, args.tracking_uri, folds=args.folds, base_model_dir=args.base_model_dir
+    uri = _tracking_uri(args)
+    check_new_folder(args.out, "--out")
+    with exclusive_target(args.out, "--out"):
+        tracking_probe.check_model_uri(uri, args.model_uri)
+        from arena_pref.export import export_bundle
+
+        with store_errors(uri):
+            out = export_bundle(args.model_uri, args.out, uri, folds=args.folds, base_model_dir=args.base_model_dir)
+    args.console.print(
+        f"bundle written to {out}: upload it as a Kaggle dataset and run `python {out}/predict.py --help`"
     )
-    print(f"bundle written to {out}: upload it as a Kaggle dataset and run `python {out}/predict.py --help`")
     return 0

@@ -100,14 +100,19 @@ def cmd_report(args) -> int:
     import time
     from pathlib import Path
 
-    from arena_pref.commands.registry import _registry_client
+    from arena_pref import tracking_probe
+    from arena_pref.commands.registry import _tracking_uri
     from pref_core.config.fields import result_neutral_fields
     from pref_core.evaluate.comparison import render_comparison
     from pref_core.evaluate.report import render_run_report
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars between our lines
     started = time.perf_counter()
-    client = _registry_client(args)
+    uri = _tracking_uri(args)
+    tracking_probe.check_reachable(uri)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
     runs = [resolve_run(client, ref) for ref in args.runs]
     with tempfile.TemporaryDirectory() as tmp:
         results = [load_run_result(client, run, tmp) for run in runs]
@@ -120,5 +125,5 @@ def cmd_report(args) -> int:
     out.write_text(page, encoding="utf-8")
     what = "report of" if len(results) == 1 else "comparison of"
     names = ", ".join(r.summary.name for r in results)
-    print(f"{out}: {what} {names} ({time.perf_counter() - started:.1f} s)")
+    args.console.print(f"{out}: {what} {names} ({time.perf_counter() - started:.1f} s)")
     return 0

@@ -70,53 +70,50 @@ def register(sub) -> None:
     show.set_defaults(func=cmd_show_prompt)
 
 
-def run_training(config, force: bool = False, verbose: bool = True, command: str = "train", argv=None):
-    """Preflight, then cv-training; quiet unless `verbose`: bars and a summary, everything else in a log file.
-    A Ctrl-C stops it cleanly (arena_pref.interruption); `argv` (the command's arguments) is the resume command."""
+def run_training(config, frame, force: bool = False, command: str = "train", argv=None):
+    """Preflight, then cv-training inside the command's frame (arena_pref.console): quiet unless -v, with bars and
+    a summary on the console and everything else in the run's log file (moved to output_dir/logs/). A Ctrl-C
+    stops it cleanly (arena_pref.interruption); `argv` (the command's arguments) is the resume command."""
     from arena_pref import console, interruption
     from arena_pref.preflight import preflight
     from arena_pref.summary import print_summary
     from arena_pref.tasks import workspace
 
-    preflight(config)
+    user_console = frame.console
+    preflight(config, user_console)
     log_path = console.log_file_path(workspace.output_root(config), command)
-    if not verbose:
-        print(f"log: {log_path}  (-v shows it here)", flush=True)
-    with console.quiet_run(log_path, verbose=verbose) as user_console:
-        from arena_pref.flows.cv_training import cv_training
-        from arena_pref.tasks.tracking import resolve_tracking_uri
+    if not frame.verbose:
+        frame.place_log(log_path)
+        user_console.print(f"log: {log_path}  (-v shows it here)")
+    from arena_pref.flows.cv_training import cv_training
+    from arena_pref.tasks.tracking import resolve_tracking_uri
 
-        try:
-            with (
-                interruption.prefect_server_apart() as server,
-                interruption.stop_on_interrupt(argv or [command], user_console.err, server),
-            ):
-                result = cv_training(config, force=force)
-        except interruption.RunStopped:
-            raise
-        except BaseException:
-            if not verbose:
-                user_console.err.write(f"the run failed; full log: {log_path}\n")
-            raise
-        print_summary(result, resolve_tracking_uri(config), user_console)
-    if not verbose:
-        # Prefect stops its temporary server at exit and says so; atexit runs this first (last in, first out).
-        import atexit
-        import logging
-
-        atexit.register(logging.getLogger("prefect").setLevel, logging.WARNING)
+    try:
+        with (
+            interruption.prefect_server_apart() as server,
+            interruption.stop_on_interrupt(argv or [command], user_console.err, server),
+        ):
+            result = cv_training(config, force=force)
+    except interruption.RunStopped:
+        raise
+    except BaseException:
+        if not frame.verbose:
+            user_console.err.write(f"the run failed; full log: {log_path}\n")
+        raise
+    print_summary(result, resolve_tracking_uri(config), user_console)
     return result
 
 
 def cmd_train(args) -> int:
     config = load_run_config(args.config, args.set, args.run_name)
-    run_training(config, force=args.force, verbose=args.verbose, argv=getattr(args, "argv", None))
+    run_training(config, args.frame, force=args.force, argv=getattr(args, "argv", None))
     return 0
 
 
 def cmd_demo(args) -> int:
     from pref_core.data.synthetic import shuffle_labels, write_synthetic_csvs
 
+    config = load_run_config(args.config, args.set)  # a bad recipe or --set fails before any data is written
     out = Path(args.output_dir).resolve()
     data_dir = out / "data"
     train_csv, test_csv = write_synthetic_csvs(
@@ -128,77 +125,90 @@ def cmd_demo(args) -> int:
         shuffled = shuffle_labels(pd.read_csv(train_csv, dtype=str, keep_default_na=False), seed=args.seed)
         train_csv = data_dir / "train_shuffled.csv"
         shuffled.to_csv(train_csv, index=False)
-    print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
+    args.console.print(f"synthetic data: {train_csv} ({args.n_train} rows), {test_csv} ({args.n_test} rows)")
     overrides = [f"data.train_csv={train_csv}", f"data.test_csv={test_csv}", f"output_dir={out}", *args.set]
     config = load_run_config(args.config, overrides, args.run_name)
-    run_training(config, force=args.force, verbose=args.verbose, command="demo", argv=getattr(args, "argv", None))
+    run_training(config, args.frame, force=args.force, command="demo", argv=getattr(args, "argv", None))
     return 0
 
 
 def cmd_validate(args) -> int:
+    """Exit 0 when every row is valid; a file that cannot be read, or any rejected row, is exit 2 (the error
+    contract: something the user must fix), with one line per problem."""
+    if not Path(args.path).is_file():  # before pandas is imported
+        what = "is a folder, not a CSV file" if Path(args.path).is_dir() else "file not found"
+        raise UserError(f"{args.path}: {what}; pass the path of a Kaggle-format CSV")
     from pref_core.data.arena import read_arena_csv
     from pref_core.evaluate.metrics import count_classes
 
+    console = args.console
     result = read_arena_csv(args.path, kind=args.kind, max_bad_fraction=args.max_bad_fraction)
     counts = f"{result.n_read} rows read, {result.n_kept} valid, {result.n_rejected} rejected"
-    print(f"{args.path}: {counts} ({args.kind} file)")
+    console.print(f"{args.path}: {counts} ({args.kind} file)")
     if args.kind == "train" and result.n_kept:
         counts = count_classes(result.frame["label"].to_numpy())
-        print("labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+        console.print("labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     if result.n_rejected:
         for row in result.rejected.itertuples(index=False):
-            print(f"rejected: row id={row.id} column={row.column}: {row.reason}")
-        return 1
+            console.print(f"rejected: row id={row.id} column={row.column}: {row.reason}")
+        console.error(f"{args.path}: {result.n_rejected} of {result.n_read} rows cannot be used (listed above)")
+        return 2
     return 0
 
 
 def cmd_show_prompt(args) -> int:
-    """The token ids the model sees for some rows, through the flow's own ingest and base-model steps."""
+    """The token ids the model sees for some rows, through the flow's own ingest and base-model steps. Reads only
+    the files it needs: the train file, then the test file only for ids the train file does not hold (a recipe's
+    placeholder test path is never opened when the rows are found before)."""
     import json
 
     import pandas as pd
 
-    from arena_pref.tasks import preparation
+    from arena_pref.tasks import intake
     from pref_core.config.loading import require_train_csv
-    from pref_core.text.prompts import explain_rows
-    from pref_core.text.tokenization import load_tokenizer
 
+    console = args.console
     config = load_run_config(args.config, args.set)
     if config.model.tiny is not None:
         require_train_csv(config, "the tiny model's tokenizer is built from the train texts")
     elif config.data.test_csv is None:
         require_train_csv(config, "the CSV that holds the rows, or data.test_csv")
-    frames, train = [], None
-    for kind in ("train", "test"):
-        if (config.data.train_csv if kind == "train" else config.data.test_csv) is not None:
-            ingested = preparation.ingest.fn(config, kind)
-            train = ingested if kind == "train" else train
-            frames.append(pd.read_parquet(ingested.parsed_path))
-    frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     wanted = [str(i) for i in args.id]
+    frames, train, read = [], None, []
+    for kind in ("train", "test"):
+        path = config.data.train_csv if kind == "train" else config.data.test_csv
+        found = set().union(*(set(f["id"].astype(str)) for f in frames)) if frames else set()
+        if path is None or set(wanted) <= found:
+            continue
+        ingested = intake.ingest_file(config, kind)
+        train = ingested if kind == "train" else train
+        frames.append(pd.read_parquet(ingested.parsed_path))
+        read.append(str(path))
+    frame = pd.concat(frames, ignore_index=True).drop_duplicates("id")
     missing = [i for i in wanted if i not in set(frame["id"].astype(str))]
     if missing:
-        raise UserError(
-            f"--id: no row with id {', '.join(missing)} in "
-            f"{', '.join(str(p) for p in (config.data.train_csv, config.data.test_csv) if p)}"
-        )
+        raise UserError(f"--id: no row with id {', '.join(missing)} in {', '.join(read)}")
     frame = frame.set_index(frame["id"].astype(str)).loc[wanted].reset_index(drop=True)
+    from arena_pref.tasks import preparation  # Prefect and the tokenizer: only once the rows are known
+    from pref_core.text.prompts import explain_rows
+    from pref_core.text.tokenization import load_tokenizer
+
     tokenizer = load_tokenizer(preparation.prepare_base_model.fn(config, train), config.model.revision)
     try:
         explained = explain_rows(tokenizer, frame, config.prompt, config.model.head, config.model.label_tokens)
     except ValueError as err:  # a template too long for max_length, a label word that is not one token
         raise UserError(str(err)) from None
     if args.json:
-        print(json.dumps(explained, ensure_ascii=False, indent=1))
+        console.print(json.dumps(explained, ensure_ascii=False, indent=1))
         return 0
     for row in explained:
-        print(
+        console.print(
             f"row {row['id']}: {row['n_tokens']} tokens ({row['n_tokens_untruncated']} before truncation), "
             f"head reads position {row['head_position']}" + (f", label {row['label']}" if row["label"] else "")
         )
         if row["label_token_ids"]:
-            print("  label token ids: " + ", ".join(f"{k}={v}" for k, v in row["label_token_ids"].items()))
+            console.print("  label token ids: " + ", ".join(f"{k}={v}" for k, v in row["label_token_ids"].items()))
         for seg in row["segments"]:
-            print(f"  [{seg['name']}] {len(seg['ids'])} ids: {seg['text']!r}")
-            print(f"    {seg['ids']}")
+            console.print(f"  [{seg['name']}] {len(seg['ids'])} ids: {seg['text']!r}")
+            console.print(f"    {seg['ids']}")
     return 0

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from pathlib import Path
+
+from pref_core.errors import UserError
 
 
 def register(sub) -> None:
@@ -30,34 +34,101 @@ def register(sub) -> None:
 
 def cmd_stack(args) -> int:
     from arena_pref import stack
+    from arena_pref.tasks import resources
 
+    explicit_root = os.environ.get(resources.ROOT_ENV)
+    if explicit_root and not Path(explicit_root).expanduser().is_dir():
+        raise UserError(
+            f"{resources.ROOT_ENV}={explicit_root}: no such folder; point it at the project folder (the one holding "
+            f"configs/ and mlflow/) or unset it"
+        )
+    console = args.console
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.action == "up":
         state = stack.up(state_dir, gpus=args.gpus, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port)
-        print("\n".join(stack.status(state_dir)))
-        print("\nIn your shell:")
-        print(f"  export PREFECT_API_URL={state.prefect_api_url} MLFLOW_TRACKING_URI={state.mlflow_url}")
-        print(
+        for line in stack.status(state_dir):
+            console.print(line)
+        console.print("")
+        console.print("In your shell:")
+        console.print(f"  export PREFECT_API_URL={state.prefect_api_url} MLFLOW_TRACKING_URI={state.mlflow_url}")
+        console.print(
             "  prefect deployment run 'cv-training/gpu' --param config_path=configs/tiny.yaml "
             "--param overrides='[\"data.train_csv=PATH\"]' --watch"
         )
     elif args.action == "down":
         stopped = stack.down(state_dir)
-        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     else:
-        print("\n".join(stack.status(state_dir)))
+        for line in stack.status(state_dir):
+            console.print(line)
     return 0
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One line when `host:port` cannot be bound (another server holds it), before anything starts."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            reason = (err.strerror or str(err)).lower()
+            raise UserError(
+                f"--port {port}: cannot listen on {host}:{port} ({reason}); another server holds it: choose "
+                "another with --port N, or stop that server"
+            ) from None
+
+
 def cmd_ui(args) -> int:
+    """The MLflow UI on the local store: the server's own output goes to the command's log (kept in logs/ in the
+    project folder); the console says the URL, the log and how to stop it. Ctrl-C stops the server."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from arena_pref import console as console_module
     from arena_pref.tasks import resources
 
+    console, frame = args.console, args.frame
+    check_port_free(args.host, args.port)
     launcher = resources.shipped_file("mlflow/launch.sh")
+    store = resources.store_dir()
+    if not frame.verbose:
+        frame.place_log(console_module.command_log_dir() / Path(frame.keep_path).name)
     # The store is the project folder's (never the installed package's); mlflow is the one beside this python.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    os.execve(
-        "/bin/bash",
-        ["bash", str(launcher), "--store", str(resources.store_dir()), "--host", args.host, "--port", str(args.port)],
-        env,
-    )
-    return 0  # not reached: the launcher replaces this process
+    command = ["bash", str(launcher), "--store", str(store), "--host", args.host, "--port", str(args.port)]
+    # Its own process group: Ctrl-C reaches this process only, which then stops the server's whole group.
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 (our launcher)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else host}:{args.port}"
+    where = f"; its log: {frame.log_path}" if frame.log_path else ""
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise UserError(f"the MLflow server stopped at start (exit code {server.returncode}){where}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:  # noqa: S310 (loopback)
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise UserError(f"the MLflow server did not answer at {url} within 120 s{where}")
+            time.sleep(0.3)
+        console.print(f"MLflow UI at {url} on the store {store} (Ctrl-C stops it){where}")
+        server.wait()
+        raise UserError(f"the MLflow server stopped (exit code {server.returncode}){where}")
+    except KeyboardInterrupt:
+        console.print("MLflow UI stopped")
+        return 0
+    finally:
+        if server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

@@ -69,10 +69,28 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
-        raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+        raise ConfigError([yaml_problem(path, err)]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError([f"{path}: cannot be read ({reason}); pass a UTF-8 YAML file"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections (data, model, ...)"])
     return parse_config(apply_overrides(raw, overrides))
+
+
+def yaml_problem(path: Path, err: "yaml.YAMLError") -> str:
+    """One line for a YAML error: file, line and column, and what the parser found (a syntax error, or a tag such
+    as !!python/object that safe loading refuses to build: nothing in the file is executed)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        problem = f"the tag {tag} is not allowed (recipes are plain data: nothing in them is run)"
+    context, start = getattr(err, "context", None), getattr(err, "context_mark", None)
+    if context and start is not None and mark is not None and start.line != mark.line:  # where the open part began
+        problem += f" ({context.replace('while ', '')} that starts at line {start.line + 1}, column {start.column + 1})"
+    return f"{where}: not valid YAML: {problem}; fix that line"
 
 
 def require_train_csv(config: RunConfig, needed_for: str = "a Kaggle-format train.csv") -> Path:

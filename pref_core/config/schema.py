@@ -40,7 +40,10 @@ class ConfigError(UserError, ValueError):
 
     def __init__(self, problems: Sequence[str]):
         self.problems = list(problems)
-        super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"Invalid configuration: {self.problems[0]}")
+        else:
+            super().__init__("Invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
 # Marks a field that does not change what a run computes (where it runs, is tracked or reads its files from;

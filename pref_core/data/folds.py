@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from pref_core.data.arena import parse_turns
 from pref_core.errors import UserError
@@ -48,6 +47,8 @@ def make_folds(frame: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
             f"cv.n_folds={n_folds} but the data has only {len(uniques)} distinct prompts; "
             f"lower cv.n_folds to at most {len(uniques)} or add rows"
         )
+    from sklearn.model_selection import StratifiedGroupKFold  # here: importing sklearn takes seconds
+
     labels = frame["label"].to_numpy()
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.full(len(frame), -1, dtype=np.int64)
@@ -153,3 +154,49 @@ def check_splittable(frame: pd.DataFrame, n_folds: int) -> list[str]:
             f"(cv.n_folds={n_folds}); fold scores under {MIN_VALIDATION_ROWS} rows are mostly noise"
         )
     return warnings
+
+
+def check_fold_classes(frame: pd.DataFrame, n_folds: int, seed: int, folds: Optional[Sequence[int]] = None) -> None:
+    """Refuse (SplitError, one line) a file that `make_folds` cannot split, or whose split would leave a fold with no
+    training row of a class that the data has: that fold's model could never predict the class, and its validation
+    rows of it would score as if it could.
+
+    Fast checks first, without sklearn (whose import takes seconds): every class with fewer rows than folds (sklearn
+    refuses to stratify), a class whose rows all share one prompt (the fold that validates that prompt has none of
+    the class to train on). Then the split itself, exactly as the flow makes it (`make_folds` with cv.seed), for the
+    folds this run trains (`folds`, default all).
+    """
+    from pref_core.data.labels import LABEL_COLUMNS
+
+    keys = frame["prompt"].map(prompt_group_key)
+    labels = frame["label"].to_numpy(dtype=np.int64)
+    present = [int(k) for k in np.unique(labels)]
+    counts = {k: int((labels == k).sum()) for k in present}
+    if counts and all(c < n_folds for c in counts.values()):
+        shown = ", ".join(f"{LABEL_COLUMNS[k]} {c}" for k, c in counts.items())
+        fix = f"set --set cv.n_folds={max(counts.values())} or add rows" if max(counts.values()) >= 2 else "add rows"
+        raise SplitError(
+            f"data.train_csv: every class has fewer rows than cv.n_folds={n_folds} ({shown}); a stratified split "
+            f"needs one class with at least {n_folds} rows; {fix}"
+        )
+    for k in present:
+        if keys[labels == k].nunique() < 2:
+            name = LABEL_COLUMNS[k]
+            what = f"the only {name} row" if counts[k] == 1 else f"all {counts[k]} {name} rows share one prompt, and"
+            raise SplitError(
+                f"data.train_csv: {what} lands in one fold's validation set, leaving that fold no {name} row to "
+                f"train on; add {name} rows with other prompts, or remove the class's rows"
+            )
+    try:
+        assignment = make_folds(frame, n_folds, seed)["fold"].to_numpy()
+    except ValueError as err:  # what sklearn cannot split, in its words
+        raise SplitError(f"data.train_csv: cannot split into cv.n_folds={n_folds} folds ({err}); add rows") from None
+    for fold in folds if folds is not None else range(n_folds):
+        training = set(np.unique(labels[assignment != fold]).tolist())
+        missing = [LABEL_COLUMNS[k] for k in present if k not in training]
+        if missing:
+            raise SplitError(
+                f"data.train_csv: with cv.n_folds={n_folds} and cv.seed={seed}, fold {fold} has no training row "
+                f"labelled {', '.join(missing)} (too few rows or prompts of that class); add such rows, lower "
+                "cv.n_folds, or try another cv.seed"
+            )

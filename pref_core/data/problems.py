@@ -4,7 +4,7 @@ A `Problem` says where (row id and column; None for the file itself) and what is
 ``reason`` reads ``<what>; fix: <how>``. Readers of row-based inputs (arena CSVs, chosen/rejected pairs,
 teacher files) report each bad cell to a `ProblemCollector`, which keeps them in row order, applies the
 bad-row policy (``data.max_bad_fraction``) and turns them into the rejected-rows table. A
-`DataValidationError` prints a headline and then every problem, one per line.
+`DataValidationError` prints a headline and then every problem, one per line (one problem: one line).
 """
 
 from __future__ import annotations
@@ -49,7 +49,10 @@ class DataValidationError(UserError, ValueError):
         self.path = None if path is None else Path(path)
         self.problems = list(problems)
         self.headline = headline
-        super().__init__("\n".join([headline, *(f"  - {p}" for p in self.problems)]))
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"{headline} {self.problems[0]}")
+        else:
+            super().__init__("\n".join([headline, *(f"  - {p}" for p in self.problems)]))
 
 
 def file_error(path: Path, reason: str, column: Optional[str] = None) -> DataValidationError:

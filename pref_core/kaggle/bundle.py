@@ -43,6 +43,8 @@ CODE_MODULES = (
     "errors",
     "hashing",
     "progress",
+    "publish",
+    "terminal",
     "config/choices",
     "data/arena",
     "data/labels",
@@ -156,11 +158,23 @@ def verify_bundle(bundle_dir: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise BundleError(f"{path}: not valid JSON ({err.msg}); re-export the bundle") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path}: cannot be read ({getattr(err, 'strerror', None) or err}); re-export") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: not a manifest (a JSON object is expected); re-export the bundle")
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {manifest.get('format')!r}, this predict.py reads {BUNDLE_FORMAT}")
     listed = manifest.get("files", {})
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise BundleError(f"{path}: 'files' must map each file to its sha256; re-export the bundle")
+    if not isinstance(manifest.get("base_model", {}), dict):
+        raise BundleError(f"{path}: 'base_model' must be an object; re-export the bundle")
+    root = bundle_dir.resolve()
     for rel, expected in listed.items():
         file = bundle_dir / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not file.resolve().is_relative_to(root):
+            # The bundle trusts only what lies inside it: a listed path that leads out of it is never read.
+            raise BundleError(f"{path}: lists {rel!r}, which is outside the bundle; re-export the bundle")
         if not file.is_file():
             raise BundleError(f"bundle file {rel} is missing (listed in {MANIFEST_FILE}); re-upload the whole bundle")
         if hash_file(file) != expected:
@@ -464,6 +478,14 @@ def postprocess_bundle_rows(bundle_dir: Path, frame, probs):
     return probs if rules is None else apply_to_rows(rules, frame["response_a"], frame["response_b"], probs)
 
 
+def _bundle_value(bundle_dir: Path, name: str, key: str) -> Any:
+    """`key` of the bundle's JSON file `name` (verified against the manifest first); one line when unreadable."""
+    try:
+        return json.loads((bundle_dir / name).read_text(encoding="utf-8"))[key]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"bundle file {name}: no readable {key!r} ({type(err).__name__}); re-export") from None
+
+
 class LogFile:
     """The run's log file: library output (transformers, bitsandbytes), warnings and the time decisions go there,
     so that only predict.py's own lines reach the console; progress bars still do (pref_core.progress)."""
@@ -532,6 +554,7 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     from pref_core.predict.ensemble import predict_frame
     from pref_core.predict.runner import width_scale_of
     from pref_core.predict.submission import test_file_ids
+    from pref_core.publish import check_output_file, publishing_file
 
     started_at = time.time() if started_at is None else started_at
     bundle_dir = Path(__file__).resolve().parents[2]  # <bundle>/pref_core/kaggle/bundle.py
@@ -542,11 +565,12 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     if args.base_model is None and not base_dir.is_dir():
         raise BundleError(
             f"--base-model is required: this bundle has no {BASE_MODEL_DIR}/ folder; attach the base "
-            f"model ({manifest['base_model'].get('name_or_path')}) and pass its folder"
+            f"model ({manifest.get('base_model', {}).get('name_or_path')}) and pass its folder"
         )
     test_csv = Path(args.test_csv)
     if not test_csv.is_file():
         raise BundleError(f"--test-csv {test_csv}: no such file")
+    out = check_output_file(Path(args.out), "--out")  # before any work: not a folder, in a writable place
     # Options first (instant), then the input (cheap), then the base model, then the expensive part.
     settings = apply_options(read_prediction_settings(bundle_dir), args)
     limit = read_time_limit(args, settings.prompt.max_length, started_at)
@@ -559,9 +583,8 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     devices = _parse_devices(args.devices)
     test = read_arena_csv(test_csv, kind="test", max_bad_fraction=1.0)
     check_base_model(base_dir, manifest, verify_hash=not args.skip_base_hash)
-    temperature = float(json.loads((bundle_dir / "calibration.json").read_text())["temperature"])
-    prior = json.loads((bundle_dir / "class_prior.json").read_text())["prior"]
-    out = Path(args.out)
+    temperature = float(_bundle_value(bundle_dir, "calibration.json", "temperature"))
+    prior = _bundle_value(bundle_dir, "class_prior.json", "prior")
     rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
     log = getattr(args, "log_file", None)
     keeper = TimeKeeper(limit, width_scale_of(base_dir)) if limit is not None else None
@@ -592,8 +615,8 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
     check_finite_probabilities(prediction.probabilities, predicted_ids, settings.model.dtype)
     probs = postprocess_bundle_rows(bundle_dir, test.frame[prediction.predicted], prediction.probabilities)
     submission = assemble_submission(test_file_ids(test_csv), predicted_ids, probs, prior)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(out, index=False)
+    with publishing_file(out) as staging:  # whole or not at all: a failure never leaves half a submission
+        submission.to_csv(staging, index=False)
     if test.n_rejected:
         write_rejected(test.rejected, rejected_path)
     summary = {
@@ -663,6 +686,7 @@ def run_blend(args, bundle_dir: Path, manifest: dict) -> dict:
         read_blend_spec,
     )
     from pref_core.predict.submission import test_file_ids
+    from pref_core.publish import check_output_file, publishing_file
 
     bases = manifest["bases"]
     folders = base_folders(args, bundle_dir, bases)
@@ -693,16 +717,16 @@ def run_blend(args, bundle_dir: Path, manifest: dict) -> dict:
             )
         )
     devices = _parse_devices(args.devices)
-    prior = json.loads((bundle_dir / "class_prior.json").read_text())["prior"]
-    out = Path(args.out)
+    prior = _bundle_value(bundle_dir, "class_prior.json", "prior")
+    out = check_output_file(Path(args.out), "--out")
     rejected_path = Path(args.rejected) if args.rejected else out.with_name(out.stem + ".rejected.csv")
     start = time.perf_counter()
     member_probs = predict_members(members, test.frame, devices=devices, progress=args.progress)
     probs = postprocess_bundle_rows(bundle_dir, test.frame, blend_members_probabilities(spec, member_probs))
     seconds = time.perf_counter() - start
     submission = assemble_submission(test_file_ids(test_csv), test.frame["id"].tolist(), probs, prior)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(out, index=False)
+    with publishing_file(out) as staging:  # whole or not at all: a failure never leaves half a submission
+        submission.to_csv(staging, index=False)
     if test.n_rejected:
         write_rejected(test.rejected, rejected_path)
     return {
@@ -737,7 +761,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except DataValidationError as err:  # file-level problems only (bad rows get the prior): one line
         print(f"error: {' '.join([err.headline, *map(str, err.problems)])}", file=sys.stderr)
         return 2
-    except (UserError, FileNotFoundError) as err:
+    except (UserError, OSError) as err:
+        if isinstance(err, OSError) and err.strerror:
+            err = f"{err.filename + ': ' if err.filename else ''}{err.strerror.lower()}"
         print(f"error: {err}", file=sys.stderr)
         return 2
     rate = ""
