@@ -19,7 +19,10 @@ def test_show_prints_the_resolved_config_with_overrides(capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["train"]["learning_rate"] == 1e-4 and shown["cv"]["folds"] == [0, 2]
     assert shown["train"]["eval_steps"] == 0  # a default the YAML leaves out is filled in
-    assert parse_config(shown) == load_config(TINY, ["train.learning_rate=1e-4", "cv.folds=[0, 2]"])
+    assert shown["tracking"]["recipe"] == TINY  # the command records the recipe it was given (a tracking field)
+    assert parse_config(shown) == load_config(
+        TINY, ["train.learning_rate=1e-4", "cv.folds=[0, 2]", f"tracking.recipe={TINY}"]
+    )
 
 
 def test_show_refuses_a_bad_config_with_exit_2_and_every_problem(capsys, tmp_path):
