@@ -12,6 +12,7 @@ Bundle layout::
     manifest.json         format, base model (id/revision/fingerprint, architecture, content hash), sha256 of every file
     config.yaml           the resolved RunConfig of the training run
     calibration.json      the OOF temperature
+    postprocess.json      rules learned on OOF for rows the model cannot judge (when the run learned any)
     class_prior.json      training class shares: what a test row that cannot be read gets
     label_tokens.json     head and label token ids the adapters were trained with
     adapters/<name>/      fold_0..fold_K-1 (ensemble) or average: LoRA, classifier head, tokenizer
@@ -50,7 +51,9 @@ CODE_MODULES = (
     "data/labels",
     "data/problems",
     "evaluate/calibration",
+    "evaluate/blend",
     "evaluate/metrics",
+    "evaluate/postprocess",
     "kaggle/bundle",
     "model/backbone",
     "model/losses",
@@ -301,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--base-model",
         default=None,
-        help=f"folder of the base model (default: the bundle's {BASE_MODEL_DIR}/ when it was copied in)",
+        help=f"folder of the base model (default: the bundle's {BASE_MODEL_DIR}/ when it was copied in); a blend's "
+        "bundle over several bases: one folder per base, comma-separated, in manifest.json's order",
     )
     parser.add_argument("--test-csv", required=True, help="Kaggle test.csv (id, prompt, response_a, response_b)")
     parser.add_argument("--out", default="submission.csv", help="submission CSV to write")
@@ -629,6 +633,7 @@ def run(args, started_at: Optional[float] = None, say=print) -> dict:
         "devices": devices,
         "out": str(out),
         "workers": prediction.run.workers,
+        "load_s": prediction.run.load_s,
         "decisions": [d.to_dict() for d in prediction.run.decisions],
         "total_s": time.time() - started_at,
     }
@@ -766,12 +771,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             err = f"{err.filename + ': ' if err.filename else ''}{err.strerror.lower()}"
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Prediction speed without the model load (said apart): what --time-limit projects and what scales with rows.
+    load_s = summary.get("load_s", 0.0)
+    predict_s = max(summary["seconds"] - load_s, 0.0)
     rate = ""
     if summary["predicted"]:
-        rate = f", {summary['seconds'] / summary['predicted'] * 1000:.1f} s per 1,000 rows"
+        rate = f", {predict_s / summary['predicted'] * 1000:.1f} s per 1,000 rows"
     print(
         f"wrote {summary['rows']} rows to {summary['out']} ({summary['predicted']} predicted on "
-        f"{','.join(summary['devices'])} in {summary['seconds']:.1f} s{rate}; log: {log_path})"
+        f"{','.join(summary['devices'])}: model load {load_s:.1f} s, prediction {predict_s:.1f} s{rate}; "
+        f"log: {log_path})"
     )
     if summary["not_reached"]:
         print(

@@ -7,6 +7,7 @@ two agree to float precision.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -146,9 +147,11 @@ def run_ensemble(
     if keeper is not None and keeper.time_left() <= 0:  # the limit has passed before any model loaded
         empty = {view: np.full((len(adapter_dirs), n, 3), np.nan, dtype=np.float32) for view in views}
         return RunOutput(empty, {view: np.zeros(n, dtype=bool) for view in views}, [], stopped_at_s=keeper.elapsed())
+    loading = time.perf_counter()
     workers = start_workers(specs, in_process=len(devices) == 1)
+    load_s = time.perf_counter() - loading  # the workers load in parallel: the wall time until all are ready
     try:
-        return run_batches(
+        output = run_batches(
             workers,
             [str(d or "default") for d in devices],
             views,
@@ -167,6 +170,8 @@ def run_ensemble(
         )
     finally:
         close_workers(workers)
+    output.load_s = load_s
+    return output
 
 
 class EnsembleOptionError(UserError, ValueError):

@@ -50,6 +50,7 @@ class RunOutput:
     checks: list[Check] = field(default_factory=list)
     decisions: list[BudgetDecision] = field(default_factory=list)  # the settings --fit-time moved to, in order
     stopped_at_s: Optional[float] = None  # seconds after the start at which the time limit ended the dispatch
+    load_s: float = 0.0  # seconds until every worker had loaded its model (not part of the prediction speed)
 
     @property
     def predicted(self) -> np.ndarray:
