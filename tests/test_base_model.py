@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from pref_core.config.loading import load_config
+from pref_core.data.synthetic import write_synthetic_csvs
 from pref_core.model.fingerprint import hash_folder
 from pref_core.model.source import BaseModelError, hub_reference, resolve_base_model
 from pref_core.train.checks import MachineError, check_runtime
@@ -101,6 +102,8 @@ HUB_FAILURES = [
 def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tmp_path, status, error_code, expected):
     out, store = tmp_path / "out", tmp_path / "mlflow.db"
     seed_id = load_config(ROOT / "configs" / "seed-llama3-8b.yaml").model.name_or_path  # the checkpoint the seed ran
+    # A good train file: the cheap input checks pass (a missing file would be reported first) and the Hub is next.
+    train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=100, n_test=10, signal=0.9, seed=1)
     with fake_hub(status, error_code) as endpoint:
         started = time.monotonic()
         result = run_cli(
@@ -109,7 +112,7 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
                 "--config",
                 str(ROOT / "configs" / "seed-llama3-8b.yaml"),
                 "--set",
-                "data.train_csv=train.csv",
+                f"data.train_csv={train_csv}",
                 "--set",
                 f"output_dir={out}",
                 "--set",
@@ -128,7 +131,8 @@ def test_seed_config_against_a_failing_hub_exits_2_in_one_line_before_any_run(tm
         assert f"{endpoint}/{seed_id}" in errors[0] and "HF_TOKEN" in errors[0]
     if status is None:
         assert f"hf download {seed_id}" in errors[0] and "HF_HUB_OFFLINE=1" in errors[0]
-    assert not out.exists() and not store.exists()  # no output folder, no tracking store, no run
+    # No tracking store, no run: at most the checked inputs' cache (ingest/), which the next run reuses.
+    assert not store.exists() and (not out.exists() or [p.name for p in out.iterdir()] == ["ingest"])
     assert elapsed < 60  # imports included; the Hub look-up itself takes about a second
 
 
@@ -369,7 +373,8 @@ def test_predict_without_the_registered_base_fails_in_one_line_naming_base_model
     )
     client.set_registered_model_alias("arena-pref", "champion", version.version)
 
-    args = ["predict", "--test-csv", str(tmp_path / "test.csv"), "--tracking-uri", uri]
+    _, test_csv = write_synthetic_csvs(tmp_path / "data", n_train=20, n_test=5, signal=0.9, seed=2)  # a good input
+    args = ["predict", "--test-csv", str(test_csv), "--out", str(tmp_path / "sub.csv"), "--tracking-uri", uri]
     capsys.readouterr()  # the store's setup logs
     assert cli.main(args) == 2
     stderr = capsys.readouterr().err
