@@ -132,7 +132,7 @@ def _train_new_fold(
         len(val_ds),
     )
     if counts:  # how many pseudo-labelled rows this fold trained on, and how many a validation prompt kept out
-        tracking.log_metrics(client, mlflow_run_id, counts)
+        tracking.log_params(client, mlflow_run_id, counts)  # bookkeeping: params, so the metrics are the scores
     monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
     try:
         with monitor:
