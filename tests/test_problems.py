@@ -32,9 +32,21 @@ def test_bad_share_policy_names_the_setting_and_lists_one_problem_per_line():
     collector.check_bad_share(8, 0.2, None, "pairs.jsonl", noun="pairs")  # 1 of 8 is within 0.2: no error
     with pytest.raises(DataValidationError) as info:
         collector.check_bad_share(8, 0.1, None, "pairs.jsonl", noun="pairs")
+    # One problem: the whole error is one line, the headline then the problem.
+    (line,) = str(info.value).splitlines()
+    assert line.startswith("pairs.jsonl: 1 of 8 pairs are invalid (12.5%)")
+    assert "--set data.max_bad_fraction=0.13" in line
+    assert line.endswith(" row id=pairs:4 column=chosen/rejected: not JSON; fix: see the format")
+    two = ProblemCollector(lambda number: f"pairs:{number}")
+    two.report(4, "chosen/rejected", "not JSON; fix: see the format")
+    two.report(6, "chosen", "empty; fix: give the preferred answer")
+    with pytest.raises(DataValidationError) as info:
+        two.check_bad_share(8, 0.1, None, "pairs.jsonl", noun="pairs")
     headline, *lines = str(info.value).splitlines()
-    assert headline.startswith("pairs.jsonl: 1 of 8 pairs are invalid (12.5%)")
-    assert "--set data.max_bad_fraction=0.13" in headline
-    assert lines == ["  - row id=pairs:4 column=chosen/rejected: not JSON; fix: see the format"]
+    assert headline.startswith("pairs.jsonl: 2 of 8 pairs are invalid (25.0%)")
+    assert lines == [
+        "  - row id=pairs:4 column=chosen/rejected: not JSON; fix: see the format",
+        "  - row id=pairs:6 column=chosen: empty; fix: give the preferred answer",
+    ]
     with pytest.raises(DataValidationError, match="all 1 pairs are invalid"):
         collector.check_bad_share(1, 1.0, None, "pairs.jsonl", noun="pairs")

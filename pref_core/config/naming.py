@@ -132,7 +132,7 @@ def run_name(
 
 def fold_run_name(parent_name: str, fold: int) -> str:
     """'<parent name>/fold-k': a fold run reads as part of its parent in any list of runs."""
-    return f"{parent_name}/fold-{fold}"
+    return "/".join((parent_name, f"fold-{fold}"))
 
 
 def describe_overrides(recipe: Optional[str], overrides: Mapping[str, Any]) -> str:
