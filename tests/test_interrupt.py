@@ -69,6 +69,12 @@ def _runs(tmp_path: Path) -> list:
     return client.search_runs([experiment.experiment_id])
 
 
+def _role(run) -> str:
+    """'parent' or 'fold-k': run names carry the recipe and overrides, the fold tag says which run is which."""
+    fold = run.data.tags.get("arena_pref.fold")
+    return "parent" if fold is None else f"fold-{fold}"
+
+
 def _flow_run_states(tmp_path: Path) -> dict[str, str]:
     """name -> state type of every Prefect flow run in the run's local history (PREFECT_HOME)."""
     (db,) = (tmp_path / "prefect").glob("*.db")
@@ -91,7 +97,7 @@ def test_one_ctrl_c_stops_parallel_fold_processes_and_the_rerun_resumes(tmp_path
     args = _train_args(tmp_path, train_csv, "cv.execution=subprocess", "cv.max_parallel=2", "cv.folds=[0, 1]")
     proc = _start(tmp_path, args)
     _wait_for_checkpoint(tmp_path, proc)
-    fold_runs = [r for r in _runs(tmp_path) if r.info.run_name.startswith("fold") and "arena_pref.pid" in r.data.tags]
+    fold_runs = [r for r in _runs(tmp_path) if _role(r) != "parent" and "arena_pref.pid" in r.data.tags]
     fold_pids = [int(r.data.tags["arena_pref.pid"]) for r in fold_runs]
     assert fold_pids, "no fold process recorded its pid"
 
@@ -112,8 +118,8 @@ def test_one_ctrl_c_stops_parallel_fold_processes_and_the_rerun_resumes(tmp_path
     resume = stop_lines[0].split("Resume with: ")[1]
     assert shlex.split(resume) == ["arena-pref", *args]
 
-    statuses = {r.info.run_name: r.info.status for r in _runs(tmp_path)}
-    assert statuses == {"cv-training": "KILLED", "fold-0": "KILLED", "fold-1": "KILLED"}
+    statuses = {_role(r): r.info.status for r in _runs(tmp_path)}
+    assert statuses == {"parent": "KILLED", "fold-0": "KILLED", "fold-1": "KILLED"}
     states = _flow_run_states(tmp_path)
     assert states and set(states.values()) == {"CANCELLED"}, states
 
@@ -128,8 +134,8 @@ def test_one_ctrl_c_stops_parallel_fold_processes_and_the_rerun_resumes(tmp_path
     )
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     finished = [r for r in _runs(tmp_path) if r.info.status == "FINISHED"]
-    assert sorted(r.info.run_name for r in finished) == ["cv-training", "fold-0", "fold-1"]
-    resumed = [r.data.tags.get("arena_pref.resumed_from") for r in finished if r.info.run_name.startswith("fold")]
+    assert sorted(_role(r) for r in finished) == ["fold-0", "fold-1", "parent"]
+    resumed = [r.data.tags.get("arena_pref.resumed_from") for r in finished if _role(r) != "parent"]
     assert any(resumed), resumed
 
 
