@@ -76,4 +76,5 @@ def print_summary(result, tracking_uri: str, out=None) -> None:
     if getattr(result, "report_path", None):
         write(f"report page: {result.report_path}")
     write(f"MLflow: {run_link(tracking_uri, result.parent_run_id)}")
-    write(ui_hint(tracking_uri, result.parent_run_id))
+    if not tracking_uri.startswith(("http://", "https://")):  # a server's link above already opens the run
+        write(ui_hint(tracking_uri, result.parent_run_id))
