@@ -38,7 +38,7 @@ def resume_command(argv: Sequence[str]) -> str:
     return shlex.join(["arena-pref", *(a for a in argv if a not in ("--force", "-f"))])
 
 
-def _die_with_parent():
+def die_with_parent():
     """A preexec function (resolved before the fork: nothing to import or look up in the child) that asks Linux to
     SIGTERM the child when this process dies; None elsewhere."""
     try:
@@ -81,7 +81,7 @@ class PrefectServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 (resolved before the fork; only a prctl call runs there)
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 (resolved before the fork; only a prctl call runs there)
         )
         server = cls(process, f"http://127.0.0.1:{port}/api")
         deadline = time.monotonic() + timeout_s

@@ -38,6 +38,24 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants, whatever their process group or session."""
+    children: dict[int, list[int]] = {}
+    for stat in PROC.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
 def _socket_inodes(pid: int) -> set[int]:
     inodes = set()
     try:

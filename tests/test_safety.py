@@ -8,6 +8,7 @@ import ast
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
         ARENA_PREF_ROOT=str(tmp_path),
         PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
     )
-    # cmd_ui execs the launcher, which execs mlflow: one pid, its own process group.
+    # cmd_ui starts the launcher (which execs mlflow) in a session of its own and waits: the server is its child.
     script = "import sys; import arena_pref.cli as cli; sys.exit(cli.main(['ui', '--port', sys.argv[1]]))"
     log = open(tmp_path / "ui.log", "wb")  # noqa: SIM115 (the UI's output for as long as it runs; closed below)
     proc = subprocess.Popen(
@@ -109,7 +110,8 @@ def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
     try:
         up = servers.wait_http_ok(f"http://127.0.0.1:{port}/health", 180, lambda: proc.poll() is None)
         assert up, (tmp_path / "ui.log").read_text()[-3000:]
-        listening = servers.listening_addresses(servers.group_pids(proc.pid))
+        server_pids = servers.tree_pids(proc.pid)
+        listening = servers.listening_addresses(server_pids)
         assert any(p == port for _, p in listening), listening
         assert all(servers.is_loopback(address) for address, _ in listening), listening
         for address in servers.non_loopback_ipv4():
@@ -120,6 +122,11 @@ def test_arena_pref_ui_serves_mlflow_on_loopback_only(tmp_path):
         proc.wait(timeout=30)
         log.close()
     assert not servers.group_pids(proc.pid)
+    # SIGTERM to `arena-pref ui` stops its server too (a session of its own, so not reached by the group's signal).
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in server_pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in server_pids if Path(f"/proc/{pid}").exists()]
 
 
 @pytest.mark.skipif(not servers.has_proc_net(), reason="reads listening sockets from /proc/net (Linux)")
@@ -135,7 +142,8 @@ def test_the_listening_check_sees_a_server_bound_to_every_interface(tmp_path):
     )
     try:
         assert servers.wait_http_ok(f"http://127.0.0.1:{port}/", 60, lambda: proc.poll() is None)
-        listening = servers.listening_addresses(servers.group_pids(proc.pid))
+        server_pids = servers.tree_pids(proc.pid)
+        listening = servers.listening_addresses(server_pids)
         assert {address for address, p in listening if p == port} & {"0.0.0.0", "::"}, listening
         assert not all(servers.is_loopback(address) for address, _ in listening)
         others = servers.non_loopback_ipv4()

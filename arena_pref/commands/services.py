@@ -77,6 +77,11 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def _interrupt(signum, frame) -> None:
+    """SIGTERM / SIGHUP handled as Ctrl-C: the caller's `finally` stops what it started."""
+    raise KeyboardInterrupt
+
+
 def cmd_ui(args) -> int:
     """The MLflow UI on the local store: the server's own output goes to the command's log (kept in logs/ in the
     project folder); the console says the URL, the log and how to stop it. Ctrl-C stops the server."""
@@ -86,6 +91,7 @@ def cmd_ui(args) -> int:
     import urllib.request
 
     from arena_pref import console as console_module
+    from arena_pref import interruption
     from arena_pref.tasks import resources
 
     console, frame = args.console, args.frame
@@ -97,8 +103,14 @@ def cmd_ui(args) -> int:
     # The store is the project folder's (never the installed package's); mlflow is the one beside this python.
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     command = ["bash", str(launcher), "--store", str(store), "--host", args.host, "--port", str(args.port)]
-    # Its own process group: Ctrl-C reaches this process only, which then stops the server's whole group.
-    server = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 (our launcher)
+    # Its own process group: Ctrl-C reaches this process only, which then stops the server's whole group. A `kill`
+    # or a closed terminal (SIGTERM, SIGHUP) stops it the same way, and if this process dies anyway (SIGKILL), Linux
+    # sends the server SIGTERM (parent-death signal): no orphan server keeps the port.
+    server = subprocess.Popen(  # noqa: S603 (our launcher)
+        command, env=env, start_new_session=True, preexec_fn=interruption.die_with_parent()
+    )
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _interrupt)
     host = f"[{args.host}]" if ":" in args.host else args.host
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else host}:{args.port}"
     where = f"; its log: {frame.log_path}" if frame.log_path else ""

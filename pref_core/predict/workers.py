@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -204,8 +203,13 @@ def _serve(spec: WorkerSpec, connection) -> None:
 
 
 def _picklable(error: BaseException) -> BaseException:
+    """The error itself when it can cross the pipe (an exception whose __init__ takes other arguments than it keeps
+    cannot be rebuilt on the other side), else its text. The round trip uses the pipe's own serializer on our own
+    object in this process: nothing is read from a file or another party."""
+    from multiprocessing.reduction import ForkingPickler
+
     try:
-        pickle.loads(pickle.dumps(error))
+        ForkingPickler.loads(ForkingPickler.dumps(error))
         return error
     except Exception:  # noqa: BLE001 (any exception that cannot cross the pipe becomes its text)
         return RuntimeError(f"{type(error).__name__}: {error}")
