@@ -9,34 +9,36 @@ def registry_decision(registration) -> str:
     return registration.in_words()
 
 
-# MLflow 3's UI opens an experiment on its GenAI pages unless the link asks for the model-training view (it reads
-# the query, then the browser's last choice; no server-side default).
-TRAINING_VIEW = "workflowType=machine_learning"
-
-
 def ui_hint(tracking_uri: str, run_id: str) -> str:
-    """How to open the MLflow UI on this run's experiment, in the model-training view."""
+    """How to open the MLflow UI on this run's experiment: the runs table sorted by OOF log loss, scores as columns."""
+    from arena_pref.tasks import tracking
+
     try:
         from mlflow import MlflowClient
 
         experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
-        page = f"http://127.0.0.1:5000/#/experiments/{experiment_id}?{TRAINING_VIEW}"
+        page = tracking.runs_table_url("http://127.0.0.1:5000", experiment_id)
     except Exception:  # noqa: BLE001 (the summary must not fail on a link)
         page = "http://127.0.0.1:5000"
     return f"open the MLflow UI: arena-pref ui   (then {page})"
 
 
-def run_link(tracking_uri: str, run_id: str) -> str:
-    """A browser link to the run on a tracking server, else where the run lives."""
+def server_links(tracking_uri: str, run_id: str) -> list[str]:
+    """Browser links to the run and to the runs table on a tracking server, else where the run lives."""
     if tracking_uri.startswith(("http://", "https://")):
+        from arena_pref.tasks import tracking
+
         try:
             from mlflow import MlflowClient
 
             experiment_id = MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id
-            return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+            return [
+                f"MLflow: {tracking.run_url(tracking_uri, experiment_id, run_id)}",
+                f"runs by OOF log loss: {tracking.runs_table_url(tracking_uri, experiment_id)}",
+            ]
         except Exception:  # noqa: BLE001 (the summary must not fail on a link)
             pass
-    return f"run {run_id} in {tracking_uri}"
+    return [f"MLflow: run {run_id} in {tracking_uri}"]
 
 
 def fold_devices(tracking_uri: str, fold_run_ids: dict) -> dict:
@@ -75,6 +77,7 @@ def print_summary(result, tracking_uri: str, out=None) -> None:
     write(f"OOF predictions: {result.oof.oof_path}")
     if getattr(result, "report_path", None):
         write(f"report page: {result.report_path}")
-    write(f"MLflow: {run_link(tracking_uri, result.parent_run_id)}")
-    if not tracking_uri.startswith(("http://", "https://")):  # a server's link above already opens the run
+    for line in server_links(tracking_uri, result.parent_run_id):
+        write(line)
+    if not tracking_uri.startswith(("http://", "https://")):  # a server's links above already open the UI
         write(ui_hint(tracking_uri, result.parent_run_id))

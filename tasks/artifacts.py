@@ -46,7 +46,7 @@ def decision_in_words(
 def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """A browser link to an MLflow run on a server; the bare run id for a file store."""
     if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+        return tracking.run_url(tracking_uri, experiment_id, run_id)
     return f"run `{run_id}` in `{tracking_uri}`"
 
 

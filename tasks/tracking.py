@@ -31,6 +31,7 @@ from arena_pref.tasks.store import (  # noqa: F401 (re-exported: the tasks' name
 )
 from mlflow import MlflowClient
 from pref_core.config.schema import RunConfig
+from pref_core.evaluate.oof import SCORE_METRICS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ TAG_FOLD = "arena_pref.fold"
 TAG_KIND = "arena_pref.kind"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DEVICE = "arena_pref.device"  # the device slot a fold process ran on (cv.max_parallel)
+
+# MLflow 3's UI opens an experiment on its GenAI pages unless the link asks for the model-training view (it reads
+# the query, then the browser's last choice; no server-side default).
+TRAINING_VIEW = "workflowType=machine_learning"
+# A saved view of the runs table, kept as an experiment tag (the UI's "Views" menu lists it): parent runs sorted by
+# OOF log loss, the scores as columns. MLflow 3.17's table shows no metric column by default and takes no column
+# choice from a link, only the key of a saved view (`viewStateShareKey`), so every experiment we log to gets it.
+SCORE_VIEW_KEY = "arena-pref-scores"
+SCORE_VIEW_TAG = f"mlflow.sharedViewState.{SCORE_VIEW_KEY}"
 # MLflow params are capped in length; longer values (lists of modules) are cut with a marker.
 _PARAM_MAX = 500
 
@@ -95,16 +105,56 @@ def get_client(config: RunConfig) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
-    """Experiment id, creating it with an explicit artifact root for local stores (never an implicit ./mlruns)."""
+    """Experiment id, creating it with an explicit artifact root for local stores (never an implicit ./mlruns); the
+    experiment has the runs-table view of the scores (SCORE_VIEW_TAG)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
+    if experiment is None:
+        experiment_id = _create_experiment(client, name)
+        experiment = client.get_experiment(experiment_id)
+    if SCORE_VIEW_TAG not in experiment.tags:
+        try:
+            client.set_experiment_tag(experiment.experiment_id, SCORE_VIEW_TAG, score_view_state())
+        except Exception as err:  # noqa: BLE001 (a view of the table is no reason to stop a run)
+            LOGGER.warning("could not save the runs-table view on experiment %s: %s", name, err)
+    return experiment.experiment_id
+
+
+def score_view_state(now_ms: Optional[int] = None) -> str:
+    """The saved view as the MLflow UI's own "Save view" writes it: JSON whose `state` is a JSON string.
+
+    Parent runs only (fold runs carry no OOF metric), sorted by OOF log loss ascending, the scores first."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    metrics = [f"metrics.`{name}`" for name in SCORE_METRICS]
+    state = {
+        "searchFilter": f"metrics.{SCORE_METRICS[0]} > 0",
+        "orderByKey": metrics[0],
+        "orderByAsc": True,
+        "selectedColumns": ["attributes.`Dataset`", "attributes.`Source`", "attributes.`Models`", *metrics],
+        "columnOrder": metrics,
+    }
+    view = {"name": "arena-pref: runs by OOF log loss", "createdAt": now_ms, "updatedAt": now_ms}
+    return json.dumps({**view, "state": json.dumps(state)})
+
+
+def run_url(server_url: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the model-training view of a tracking server's UI."""
+    return f"{server_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def runs_table_url(server_url: str, experiment_id: str) -> str:
+    """The experiment's runs table with the scores view (SCORE_VIEW_KEY): the `/runs` page, and no sort or filter in
+    the query, else the UI ignores the saved view."""
+    query = f"{TRAINING_VIEW}&viewStateShareKey={SCORE_VIEW_KEY}"
+    return f"{server_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+
+
+def _create_experiment(client: MlflowClient, name: str) -> str:
     artifact_location = None
     if client.tracking_uri.startswith("sqlite:///"):
         store = Path(client.tracking_uri.removeprefix("sqlite:///")).parent
         artifact_location = (store / "artifacts").resolve().as_uri()
     # The MLflow 3 UI opens GenAI pages for experiments of unknown kind; ours is model training.
-    tags = {"mlflow.experimentKind": "custom_model_development"}
+    tags = {"mlflow.experimentKind": "custom_model_development", SCORE_VIEW_TAG: score_view_state()}
     try:
         return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
     except Exception:  # a concurrent run created it first

@@ -85,7 +85,7 @@ def cmd_blend(args) -> int:
 
     from arena_pref import console
     from arena_pref.environment import NO_PROGRESS_BARS
-    from arena_pref.summary import registry_decision, run_link
+    from arena_pref.summary import registry_decision, server_links
     from arena_pref.tasks.store import default_tracking_uri
     from arena_pref.tasks.workspace import OUTPUT_DIR_ENV
 
@@ -122,7 +122,8 @@ def cmd_blend(args) -> int:
     )
     for line in result.lines:
         user_console.print(line)
-    user_console.print(f"MLflow: {run_link(tracking_uri, result.run_id)}")
+    for line in server_links(tracking_uri, result.run_id):
+        user_console.print(line)
     if result.registration is not None:
         user_console.print(f"registry: {registry_decision(result.registration)}")
     return 0

@@ -24,6 +24,10 @@ class IncompleteOOFError(UserError, RuntimeError):
     """The out-of-fold predictions do not cover the kept rows exactly once."""
 
 
+# The parent run's score metrics, in the order a table of runs shows them (OOFScores.metrics logs them).
+SCORE_METRICS = ("oof_log_loss", "oof_log_loss_calibrated", "oof_accuracy", "prior_log_loss")
+
+
 @dataclass
 class OOFScores:
     """What the OOF table scores: log loss, accuracy, the class prior's log loss, calibration, per-fold breakdowns."""
