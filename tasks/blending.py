@@ -31,7 +31,7 @@ from pref_core.evaluate.blending import (
     blend_metrics,
     fit_member_blend,
 )
-from pref_core.evaluate.postprocess import RULES_FILE, postprocess_metrics
+from pref_core.evaluate.postprocess import RULES_FILE, postprocess_metrics, postprocess_params
 from pref_core.predict.members import BLEND_FILE, MEMBERS_DIR
 
 LOGGER = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ def _log_blend(client, run_id, members, fit, folder: Path, postprocess_mode, min
             "postprocess.mode": postprocess_mode,
             "postprocess.min_rows": min_rows,
             "postprocess.near_identical": near_identical,
+            **(postprocess_params(fit.postprocess) if fit.postprocess is not None else {}),
         },
     )
     metrics = blend_metrics(fit)

@@ -28,6 +28,7 @@ from pref_core.evaluate.postprocess import (
     apply_to_rows,
     fit_oof_table,
     postprocess_metrics,
+    postprocess_params,
     row_kinds,
 )
 from pref_core.predict.submission import (
@@ -128,6 +129,7 @@ def _fit_postprocess(config: RunConfig, client, run_id: str, oof: pd.DataFrame, 
     path.write_text(json.dumps(rules.to_dict(), indent=2), encoding="utf-8")
     client.log_artifact(run_id, str(path))
     tracking.log_metrics(client, run_id, postprocess_metrics(rules))
+    tracking.log_params(client, run_id, postprocess_params(rules))
     LOGGER.info("%s", rules.summary())
     return rules
 

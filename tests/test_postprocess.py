@@ -20,6 +20,8 @@ from pref_core.evaluate.postprocess import (
     fit_kind_rule,
     fit_postprocess,
     fit_weight,
+    postprocess_metrics,
+    postprocess_params,
     row_kind,
     row_kinds,
 )
@@ -128,6 +130,10 @@ def test_a_kind_with_too_few_rows_is_left_alone():
     assert rules.kinds["identical"].class_counts == [0, 0, 3]
     np.testing.assert_array_equal(rules.oof_probs, probs)
     assert rules.oof_log_loss_after == rules.oof_log_loss_before
+    # Logged: the scores as metrics, the rows and on/off per kind as params.
+    assert set(postprocess_metrics(rules)) == {"oof_log_loss_postprocess_before", "oof_log_loss_postprocessed"}
+    params = postprocess_params(rules)
+    assert params["postprocess_rows_identical"] == 3 and params["postprocess_on_a_empty"] == 0
 
 
 def test_a_kind_the_model_already_judges_stays_off():

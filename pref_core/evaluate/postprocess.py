@@ -316,11 +316,17 @@ def fit_oof_table(oof, temperature: float = 1.0, *, min_rows: int = DEFAULT_MIN_
 
 
 def postprocess_metrics(rules: PostprocessRules) -> dict[str, float]:
-    """The rules as MLflow metrics: OOF log loss before/after (nested) and, per kind, its rows and whether it is on."""
-    out = {
+    """The rules' scores as MLflow metrics: the OOF log loss before and after (nested)."""
+    return {
         "oof_log_loss_postprocess_before": rules.oof_log_loss_before,
         "oof_log_loss_postprocessed": rules.oof_log_loss_after,
     }
+
+
+def postprocess_params(rules: PostprocessRules) -> dict[str, int]:
+    """The rules' bookkeeping as MLflow params (scores first: no row count among the metrics): per kind, its rows
+    and whether it is on."""
+    out: dict[str, int] = {}
     for kind, rule in rules.kinds.items():
         out[f"postprocess_rows_{kind}"] = rule.n_rows
         out[f"postprocess_on_{kind}"] = int(rule.enabled)
