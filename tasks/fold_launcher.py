@@ -94,6 +94,8 @@ def _run_fold_process(
     fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool, slot: Optional[str]
 ) -> str:
     logger = get_run_logger()
+    # A fold started after the tracking server went away would fail in its first MLflow call: stop here instead.
+    tracking.raise_if_server_lost(tracking.resolve_tracking_uri(config), f"the run, before fold {fold} started")
     task_run = TaskRunContext.get().task_run
     attempt = task_run.run_count or 1
     name = f"fold-{fold}" if attempt <= 1 else f"fold-{fold}-attempt-{attempt}"

@@ -134,6 +134,7 @@ def _train_new_fold(
     if counts:  # how many pseudo-labelled rows this fold trained on, and how many a validation prompt kept out
         tracking.log_params(client, mlflow_run_id, counts)  # bookkeeping: params, so the metrics are the scores
     monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
+    progress = FoldProgressCallback(f"fold {fold}")
     try:
         with monitor:
             if config.train.num_processes > 1:
@@ -155,13 +156,15 @@ def _train_new_fold(
                     folder,
                     callbacks=[
                         tracking.MlflowFoldCallback(client, mlflow_run_id),
-                        FoldProgressCallback(f"fold {fold}"),
+                        progress,
                     ],
                     name_or_path=prepared.base_model,
                     test_ds=test_ds,
                 )
     except FoldOutOfMemoryError as err:
         raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
+    finally:
+        progress.close()
     if result.resumed_from:
         logger.info("fold %d: resumed from %s", fold, result.resumed_from)
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})

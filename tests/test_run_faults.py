@@ -1,14 +1,32 @@
-"""Faults during a run (issue 27 item 8): runs that start at the same moment on a brand-new SQLite store."""
+"""Faults during a run (issue 27 item 8): runs that start at the same moment on a brand-new SQLite store; the MLflow
+tracking server killed while a fold trains."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mlflow import MlflowClient
+from pref_core.data.synthetic import write_synthetic_csvs
+from tests import servers
+from tests.train_process import (
+    flow_run_states,
+    role,
+    run,
+    runs,
+    start,
+    store_uri,
+    train_args,
+    wait_for_checkpoint,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +61,121 @@ def test_runs_starting_together_on_a_new_sqlite_store_all_open_it(tmp_path):
     experiment_ids = {out.strip().splitlines()[-1] for (out, _), _ in results}
     assert len(experiment_ids) == 1  # one experiment, found by all
     assert MlflowClient(uri).get_experiment_by_name("arena-pref") is not None
+
+
+# -- the MLflow server killed during a fold ---------------------------------------------------------------------------
+
+
+def _start_mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` over the SQLite store and artifact folder in `folder`, in a session of its
+    own (the test kills exactly its process group); answers /health when this returns."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
+                *("--artifacts-destination", str(folder / "artifacts")),
+                *("--workers", "1", "--host", "127.0.0.1", "--port", str(port)),
+            ],
+            cwd=folder,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if not servers.wait_http_ok(f"http://127.0.0.1:{port}/health", 180, lambda: proc.poll() is None):
+        servers.stop_group(proc.pid)
+        pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+    return proc
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_the_tracking_server_killed_mid_fold_stops_the_run_in_one_line_and_the_rerun_goes_on(tmp_path):
+    port = servers.free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _start_mlflow_server(tmp_path / "store", port)
+    try:
+        train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=10, signal=0.9, seed=7)
+        # A fold of 10 epochs (~120 steps, 15-20 s here) is still training when the server's loss is noticed (5 s
+        # between checks, 2 s of retries); fold 0 has finished when fold 1's first checkpoint appears.
+        args = train_args(tmp_path, train_csv, "cv.folds=[0, 1]", "train.num_epochs=10", tracking_uri=uri)
+        proc = start(tmp_path, args)
+        wait_for_checkpoint(tmp_path, proc, fold="1")
+        _kill_group(server)
+        killed = time.monotonic()
+        output = proc.communicate(timeout=300)[0]
+        exit_s = time.monotonic() - killed
+        print(f"`arena-pref train` exited {exit_s:.1f} s after the tracking server was killed")
+
+        assert exit_s <= 60, output
+        assert proc.returncode == 2, output
+        assert "Traceback" not in output
+        naming = [line for line in output.splitlines() if uri in line]
+        assert len(naming) == 1, output
+        assert naming[0].startswith(f"error: MLflow tracking server {uri} stopped answering during the run"), output
+        assert "checkpoints and adapters are kept on disk" in naming[0]
+        assert "Start the server again" in naming[0] and "finished folds are reused" in naming[0]
+        assert "the run failed" not in output  # the one line says it all
+        assert list(tmp_path.glob("out/runs/*/fold_0/adapter/adapter_model.safetensors"))
+        assert list(tmp_path.glob("out/runs/*/fold_1/checkpoints/checkpoint-*/trainer_state.json"))
+
+        # The server back on the same address and store: the printed command finishes the run.
+        server = _start_mlflow_server(tmp_path / "store", port)
+        resume = shlex.split(naming[0].split("Resume with: ")[1].split(" (full log: ")[0])
+        assert resume == ["arena-pref", *args]
+        rerun = run(tmp_path, resume[1:])
+        assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+        assert "reusing fold 0" in rerun.stdout + rerun.stderr
+        (parent,) = [r for r in runs(uri) if role(r) == "parent" and r.info.status == "FINISHED"]
+        folds = {role(r): r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert {name: r.info.status for name, r in folds.items()} == {"fold-0": "FINISHED", "fold-1": "FINISHED"}
+        assert folds["fold-0"].data.tags.get("arena_pref.reused") == "true"
+        assert "checkpoint-" in folds["fold-1"].data.tags.get("arena_pref.resumed_from", "")
+    finally:
+        _kill_group(server)
+
+
+# -- one fold process killed while another trains (cv.max_parallel=2) -------------------------------------------------
+
+
+def test_a_fold_process_killed_beside_another_is_retried_and_resumes_while_the_other_finishes(tmp_path):
+    train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=10, signal=0.9, seed=8)
+    args = train_args(
+        tmp_path, train_csv, "cv.execution=subprocess", "cv.max_parallel=2", "cv.folds=[0, 1]", "train.num_epochs=6"
+    )
+    proc = start(tmp_path, args)
+    (checkpoint,) = wait_for_checkpoint(tmp_path, proc, fold="0")[:1]
+    deadline = time.monotonic() + 120
+    while not all("arena_pref.pid" in r.data.tags for r in runs(store_uri(tmp_path)) if role(r) != "parent"):
+        assert time.monotonic() < deadline and proc.poll() is None, "the fold processes did not record their pids"
+        time.sleep(0.2)
+    pids = {role(r): int(r.data.tags["arena_pref.pid"]) for r in runs(store_uri(tmp_path)) if role(r) != "parent"}
+    os.kill(pids["fold-0"], signal.SIGKILL)
+    output = proc.communicate(timeout=600)[0]
+
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+    finished = {role(r): r for r in runs(store_uri(tmp_path)) if r.info.status == "FINISHED"}
+    assert sorted(finished) == ["fold-0", "fold-1", "parent"], output
+    # The killed fold: a second attempt in the same MLflow run, from a checkpoint its first process wrote.
+    killed = finished["fold-0"].data.tags
+    assert killed["arena_pref.attempt"] == "2" and int(killed["arena_pref.pid"]) != pids["fold-0"]
+    assert "checkpoint-" in killed["arena_pref.resumed_from"]
+    assert Path(killed["arena_pref.resumed_from"]).parent == checkpoint.parent
+    # The other fold trained once, in the process it started in, and was never resumed.
+    other = finished["fold-1"].data.tags
+    assert other["arena_pref.attempt"] == "1" and int(other["arena_pref.pid"]) == pids["fold-1"]
+    assert "arena_pref.resumed_from" not in other
+    states = flow_run_states(tmp_path)
+    assert {name: state for name, state in states.items() if name.startswith("fold-")} == {
+        "fold-0": "FAILED",
+        "fold-0-attempt-2": "COMPLETED",
+        "fold-1": "COMPLETED",
+    }
