@@ -25,6 +25,7 @@ from pref_core.data import fold_rows
 from pref_core.errors import UserError
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback
 from pref_core.train.devices import DEVICE_SLOT_ENV
+from pref_core.train.disk_space import FoldDiskFullError
 from pref_core.train.fold import FoldOutOfMemoryError, fine_tune_fold
 from pref_core.train.result import RESULT_FILE, FoldResult
 
@@ -163,6 +164,8 @@ def _train_new_fold(
                 )
     except FoldOutOfMemoryError as err:
         raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
+    except FoldDiskFullError as err:
+        raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err}") from None
     finally:
         progress.close()
     if result.resumed_from:

@@ -4,6 +4,7 @@ tracking server killed while a fold trains."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -16,8 +17,10 @@ import pytest
 
 from mlflow import MlflowClient
 from pref_core.data.synthetic import write_synthetic_csvs
+from pref_core.train import disk_space
 from tests import servers
 from tests.train_process import (
+    environment,
     flow_run_states,
     role,
     run,
@@ -179,3 +182,73 @@ def test_a_fold_process_killed_beside_another_is_retried_and_resumes_while_the_o
         "fold-0-attempt-2": "COMPLETED",
         "fold-1": "COMPLETED",
     }
+
+
+# -- a full disk while a checkpoint is written ------------------------------------------------------------------------
+
+# `arena-pref train` in this process, with the disk "full" when the second checkpoint writes its optimizer state
+# (its adapter is already in the folder: a half-written checkpoint, as a real full disk leaves it).
+_FULL_DISK_AT_SECOND_CHECKPOINT = """
+import errno, sys
+import torch
+real_save, optimizer_saves = torch.save, []
+def save(obj, f, *args, **kwargs):
+    if str(f).endswith("optimizer.pt"):
+        optimizer_saves.append(f)
+        if len(optimizer_saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+from arena_pref import cli
+sys.exit(cli.main(sys.argv[1:], hold_until_exit=True))
+"""
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path):
+    train_csv, _ = write_synthetic_csvs(tmp_path / "data", n_train=120, n_test=10, signal=0.9, seed=9)
+    args = train_args(tmp_path, train_csv, "cv.execution=in_process", "cv.folds=[0]", "train.num_epochs=2")
+    full = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_AT_SECOND_CHECKPOINT, *args],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = full.stdout + full.stderr
+    assert full.returncode == 2, output
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    (checkpoints,) = tmp_path.glob("out/runs/*/fold_0/checkpoints")
+    assert errors[0].startswith(f"error: fold 0: no space left on the disk of {checkpoints} while writing a checkpoint")
+    # The free space it asks for is the size of the complete checkpoint before (the estimate of the next one).
+    complete = checkpoints / "checkpoint-2"
+    assert (complete / "trainer_state.json").is_file() and not (
+        checkpoints / "checkpoint-4" / "trainer_state.json"
+    ).exists()
+    size = sum(p.stat().st_size for p in complete.rglob("*") if p.is_file())
+    assert f"a checkpoint needs about {disk_space.format_bytes(size)} free there" in errors[0], errors[0]
+    assert "rerun the same command" in errors[0]
+
+    rerun = run(tmp_path, args)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    (fold_run,) = [r for r in runs(store_uri(tmp_path)) if role(r) == "fold-0" and r.info.status == "FINISHED"]
+    assert fold_run.data.tags["arena_pref.resumed_from"] == str(complete)
+
+
+def test_what_counts_as_a_full_disk(tmp_path):
+    """ENOSPC anywhere in the chain; torch's short write only when the disk really lacks the space."""
+    assert disk_space.format_bytes(512) == "512 B" and disk_space.format_bytes(1536) == "1.5 KiB"
+    assert disk_space.format_bytes(3 * 1024**3) == "3.0 GiB"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert disk_space.is_disk_full(full, tmp_path, 1)
+    try:
+        raise RuntimeError("saving failed") from full
+    except RuntimeError as wrapped:
+        assert disk_space.is_disk_full(wrapped, tmp_path, 1)
+    short_write = RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 11200 vs 11088")
+    assert disk_space.is_disk_full(short_write, tmp_path, disk_space.free_bytes(tmp_path) + 1)
+    assert not disk_space.is_disk_full(short_write, tmp_path, 1)  # space enough: some other write failure
+    assert not disk_space.is_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path, 1)
+    assert disk_space.checkpoint_bytes(None, trainable_parameters=1000) == 12_000
