@@ -252,3 +252,29 @@ def test_what_counts_as_a_full_disk(tmp_path):
     assert not disk_space.is_disk_full(short_write, tmp_path, 1)  # space enough: some other write failure
     assert not disk_space.is_disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path, 1)
     assert disk_space.checkpoint_bytes(None, trainable_parameters=1000) == 12_000
+
+
+class _Ended:
+    """A finished fold future: its result, or the error it ended with."""
+
+    def __init__(self, error=None):
+        self.error = error
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return "flow-run-id"
+
+
+def test_one_failed_fold_is_one_line_and_several_are_one_line_each():
+    from arena_pref.tasks.fold_launcher import raise_failed_folds
+    from arena_pref.tasks.training import FoldFailedError
+
+    full = "fold 1: no space left on the disk of /out/runs/k/fold_1/checkpoints while writing a checkpoint"
+    raise_failed_folds([_Ended(), _Ended()])  # nothing failed: nothing raised
+    with pytest.raises(FoldFailedError) as one:
+        raise_failed_folds([_Ended(), _Ended(FoldFailedError(full))])
+    assert str(one.value) == full
+    with pytest.raises(FoldFailedError) as two:
+        raise_failed_folds([_Ended(FoldFailedError("fold 0: killed")), _Ended(FoldFailedError(full))])
+    assert str(two.value).splitlines() == ["2 fold(s) failed:", "fold 0: killed", full]
