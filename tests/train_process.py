@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from mlflow import MlflowClient
 
@@ -50,11 +51,13 @@ def start(tmp_path: Path, args: list[str]) -> subprocess.Popen:
     )
 
 
-def run(tmp_path: Path, args: list[str], timeout_s: float = 900) -> subprocess.CompletedProcess:
+def run(
+    tmp_path: Path, args: list[str], timeout_s: float = 900, extra_env: Optional[dict[str, str]] = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "arena_pref.cli", *args],
         cwd=tmp_path,
-        env=environment(tmp_path),
+        env={**environment(tmp_path), **(extra_env or {})},
         capture_output=True,
         text=True,
         timeout=timeout_s,
