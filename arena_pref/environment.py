@@ -58,8 +58,21 @@ NO_PROGRESS_BARS = MappingProxyType(
     }
 )
 
+# MLflow's HTTP client retries each call 7 times with a backoff factor of 2 and waits up to 120 s for an answer:
+# about 4 minutes per call when the tracking server is gone, so a run whose server died crawled on for many
+# minutes. Bounded here: 2 retries 1-2 s apart (about 3-5 s per call when nothing answers), 30 s per request.
+# A server that rate-limits for a minute or more (a hosted MLflow) may want MLflow's own defaults back: export
+# these variables with other values (a value the user exported always wins).
+TRACKING_RETRIES = MappingProxyType(
+    {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    }
+)
+
 # What every `arena-pref` command, the stack's servers and workers get.
-PRODUCT = (TELEMETRY, LIBRARIES, SLOW_START)
+PRODUCT = (TELEMETRY, LIBRARIES, SLOW_START, TRACKING_RETRIES)
 
 
 def local_prefect(project_root: Path, base: Optional[Mapping[str, str]] = None) -> Mapping[str, str]:

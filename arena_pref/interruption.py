@@ -123,9 +123,26 @@ def prefect_server_apart() -> Iterator[Optional[PrefectServer]]:
         return
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server
+            try:
+                yield server
+            finally:
+                _deliver_pending_logs()
     finally:
         server.stop()
+
+
+def _deliver_pending_logs(timeout_s: float = 10.0) -> None:
+    """Send the run's queued Prefect logs and events while its server still answers. Left queued, they are sent at
+    interpreter exit to a server that is gone, and Prefect's client retries them for over a minute (a run whose
+    MLflow server died took 90 s to exit after its error line)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 (delivery of logs must never replace the run's own outcome)
+            LOGGER.warning("could not deliver the run's pending Prefect %s", worker.__name__, exc_info=True)
 
 
 @contextlib.contextmanager

@@ -141,5 +141,11 @@ class FoldProgressCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.update(state.global_step - self.bar.n)
+        self.close()
+
+    def close(self) -> None:
+        """End the bar's line; also when training stopped with an error (the Trainer then calls no on_train_end),
+        so that the next console line starts on a line of its own."""
+        if self.bar is not None:
             self.bar.close()
             self.bar = None

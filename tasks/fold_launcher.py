@@ -94,6 +94,8 @@ def _run_fold_process(
     fold_flow: Flow, config: RunConfig, fold: int, mlflow_run_id: str, train_hash: str, force: bool, slot: Optional[str]
 ) -> str:
     logger = get_run_logger()
+    # A fold started after the tracking server went away would fail in its first MLflow call: stop here instead.
+    tracking.raise_if_server_lost(tracking.resolve_tracking_uri(config), f"the run, before fold {fold} started")
     task_run = TaskRunContext.get().task_run
     attempt = task_run.run_count or 1
     name = f"fold-{fold}" if attempt <= 1 else f"fold-{fold}-attempt-{attempt}"
@@ -210,12 +212,15 @@ def run_fold_deployment(config: RunConfig, fold: int, mlflow_run_id: str, train_
 
 
 def raise_failed_folds(futures) -> None:
-    """After all fold runs ended: one error naming every failed fold (not just the first)."""
+    """After all fold runs ended: one error naming every failed fold (not just the first); one fold's failure is its
+    own line (it names the fold), several are a short report of one line each."""
     errors = []
     for future in futures:
         try:
             future.result()
         except Exception as err:  # noqa: BLE001 (every fold's failure is collected, then raised together)
             errors.append(str(err))
+    if len(errors) == 1:
+        raise FoldFailedError(errors[0])
     if errors:
         raise FoldFailedError(f"{len(errors)} fold(s) failed:\n" + "\n".join(errors))

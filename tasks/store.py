@@ -20,6 +20,11 @@ class TrackingUnavailableError(UserError, RuntimeError):
     """The MLflow tracking store cannot be reached or used; raised before any work starts."""
 
 
+class TrackingLostError(TrackingUnavailableError):
+    """The MLflow tracking server stopped answering while a run was going on: the run stops (its checkpoints and
+    adapters stay on disk) instead of crawling through every logging call's retries."""
+
+
 # The local store (`arena-pref ui` serves it; the embedded default when no server runs) is
 # resources.store_dir(): mlflow/ in the project folder, never site-packages.
 def local_store_uri() -> str:

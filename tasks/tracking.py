@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from arena_pref.tasks import resources
 from arena_pref.tasks.store import (  # noqa: F401 (re-exported: the tasks' names for the store)
+    TrackingLostError,
     TrackingUnavailableError,
     default_tracking_uri,
     local_artifact_root,
@@ -57,17 +58,45 @@ def resolve_tracking_uri(config: RunConfig) -> str:
     return config.tracking.uri or default_tracking_uri()
 
 
+def server_problem(uri: str, timeout_s: float = 5.0) -> Optional[str]:
+    """Why the tracking server at `uri` does not answer its /health (None: it answers, or `uri` is no server)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:  # noqa: S310
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
+def lost_server_problem(uri: str, attempts: int = 3, pause_s: float = 1.0) -> Optional[str]:
+    """Why the tracking server at `uri` is gone when it does not answer `attempts` tries `pause_s` apart (a restart's
+    blip is not a lost server); None while it answers (or `uri` is no server)."""
+    problem = server_problem(uri)
+    for _ in range(attempts - 1):
+        if problem is None:
+            return None
+        time.sleep(pause_s)
+        problem = server_problem(uri)
+    return problem
+
+
+def raise_if_server_lost(uri: str, during: str) -> None:
+    """Raise TrackingLostError when the tracking server at `uri` stopped answering (`during`: what was going on)."""
+    problem = lost_server_problem(uri)
+    if problem is not None:
+        raise TrackingLostError(
+            f"MLflow tracking server {uri} stopped answering during {during} ({problem}); checkpoints and adapters "
+            "are kept on disk: start the server again, then rerun the same command (finished folds are reused)"
+        )
+
+
 def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast, naming the URI, when the store cannot be used (before any GPU hour is spent)."""
     if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (our own server)
-                if response.status == 200:
-                    return
-                problem = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as err:
-            problem = str(getattr(err, "reason", err))
+        problem = server_problem(uri, timeout_s)
+        if problem is None:
+            return
         raise TrackingUnavailableError(
             f"MLflow tracking server {uri} is not reachable ({problem}). Start it with `arena-pref ui` "
             "(or mlflow/launch.sh), or point tracking.uri / MLFLOW_TRACKING_URI at a running server."
@@ -212,18 +241,27 @@ class MlflowFoldCallback(TrainerCallback):
     seconds per run on SQLite. A tracking hiccup mid-training is logged and
     skipped, never allowed to kill hours of GPU work: the adapter is on disk
     regardless, and the final metrics are logged again at the end.
+
+    A tracking server that stopped answering is no hiccup: at most every
+    `watch_every_s` seconds (and after a failed flush) the callback asks the
+    server's /health, and when nothing answers it raises TrackingLostError, which
+    ends the fold; its checkpoints stay on disk and the rerun resumes from them.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 50):
+    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 50, watch_every_s: float = 5.0):
         self.client = client
         self.run_id = run_id
         self.flush_every = flush_every
+        self.watch_every_s = watch_every_s
         self.failures = 0
         self._pending: list[Metric] = []
+        self._watched_at = time.monotonic()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return
+        if time.monotonic() - self._watched_at >= self.watch_every_s:
+            self._watch(state.global_step)
         now = int(time.time() * 1000)
         for key, value in logs.items():
             if not isinstance(value, (int, float)):
@@ -246,7 +284,12 @@ class MlflowFoldCallback(TrainerCallback):
             self._pending = []
         except Exception as err:  # noqa: BLE001 (a tracking hiccup never kills hours of training)
             self.failures += 1
+            self._watch(step)  # ... but a server that is gone ends the fold
             LOGGER.warning("MLflow logging failed at step %s (%s); training goes on", step, err)
+
+    def _watch(self, step: int) -> None:
+        self._watched_at = time.monotonic()
+        raise_if_server_lost(self.client.tracking_uri, f"training (MLflow run {self.run_id}, step {step})")
 
 
 def log_config(client: MlflowClient, run_id: str, config: RunConfig) -> None:

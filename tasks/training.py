@@ -25,6 +25,7 @@ from pref_core.data import fold_rows
 from pref_core.errors import UserError
 from pref_core.progress import CONSOLE_FD_ENV, CONSOLE_PATH_ENV, FoldProgressCallback
 from pref_core.train.devices import DEVICE_SLOT_ENV
+from pref_core.train.disk_space import FoldDiskFullError
 from pref_core.train.fold import FoldOutOfMemoryError, fine_tune_fold
 from pref_core.train.result import RESULT_FILE, FoldResult
 
@@ -134,6 +135,7 @@ def _train_new_fold(
     if counts:  # how many pseudo-labelled rows this fold trained on, and how many a validation prompt kept out
         tracking.log_params(client, mlflow_run_id, counts)  # bookkeeping: params, so the metrics are the scores
     monitor = tracking.SystemMetrics(client, mlflow_run_id, config.tracking.system_metrics_interval_s, attempt > 1)
+    progress = FoldProgressCallback(f"fold {fold}")
     try:
         with monitor:
             if config.train.num_processes > 1:
@@ -155,13 +157,17 @@ def _train_new_fold(
                     folder,
                     callbacks=[
                         tracking.MlflowFoldCallback(client, mlflow_run_id),
-                        FoldProgressCallback(f"fold {fold}"),
+                        progress,
                     ],
                     name_or_path=prepared.base_model,
                     test_ds=test_ds,
                 )
     except FoldOutOfMemoryError as err:
         raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err} (traceback in {folder / 'error.log'})") from None
+    except FoldDiskFullError as err:
+        raise _fold_failed(client, mlflow_run_id, f"fold {fold}: {err}") from None
+    finally:
+        progress.close()
     if result.resumed_from:
         logger.info("fold %d: resumed from %s", fold, result.resumed_from)
         tracking.set_tags(client, mlflow_run_id, {"arena_pref.resumed_from": result.resumed_from})

@@ -43,6 +43,7 @@ from pref_core.model.backbone import resolve_model_source
 from pref_core.model.preference import build_model, save_adapter
 from pref_core.predict.inference import predict_probabilities
 from pref_core.text.tokenization import load_tokenizer
+from pref_core.train import disk_space
 from pref_core.train.callbacks import LoggingCallback, ValidationRecorder
 from pref_core.train.checks import check_fold_inputs, is_main_process, world_size
 from pref_core.train.result import (
@@ -197,6 +198,18 @@ def fine_tune_fold(
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise FoldOutOfMemoryError(message) from None
+        except (OSError, RuntimeError) as err:
+            checkpoints = output_dir / CHECKPOINTS_DIR
+            trainer = progress["trainer"]
+            trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad) if trainer else 0
+            needed = disk_space.checkpoint_bytes(find_resumable_checkpoint(checkpoints), trainable)
+            if not disk_space.is_disk_full(err, output_dir, needed):
+                raise
+            writing = "a checkpoint" if progress["phase"] == "training" else f"the fold's outputs ({progress['phase']})"
+            folder = checkpoints if progress["phase"] == "training" else output_dir
+            message = disk_space.describe_disk_full(folder, writing, needed)
+            logger.error("%s", message, exc_info=True)  # the traceback to the log: a full disk takes no error.log
+            raise disk_space.FoldDiskFullError(message) from None
 
 
 def _train_fold(
