@@ -75,19 +75,27 @@ def test_near_identical_is_optional():
 
 
 def test_a_kinds_rule_worked_out_by_hand():
-    """Ten rows of one kind, the model uniform on all. Fold 0 labels 0,0,0,0,1 (shares .8, .2, 0), fold 1 labels
-    0,0,0,0,2 (.8, 0, .2). Leaving a fold out, each fold's rows meet the other fold's shares: eight label-0 rows
-    at w*.8 + (1-w)/3 = 1/3 + 7w/15, two rows whose class the other fold never saw at (1-w)/3. The loss'
-    derivative 8*(7/15)/(1/3 + 7w/15) - 2*(1/3)/((1-w)/3) = 56/(5 + 7w) - 2/(1 - w) vanishes at w = 23/35.
-    Final rule: shares of all ten rows (.8, .1, .1), model mean 1/3 each:
-    q = 23/35*(.8, .1, .1) + 12/35*(1/3, 1/3, 1/3) = (22.4, 6.3, 6.3)/35 = (.64, .18, .18)."""
+    """Ten rows of one kind, the model uniform on all. Shares count half a row more per class (SHARE_PRIOR).
+    Fold 0 labels 0,0,0,0,1: shares (4.5, 1.5, .5)/6.5; fold 1 labels 0,0,0,0,2: (4.5, .5, 1.5)/6.5. Leaving a fold
+    out, each fold's rows meet the other fold's shares: eight label-0 rows at w*9/13 + (1-w)/3 = (13 + 14w)/39, two
+    rows whose class the other fold never saw at w/13 + (1-w)/3 = (13 - 10w)/39. The loss' derivative
+    8*14/(13 + 14w) - 2*10/(13 - 10w) vanishes at w = 1196/1400 = 299/350.
+    Final rule: shares of all ten rows (8.5, 1.5, 1.5)/11.5 = (17, 3, 3)/23, model mean 1/3 each:
+    q = 299/350*(17, 3, 3)/23 + 51/350*(1/3, 1/3, 1/3) = (221 + 17, 39 + 17, 39 + 17)/350 = (.68, .16, .16)."""
     labels = np.array([0, 0, 0, 0, 1, 0, 0, 0, 0, 2])
     folds = np.array([0] * 5 + [1] * 5)
     rule = fit_kind_rule(labels, np.full((10, 3), 1 / 3), folds)
-    assert rule["weight"] == pytest.approx(23 / 35, abs=1e-6)
-    np.testing.assert_allclose(rule["shares"], [0.8, 0.1, 0.1])
+    assert rule["weight"] == pytest.approx(299 / 350, abs=1e-6)
+    np.testing.assert_allclose(rule["shares"], np.array([17, 3, 3]) / 23)
     np.testing.assert_allclose(rule["model_mean"], [1 / 3] * 3)
-    np.testing.assert_allclose(rule["probs"], [0.64, 0.18, 0.18], atol=1e-6)
+    np.testing.assert_allclose(rule["probs"], [0.68, 0.16, 0.16], atol=1e-6)
+
+
+def test_a_class_the_kinds_rows_never_showed_keeps_a_share():
+    # 40 ties, the model uniform: the rule leans on the shares, yet never gives a class probability 0.
+    rule = fit_kind_rule(np.full(40, 2), np.full((40, 3), 1 / 3), np.repeat([0, 1], 20))
+    np.testing.assert_allclose(rule["shares"], np.array([0.5, 0.5, 40.5]) / 41.5)
+    assert rule["weight"] == 1.0 and min(rule["probs"]) == pytest.approx(0.5 / 41.5)
 
 
 def test_the_weight_lands_on_its_ends_when_one_side_is_always_better():

@@ -14,7 +14,8 @@ For each kind the class shares of its OOF rows are smoothed toward the model's m
 q = w * shares + (1 - w) * model_mean, and q replaces the model's prediction on every row of that kind. The
 weight w in [0, 1] is fitted on OOF too: leave one fold out among the fitting rows, shares and mean from the
 other folds, w minimising the pooled log loss of the held-out rows (the log loss of a mixture is convex in w).
-Nothing is hard-coded: shares, mean and weight all come from the data.
+Nothing is hard-coded: shares, mean and weight all come from the data (the shares count half a row more per
+class, SHARE_PRIOR, so no class of a kind ever gets probability 0).
 
 Honesty, as in `blend`: the OOF "after" of fold k's rows uses the rule fitted on the other folds' rows only; the
 final rule (applied to test rows) is fitted on all OOF rows. A kind is switched on only where that nested OOF
@@ -102,8 +103,15 @@ def kinds_to_fit(near_identical: bool) -> tuple[str, ...]:
 # -- fitting ------------------------------------------------------------------------------------------------
 
 
+# Pseudo-rows added to every class when counting a kind's class shares (the Jeffreys / Krichevsky-Trofimov estimate):
+# a class that a kind's rows never showed keeps a small share instead of 0, since a probability of exactly 0 in a
+# submission costs the clip's -log(1e-15) = 34.5 on any test row of that class.
+SHARE_PRIOR = 0.5
+
+
 def _shares(labels: np.ndarray) -> np.ndarray:
-    return np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
+    counts = np.bincount(labels, minlength=NUM_CLASSES) + SHARE_PRIOR
+    return counts / counts.sum()
 
 
 def fit_weight(label_share: np.ndarray, label_mean: np.ndarray) -> float:
