@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from pref_core.data.labels import LABEL_COLUMNS
+from pref_core.evaluate import promotion
 from pref_core.evaluate.report import (
     FoldScore,
     RunScores,
@@ -95,7 +96,7 @@ def test_the_fold_table_and_the_scores_are_on_the_page(page):
     assert "<td>cuda:0</td>" in page and "<td>–</td>" in page  # fold 1 has no device
     for shown in ("0.8123", "0.8011", "1.0986", "0.613", "temperature 1.250"):
         assert shown in page
-    assert "+0.2863" in page  # gain over prior: 1.09861 - 0.81234
+    assert "+0.2975" in page  # gain over prior, calibrated as the submissions are: 1.09861 - 0.80111
     assert "oof_log_loss does not beat v2" in page and "train.learning_rate" in page
 
 
@@ -180,6 +181,25 @@ def test_a_run_worse_than_the_prior_is_flagged_in_red():
     assert "OOF log loss 1.1800 does not beat the class prior 1.1000" in html
     assert '<div class="value bad">-0.0800</div>' in html
     assert '<div class="banner bad"><b>Registry:</b>' in html
+
+
+def test_the_prior_check_uses_the_calibrated_log_loss_as_the_registry_does():
+    # Raw OOF 1.12 loses to the prior 1.10, but the bundle applies the temperature: calibrated 1.05 beats it, so the
+    # registry aliases the version and the page must not say the model learned nothing.
+    saved = RunScores(1.12, 0.40, 1.10, 4, oof_log_loss_calibrated=1.05, temperature=2.0)
+    assert saved.beats_prior and saved.gain_over_prior == pytest.approx(0.05)
+    assert promotion.registration_warnings(1.05, 1.10, calibrated=True) == []
+    html = render_run_report(summary(scores=saved), oof_frame(np.full((4, 3), 1 / 3), [0, 1, 2, 0]))
+    assert "does not beat the class prior" not in html and '<div class="value good">+0.0500</div>' in html
+    # The other way round: raw 1.08 beats 1.10, calibrated 1.11 does not; one warning, the registry's words.
+    lost = RunScores(1.08, 0.40, 1.10, 4, oof_log_loss_calibrated=1.11, temperature=0.5)
+    registry_says = promotion.registration_warnings(1.11, 1.10, calibrated=True)
+    assert registry_says == [lost.prior_warning]
+    assert "calibrated OOF log loss 1.1100 does not beat the class prior 1.1000" in registry_says[0]
+    flagged = summary(scores=lost, warnings=tuple(registry_says))
+    assert flagged.all_warnings() == registry_says
+    html = render_run_report(flagged, oof_frame(np.full((4, 3), 1 / 3), [0, 1, 2, 0]))
+    assert html.count("does not beat the class prior") == 1 and '<div class="value bad">-0.0100</div>' in html
 
 
 def test_the_summary_survives_json_and_reads_metrics_dicts():

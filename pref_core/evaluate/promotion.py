@@ -53,21 +53,35 @@ class RegistrationDecision:
         return self.register and not self.warnings
 
 
+def prior_warning(log_loss: float, prior_log_loss: float, calibrated: bool = False) -> Optional[str]:
+    """Why a model is no better than always predicting the class shares; None when it beats them. `log_loss` is
+    the one its submissions get: the calibrated OOF log loss when a temperature was fitted (`calibrated`), since
+    predict, export and the bundle apply it. The registry and the report page both say it with these words."""
+    if log_loss < prior_log_loss:
+        return None
+    which = "calibrated OOF log loss" if calibrated else "OOF log loss"
+    return (
+        f"{which} {log_loss:.4f} does not beat the class prior {prior_log_loss:.4f} (always predicting the class "
+        "shares): the model learned nothing the shares do not already say (too few rows or steps, a learning rate "
+        "far off, or broken labels)"
+    )
+
+
 def registration_warnings(
     oof_log_loss: float,
     prior_log_loss: float,
     missing_classes: Sequence[str] = (),
     temperature: Optional[float] = None,
     temperature_bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
+    calibrated: bool = False,
 ) -> list[str]:
-    """Why a model must not be aliased automatically: no better than the class prior, trained without some class,
-    or a calibration temperature stuck at one of its bounds (the fit found no useful scale)."""
+    """Why a model must not be aliased automatically: no better than the class prior (`oof_log_loss`: the calibrated
+    one when `calibrated`), trained without some class, or a calibration temperature stuck at one of its bounds (the
+    fit found no useful scale)."""
     found = []
-    if not oof_log_loss < prior_log_loss:
-        found.append(
-            f"OOF log loss {oof_log_loss:.4f} does not beat the class prior {prior_log_loss:.4f} "
-            "(always predicting the class shares)"
-        )
+    worse = prior_warning(oof_log_loss, prior_log_loss, calibrated)
+    if worse is not None:
+        found.append(worse)
     if missing_classes:
         found.append(
             f"the training data has no row of class {', '.join(missing_classes)}: the model never saw "

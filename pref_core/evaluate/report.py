@@ -19,6 +19,7 @@ import pandas as pd
 
 from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 from pref_core.evaluate.metrics import row_log_losses
+from pref_core.evaluate.promotion import prior_warning
 
 # "winner_model_a" -> "a", "winner_tie" -> "tie": the short class names, derived from the one definition.
 CLASS_NAMES: tuple[str, ...] = tuple(name.rsplit("_", 1)[-1] for name in LABEL_COLUMNS)
@@ -68,13 +69,24 @@ class RunScores:
         )
 
     @property
+    def deciding_log_loss(self) -> float:
+        """The log loss the run's submissions get: the calibrated OOF when a temperature was fitted (predict, export
+        and the bundle apply it), else the OOF. The registry's prior check uses the same one."""
+        return self.oof_log_loss if self.oof_log_loss_calibrated is None else self.oof_log_loss_calibrated
+
+    @property
     def gain_over_prior(self) -> float:
-        """prior - OOF log loss: positive when the model beats always predicting the class shares."""
-        return self.prior_log_loss - self.oof_log_loss
+        """prior - deciding log loss: positive when the model beats always predicting the class shares."""
+        return self.prior_log_loss - self.deciding_log_loss
 
     @property
     def beats_prior(self) -> bool:
-        return self.oof_log_loss < self.prior_log_loss
+        return self.prior_warning is None
+
+    @property
+    def prior_warning(self) -> Optional[str]:
+        """promotion.prior_warning for these scores (None when the run beats the class prior)."""
+        return prior_warning(self.deciding_log_loss, self.prior_log_loss, self.oof_log_loss_calibrated is not None)
 
 
 @dataclass(frozen=True)
@@ -111,15 +123,12 @@ class RunSummary:
         return cls(**data)
 
     def all_warnings(self) -> list[str]:
-        """The given warnings, plus one when the OOF log loss does not beat the class prior."""
+        """The given warnings, led by the class-prior one when the run does not beat it (once: the registry's
+        warnings may hold the same words)."""
         found = list(self.warnings)
-        if not self.scores.beats_prior:
-            found.insert(
-                0,
-                f"OOF log loss {self.scores.oof_log_loss:.4f} does not beat the class prior "
-                f"{self.scores.prior_log_loss:.4f}: the model learned nothing the class shares do not "
-                "already say (too few rows or steps, a learning rate far off, or broken labels).",
-            )
+        own = self.scores.prior_warning
+        if own is not None and own not in found:
+            found.insert(0, own)
         return found
 
 
@@ -283,7 +292,8 @@ RUN_TEMPLATE = """{% extends "base.html" %}
           "no calibration applied" if s.scores.temperature is none
           else "temperature " ~ (s.scores.temperature | num(3))) }}
 {{ m.tile("class prior", s.scores.prior_log_loss | num, "always the class shares") }}
-{{ m.tile("gain over prior", s.scores.gain_over_prior | num(4, true), (gain_percent | num(1, true)) ~ " % of the prior",
+{{ m.tile("gain over prior", s.scores.gain_over_prior | num(4, true), (gain_percent | num(1, true)) ~ " % of the prior"
+          ~ (", calibrated" if s.scores.oof_log_loss_calibrated is not none else ""),
           "good" if s.scores.beats_prior else "bad") }}
 {{ m.tile("accuracy", s.scores.oof_accuracy | num(3), "most probable class") }}
 </div>
