@@ -81,14 +81,31 @@ def lost_server_problem(uri: str, attempts: int = 3, pause_s: float = 1.0) -> Op
     return problem
 
 
+def lost_server_error(
+    uri: str,
+    problem: str,
+    during: str,
+    kept_in: str = "on disk",
+    resume: Optional[str] = None,
+    log_path: Optional[Path] = None,
+) -> TrackingLostError:
+    """The one line for a tracking server that stopped answering during a run: what is kept where (`kept_in`), how
+    to go on (`resume`: the command to rerun) and the run's log, when the caller knows them."""
+    line = (
+        f"MLflow tracking server {uri} stopped answering during {during} ({problem}); checkpoints and adapters are "
+        f"kept {kept_in}. Start the server again (same address and store), then rerun the same command: finished "
+        "folds are reused, the others resume from their last checkpoint"
+    )
+    line += f". Resume with: {resume}" if resume else ""
+    line += f" (full log: {log_path})" if log_path else ""
+    return TrackingLostError(line)
+
+
 def raise_if_server_lost(uri: str, during: str) -> None:
     """Raise TrackingLostError when the tracking server at `uri` stopped answering (`during`: what was going on)."""
     problem = lost_server_problem(uri)
     if problem is not None:
-        raise TrackingLostError(
-            f"MLflow tracking server {uri} stopped answering during {during} ({problem}); checkpoints and adapters "
-            "are kept on disk: start the server again, then rerun the same command (finished folds are reused)"
-        )
+        raise lost_server_error(uri, problem, during)
 
 
 def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:

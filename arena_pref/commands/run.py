@@ -96,14 +96,10 @@ def run_training(config, frame, force: bool = False, command: str = "train", arg
             result = cv_training(config, force=force)
     except interruption.RunStopped:
         raise
-    except Exception as err:
-        lost = _tracking_lost(config, argv or [command], log_path)
+    except BaseException as err:
+        lost = _tracking_lost(config, argv or [command], log_path) if isinstance(err, Exception) else None
         if lost is not None:  # whatever failed first, the cause is the server: one line, how to go on
             raise lost from err
-        if not frame.verbose:
-            user_console.err.write(f"the run failed; full log: {log_path}\n")
-        raise
-    except BaseException:
         if not frame.verbose:
             user_console.err.write(f"the run failed; full log: {log_path}\n")
         raise
@@ -120,12 +116,9 @@ def _tracking_lost(config, argv, log_path):
     problem = tracking.lost_server_problem(uri)
     if problem is None:
         return None
-    return tracking.TrackingLostError(
-        f"MLflow tracking server {uri} stopped answering during the run ({problem}); checkpoints and adapters are "
-        f"kept on disk in {workspace.output_root(config) / 'runs'}. Start the server again (same address and store), "
-        "then rerun the same command: finished folds are reused, the others resume from their last checkpoint. "
-        f"Resume with: {interruption.resume_command(argv)} (full log: {log_path})"
-    )
+    runs = workspace.output_root(config) / "runs"
+    resume = interruption.resume_command(argv)
+    return tracking.lost_server_error(uri, problem, "the run", f"on disk in {runs}", resume, log_path)
 
 
 def cmd_train(args) -> int:

@@ -1,0 +1,73 @@
+"""A tracking server lost during a run: how it is told from a blip, and the one line that says what to do."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from arena_pref.tasks import tracking
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (the stdlib's name)
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+@pytest.fixture
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_health(port: int) -> http.server.HTTPServer:
+    server = http.server.HTTPServer(("127.0.0.1", port), _Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_server_that_answers_is_not_lost_and_a_local_store_never_is(free_port):
+    server = serve_health(free_port)
+    try:
+        assert tracking.lost_server_problem(f"http://127.0.0.1:{free_port}", attempts=3, pause_s=0.01) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert tracking.lost_server_problem("sqlite:////nowhere/mlflow.db", attempts=3, pause_s=0.01) is None
+
+
+def test_a_server_gone_for_every_try_is_lost_and_one_back_in_time_is_a_blip(free_port):
+    uri = f"http://127.0.0.1:{free_port}"
+    problem = tracking.lost_server_problem(uri, attempts=2, pause_s=0.01)
+    assert problem is not None and "refused" in problem.lower()
+    # Down at the first try, up before the second: a restart's blip, not a lost server.
+    started: list[http.server.HTTPServer] = []
+    timer = threading.Timer(0.05, lambda: started.append(serve_health(free_port)))
+    timer.start()
+    try:
+        assert tracking.lost_server_problem(uri, attempts=3, pause_s=0.5) is None
+    finally:
+        timer.join()
+        for server in started:
+            server.shutdown()
+            server.server_close()
+
+
+def test_the_lost_server_line_says_what_is_kept_and_how_to_go_on():
+    short = tracking.lost_server_error("http://h:5000", "Connection refused", "training (step 7)")
+    assert isinstance(short, tracking.TrackingLostError) and "\n" not in str(short)
+    assert str(short).startswith("MLflow tracking server http://h:5000 stopped answering during training (step 7)")
+    assert "(Connection refused)" in str(short) and "kept on disk" in str(short) and "Resume with" not in str(short)
+    full = tracking.lost_server_error(
+        "http://h:5000", "timed out", "the run", "on disk in /p/runs", "arena-pref train --config c.yaml", Path("/l")
+    )
+    assert "kept on disk in /p/runs" in str(full) and "finished folds are reused" in str(full)
+    assert str(full).endswith(". Resume with: arena-pref train --config c.yaml (full log: /l)")
