@@ -79,8 +79,8 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     tags = {
         tracking.TAG_KIND: "cv",
         "arena_pref.prefect_flow_run": flow_run_name,
-        "arena_pref.host": socket.gethostname(),
-        "arena_pref.pid": str(os.getpid()),
+        tracking.TAG_HOST: socket.gethostname(),
+        tracking.TAG_PID: str(os.getpid()),
     }
     commit = tracking.git_commit()
     if commit:
@@ -89,10 +89,55 @@ def open_parent_run(config: RunConfig, flow_run_name: str = "") -> str:
     tags["mlflow.note.content"] = describe_overrides(recipe, overrides)  # the run page's description
     run = client.create_run(experiment_id, run_name=parent_run_name(config, None, overrides), tags=tags)
     stopping.record_mlflow_run(uri, run.info.run_id)
+    close_abandoned_runs(client, experiment_id, run.info.run_id)
     tracking.log_params(client, run.info.run_id, config.flat())
     tracking.log_config(client, run.info.run_id, config)
     LOGGER.info("MLflow parent run %s in experiment %r at %s", run.info.run_id, config.tracking.experiment, uri)
     return run.info.run_id
+
+
+def close_abandoned_runs(client, experiment_id: str, by_run_id: str) -> list[str]:
+    """Close, as FAILED, the parent runs of this host that a process no longer alive left RUNNING (the tracking server
+    was lost mid-run, or the process was killed or crashed), with their fold runs left RUNNING likewise; each gets
+    a tag saying why and which run found it. Returns the closed parent run ids. Runs of other hosts are left alone:
+    whether their process lives cannot be told from here. Best effort: a failure here never stops the new run."""
+    host = socket.gethostname()
+    closed = []
+    try:
+        candidates = client.search_runs(
+            [experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{tracking.TAG_KIND}` = 'cv' "
+            f"and tags.`{tracking.TAG_HOST}` = '{host}'",
+        )
+        for parent in candidates:
+            if parent.info.run_id == by_run_id or _process_alive(parent.data.tags.get(tracking.TAG_PID)):
+                continue
+            of_parent = f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'"
+            folds = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and {of_parent}")
+            why = (
+                f"left RUNNING by process {parent.data.tags.get(tracking.TAG_PID)} on {host}, which had ended when run "
+                f"{by_run_id} started (a lost tracking server, a kill or a crash); closed as FAILED by that run"
+            )
+            for run in [*folds, parent]:
+                if run is parent or not _process_alive(run.data.tags.get(tracking.TAG_PID)):
+                    client.set_tag(run.info.run_id, tracking.TAG_ABANDONED, why)
+                    client.set_terminated(run.info.run_id, "FAILED")
+            closed.append(parent.info.run_id)
+            LOGGER.info("closed run %s as FAILED: %s", parent.info.run_id, why)
+    except Exception:  # noqa: BLE001 (housekeeping of older runs must not cost this one)
+        LOGGER.warning("could not close runs left RUNNING by ended processes", exc_info=True)
+    return closed
+
+
+def _process_alive(pid: Optional[str]) -> bool:
+    """Whether process `pid` (a tag's text) exists on this host; an unknown pid counts as alive (left alone)."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, PermissionError):
+        return True  # no pid recorded, or someone else's process: not ours to judge
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def recipe_overrides(config: RunConfig) -> tuple[Optional[str], dict[str, Any]]:

@@ -40,6 +40,9 @@ TAG_FOLD = "arena_pref.fold"
 TAG_KIND = "arena_pref.kind"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_DEVICE = "arena_pref.device"  # the device slot a fold process ran on (cv.max_parallel)
+TAG_HOST = "arena_pref.host"  # where the run's process ran ...
+TAG_PID = "arena_pref.pid"  # ... and its id: a run left RUNNING by a process gone is closed (runs.close_abandoned_runs)
+TAG_ABANDONED = "arena_pref.abandoned"  # why a run was closed FAILED by a later run
 
 # MLflow 3's UI opens an experiment on its GenAI pages unless the link asks for the model-training view (it reads
 # the query, then the browser's last choice; no server-side default).

@@ -62,8 +62,8 @@ def _tag_attempt(client, mlflow_run_id: str, folder: Path) -> int:
         {
             "arena_pref.attempt": attempt,
             "arena_pref.fold_dir": folder,
-            "arena_pref.host": socket.gethostname(),
-            "arena_pref.pid": os.getpid(),
+            tracking.TAG_HOST: socket.gethostname(),
+            tracking.TAG_PID: os.getpid(),
             # What this process was given (cv.max_parallel), and so which GPU it trained on.
             "arena_pref.cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
             "arena_pref.device_slot": os.environ.get(DEVICE_SLOT_ENV, ""),

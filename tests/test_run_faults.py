@@ -140,6 +140,11 @@ def test_the_tracking_server_killed_mid_fold_stops_the_run_in_one_line_and_the_r
         assert {name: r.info.status for name, r in folds.items()} == {"fold-0": "FINISHED", "fold-1": "FINISHED"}
         assert folds["fold-0"].data.tags.get("arena_pref.reused") == "true"
         assert "checkpoint-" in folds["fold-1"].data.tags.get("arena_pref.resumed_from", "")
+        # The first attempt's runs, left RUNNING when the server died, were closed by the rerun.
+        (first,) = [r for r in runs(uri) if role(r) == "parent" and r.info.run_id != parent.info.run_id]
+        assert first.info.status == "FAILED" and parent.info.run_id in first.data.tags["arena_pref.abandoned"]
+        first_folds = [r for r in runs(uri) if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
+        assert first_folds and all(r.info.status != "RUNNING" for r in first_folds)
     finally:
         _kill_group(server)
 

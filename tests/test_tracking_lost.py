@@ -1,15 +1,21 @@
-"""A tracking server lost during a run: how it is told from a blip, and the one line that says what to do."""
+"""A tracking server lost during a run: how it is told from a blip, the one line that says what to do, and the runs
+it left RUNNING, closed by the next run."""
 
 from __future__ import annotations
 
 import http.server
+import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from arena_pref.tasks import tracking
+from arena_pref.tasks.runs import close_abandoned_runs
+from mlflow import MlflowClient
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -71,3 +77,37 @@ def test_the_lost_server_line_says_what_is_kept_and_how_to_go_on():
     )
     assert "kept on disk in /p/runs" in str(full) and "finished folds are reused" in str(full)
     assert str(full).endswith(". Resume with: arena-pref train --config c.yaml (full log: /l)")
+
+
+def test_runs_left_running_by_an_ended_process_are_closed_by_the_next_run(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("lost")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    here = socket.gethostname()
+
+    def parent(host: str, pid: int) -> str:
+        tags = {tracking.TAG_KIND: "cv", tracking.TAG_HOST: host, tracking.TAG_PID: str(pid)}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    def fold(parent_id: str, pid: int) -> str:
+        tags = {tracking.TAG_PARENT: parent_id, tracking.TAG_HOST: here, tracking.TAG_PID: str(pid)}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    abandoned = parent(here, ended.pid)
+    abandoned_fold, finished_fold = fold(abandoned, ended.pid), fold(abandoned, ended.pid)
+    client.set_terminated(finished_fold, "FINISHED")
+    live = parent(here, os.getpid())  # a run whose process still runs (another run beside this one)
+    live_fold = fold(live, os.getpid())
+    elsewhere = parent("another-host", ended.pid)  # cannot be told from here
+    new = parent(here, os.getpid())
+
+    assert close_abandoned_runs(client, experiment, new) == [abandoned]
+    status = {run_id: client.get_run(run_id).info.status for run_id in (abandoned, abandoned_fold, finished_fold)}
+    assert status == {abandoned: "FAILED", abandoned_fold: "FAILED", finished_fold: "FINISHED"}
+    why = client.get_run(abandoned).data.tags[tracking.TAG_ABANDONED]
+    assert f"process {ended.pid} on {here}" in why and new in why
+    assert client.get_run(abandoned).info.end_time is not None
+    for untouched in (live, live_fold, elsewhere, new):
+        assert client.get_run(untouched).info.status == "RUNNING"
+    assert close_abandoned_runs(client, experiment, new) == []  # once closed, closed
