@@ -192,7 +192,10 @@ def prepare_base_model(config: RunConfig, train: IngestOutput) -> str:
     return str(target)
 
 
-@task(name="tokenize-and-cache", **TASK_DEFAULTS)
+# Not log_prints (the flow's): datasets' fingerprinting finds a mapped function's globals by capturing dill's
+# dis.dis output from sys.stdout, which Prefect's print-to-log patch steals (the bytecode landed in the run's log and
+# the capture came back empty).
+@task(name="tokenize-and-cache", log_prints=False, **TASK_DEFAULTS)
 def tokenize_and_cache(config: RunConfig, ingested: IngestOutput, base_model: str, with_swap: bool) -> TokenCacheOutput:
     tokenizer = tokenization.load_tokenizer(base_model, config.model.revision)
     frame = pd.read_parquet(ingested.parsed_path)

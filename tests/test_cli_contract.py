@@ -476,6 +476,7 @@ def _check(case: Case, outcome: Outcome, project: Path) -> None:
     unrecorded, unshown = Counter(shown) - recorded, recorded - Counter(shown)
     assert not unrecorded and not unshown, f"{context}\n--- not ours: {unrecorded}\n--- recorded, not shown: {unshown}"
     assert "Traceback" not in outcome.out + outcome.err, context
+    assert "LOAD_GLOBAL" not in outcome.log_text, f"{context}\n(bytecode in the log)"
     assert outcome.seconds < case.bound_s, context
     if case.code == 2:
         errors = [line for line in _terminal_lines(outcome.err) if line.startswith("error: ")]
