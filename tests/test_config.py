@@ -31,6 +31,20 @@ def test_error_names_the_dotted_field_and_the_value():
     ]
 
 
+def test_choice_words_yaml_reads_as_booleans_keep_their_meaning(tmp_path):
+    # PyYAML reads `off` and `no` as False, in recipes and in --set alike.
+    config = parse_config(apply_overrides(TINY, ["postprocess.mode=off", "train.mixed_precision=no"]))
+    assert config.postprocess.mode == "off" and config.train.mixed_precision == "no"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {tiny: {}}\npostprocess:\n  mode: off\n")
+    assert load_config(recipe).postprocess.mode == "off"
+    assert problems_of({**TINY, "postprocess": {"mode": True}}) == [
+        "postprocess.mode: got True; Input should be 'auto' or 'off'"  # no allowed word reads as True
+    ]
+    with pytest.raises(ConfigError):  # a real boolean field stays a boolean
+        parse_config({**TINY, "postprocess": {"near_identical": "maybe"}})
+
+
 def test_all_problems_are_reported_at_once():
     problems = problems_of({**TINY, "train": {"learning_rate": 0, "lr": 1}, "prompt": {"template": "chatml"}})
     assert len(problems) == 3

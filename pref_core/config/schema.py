@@ -10,7 +10,7 @@ like torchtune's ConfigError). Loading YAML and `--set` overrides: pref_core/con
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -49,10 +49,34 @@ class ConfigError(UserError, ValueError):
 # Marks a field that does not change what a run computes (where it runs, is tracked or reads its files from;
 # input files enter the run key by content hash instead): tasks/workspace.py leaves these out of the run key.
 RESULT_NEUTRAL = {"result_neutral": True}
+# Marks a result-neutral section applied after the folds (post-processing): it never changes what a fold trains, so
+# it stays out of the run key and its folds are reused, but it changes what the registered model predicts, so it is
+# part of the model key (pref_core.config.run_key.compute_model_key), which tells registry versions apart.
+AFTER_FOLDS = {**RESULT_NEUTRAL, "after_folds": True}
+
+
+# The words YAML 1.1 (PyYAML, so recipes and `--set`) reads as booleans: `postprocess.mode: off` arrives as False.
+_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choice_words_read_as_booleans(cls, data: Any) -> Any:
+        """A choice field given a boolean takes back the one allowed word YAML read as that boolean (`off`, `no`),
+        so `--set postprocess.mode=off` and `train.mixed_precision: no` mean what they say."""
+        if not isinstance(data, dict):
+            return data
+        fixed = dict(data)
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if isinstance(value, bool) and get_origin(field.annotation) is Literal:
+                words = [v for v in get_args(field.annotation) if v in _YAML_BOOL_WORDS[value]]
+                if len(words) == 1:
+                    fixed[name] = words[0]
+        return fixed
 
 
 class DataConfig(_Section):
@@ -453,7 +477,7 @@ class RunConfig(_Section):
     )
     postprocess: PostprocessConfig = Field(
         default_factory=PostprocessConfig,
-        json_schema_extra=RESULT_NEUTRAL,
+        json_schema_extra=AFTER_FOLDS,
         description="Post-processing learned on the OOF predictions (fitted after the folds on every run, so "
         "changing it reuses the finished folds).",
     )
