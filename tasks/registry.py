@@ -24,6 +24,7 @@ from arena_pref.tasks.evaluation import OOFOutput
 from arena_pref.tasks.preparation import TASK_DEFAULTS, PreparedInputs
 from mlflow import MlflowClient
 from pref_core.config.loading import dump_config
+from pref_core.config.run_key import compute_model_key
 from pref_core.config.schema import RunConfig
 from pref_core.evaluate import promotion
 from pref_core.evaluate.postprocess import RULES_FILE
@@ -130,12 +131,11 @@ def register_model(
     registered with an `arena_pref.warning` tag and no alias (promotion.decide_registration)."""
     client = tracking.get_client(config)
     name = config.tracking.registered_model
-    same_key = [
-        v.version for v in client.search_model_versions(f"name = '{name}' and tags.run_key = '{prepared.run_key}'")
-    ]
+    model_key = compute_model_key(config, prepared.run_key)  # the run key, plus post-processing
+    same_key = [v.version for v in client.search_model_versions(f"name = '{name}' and tags.model_key = '{model_key}'")]
     decision = promotion.decide_registration(same_key, _warnings(config, prepared, oof))
     if not decision.register:
-        return _already_registered(client, name, decision.existing, parent_run_id, prepared.run_key)
+        return _already_registered(client, name, decision.existing, parent_run_id, model_key)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = build_bundle(config, client, fold_run_ids, prepared.base_model, Path(tmp) / "bundle", oof.temperature)
         write_class_prior(prepared, bundle)
@@ -150,6 +150,7 @@ def register_model(
         "base_model": prepared.base_model,
         "data_hash": prepared.train_hash,
         "run_key": prepared.run_key,
+        "model_key": model_key,
         "prior_log_loss": f"{oof.scores.prior_log_loss:.6f}",
         "run_name": client.get_run(parent_run_id).info.run_name or "",
         "recipe": config.tracking.recipe or "",
@@ -234,10 +235,10 @@ def _warnings(config: RunConfig, prepared: PreparedInputs, oof: OOFOutput) -> li
 
 
 def _already_registered(
-    client: MlflowClient, name: str, existing: str, parent_run_id: str, run_key: str
+    client: MlflowClient, name: str, existing: str, parent_run_id: str, model_key: str
 ) -> RegistrationOutput:
     """An identical rerun: nothing registered, the run points at the version that holds its computation."""
-    reason = f"identical to version {existing} (same config and data, run key {run_key[:12]}): nothing registered"
+    reason = f"identical to version {existing} (same config and data, model key {model_key[:12]}): nothing registered"
     tracking.set_tags(
         client, parent_run_id, {"arena_pref.registered_version": existing, "arena_pref.promotion": reason}
     )

@@ -136,8 +136,8 @@ def registered(tmp_path, synthetic_frames):
         "adapters": adapters,
         "base": base,
         "test": synthetic_frames[1].head(6),
-        "register": lambda run_key, oof_output: register_model.fn(
-            config,
+        "register": lambda run_key, oof_output, run_config=config: register_model.fn(
+            run_config,
             client.create_run(experiment).info.run_id,
             fold_runs,
             SimpleNamespace(**{**vars(prepared), "run_key": run_key}),
@@ -235,3 +235,16 @@ def test_a_model_no_better_than_the_prior_is_registered_with_a_warning_and_no_al
     assert "does not beat the class prior" in version.tags["arena_pref.warning"] and not version.aliases
     model = client.get_registered_model(NAME)
     assert {k: str(v) for k, v in model.aliases.items()} == {"challenger": "1", "champion": "1"}  # unchanged
+
+
+def test_a_rerun_that_only_changes_post_processing_is_another_version(registered):
+    client = MlflowClient(registered["uri"])
+    config = registered["config"]
+    off = config.model_copy(update={"postprocess": config.postprocess.model_copy(update={"mode": "off"})})
+    before = {str(v.version) for v in client.search_model_versions(f"name = '{NAME}'")}
+    result = registered["register"]("k1", registered["oof"], off)  # version 1's run key: the same folds
+    assert result.registered and result.version not in before
+    tags = client.get_model_version(NAME, result.version).tags
+    assert tags["run_key"] == "k1" and tags["model_key"] != client.get_model_version(NAME, "1").tags["model_key"]
+    again = registered["register"]("k1", registered["oof"], off)
+    assert not again.registered and again.version == result.version

@@ -10,7 +10,7 @@ import pytest
 
 from pref_core.config.fields import describe_fields, result_neutral_fields
 from pref_core.config.loading import load_config
-from pref_core.config.run_key import compute_run_key
+from pref_core.config.run_key import compute_model_key, compute_run_key
 
 ROOT = Path(__file__).resolve().parents[1]
 # The list tasks/workspace.py kept by hand before the schema carried the mark.
@@ -100,3 +100,15 @@ def test_teacher_hashes_cover_the_teacher_csv_and_each_fold_file_of_the_teacher_
     (teachers / "fold_1.csv").write_text("id\n9\n")
     assert teacher_hashes(config.distill)["teacher_dir"] != expected_dir
     assert teacher_hashes(load_config(tiny, [f"distill.teacher_csv={csv}"]).distill)["teacher"] == sha("id\n3\n")
+
+
+def test_post_processing_keeps_the_run_key_and_changes_the_model_key(tmp_path):
+    overrides = [f"data.train_csv={tmp_path / 'train.csv'}", f"output_dir={tmp_path}"]
+    base = load_config(ROOT / "configs" / "tiny.yaml", overrides)
+    changed = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, "postprocess.mode=off"])
+    moved = load_config(ROOT / "configs" / "tiny.yaml", [*overrides, f"output_dir={tmp_path / 'elsewhere'}"])
+    key = compute_run_key(base, INPUTS)
+    assert compute_run_key(changed, INPUTS) == key  # the folds are reused ...
+    assert compute_model_key(changed, key) != compute_model_key(base, key)  # ... yet it is another model
+    assert compute_model_key(moved, compute_run_key(moved, INPUTS)) == compute_model_key(base, key)
+    assert compute_model_key(base, key) != compute_model_key(base, "another run key")

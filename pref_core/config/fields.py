@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 
-from pref_core.config.schema import RESULT_NEUTRAL, RunConfig
+from pref_core.config.schema import AFTER_FOLDS, RESULT_NEUTRAL, RunConfig
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,26 @@ def describe_fields() -> list[FieldDoc]:
     return docs
 
 
-def _marked(field: FieldInfo) -> bool:
+def _marked(field: FieldInfo, mark: dict = RESULT_NEUTRAL) -> bool:
     extra = field.json_schema_extra
-    return isinstance(extra, dict) and all(extra.get(key) == value for key, value in RESULT_NEUTRAL.items())
+    return isinstance(extra, dict) and all(extra.get(key) == value for key, value in mark.items())
 
 
-def result_neutral_fields(model: Optional[type[BaseModel]] = None, prefix: str = "") -> tuple[str, ...]:
-    """Dotted names of the fields (or whole sections, e.g. `tracking`) marked RESULT_NEUTRAL, in schema order."""
+def result_neutral_fields(
+    model: Optional[type[BaseModel]] = None, prefix: str = "", mark: dict = RESULT_NEUTRAL
+) -> tuple[str, ...]:
+    """Dotted names of the fields (or whole sections, e.g. `tracking`) marked RESULT_NEUTRAL (or `mark`), in schema
+    order."""
     found: list[str] = []
     for name, field in (model or RunConfig).model_fields.items():
         section = _section_of(field.annotation)
-        if _marked(field):
+        if _marked(field, mark):
             found.append(prefix + name)
         elif section is not None:
-            found.extend(result_neutral_fields(section, f"{prefix}{name}."))
+            found.extend(result_neutral_fields(section, f"{prefix}{name}.", mark))
     return tuple(found)
+
+
+def after_folds_fields() -> tuple[str, ...]:
+    """Dotted names of the result-neutral fields marked AFTER_FOLDS: outside the run key, inside the model key."""
+    return result_neutral_fields(mark=AFTER_FOLDS)

@@ -3,6 +3,9 @@ share a folder.
 
 It hashes the resolved config less its result-neutral fields (paths, tracking, execution: marked in
 pref_core/config/schema.py) together with the content hash of every input file.
+
+The model key: which registered model a run is. Its run key plus the settings applied after the folds
+(post-processing, marked AFTER_FOLDS): a rerun that only changes those reuses every fold, yet is a different model.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pref_core.config.fields import result_neutral_fields
+from pref_core.config.fields import after_folds_fields, result_neutral_fields
 from pref_core.config.schema import DistillConfig, RunConfig
 from pref_core.hashing import hash_file, hash_json
 
@@ -39,3 +42,12 @@ def compute_run_key(config: RunConfig, input_hashes: dict[str, Optional[str]]) -
         if isinstance(node, dict):
             node.pop(leaf, None)
     return hash_json({"config": tree, "inputs": input_hashes})
+
+
+def compute_model_key(config: RunConfig, run_key: str) -> str:
+    """Hash of what a run registers: its `run_key` and the values of the AFTER_FOLDS fields (post-processing)."""
+    flat = config.flat()
+    after = {
+        name: {k: v for k, v in flat.items() if k == name or k.startswith(name + ".")} for name in after_folds_fields()
+    }
+    return hash_json({"run_key": run_key, "after_folds": after})
