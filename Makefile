@@ -50,7 +50,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the slowest tests listed, to keep the suite inside CI
 
 # `make format`: what `make test` checks, fixed in place (import order, lint autofixes, the formatter).
 format: $(STAMP)
