@@ -6,6 +6,7 @@ those of every cross-field rule whose fields are valid (pref_core.config.rules).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -14,6 +15,26 @@ from pydantic import ValidationError
 
 from pref_core.config.rules import check_rules, format_field_errors, partial_view
 from pref_core.config.schema import ConfigError, RunConfig
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false (any case) are booleans. YAML 1.1 also reads
+    off/no/on/yes as booleans, so `postprocess.mode: off` and `--set train.mixed_precision=no` arrived as False for
+    fields whose allowed words they are; a boolean field still takes them (pydantic reads the words)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A recipe or an override value as the config reads it (YAML 1.2 booleans, see _Yaml12Loader)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def parse_config(raw: dict[str, Any]) -> RunConfig:
@@ -37,7 +58,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if not key:
             raise ConfigError([f"override {item!r}: the key before '=' is empty"])
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = read_yaml(text) if text.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError([f"override {item!r}: value is not valid YAML ({err.__class__.__name__})"]) from None
         node = out
@@ -67,7 +88,7 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> RunCon
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} not found; pass an existing YAML such as configs/tiny.yaml"])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError([yaml_problem(path, err)]) from None
     except (OSError, UnicodeDecodeError) as err:

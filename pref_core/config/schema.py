@@ -10,7 +10,7 @@ like torchtune's ConfigError). Loading YAML and `--set` overrides: pref_core/con
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union, get_args, get_origin
+from typing import Any, Optional, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -55,28 +55,8 @@ RESULT_NEUTRAL = {"result_neutral": True}
 AFTER_FOLDS = {**RESULT_NEUTRAL, "after_folds": True}
 
 
-# The words YAML 1.1 (PyYAML, so recipes and `--set`) reads as booleans: `postprocess.mode: off` arrives as False.
-_YAML_BOOL_WORDS = {False: ("off", "no", "false"), True: ("on", "yes", "true")}
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _choice_words_read_as_booleans(cls, data: Any) -> Any:
-        """A choice field given a boolean takes back the one allowed word YAML read as that boolean (`off`, `no`),
-        so `--set postprocess.mode=off` and `train.mixed_precision: no` mean what they say."""
-        if not isinstance(data, dict):
-            return data
-        fixed = dict(data)
-        for name, field in cls.model_fields.items():
-            value = data.get(name)
-            if isinstance(value, bool) and get_origin(field.annotation) is Literal:
-                words = [v for v in get_args(field.annotation) if v in _YAML_BOOL_WORDS[value]]
-                if len(words) == 1:
-                    fixed[name] = words[0]
-        return fixed
 
 
 class DataConfig(_Section):
