@@ -224,13 +224,12 @@ def missing_classes(prepared: PreparedInputs) -> list[str]:
 
 def _warnings(config: RunConfig, prepared: PreparedInputs, oof: OOFOutput) -> list[str]:
     scores = oof.scores
-    calibrated = scores.calibrated_log_loss is not None
     return promotion.registration_warnings(
-        scores.calibrated_log_loss if calibrated else scores.log_loss,
+        scores.log_loss,
         scores.prior_log_loss,
         missing_classes(prepared),
         temperature=scores.fitted_temperature if config.calibration.method == "temperature" else None,
-        calibrated=calibrated,
+        calibrated_log_loss=scores.calibrated_log_loss,
     )
 
 

@@ -188,12 +188,12 @@ def test_the_prior_check_uses_the_calibrated_log_loss_as_the_registry_does():
     # registry aliases the version and the page must not say the model learned nothing.
     saved = RunScores(1.12, 0.40, 1.10, 4, oof_log_loss_calibrated=1.05, temperature=2.0)
     assert saved.beats_prior and saved.gain_over_prior == pytest.approx(0.05)
-    assert promotion.registration_warnings(1.05, 1.10, calibrated=True) == []
+    assert promotion.registration_warnings(1.12, 1.10, calibrated_log_loss=1.05) == []
     html = render_run_report(summary(scores=saved), oof_frame(np.full((4, 3), 1 / 3), [0, 1, 2, 0]))
     assert "does not beat the class prior" not in html and '<div class="value good">+0.0500</div>' in html
     # The other way round: raw 1.08 beats 1.10, calibrated 1.11 does not; one warning, the registry's words.
     lost = RunScores(1.08, 0.40, 1.10, 4, oof_log_loss_calibrated=1.11, temperature=0.5)
-    registry_says = promotion.registration_warnings(1.11, 1.10, calibrated=True)
+    registry_says = promotion.registration_warnings(1.08, 1.10, calibrated_log_loss=1.11)
     assert registry_says == [lost.prior_warning]
     assert "calibrated OOF log loss 1.1100 does not beat the class prior 1.1000" in registry_says[0]
     flagged = summary(scores=lost, warnings=tuple(registry_says))

@@ -53,13 +53,21 @@ class RegistrationDecision:
         return self.register and not self.warnings
 
 
-def prior_warning(log_loss: float, prior_log_loss: float, calibrated: bool = False) -> Optional[str]:
-    """Why a model is no better than always predicting the class shares; None when it beats them. `log_loss` is
-    the one its submissions get: the calibrated OOF log loss when a temperature was fitted (`calibrated`), since
-    predict, export and the bundle apply it. The registry and the report page both say it with these words."""
+def deciding_log_loss(oof_log_loss: float, calibrated_log_loss: Optional[float] = None) -> float:
+    """The log loss a run's submissions get: the calibrated OOF when a temperature was fitted (predict, export and
+    the bundle apply it), else the OOF."""
+    return oof_log_loss if calibrated_log_loss is None else calibrated_log_loss
+
+
+def prior_warning(
+    oof_log_loss: float, prior_log_loss: float, calibrated_log_loss: Optional[float] = None
+) -> Optional[str]:
+    """Why a model is no better than always predicting the class shares, judged on its deciding log loss; None when
+    it beats them. The registry and the report page both say it with these words."""
+    log_loss = deciding_log_loss(oof_log_loss, calibrated_log_loss)
     if log_loss < prior_log_loss:
         return None
-    which = "calibrated OOF log loss" if calibrated else "OOF log loss"
+    which = "OOF log loss" if calibrated_log_loss is None else "calibrated OOF log loss"
     return (
         f"{which} {log_loss:.4f} does not beat the class prior {prior_log_loss:.4f} (always predicting the class "
         "shares): the model learned nothing the shares do not already say (too few rows or steps, a learning rate "
@@ -73,13 +81,12 @@ def registration_warnings(
     missing_classes: Sequence[str] = (),
     temperature: Optional[float] = None,
     temperature_bounds: tuple[float, float] = TEMPERATURE_BOUNDS,
-    calibrated: bool = False,
+    calibrated_log_loss: Optional[float] = None,
 ) -> list[str]:
-    """Why a model must not be aliased automatically: no better than the class prior (`oof_log_loss`: the calibrated
-    one when `calibrated`), trained without some class, or a calibration temperature stuck at one of its bounds (the
-    fit found no useful scale)."""
+    """Why a model must not be aliased automatically: no better than the class prior (prior_warning), trained
+    without some class, or a calibration temperature stuck at one of its bounds (the fit found no useful scale)."""
     found = []
-    worse = prior_warning(oof_log_loss, prior_log_loss, calibrated)
+    worse = prior_warning(oof_log_loss, prior_log_loss, calibrated_log_loss)
     if worse is not None:
         found.append(worse)
     if missing_classes:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pref_core.data.labels import LABEL_COLUMNS, TURN_COLUMNS
 from pref_core.evaluate.metrics import row_log_losses
-from pref_core.evaluate.promotion import prior_warning
+from pref_core.evaluate.promotion import deciding_log_loss, prior_warning
 
 # "winner_model_a" -> "a", "winner_tie" -> "tie": the short class names, derived from the one definition.
 CLASS_NAMES: tuple[str, ...] = tuple(name.rsplit("_", 1)[-1] for name in LABEL_COLUMNS)
@@ -70,9 +70,8 @@ class RunScores:
 
     @property
     def deciding_log_loss(self) -> float:
-        """The log loss the run's submissions get: the calibrated OOF when a temperature was fitted (predict, export
-        and the bundle apply it), else the OOF. The registry's prior check uses the same one."""
-        return self.oof_log_loss if self.oof_log_loss_calibrated is None else self.oof_log_loss_calibrated
+        """The log loss the run's submissions get (promotion.deciding_log_loss), as the registry judges it."""
+        return deciding_log_loss(self.oof_log_loss, self.oof_log_loss_calibrated)
 
     @property
     def gain_over_prior(self) -> float:
@@ -86,7 +85,7 @@ class RunScores:
     @property
     def prior_warning(self) -> Optional[str]:
         """promotion.prior_warning for these scores (None when the run beats the class prior)."""
-        return prior_warning(self.deciding_log_loss, self.prior_log_loss, self.oof_log_loss_calibrated is not None)
+        return prior_warning(self.oof_log_loss, self.prior_log_loss, self.oof_log_loss_calibrated)
 
 
 @dataclass(frozen=True)
