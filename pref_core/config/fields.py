@@ -77,26 +77,27 @@ def describe_fields() -> list[FieldDoc]:
     return docs
 
 
-def _marked(field: FieldInfo, mark: dict = RESULT_NEUTRAL) -> bool:
+def _marked(field: FieldInfo, mark: dict) -> bool:
     extra = field.json_schema_extra
     return isinstance(extra, dict) and all(extra.get(key) == value for key, value in mark.items())
 
 
-def result_neutral_fields(
-    model: Optional[type[BaseModel]] = None, prefix: str = "", mark: dict = RESULT_NEUTRAL
-) -> tuple[str, ...]:
-    """Dotted names of the fields (or whole sections, e.g. `tracking`) marked RESULT_NEUTRAL (or `mark`), in schema
-    order."""
-    found: list[str] = []
-    for name, field in (model or RunConfig).model_fields.items():
-        section = _section_of(field.annotation)
-        if _marked(field, mark):
-            found.append(prefix + name)
-        elif section is not None:
-            found.extend(result_neutral_fields(section, f"{prefix}{name}.", mark))
-    return tuple(found)
+def result_neutral_fields() -> tuple[str, ...]:
+    """Dotted names of the fields (or whole sections, e.g. `tracking`) marked RESULT_NEUTRAL, in schema order."""
+    return _marked_fields(RunConfig, "", RESULT_NEUTRAL)
 
 
 def after_folds_fields() -> tuple[str, ...]:
     """Dotted names of the result-neutral fields marked AFTER_FOLDS: outside the run key, inside the model key."""
-    return result_neutral_fields(mark=AFTER_FOLDS)
+    return _marked_fields(RunConfig, "", AFTER_FOLDS)
+
+
+def _marked_fields(model: type[BaseModel], prefix: str, mark: dict) -> tuple[str, ...]:
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        section = _section_of(field.annotation)
+        if _marked(field, mark):
+            found.append(prefix + name)
+        elif section is not None:
+            found.extend(_marked_fields(section, f"{prefix}{name}.", mark))
+    return tuple(found)
