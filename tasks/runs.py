@@ -217,7 +217,7 @@ def log_inputs(config: RunConfig, parent_run_id: str, prepared: PreparedInputs) 
     tracking.log_params(client, parent_run_id, prepared.counts())  # bookkeeping: params, not metric charts
     for path in prepared.rejected_files():
         client.log_artifact(parent_run_id, path, artifact_path="rejected")
-    client.log_inputs(parent_run_id, datasets=dataset_inputs(prepared))
+    tracking.log_dataset_inputs(client, parent_run_id, dataset_inputs(prepared))
 
 
 def dataset_inputs(prepared: PreparedInputs) -> list:

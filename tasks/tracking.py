@@ -104,6 +104,21 @@ def lost_server_error(
     return TrackingLostError(line)
 
 
+def log_dataset_inputs(client: MlflowClient, run_id: str, datasets: list, attempts: int = 3) -> None:
+    """client.log_inputs, tried again when another run logged the same dataset at the same moment: MLflow's SQL store
+    looks the dataset up, then inserts it, so two runs on the same data can both insert and one gets the unique
+    constraint; its retry finds the dataset and links it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_inputs(run_id, datasets=datasets)
+            return
+        except Exception as err:  # noqa: BLE001 (only the store's unique-constraint race is retried)
+            if "unique constraint" not in str(err).lower() or attempt == attempts:
+                raise
+            LOGGER.info("dataset inputs of run %s collided with another run's; trying again", run_id)
+            time.sleep(0.2 * attempt)
+
+
 def raise_if_server_lost(uri: str, during: str) -> None:
     """Raise TrackingLostError when the tracking server at `uri` stopped answering (`during`: what was going on)."""
     problem = lost_server_problem(uri)

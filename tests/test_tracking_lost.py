@@ -111,3 +111,29 @@ def test_runs_left_running_by_an_ended_process_are_closed_by_the_next_run(tmp_pa
     for untouched in (live, live_fold, elsewhere, new):
         assert client.get_run(untouched).info.status == "RUNNING"
     assert close_abandoned_runs(client, experiment, new) == []  # once closed, closed
+
+
+class _RacingClient:
+    """log_inputs fails like MLflow's SQL store when another run inserted the same dataset first, `collisions` times."""
+
+    def __init__(self, collisions: int, error: str = "UNIQUE constraint failed: datasets.experiment_id"):
+        self.collisions, self.error, self.calls = collisions, error, 0
+
+    def log_inputs(self, run_id, datasets):
+        self.calls += 1
+        if self.calls <= self.collisions:
+            raise RuntimeError(f"(sqlite3.IntegrityError) {self.error}")
+
+
+def test_dataset_inputs_that_collide_with_another_runs_are_logged_on_a_retry():
+    racing = _RacingClient(collisions=1)
+    tracking.log_dataset_inputs(racing, "r1", [])
+    assert racing.calls == 2
+    always = _RacingClient(collisions=5)
+    with pytest.raises(RuntimeError, match="UNIQUE constraint"):
+        tracking.log_dataset_inputs(always, "r1", [], attempts=3)
+    assert always.calls == 3
+    other = _RacingClient(collisions=1, error="no such table: datasets")  # not the race: no retry
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking.log_dataset_inputs(other, "r1", [])
+    assert other.calls == 1
